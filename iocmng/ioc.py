@@ -1,0 +1,269 @@
+"""The IOC bridge: the ONLY module that imports softioc.
+
+EPICS keeps its record database in process-global state that is frozen at
+``iocInit``: records can be created only before it, never after, and never
+deleted. So the bridge works in two phases. First every plugin of a
+generation declares its records (:meth:`IocBridge.add_plugin`); then
+:meth:`IocBridge.start` runs ``iocInit`` exactly once, with pythonSoftIOC's
+``AsyncioDispatcher`` built on the service's running loop so record
+callbacks run as coroutines on that same loop. Any change to the record set
+after that is the reload's job (see :mod:`iocmng.reload`).
+
+Records of a plugin ``NAME`` are ``<prefix>:<NAME>:<PV>``. Client writes to
+read-only records (outputs, STATUS, MESSAGE, CYCLE_COUNT) are refused by the
+record itself (``DISP=1``), which is how EPICS disables puts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import PluginConfig, PVSpec, coerce_value
+from .errors import ConfigError
+
+log = logging.getLogger("iocmng.ioc")
+
+#: EPICS record names are at most 60 characters (PVNAME_STRINGSZ - 1).
+MAX_RECORD_NAME = 60
+#: A stringin/stringout holds 39 characters plus the terminating NUL.
+MAX_STRING = 39
+
+TASK_STATES = ("INIT", "RUN", "PAUSED", "END", "ERROR")
+JOB_STATES = ("IDLE", "RUNNING", "SUCCESS", "FAILED")
+
+InputHandler = Callable[[str, Any], Awaitable[None] | None]
+RunHandler = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """One record to build: its short name, direction and field values."""
+
+    short: str
+    writable: bool  # an EPICS output record (operators write it)
+    spec: PVSpec
+    autosave: bool = False
+
+
+def default_records(kind: str, mode: str) -> list[RecordSpec]:
+    """The default PVs of SPEC §5 for a plugin of ``kind`` and ``mode``."""
+    if kind == "job":
+        return [
+            RecordSpec("STATUS", False, PVSpec(type="int")),
+            RecordSpec("MESSAGE", False, PVSpec(type="string")),
+        ]
+    recs = [
+        RecordSpec("ENABLE", True, PVSpec(type="bool", value=1, znam="Disabled", onam="Enabled"), autosave=True),
+        RecordSpec("STATUS", False, PVSpec(type="int")),
+        RecordSpec("MESSAGE", False, PVSpec(type="string")),
+    ]
+    if mode == "triggered":
+        recs.append(RecordSpec("RUN", True, PVSpec(type="bool", value=0, znam="Idle", onam="Run")))
+    else:
+        recs.append(RecordSpec("CYCLE_COUNT", False, PVSpec(type="int")))
+    return recs
+
+
+DEFAULT_PV_NAMES = frozenset({"ENABLE", "STATUS", "MESSAGE", "CYCLE_COUNT", "RUN"})
+
+
+def plugin_prefix(prefix: str, name: str) -> str:
+    return f"{prefix}:{name.upper()}"
+
+
+def plan_records(prefix: str, name: str, kind: str, mode: str, config: PluginConfig) -> list[RecordSpec]:
+    """All records of one plugin, checked: no collision with defaults, names fit EPICS.
+
+    Raises ConfigError naming the PV and the fix. Pure: usable by the
+    validation pipeline without touching EPICS.
+    """
+    errors = []
+    for section, pvs in (("inputs", config.pvs.inputs), ("outputs", config.pvs.outputs)):
+        for pv in pvs:
+            if pv in DEFAULT_PV_NAMES:
+                errors.append({"loc": f"pvs.{section}.{pv}", "msg": f"collides with the default PV {pv}; choose another name"})
+    recs = default_records(kind, mode)
+    recs += [RecordSpec(k, True, v, autosave=True) for k, v in config.pvs.inputs.items()]
+    recs += [RecordSpec(k, False, v) for k, v in config.pvs.outputs.items()]
+    base = plugin_prefix(prefix, name)
+    for rec in recs:
+        full = f"{base}:{rec.short}"
+        if len(full) > MAX_RECORD_NAME:
+            section = "inputs" if rec.writable else "outputs"
+            loc = f"pvs.{section}.{rec.short}" if rec.short not in DEFAULT_PV_NAMES else "name"
+            errors.append({
+                "loc": loc,
+                "msg": f"PV name {full!r} is {len(full)} characters, over the EPICS limit of {MAX_RECORD_NAME}; "
+                "shorten the PV, plugin name or prefix",
+            })
+    if errors:
+        raise ConfigError("config.yaml", errors)
+    return recs
+
+
+def truncate(text: str, limit: int = MAX_STRING) -> str:
+    """Cut ``text`` to at most ``limit`` UTF-8 bytes without splitting a character."""
+    raw = str(text).replace("\n", " ").encode("utf-8")
+    if len(raw) <= limit:
+        return str(text).replace("\n", " ")
+    return raw[:limit].decode("utf-8", errors="ignore")
+
+
+@dataclass
+class PluginRecords:
+    """The live records of one plugin, addressed by short name."""
+
+    prefix: str  # <prefix>:<NAME>
+    records: dict[str, Any] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return [f"{self.prefix}:{short}" for short in self.records]
+
+    def set(self, short: str, value: Any) -> None:
+        try:
+            rec = self.records[short]
+        except KeyError:
+            raise KeyError(f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})") from None
+        kind = self.types[short]
+        if kind == "string":
+            value = truncate(value)
+        else:
+            value = coerce_value(kind, value)
+        rec.set(value)
+
+    def set_quiet(self, short: str, value: Any) -> None:
+        """Set an output record's value without processing (used to reset RUN)."""
+        self.records[short].set(value, process=False)
+
+    def get(self, short: str) -> Any:
+        try:
+            return self.records[short].get()
+        except KeyError:
+            raise KeyError(f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})") from None
+
+
+class IocBridge:
+    """Builds every record of a generation, then runs ``iocInit`` once."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.started = False
+        self.plugins: dict[str, PluginRecords] = {}
+        self._dispatcher: Any = None
+
+    def add_plugin(
+        self,
+        name: str,
+        specs: list[RecordSpec],
+        *,
+        kind: str,
+        on_input: InputHandler,
+        on_run: RunHandler | None = None,
+        restored: dict[str, Any] | None = None,
+    ) -> PluginRecords:
+        """Create the records of one plugin. Only possible before :meth:`start`."""
+        if self.started:
+            raise RuntimeError("the record set is frozen after iocInit; a reload is needed to add records")
+        from softioc import alarm, builder
+
+        restored = restored or {}
+        out = PluginRecords(plugin_prefix(self.prefix, name))
+        for rec in specs:
+            full = f"{out.prefix}:{rec.short}"
+            spec = rec.spec
+            value = spec.value
+            if rec.autosave and rec.short in restored:
+                try:
+                    value = coerce_value(spec.type, restored[rec.short])
+                except (TypeError, ValueError):
+                    log.warning("ignoring unusable saved value %r for %s", restored[rec.short], full)
+            fields: dict[str, Any] = {}
+            if spec.description:
+                fields["DESC"] = spec.description
+            if rec.short == "STATUS":
+                states = JOB_STATES if kind == "job" else TASK_STATES
+                bad = {"ERROR": alarm.MAJOR_ALARM, "FAILED": alarm.MAJOR_ALARM}
+                options = [(s, bad[s]) if s in bad else s for s in states]
+                record = builder.mbbIn(full, *options, initial_value=0, DISP=1)
+                out.types[rec.short] = "int"
+                out.records[rec.short] = record
+                continue
+            if rec.writable:
+                record = self._out_record(full, spec, value, fields, rec, name, on_input, on_run)
+            else:
+                record = self._in_record(full, spec, value, fields)
+            out.records[rec.short] = record
+            out.types[rec.short] = spec.type
+        self.plugins[name] = out
+        return out
+
+    @staticmethod
+    def _in_record(full: str, spec: PVSpec, value: Any, fields: dict[str, Any]) -> Any:
+        from softioc import builder
+
+        fields["DISP"] = 1  # read-only to clients; our own .set() still works
+        if spec.type == "float":
+            return builder.aIn(full, initial_value=value, EGU=spec.unit, PREC=spec.prec, LOPR=spec.low, HOPR=spec.high, **fields)
+        if spec.type == "int":
+            return builder.longIn(full, initial_value=value, EGU=spec.unit, LOPR=spec.low, HOPR=spec.high, **fields)
+        if spec.type == "bool":
+            return builder.boolIn(full, spec.znam, spec.onam, initial_value=value, **fields)
+        return builder.stringIn(full, initial_value=truncate(value), **fields)
+
+    @staticmethod
+    def _out_record(
+        full: str,
+        spec: PVSpec,
+        value: Any,
+        fields: dict[str, Any],
+        rec: RecordSpec,
+        plugin: str,
+        on_input: InputHandler,
+        on_run: RunHandler | None,
+    ) -> Any:
+        from softioc import builder
+
+        if rec.short == "RUN":
+            assert on_run is not None, "triggered tasks need a run handler"
+
+            async def run_update(v: Any) -> None:
+                if v:
+                    await on_run()
+
+            # blocking: a CA put-with-callback completes only when the cycle ends
+            return builder.boolOut(full, spec.znam, spec.onam, initial_value=0, on_update=run_update,
+                                   blocking=True, always_update=True, **fields)
+
+        def update(v: Any, _short: str = rec.short) -> Awaitable[None] | None:
+            return on_input(_short, v)
+
+        kw = dict(initial_value=value, on_update=update, always_update=True, **fields)
+        if spec.type == "float":
+            return builder.aOut(full, EGU=spec.unit, PREC=spec.prec, LOPR=spec.low, HOPR=spec.high,
+                                DRVL=spec.low, DRVH=spec.high, **kw)
+        if spec.type == "int":
+            return builder.longOut(full, EGU=spec.unit, LOPR=spec.low, HOPR=spec.high, DRVL=spec.low, DRVH=spec.high, **kw)
+        if spec.type == "bool":
+            return builder.boolOut(full, spec.znam, spec.onam, **kw)
+        kw["initial_value"] = truncate(value)
+        return builder.stringOut(full, **kw)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Load the database and run ``iocInit`` (once per process) on ``loop``."""
+        if self.started:
+            raise RuntimeError("iocInit already ran in this process")
+        from softioc import asyncio_dispatcher, builder, softioc
+
+        # Built on our running loop: record callbacks become coroutines on it.
+        # Never call its close(): with loop= it raises AttributeError (softioc 4.7).
+        self._dispatcher = asyncio_dispatcher.AsyncioDispatcher(loop=loop)
+        builder.LoadDatabase()
+        softioc.iocInit(self._dispatcher)
+        self.started = True
+        log.info("IOC started: %d plugin(s), %d record(s)", len(self.plugins),
+                 sum(len(p.records) for p in self.plugins.values()))

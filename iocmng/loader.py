@@ -1,0 +1,100 @@
+"""Find and import a plugin's class from its directory.
+
+A plugin directory holds ``.py`` files (those starting with ``_`` are
+ignored) defining exactly one concrete ``TaskBase``/``JobBase`` subclass.
+Modules are imported under a private package name per plugin
+(``iocmng_plugins.<name>.<module>``) so two plugins with a ``monitor.py`` do
+not clash in ``sys.modules``; the plugin directory (and its requirements
+directory) is put on ``sys.path`` so sibling imports work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+from .base.job import JobBase
+from .base.plugin import PluginBase
+from .base.task import TaskBase
+from .errors import PluginLoadError
+
+NAMESPACE = "iocmng_plugins"
+
+
+def plugin_files(directory: Path) -> list[Path]:
+    """The plugin's Python files, in a stable order."""
+    return sorted(p for p in directory.glob("*.py") if not p.name.startswith("_"))
+
+
+def kind_of(cls: type) -> str:
+    return "task" if issubclass(cls, TaskBase) else "job"
+
+
+def missing_abstract(cls: type) -> list[str]:
+    return sorted(getattr(cls, "__abstractmethods__", ()))
+
+
+def _module_name(plugin: str, stem: str) -> str:
+    return f"{NAMESPACE}.{plugin.replace('-', '_')}.{stem}"
+
+
+def unload(plugin: str) -> None:
+    """Forget a plugin's modules so the next load re-imports its code."""
+    base = f"{NAMESPACE}.{plugin.replace('-', '_')}."
+    for mod in [m for m in sys.modules if m.startswith(base)]:
+        del sys.modules[mod]
+
+
+def load_class(directory: Path, plugin: str, extra_paths: list[Path] | None = None) -> type[PluginBase]:
+    """Import the plugin's files and return its one concrete plugin class.
+
+    Raises PluginLoadError naming the file and the problem.
+    """
+    files = plugin_files(directory)
+    if not files:
+        raise PluginLoadError(f"{directory}: no .py file (files starting with '_' are ignored)")
+    unload(plugin)
+    for path in [directory, *(extra_paths or [])]:
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    candidates: list[tuple[Path, type]] = []
+    for file in files:
+        name = _module_name(plugin, file.stem)
+        spec = importlib.util.spec_from_file_location(name, file)
+        if spec is None or spec.loader is None:
+            raise PluginLoadError(f"{file.name}: cannot be imported")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            unload(plugin)
+            raise PluginLoadError(f"{file.name}: import failed: {type(exc).__name__}: {exc}") from exc
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            # classes defined in this file only: imported ones do not count
+            if obj.__module__ == name and issubclass(obj, (TaskBase, JobBase)) and obj not in (TaskBase, JobBase):
+                candidates.append((file, obj))
+    return choose_class(candidates)
+
+
+def choose_class(candidates: list[tuple[Path, type]]) -> type[PluginBase]:
+    """Pick the plugin class: the one concrete leaf among the candidates."""
+    if not candidates:
+        raise PluginLoadError(
+            "no plugin class: define one class deriving from iocmng.TaskBase or iocmng.JobBase"
+        )
+    classes = [c for _, c in candidates]
+    # A class another candidate derives from is an intermediate base, not the plugin.
+    leaves = [(f, c) for f, c in candidates if not any(o is not c and issubclass(o, c) for o in classes)]
+    concrete = [(f, c) for f, c in leaves if not inspect.isabstract(c)]
+    if len(concrete) == 1:
+        return concrete[0][1]
+    if len(concrete) > 1:
+        names = ", ".join(f"{c.__name__} ({f.name})" for f, c in concrete)
+        raise PluginLoadError(f"more than one plugin class: {names}; a plugin directory must define exactly one")
+    problems = "; ".join(
+        f"{c.__name__} ({f.name}) does not implement {', '.join(missing_abstract(c))}" for f, c in leaves
+    )
+    raise PluginLoadError(f"missing abstract methods: {problems}")
