@@ -5,7 +5,7 @@ ignored) defining exactly one concrete ``TaskBase``/``JobBase`` subclass.
 Modules are imported under a private package name per plugin
 (``iocmng_plugins.<name>.<module>``) so two plugins with a ``monitor.py`` do
 not clash in ``sys.modules``; the plugin directory (and its requirements
-directory) is put on ``sys.path`` so sibling imports work.
+directory) is put on ``sys.path`` so sibling imports work (at the end, see load_class).
 """
 
 from __future__ import annotations
@@ -50,41 +50,54 @@ def unload(plugin: str) -> None:
 def load_class(directory: Path, plugin: str, extra_paths: list[Path] | None = None) -> type[PluginBase]:
     """Import the plugin's files and return its one concrete plugin class.
 
-    Raises PluginLoadError naming the file and the problem.
+    Raises PluginLoadError naming the file and the problem; its ``step`` is
+    ``import``, ``inheritance`` or ``abstract`` (the validation steps).
     """
+    return choose_class(import_files(directory, plugin, extra_paths))
+
+
+def _error(detail: str, step: str) -> PluginLoadError:
+    err = PluginLoadError(detail)
+    err.step = step  # type: ignore[attr-defined]
+    return err
+
+
+def import_files(directory: Path, plugin: str, extra_paths: list[Path] | None = None) -> list[tuple[Path, type]]:
+    """Import every plugin file; return the TaskBase/JobBase subclasses they define."""
     files = plugin_files(directory)
     if not files:
-        raise PluginLoadError(f"{directory}: no .py file (files starting with '_' are ignored)")
+        raise _error(f"{directory.name}: no .py file (files starting with '_' are ignored)", "import")
     unload(plugin)
+    # Appended, not prepended: the service's own packages always win, so a
+    # plugin's requirements (or a file named like a stdlib module) cannot
+    # replace what the service itself imports.
     for path in [directory, *(extra_paths or [])]:
         if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
+            sys.path.append(str(path))
     candidates: list[tuple[Path, type]] = []
     for file in files:
         name = _module_name(plugin, file.stem)
         spec = importlib.util.spec_from_file_location(name, file)
         if spec is None or spec.loader is None:
-            raise PluginLoadError(f"{file.name}: cannot be imported")
+            raise _error(f"{file.name}: cannot be imported", "import")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() at import is a broken plugin, not a stop
             unload(plugin)
-            raise PluginLoadError(f"{file.name}: import failed: {type(exc).__name__}: {exc}") from exc
+            raise _error(f"{file.name}: import failed: {type(exc).__name__}: {exc}", "import") from exc
         for _, obj in inspect.getmembers(module, inspect.isclass):
             # classes defined in this file only: imported ones do not count
             if obj.__module__ == name and issubclass(obj, (TaskBase, JobBase)) and obj not in (TaskBase, JobBase):
                 candidates.append((file, obj))
-    return choose_class(candidates)
+    return candidates
 
 
 def choose_class(candidates: list[tuple[Path, type]]) -> type[PluginBase]:
     """Pick the plugin class: the one concrete leaf among the candidates."""
     if not candidates:
-        raise PluginLoadError(
-            "no plugin class: define one class deriving from iocmng.TaskBase or iocmng.JobBase"
-        )
+        raise _error("no plugin class: define one class deriving from iocmng.TaskBase or iocmng.JobBase", "inheritance")
     classes = [c for _, c in candidates]
     # A class another candidate derives from is an intermediate base, not the plugin.
     leaves = [(f, c) for f, c in candidates if not any(o is not c and issubclass(o, c) for o in classes)]
@@ -93,8 +106,8 @@ def choose_class(candidates: list[tuple[Path, type]]) -> type[PluginBase]:
         return concrete[0][1]
     if len(concrete) > 1:
         names = ", ".join(f"{c.__name__} ({f.name})" for f, c in concrete)
-        raise PluginLoadError(f"more than one plugin class: {names}; a plugin directory must define exactly one")
+        raise _error(f"more than one plugin class: {names}; a plugin directory must define exactly one", "inheritance")
     problems = "; ".join(
         f"{c.__name__} ({f.name}) does not implement {', '.join(missing_abstract(c))}" for f, c in leaves
     )
-    raise PluginLoadError(f"missing abstract methods: {problems}")
+    raise _error(f"missing abstract methods: {problems}", "abstract")
