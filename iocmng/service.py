@@ -1,0 +1,338 @@
+"""The service: start-up and shut-down order, mutations, the one event loop.
+
+Start-up of a generation::
+
+    settings → data dir (orphans removed) → registry → startup/demo plugins
+    → every plugin prepared (records built) → iocInit → plugins started
+    → HTTP served on the (possibly inherited) socket
+
+A change that alters the record set is validated, committed to the registry
+with the next generation number, answered, and applied by a reload
+(:mod:`iocmng.reload`) a short ``reload_delay`` later, so changes arriving
+together share one reload. Everything else (restart, parameters, jobs,
+ENABLE) happens live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .autosave import AutosaveStore
+from .config import load_config, merged_parameters
+from .errors import Conflict, IocmngError, NotFound, SettingsError
+from .ioc import IocBridge, plan_records, plugin_prefix
+from .registry import Entry, Registry
+from .reload import LISTEN_FD_ENV, exec_next_generation, listen_socket
+from .runtime import PluginSpec, Runtime, State
+from .settings import Settings, StartupPlugin, load_settings, read_service_config, resolve_prefix
+from .validation import Candidate, Options, Pipeline, Request
+
+log = logging.getLogger("iocmng.service")
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "plugins_examples"
+
+
+class Service:
+    """One generation of the iocmng service."""
+
+    def __init__(self, settings: Settings, *, demo: bool = False) -> None:
+        self.settings = settings
+        self.demo = demo
+        self.data_dir = settings.plugins_dir
+        self.service_config = read_service_config(settings.config)
+        self.prefix = resolve_prefix(settings, self.service_config)
+        self.registry = Registry(self.data_dir)
+        self.autosave = AutosaveStore(self.data_dir)
+        self.bridge = IocBridge(self.prefix)
+        self.runtime = Runtime(self.bridge, on_save=self.autosave.update)
+        self.pipeline = Pipeline(Options(
+            data_dir=self.data_dir, prefix=self.prefix, allow_requirements=settings.allow_requirements,
+            git_timeout=settings.git_timeout, pip_timeout=settings.pip_timeout, import_timeout=settings.import_timeout,
+        ))
+        self.generation = 0  # the generation this process serves
+        self.started_at = time.time()
+        self.lock = asyncio.Lock()  # serializes registry changes
+        self._adding: set[str] = set()
+        self._stop = asyncio.Event()
+        self._reload_requested = False
+        self._reload_timer: asyncio.TimerHandle | None = None
+        self.boot_errors: list[str] = []
+        # A reload is not a start: the startup/demo list is applied at a real
+        # start only, so a demo plugin the user removed stays removed.
+        self.fresh_start = LISTEN_FD_ENV not in os.environ
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def reload_pending(self) -> bool:
+        return self.registry.state.generation > self.generation
+
+    def info(self, name: str) -> dict[str, Any]:
+        entry = self.registry.plugins.get(name)
+        if entry is None:
+            raise NotFound(f"no plugin named {name!r}")
+        h = self.runtime.handles.get(name)
+        if h is not None:
+            out = h.info()
+        else:  # committed, waiting for its reload
+            out = {"name": name, "kind": entry.kind, "mode": None, "state": "pending", "parameters": entry.parameters,
+                   "pvs": entry.records, "cycle_count": 0, "error_count": 0, "overruns": 0, "last_error": None,
+                   "enabled": None}
+        out["source"] = entry.source.model_dump(exclude_none=True)
+        out["pv_prefix"] = plugin_prefix(self.prefix, name)
+        return out
+
+    def list(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [self.info(n) for n, e in sorted(self.registry.plugins.items()) if kind is None or e.kind == kind]
+
+    def health(self) -> dict[str, Any]:
+        states: dict[str, int] = {}
+        for item in self.list():
+            states[item["state"]] = states.get(item["state"], 0) + 1
+        kinds = [e.kind for e in self.registry.plugins.values()]
+        return {
+            "status": "ok",
+            "version": __version__,
+            "generation": self.generation,
+            "pending_generation": self.registry.state.generation if self.reload_pending else None,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "prefix": self.prefix,
+            "plugins": {"total": len(kinds), **states},
+            "tasks_count": kinds.count("task"),
+            "jobs_count": kinds.count("job"),
+            "boot_errors": self.boot_errors,
+        }
+
+    def get_kind(self, name: str, kind: str | None) -> Entry:
+        entry = self.registry.plugins.get(name)
+        if entry is None or (kind is not None and entry.kind != kind):
+            what = kind or "plugin"
+            raise NotFound(f"no {what} named {name!r}")
+        return entry
+
+    # -- mutations ---------------------------------------------------------------------------
+    async def add(self, req: Request) -> dict[str, Any]:
+        """Validate, commit, schedule the reload; answer with the pending generation."""
+        if req.name in self.registry.plugins or req.name in self._adding:
+            raise Conflict(f"a plugin named {req.name!r} already exists; remove it first or choose another name",
+                           field="name")
+        self._adding.add(req.name)
+        try:
+            cand = await self.pipeline.run(req)
+            try:
+                async with self.lock:
+                    entry = self._entry(cand)
+                    self.registry.commit(add=entry, bump=not self.reload_pending)
+            except BaseException:
+                await asyncio.to_thread(cand.discard)
+                raise
+        finally:
+            self._adding.discard(req.name)
+        log.info("added %s %s from %s; generation %d will serve it", cand.kind, req.name,
+                 cand.source.url or cand.source.local_path, self.registry.state.generation)
+        self.runtime.emit("added", plugin=req.name, generation=self.registry.state.generation)
+        self.schedule_reload()
+        return {
+            "plugin": self.info(req.name),
+            "reload_pending": True,
+            "generation": self.registry.state.generation,
+            "validation": [s.to_dict() for s in cand.steps],
+        }
+
+    def _entry(self, cand: Candidate) -> Entry:
+        return Entry(
+            name=cand.request.name, kind=cand.kind, source=cand.source, parameters=cand.request.parameters,
+            plugin_dir=str(cand.plugin_dir), owned_dir=str(cand.owned_dir) if cand.owned_dir else None,
+            deps_dir=str(cand.deps_dir) if cand.deps_dir else None, records=cand.records,
+        )
+
+    async def remove(self, name: str, kind: str | None = None) -> dict[str, Any]:
+        async with self.lock:
+            entry = self.get_kind(name, kind)
+            h = self.runtime.handles.pop(name, None)
+            if h is not None:
+                await self.runtime.stop_plugin(h)
+            self.registry.commit(remove=name, bump=not self.reload_pending)
+        self.autosave.forget(name)
+        await asyncio.to_thread(self._delete_files, entry)
+        log.info("removed %s; generation %d drops its records", name, self.registry.state.generation)
+        self.runtime.emit("removed", plugin=name, generation=self.registry.state.generation)
+        self.schedule_reload()
+        return {"removed": name, "reload_pending": True, "generation": self.registry.state.generation}
+
+    def _delete_files(self, entry: Entry) -> None:
+        """Delete only what we own, and only inside the data directory."""
+        root = self.data_dir.resolve()
+        for d in (entry.owned_dir, entry.deps_dir):
+            if not d:
+                continue
+            path = Path(d).resolve()
+            if path.is_relative_to(root / "repos") or path.is_relative_to(root / "deps"):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                log.error("refusing to delete %s: outside the data directory", path)
+
+    async def restart(self, name: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Re-import the code and restart live; a changed record set goes through a reload."""
+        async with self.lock:
+            entry = self.get_kind(name, None)
+            h = self.runtime.handles.get(name)
+            if h is None:
+                raise Conflict(f"{name!r} is waiting for the reload to generation {self.registry.state.generation}")
+            params = entry.parameters if parameters is None else parameters
+            config = await asyncio.to_thread(load_config, Path(entry.plugin_dir))
+            p = merged_parameters(config, params)
+            mode = p.mode if entry.kind == "task" else "job"
+            base = plugin_prefix(self.prefix, name)
+            records = [f"{base}:{s.short}" for s in plan_records(self.prefix, name, entry.kind, mode, config)]
+            new_entry = entry.model_copy(update={"parameters": params, "records": records})
+            if h.records is not None and sorted(records) == sorted(h.records.names()):
+                await self.runtime.restart(name, params)
+                self.registry.commit(add=new_entry)
+                return {"plugin": self.info(name), "reload_pending": False, "generation": self.generation}
+            self.registry.commit(add=new_entry, bump=not self.reload_pending)
+        self.schedule_reload()
+        return {"plugin": self.info(name), "reload_pending": True, "generation": self.registry.state.generation}
+
+    # -- reload ------------------------------------------------------------------------------
+    def schedule_reload(self) -> None:
+        """Coalesce: one reload ``reload_delay`` after the first pending change."""
+        if self._reload_timer is None and not self._reload_requested:
+            loop = asyncio.get_running_loop()
+            self._reload_timer = loop.call_later(self.settings.reload_delay, self._request_reload)
+
+    def _request_reload(self) -> None:
+        self._reload_timer = None
+        self._reload_requested = True
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- boot ----------------------------------------------------------------------------------
+    def _clean_orphans(self) -> None:
+        """Remove clones/requirements left by an interrupted operation (not in the registry)."""
+        keep = set()
+        for e in self.registry.plugins.values():
+            keep.update(str(Path(d).resolve()) for d in (e.owned_dir, e.deps_dir) if d)
+        for sub in ("repos", "deps"):
+            folder = self.data_dir / sub
+            if not folder.is_dir():
+                continue
+            for child in folder.iterdir():
+                if str(child.resolve()) not in keep:
+                    log.warning("removing orphan %s (left by an interrupted operation)", child)
+                    shutil.rmtree(child, ignore_errors=True)
+        for tmp in self.data_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    async def _register_startup(self) -> None:
+        wanted: list[StartupPlugin] = list(self.service_config.plugins)
+        if self.demo:
+            for d in sorted(p for p in EXAMPLES_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+                wanted.append(StartupPlugin(name=d.name.replace("_", "-"), local_path=str(d)))
+        for sp in wanted:
+            if sp.name in self.registry.plugins:
+                continue
+            req = Request(name=sp.name, git_url=sp.git_url, local_path=sp.local_path, branch=sp.branch,
+                          path=sp.path, parameters=sp.parameters, expect_kind=sp.kind)
+            try:
+                cand = await self.pipeline.run(req)
+            except IocmngError as exc:
+                self.boot_errors.append(f"{sp.name}: {exc.detail}")
+                log.error("startup plugin %s refused: %s", sp.name, exc.detail)
+                continue
+            self.registry.commit(add=self._entry(cand))
+
+    async def boot(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.registry.load()
+        self.generation = self.registry.state.generation
+        await asyncio.to_thread(self._clean_orphans)
+        if self.fresh_start:
+            await self._register_startup()
+        self.runtime.saved = self.autosave.load()
+        for name, e in sorted(self.registry.plugins.items()):
+            extra = [Path(e.deps_dir)] if e.deps_dir else []
+            self.runtime.prepare(PluginSpec(name, Path(e.plugin_dir), e.parameters, extra))
+        self.bridge.start(asyncio.get_running_loop())
+        await self.runtime.start()
+        # What exists now lives as long as the generation: keep it out of the
+        # collector's way (fewer, shorter GC pauses in the plugins' cycles).
+        gc.freeze()
+        failed = [h.name for h in self.runtime.handles.values() if h.state == State.FAILED]
+        log.info("generation %d serving %d plugin(s) under %s%s", self.generation, len(self.runtime.handles),
+                 self.prefix, f"; failed: {', '.join(failed)}" if failed else "")
+
+    async def run(self) -> bool:
+        """Serve until a stop or a reload; return True for a reload."""
+        from .api.app import create_app
+
+        sock = listen_socket(self.settings.host, self.settings.port)
+        await self.boot()
+        app = create_app(self)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10.0)
+        await runner.setup()
+        # aiohttp closes the socket it serves on when it stops; give it a
+        # duplicate so the original stays listening across the exec.
+        site = web.SockSite(runner, sock.dup())
+        await site.start()
+        log.info("HTTP on %s:%d (generation %d)", *sock.getsockname()[:2], self.generation)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._stop.wait()
+        reload = self._reload_requested
+        if self._adding:  # let adds in flight (clone, validation) commit first
+            log.info("waiting for %d add(s) in flight before stopping", len(self._adding))
+            deadline = loop.time() + self.settings.git_timeout + self.settings.pip_timeout + 30
+            while self._adding and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        log.info("%s: stopping plugins", "reload" if reload else "shutdown")
+        await runner.cleanup()  # stop accepting, finish in-flight requests
+        await self.runtime.stop()
+        await self.autosave.close()
+        if reload:
+            exec_next_generation(sock)
+        sock.close()
+        return reload
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import setup_logging
+
+    parser = argparse.ArgumentParser(prog="iocmng-server", description="iocmng service (settings: IOCMNG_* variables)")
+    parser.add_argument("--demo", action="store_true", help="also load the example plugins (plugins_examples/)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"iocmng-server: invalid setting: {exc.detail}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+
+    async def serve() -> None:
+        service = Service(settings, demo=args.demo)
+        await service.run()
+
+    try:
+        asyncio.run(serve())
+    except SettingsError as exc:
+        print(f"iocmng-server: invalid setting: {exc.detail}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"iocmng-server: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
