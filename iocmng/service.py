@@ -66,6 +66,8 @@ class Service:
         self.started_at = time.time()
         self.lock = asyncio.Lock()  # serializes registry changes
         self._adding: set[str] = set()
+        self._no_adds = asyncio.Event()
+        self._no_adds.set()
         self._stop = asyncio.Event()
         self._reload_requested = False
         self._reload_timer: asyncio.TimerHandle | None = None
@@ -129,6 +131,7 @@ class Service:
             raise Conflict(f"a plugin named {req.name!r} already exists; remove it first or choose another name",
                            field="name")
         self._adding.add(req.name)
+        self._no_adds.clear()
         try:
             cand = await self.pipeline.run(req)
             try:
@@ -140,6 +143,8 @@ class Service:
                 raise
         finally:
             self._adding.discard(req.name)
+            if not self._adding:
+                self._no_adds.set()
         log.info("added %s %s from %s; generation %d will serve it", cand.kind, req.name,
                  cand.source.url or cand.source.local_path, self.registry.state.generation)
         self.runtime.emit("added", plugin=req.name, generation=self.registry.state.generation)
@@ -297,9 +302,11 @@ class Service:
         reload = self._reload_requested
         if self._adding:  # let adds in flight (clone, validation) commit first
             log.info("waiting for %d add(s) in flight before stopping", len(self._adding))
-            deadline = loop.time() + self.settings.git_timeout + self.settings.pip_timeout + 30
-            while self._adding and loop.time() < deadline:
-                await asyncio.sleep(0.05)
+            limit = self.settings.git_timeout + self.settings.pip_timeout + self.settings.import_timeout
+            try:
+                await asyncio.wait_for(self._no_adds.wait(), limit)
+            except TimeoutError:
+                log.error("adds still in flight after %.0fs: %s", limit, ", ".join(self._adding))
         log.info("%s: stopping plugins", "reload" if reload else "shutdown")
         await runner.cleanup()  # stop accepting, finish in-flight requests
         await self.runtime.stop()
