@@ -10,6 +10,7 @@ directory) is put on ``sys.path`` so sibling imports work (at the end, see load_
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import inspect
 import sys
@@ -21,6 +22,18 @@ from .base.task import TaskBase
 from .errors import PluginLoadError
 
 NAMESPACE = "iocmng_plugins"
+
+
+class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
+    """Compile from source every time, never through ``__pycache__``.
+
+    The bytecode cache is keyed on (mtime in seconds, size): a code update
+    landing in the same second with the same size would run the old code.
+    It also keeps ``__pycache__`` out of the plugin's checkout.
+    """
+
+    def get_code(self, fullname: str):  # type: ignore[override]
+        return self.source_to_code(self.get_data(self.path), self.path)
 
 
 def plugin_files(directory: Path) -> list[Path]:
@@ -77,7 +90,7 @@ def import_files(directory: Path, plugin: str, extra_paths: list[Path] | None = 
     candidates: list[tuple[Path, type]] = []
     for file in files:
         name = _module_name(plugin, file.stem)
-        spec = importlib.util.spec_from_file_location(name, file)
+        spec = importlib.util.spec_from_file_location(name, file, loader=_FreshSourceLoader(name, str(file)))
         if spec is None or spec.loader is None:
             raise _error(f"{file.name}: cannot be imported", "import")
         module = importlib.util.module_from_spec(spec)
