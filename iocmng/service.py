@@ -72,6 +72,7 @@ class Service:
         self._reload_requested = False
         self._reload_timer: asyncio.TimerHandle | None = None
         self.boot_errors: list[str] = []
+        self._starting: asyncio.Task[None] | None = None
         # A reload is not a start: the startup/demo list is applied at a real
         # start only, so a demo plugin the user removed stays removed.
         self.fresh_start = LISTEN_FD_ENV not in os.environ
@@ -247,7 +248,7 @@ class Service:
         wanted: list[StartupPlugin] = list(self.service_config.plugins)
         if self.demo:
             for d in sorted(p for p in EXAMPLES_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-                wanted.append(StartupPlugin(name=d.name.replace("_", "-"), local_path=str(d)))
+                wanted.append(StartupPlugin(name=d.name, local_path=str(d)))
         for sp in wanted:
             if sp.name in self.registry.plugins:
                 continue
@@ -273,12 +274,17 @@ class Service:
             extra = [Path(e.deps_dir)] if e.deps_dir else []
             self.runtime.prepare(PluginSpec(name, Path(e.plugin_dir), e.parameters, extra))
         self.bridge.start(asyncio.get_running_loop())
+        # Plugins initialize while HTTP already answers (state `starting`): a
+        # plugin whose initialize() hangs must not keep the API down.
+        self._starting = asyncio.get_running_loop().create_task(self._start_plugins(), name="iocmng:start")
+
+    async def _start_plugins(self) -> None:
         await self.runtime.start()
         # What exists now lives as long as the generation: keep it out of the
         # collector's way (fewer, shorter GC pauses in the plugins' cycles).
         gc.freeze()
         failed = [h.name for h in self.runtime.handles.values() if h.state == State.FAILED]
-        log.info("generation %d serving %d plugin(s) under %s%s", self.generation, len(self.runtime.handles),
+        log.info("generation %d running %d plugin(s) under %s%s", self.generation, len(self.runtime.handles),
                  self.prefix, f"; failed: {', '.join(failed)}" if failed else "")
 
     async def run(self) -> bool:
@@ -309,6 +315,10 @@ class Service:
                 log.error("adds still in flight after %.0fs: %s", limit, ", ".join(self._adding))
         log.info("%s: stopping plugins", "reload" if reload else "shutdown")
         await runner.cleanup()  # stop accepting, finish in-flight requests
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+        if self._starting is not None:
+            await asyncio.wait({self._starting})
         await self.runtime.stop()
         await self.autosave.close()
         if reload:
