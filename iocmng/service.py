@@ -198,6 +198,10 @@ class Service:
             if h is None:
                 raise Conflict(f"{name!r} is waiting for the reload to generation {self.registry.state.generation}")
             params = entry.parameters if parameters is None else parameters
+            # The code may have changed on disk (local sources): check it in a
+            # child process before this process imports it.
+            await self.pipeline.check_code(name, Path(entry.plugin_dir), Path(entry.deps_dir) if entry.deps_dir else None,
+                                           entry.kind)
             config = await asyncio.to_thread(load_config, Path(entry.plugin_dir))
             p = merged_parameters(config, params)
             mode = p.mode if entry.kind == "task" else "job"

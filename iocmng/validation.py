@@ -141,6 +141,16 @@ class Pipeline:
         failed = cand.steps[-1]
         raise ValidationFailed(f"{failed.name}: {failed.detail}", steps=[s.to_dict() for s in cand.steps])
 
+    async def check_code(self, name: str, plugin_dir: Path, deps_dir: Path | None, kind: str) -> None:
+        """Re-check code already registered (before a live restart re-imports it in-process)."""
+        cand = Candidate(Request(name=name, expect_kind=kind), Source(type="local"), plugin_dir, deps_dir=deps_dir)
+        self._child = {}
+        for step in (self.step_syntax, self.step_import, self.step_inheritance, self.step_abstract):
+            try:
+                await step(cand)
+            except _StepFailed as exc:
+                raise ValidationFailed(f"{step.__name__.removeprefix('step_')}: {exc.detail}") from None
+
     # -- steps --------------------------------------------------------------------------
     async def step_clone(self, c: Candidate) -> str:
         req = c.request
