@@ -185,6 +185,9 @@ class PluginHandle:
         self.last_error = text
         self._set_status(4 if self.kind == "task" else 3)
         self.set_message(text)
+        # The throttled CYCLE_COUNT may hold back the last successes; with no
+        # success to come it would stay stale. A no-op when nothing changed.
+        self.publish_count(force=True)
         now = time.monotonic()
         last_text, last_at = self._last_logged
         if text != last_text or now - last_at > 60:  # do not flood the log at 10 Hz
