@@ -17,6 +17,7 @@ record itself (``DISP=1``), which is how EPICS disables puts.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -137,14 +138,37 @@ class PluginRecords:
         rec.set(value)
 
     def set_quiet(self, short: str, value: Any) -> None:
-        """Set an output record's value without processing (used to reset RUN)."""
+        """Set an output record's value without processing, and post it to monitors."""
         self.records[short].set(value, process=False)
+        post_monitor(f"{self.prefix}:{short}")
 
     def get(self, short: str) -> Any:
         try:
             return self.records[short].get()
         except KeyError:
             raise KeyError(f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})") from None
+
+
+class _DbAddr(ctypes.Structure):
+    # The head of EPICS's DBADDR (dbAddr.h); the tail is padding we never read.
+    _fields_ = [("precord", ctypes.c_void_p), ("pfield", ctypes.c_void_p), ("_rest", ctypes.c_char * 112)]
+
+
+_DBE_VALUE_LOG = 1 | 2  # DBE_VALUE | DBE_LOG
+
+
+def post_monitor(name: str) -> None:
+    """Post a record's current VAL to its monitors (CA and PVA subscribers).
+
+    An asynchronous (blocking) record posts monitors only when its processing
+    completes; RUN uses this so that a monitor sees 1 when a triggered cycle
+    starts and 0 when it ends, as a caget does.
+    """
+    from epicscorelibs.ioc import dbCore
+
+    addr = _DbAddr()
+    if dbCore.dbNameToAddr(name.encode(), ctypes.byref(addr)) == 0:
+        dbCore.db_post_events(ctypes.c_void_p(addr.precord), ctypes.c_void_p(addr.pfield), _DBE_VALUE_LOG)
 
 
 class IocBridge:
@@ -233,6 +257,7 @@ class IocBridge:
 
             async def run_update(v: Any) -> None:
                 if v:
+                    post_monitor(full)  # RUN=1 is visible to monitors while the cycle runs
                     await on_run()
 
             # blocking: a CA put-with-callback completes only when the cycle ends

@@ -29,7 +29,7 @@ from typing import Any
 from .base.job import JobResult
 from .base.plugin import PluginBase
 from .base.task import TaskBase
-from .config import PluginConfig, deep_merge, load_config, merged_parameters
+from .config import PluginConfig, coerce_value, deep_merge, load_config, merged_parameters
 from .errors import Conflict, IocmngError, NotFound, PluginLoadError
 from .ioc import JOB_STATES, TASK_STATES, IocBridge, PluginRecords, plan_records, truncate
 from .loader import kind_of, load_class, missing_abstract
@@ -106,6 +106,7 @@ class PluginHandle:
         self._published_at = 0.0
         self._published_count = -1
         self.busy = False  # a job run or a triggered cycle in progress
+        self.echo: dict[str, Any] = {}  # inputs last written by the plugin itself
         self._run_lock = asyncio.Lock()
         self._last_logged: tuple[str, float] = ("", 0.0)
 
@@ -117,14 +118,14 @@ class PluginHandle:
     def set_pv(self, name: str, value: Any) -> None:
         if self.records is None:
             raise RuntimeError(f"plugin {self.name} has no records")
-        rec_type = self.records.types.get(name)
-        if name in self.config.pvs.inputs if self.config else False:
-            # an input set by the plugin itself: no processing, so no on_input echo
-            self.records.set_quiet(name, value)
-        elif rec_type is not None and name in ("STATUS", "CYCLE_COUNT", "RUN", "ENABLE"):
+        if name in ("STATUS", "CYCLE_COUNT", "RUN", "ENABLE"):
             raise KeyError(f"{name} is managed by iocmng; use set_status()/set_message()")
-        else:
-            self.records.set(name, value)
+        if self.config is not None and name in self.config.pvs.inputs:
+            # An input written by the plugin itself is processed (so monitors
+            # see it) and its on_update comes back to _on_input; remember the
+            # value so that echo is not taken for an operator's write.
+            self.echo[name] = coerce_value(self.records.types[name], value)
+        self.records.set(name, value)
 
     def get_pv(self, name: str) -> Any:
         if self.records is None:
@@ -473,6 +474,9 @@ class Runtime:
         """An operator wrote an input PV (or ENABLE)."""
         if self.on_save is not None:
             self.on_save(h.name, short, value)
+        if short in h.echo and h.echo[short] == value:
+            del h.echo[short]  # the plugin's own set_pv, not an operator's write
+            return
         if short == "ENABLE":
             h.enabled = bool(value)
             self._apply_enable(h)
