@@ -79,15 +79,22 @@ CA_PORT_POOL: list[int] = [free_port() for _ in range(CA_POOL_SIZE)]
 _ca_pool_next = 0
 
 os.environ.update(loopback_env())
-os.environ.update({
-    "EPICS_CA_ADDR_LIST": " ".join(f"127.0.0.1:{p}" for p in CA_PORT_POOL),
-    "EPICS_CA_REPEATER_PORT": str(free_port()),
-    "EPICS_CA_SERVER_PORT": str(CA_PORT_POOL[0]),
-    "EPICS_PVA_SERVER_PORT": str(free_port()),
-    "EPICS_PVA_BROADCAST_PORT": str(free_port()),
-})
-for _var in ("EPICS_CA_NAME_SERVERS", "EPICS_PVA_NAME_SERVERS", "IOCMNG_PREFIX", "IOCMNG_CONFIG",
-             "IOCMNG_BEAMLINE_CONFIG"):
+os.environ.update(
+    {
+        "EPICS_CA_ADDR_LIST": " ".join(f"127.0.0.1:{p}" for p in CA_PORT_POOL),
+        "EPICS_CA_REPEATER_PORT": str(free_port()),
+        "EPICS_CA_SERVER_PORT": str(CA_PORT_POOL[0]),
+        "EPICS_PVA_SERVER_PORT": str(free_port()),
+        "EPICS_PVA_BROADCAST_PORT": str(free_port()),
+    }
+)
+for _var in (
+    "EPICS_CA_NAME_SERVERS",
+    "EPICS_PVA_NAME_SERVERS",
+    "IOCMNG_PREFIX",
+    "IOCMNG_CONFIG",
+    "IOCMNG_BEAMLINE_CONFIG",
+):
     os.environ.pop(_var, None)
 
 
@@ -113,13 +120,15 @@ class EpicsPorts:
         """The full process environment for a server subprocess."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("EPICS_", "IOCMNG_"))}
         env.update(loopback_env())
-        env.update({
-            "EPICS_CA_SERVER_PORT": str(self.ca_server),
-            "EPICS_CA_REPEATER_PORT": str(self.ca_repeater),
-            "EPICS_PVA_SERVER_PORT": str(self.pva_server),
-            "EPICS_PVA_BROADCAST_PORT": str(self.pva_broadcast),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "EPICS_CA_SERVER_PORT": str(self.ca_server),
+                "EPICS_CA_REPEATER_PORT": str(self.ca_repeater),
+                "EPICS_PVA_SERVER_PORT": str(self.pva_server),
+                "EPICS_PVA_BROADCAST_PORT": str(self.pva_broadcast),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         return env
 
     def pva_conf(self) -> dict[str, str]:
@@ -139,8 +148,9 @@ def epics_ports() -> EpicsPorts:
 
 
 # -- polling instead of sleeping ----------------------------------------------------------
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-                   what: str = "") -> Any:
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> Any:
     """Poll ``predicate`` (sync or async) until it returns a truthy value; return that value.
 
     Fails the test with the last value seen (or exception raised) after ``timeout`` seconds.
@@ -158,12 +168,15 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
             if last:
                 return last
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or predicate}: last {last!r}"
+            )
         await asyncio.sleep(interval)
 
 
-def wait_for_sync(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-                  what: str = "") -> Any:
+def wait_for_sync(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> Any:
     """:func:`wait_for` for code without an event loop (fixtures)."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -176,7 +189,9 @@ def wait_for_sync(predicate: Callable[[], Any], timeout: float = 10.0, interval:
             if last:
                 return last
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or predicate}: last {last!r}"
+            )
         time.sleep(interval)
 
 
@@ -197,7 +212,9 @@ def plugin_pv_name(directory: Path) -> str:
     return name_from_dir(directory).upper()
 
 
-def runner_command(dirs: list[Path], prefix: str | None, params: list[str], extra: list[str] | None = None) -> list[str]:
+def runner_command(
+    dirs: list[Path], prefix: str | None, params: list[str], extra: list[str] | None = None
+) -> list[str]:
     cmd = [sys.executable, "-m", "iocmng.cli", "run", *map(str, dirs)]
     if prefix is not None:
         cmd += ["--prefix", prefix]
@@ -244,7 +261,9 @@ class Runner:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-                raise AssertionError(f"runner did not exit within {timeout}s of signal {sig}:\n{self.stderr()}") from None
+                raise AssertionError(
+                    f"runner did not exit within {timeout}s of signal {sig}:\n{self.stderr()}"
+                ) from None
         assert self.returncode is not None
         return self.returncode
 
@@ -274,8 +293,13 @@ def pv_answers(ports: EpicsPorts, pv: str, timeout: float = 1.0) -> bool:
         ctx.close()
 
 
-def start_runner(dirs: list[Path], workdir: Path, params: list[str] = (), prefix: str | None = None,
-                 ready_timeout: float = 30.0) -> Runner:
+def start_runner(
+    dirs: list[Path],
+    workdir: Path,
+    params: list[str] = (),
+    prefix: str | None = None,
+    ready_timeout: float = 30.0,
+) -> Runner:
     """Start ``iocmng run DIRS --prefix PREFIX`` and wait until its first plugin's STATUS answers."""
     prefix = prefix or random_prefix()
     ports = EpicsPorts.allocate()
@@ -283,8 +307,14 @@ def start_runner(dirs: list[Path], workdir: Path, params: list[str] = (), prefix
     tag = uuid.uuid4().hex[:6]
     log_path, out_path = workdir / f"runner-{tag}.err", workdir / f"runner-{tag}.out"
     with open(log_path, "wb") as err, open(out_path, "wb") as out:
-        proc = subprocess.Popen(runner_command(dirs, prefix, list(params)), env=ports.env(), cwd=workdir,
-                                stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            runner_command(dirs, prefix, list(params)),
+            env=ports.env(),
+            cwd=workdir,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
     runner = Runner(proc, prefix, ports, log_path, out_path, list(dirs))
     probe = f"{prefix}:{plugin_pv_name(dirs[0])}:STATUS"
 
@@ -303,7 +333,9 @@ def start_runner(dirs: list[Path], workdir: Path, params: list[str] = (), prefix
 def _raise_if_dead(runner: Runner) -> None:
     # pytest.fail raises a BaseException, so the polling loop does not swallow it
     if not runner.alive():
-        pytest.fail(f"runner exited with {runner.proc.returncode} before serving:\n{runner.stderr()}")
+        pytest.fail(
+            f"runner exited with {runner.proc.returncode} before serving:\n{runner.stderr()}"
+        )
 
 
 #: What each example logs from its cleanup() at info level.

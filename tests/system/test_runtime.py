@@ -40,7 +40,9 @@ SUCCESS, FAILED = 2, 3
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory: pytest.TempPathFactory):
-    runner = start_runner(ALL, tmp_path_factory.mktemp("ioc"), [f"points={POINTS}", f"dwell={DWELL}"])
+    runner = start_runner(
+        ALL, tmp_path_factory.mktemp("ioc"), [f"points={POINTS}", f"dwell={DWELL}"]
+    )
     yield runner
     stop_and_check(runner)
 
@@ -58,7 +60,14 @@ async def ca_value(pv: str, **kw: Any) -> Any:
 
 # -- every default PV of SPEC §5, with values and metadata --------------------------------------
 EXPECTED_CA: dict[str, dict[str, Any]] = {
-    "sync_monitor": {"ENABLE": 1, "STATUS": RUN, "SETPOINT": 50.0, "GAIN": 1.0, "READING": 50.0, "ALARM": 0},
+    "sync_monitor": {
+        "ENABLE": 1,
+        "STATUS": RUN,
+        "SETPOINT": 50.0,
+        "GAIN": 1.0,
+        "READING": 50.0,
+        "ALARM": 0,
+    },
     "async_monitor": {"ENABLE": 1, "STATUS": RUN, "OFFSET": 0.0},
     "triggered_scan": {"ENABLE": 1, "STATUS": RUN, "RUN": 0, "START": 0.0, "STOP": 10.0},
     "diagnostics_job": {"STATUS": SUCCESS, "MESSAGE": "OK"},
@@ -73,10 +82,15 @@ ENUMS = {
 @pytest.mark.parametrize("plugin", sorted(EXPECTED_CA))
 async def test_values_and_metadata_over_ca(ioc: Runner, plugin: str) -> None:
     pv = lambda short: ioc.pv(plugin, short)  # noqa: E731
-    await wait_for(lambda: ca_value(pv("READING")) if plugin == "sync_monitor" else True, what="first cycle")
+    await wait_for(
+        lambda: ca_value(pv("READING")) if plugin == "sync_monitor" else True, what="first cycle"
+    )
     for short, expected in EXPECTED_CA[plugin].items():
-        got = await wait_for(lambda s=short, e=expected: _equal(ca_value(pv(s)), e), timeout=5,
-                             what=f"{pv(short)} == {expected!r}")
+        got = await wait_for(
+            lambda s=short, e=expected: _equal(ca_value(pv(s)), e),
+            timeout=5,
+            what=f"{pv(short)} == {expected!r}",
+        )
         assert got
     status = await ca_value(pv("STATUS"), format=FORMAT_CTRL)
     assert status.enums == (JOB_STATES if plugin == "diagnostics_job" else TASK_STATES)
@@ -103,7 +117,12 @@ async def _equal(value: Any, expected: Any) -> bool:
 
 async def test_declared_pv_fields_over_ca(ioc: Runner) -> None:
     sp = await ca_value(ioc.pv("sync_monitor", "SETPOINT"), format=FORMAT_CTRL)
-    assert (sp.units, sp.precision, sp.lower_disp_limit, sp.upper_disp_limit) == ("%", 2, 0.0, 100.0)
+    assert (sp.units, sp.precision, sp.lower_disp_limit, sp.upper_disp_limit) == (
+        "%",
+        2,
+        0.0,
+        100.0,
+    )
     reading = await ca_value(ioc.pv("sync_monitor", "READING"), format=FORMAT_CTRL)
     assert (reading.units, reading.precision) == ("%", 3)
     samples = await ca_value(ioc.pv("async_monitor", "SAMPLES"), format=FORMAT_CTRL)
@@ -117,7 +136,9 @@ async def test_values_and_types_over_pva(ioc: Runner, pva: Any, plugin: str) -> 
     pv = lambda short: ioc.pv(plugin, short)  # noqa: E731
     status = await asyncio.wait_for(pva.get(pv("STATUS")), 5)
     assert status.raw.getID() == "epics:nt/NTEnum:1.0"
-    assert list(status.raw.value.choices) == (JOB_STATES if plugin == "diagnostics_job" else TASK_STATES)
+    assert list(status.raw.value.choices) == (
+        JOB_STATES if plugin == "diagnostics_job" else TASK_STATES
+    )
     assert int(status) == EXPECTED_CA[plugin]["STATUS"]
     message = await pva.get(pv("MESSAGE"))
     assert isinstance(message, str)
@@ -179,7 +200,10 @@ async def test_refused_put_leaves_the_value(ioc: Runner, pva: Any) -> None:
 
 # -- ENABLE pauses and resumes a continuous task ----------------------------------------------------------
 async def _counts(ioc: Runner, plugin: str) -> tuple[int, int]:
-    return (await ca_value(ioc.pv(plugin, "CYCLE_COUNT")), await ca_value(ioc.pv(plugin, "SAMPLES")))
+    return (
+        await ca_value(ioc.pv(plugin, "CYCLE_COUNT")),
+        await ca_value(ioc.pv(plugin, "SAMPLES")),
+    )
 
 
 @pytest.mark.parametrize("protocol", ["ca", "pva"])
@@ -219,8 +243,10 @@ async def test_run_put_callback_completes_after_the_scan(ioc: Runner) -> None:
     scans = await ca_value(pv("SCANS"))
     run_values: list[int] = []
     positions: list[float] = []
-    subs = [camonitor(pv("RUN"), run_values.append, all_updates=True),
-            camonitor(pv("POSITION"), positions.append, all_updates=True)]
+    subs = [
+        camonitor(pv("RUN"), run_values.append, all_updates=True),
+        camonitor(pv("POSITION"), positions.append, all_updates=True),
+    ]
     try:
         await wait_for(lambda: run_values, what="RUN monitor to connect")
         t0 = time.monotonic()
@@ -231,7 +257,9 @@ async def test_run_put_callback_completes_after_the_scan(ioc: Runner) -> None:
         assert await ca_value(pv("POSITION")) == await ca_value(pv("STOP"))
         assert await ca_value(pv("RESULT")) == f"scan {scans + 1}: {POINTS} pts"
         assert await ca_value(pv("RUN")) == 0
-        assert elapsed >= 0.9 * POINTS * DWELL, f"put returned after {elapsed:.2f}s, before the scan ended"
+        assert elapsed >= 0.9 * POINTS * DWELL, (
+            f"put returned after {elapsed:.2f}s, before the scan ended"
+        )
         await wait_for(lambda: run_values[-1] == 0, what="RUN back to 0")
     finally:
         for s in subs:
@@ -247,8 +275,11 @@ async def test_run_reads_one_while_running(ioc: Runner) -> None:
     await caput(pv("RUN"), 1)  # no callback: returns at once
     assert await ca_value(pv("RUN")) == 1, "RUN must read 1 while the scan runs"
     assert await ca_value(pv("SCANS")) == scans, "the scan cannot be over yet"
-    await wait_for(lambda: _equal(ca_value(pv("RUN")), 0), timeout=10 * POINTS * DWELL + 5,
-                   what="RUN back to 0")
+    await wait_for(
+        lambda: _equal(ca_value(pv("RUN")), 0),
+        timeout=10 * POINTS * DWELL + 5,
+        what="RUN back to 0",
+    )
     assert await ca_value(pv("SCANS")) == scans + 1
 
 
@@ -281,12 +312,17 @@ async def test_run_ignored_while_disabled(ioc: Runner) -> None:
 async def test_cycle_count_rate_of_a_10hz_task(ioc: Runner) -> None:
     """Count over ~3 s with the server's timestamps; a ratio to the nominal 10 Hz."""
     updates: list[Any] = []
-    sub = camonitor(ioc.pv("async_monitor", "CYCLE_COUNT"), updates.append, format=FORMAT_TIME, all_updates=True)
+    sub = camonitor(
+        ioc.pv("async_monitor", "CYCLE_COUNT"), updates.append, format=FORMAT_TIME, all_updates=True
+    )
     try:
         await wait_for(lambda: len(updates) >= 2, what="CYCLE_COUNT updates")
         first = updates[-1]
-        await wait_for(lambda: updates[-1].timestamp - first.timestamp >= 3.0, timeout=30,
-                       what="3 s of CYCLE_COUNT updates")
+        await wait_for(
+            lambda: updates[-1].timestamp - first.timestamp >= 3.0,
+            timeout=30,
+            what="3 s of CYCLE_COUNT updates",
+        )
         last = updates[-1]
     finally:
         sub.close()
@@ -310,7 +346,9 @@ async def test_input_over_ca_reaches_the_plugin(ioc: Runner) -> None:
     pv = lambda short: ioc.pv("sync_monitor", short)  # noqa: E731
     try:
         await caput(pv("SETPOINT"), 80.0, wait=True, timeout=5)
-        await wait_for(lambda: _equal(ca_value(pv("LAST_INPUT")), "SETPOINT=80.0"), what="on_input to run")
+        await wait_for(
+            lambda: _equal(ca_value(pv("LAST_INPUT")), "SETPOINT=80.0"), what="on_input to run"
+        )
         await wait_for(lambda: _equal(ca_value(pv("READING")), 80.0), what="READING to follow")
         await wait_for(lambda: _equal(ca_value(pv("ALARM")), 1), what="ALARM above threshold")
         # drive limits from low/high
@@ -319,15 +357,21 @@ async def test_input_over_ca_reaches_the_plugin(ioc: Runner) -> None:
     finally:
         await caput(pv("SETPOINT"), 50.0, wait=True, timeout=5)
     await wait_for(lambda: _equal(ca_value(pv("ALARM")), 0), what="ALARM back to OK")
-    await wait_for(lambda: _equal(ca_value(pv("LAST_INPUT")), "SETPOINT=50.0"), what="on_input to run")
+    await wait_for(
+        lambda: _equal(ca_value(pv("LAST_INPUT")), "SETPOINT=50.0"), what="on_input to run"
+    )
 
 
 async def test_input_over_pva_reaches_the_plugin(ioc: Runner, pva: Any) -> None:
     pv = lambda short: ioc.pv("sync_monitor", short)  # noqa: E731
     try:
         await asyncio.wait_for(pva.put(pv("GAIN"), 0.5), 5)
-        await wait_for(lambda: _equal(ca_value(pv("LAST_INPUT")), "GAIN=0.5"), what="on_input to run")
-        await wait_for(lambda: _equal(pva.get(pv("READING")), 25.0), what="READING = SETPOINT * GAIN")
+        await wait_for(
+            lambda: _equal(ca_value(pv("LAST_INPUT")), "GAIN=0.5"), what="on_input to run"
+        )
+        await wait_for(
+            lambda: _equal(pva.get(pv("READING")), 25.0), what="READING = SETPOINT * GAIN"
+        )
     finally:
         await asyncio.wait_for(pva.put(pv("GAIN"), 1.0), 5)
     await wait_for(lambda: _equal(ca_value(pv("READING")), 50.0), what="READING restored")
@@ -337,7 +381,9 @@ async def test_input_reaches_an_async_plugin(ioc: Runner) -> None:
     offset, wave = ioc.pv("async_monitor", "OFFSET"), ioc.pv("async_monitor", "WAVE")
     try:
         await caput(offset, 1000.0, wait=True, timeout=5)
-        await wait_for(lambda: _within(ca_value(wave), 990.0, 1010.0), what="WAVE around the offset")
+        await wait_for(
+            lambda: _within(ca_value(wave), 990.0, 1010.0), what="WAVE around the offset"
+        )
     finally:
         await caput(offset, 0.0, wait=True, timeout=5)
     await wait_for(lambda: _within(ca_value(wave), -10.0, 10.0), what="WAVE back around 0")
@@ -352,7 +398,11 @@ async def test_job_ran_once_and_reported(ioc: Runner) -> None:
     results = [json.loads(line) for line in ioc.stdout().splitlines() if line.startswith("{")]
     assert len(results) == 1
     result = results[0]
-    assert result["success"] is True and result["message"] == "OK" and result["job"] == "diagnostics_job"
+    assert (
+        result["success"] is True
+        and result["message"] == "OK"
+        and result["job"] == "diagnostics_job"
+    )
     assert result["data"]["pid"] == ioc.proc.pid
     assert await ca_value(ioc.pv("diagnostics_job", "STATUS")) == SUCCESS
     assert await ca_value(ioc.pv("diagnostics_job", "MESSAGE")) == "OK"
@@ -360,8 +410,9 @@ async def test_job_ran_once_and_reported(ioc: Runner) -> None:
 
 # -- errors ---------------------------------------------------------------------------------------------------------------------
 async def test_sync_plugin_error_sets_status_and_others_go_on(runner_factory: Any) -> None:
-    runner = runner_factory([EXAMPLES / "sync_monitor", EXAMPLES / "async_monitor"],
-                            ["fail_every=3", "interval=0.2"])
+    runner = runner_factory(
+        [EXAMPLES / "sync_monitor", EXAMPLES / "async_monitor"], ["fail_every=3", "interval=0.2"]
+    )
     pv = lambda short: runner.pv("sync_monitor", short)  # noqa: E731
     await wait_for(lambda: _equal(ca_value(pv("STATUS")), ERROR), what="STATUS=ERROR")
     message = await ca_value(pv("MESSAGE"))
@@ -377,8 +428,11 @@ async def test_sync_plugin_error_sets_status_and_others_go_on(runner_factory: An
     assert "RuntimeError: simulated failure" in log
 
 
-@pytest.mark.xfail(strict=True, reason="plugins_examples/sync_monitor counts failures with self.cycle_count, "
-                   "which counts successful cycles only: once (cycle_count + 1) % fail_every == 0 it fails forever")
+@pytest.mark.xfail(
+    strict=True,
+    reason="plugins_examples/sync_monitor counts failures with self.cycle_count, "
+    "which counts successful cycles only: once (cycle_count + 1) % fail_every == 0 it fails forever",
+)
 async def test_sync_monitor_fail_every_recovers(runner_factory: Any) -> None:
     runner = runner_factory([EXAMPLES / "sync_monitor"], ["fail_every=3", "interval=0.2"])
     status = runner.pv("sync_monitor", "STATUS")
@@ -412,12 +466,17 @@ def write_plugin(root: Path, name: str, code: str, config: str) -> Path:
 
 
 async def test_raising_execute_then_recovery(runner_factory: Any, tmp_path: Path) -> None:
-    d = write_plugin(tmp_path, "flaky", FLAKY_TASK, """
+    d = write_plugin(
+        tmp_path,
+        "flaky",
+        FLAKY_TASK,
+        """
         parameters: {interval: 0.1}
         pvs:
           inputs: {FAIL: {type: bool, value: 0}}
           outputs: {OK_CYCLES: {type: int}}
-        """)
+        """,
+    )
     runner = runner_factory([d])
     pv = lambda short: runner.pv("flaky", short)  # noqa: E731
     await wait_for(lambda: _greater(ca_value(pv("OK_CYCLES")), 2), what="a few good cycles")
@@ -426,7 +485,9 @@ async def test_raising_execute_then_recovery(runner_factory: Any, tmp_path: Path
     assert await ca_value(pv("MESSAGE")) == "execute: RuntimeError: sensor unplugged"
     await asyncio.sleep(0.6)
     count = await ca_value(pv("CYCLE_COUNT"))
-    assert await ca_value(pv("OK_CYCLES")) == count, "the count of completed cycles is published while failing"
+    assert await ca_value(pv("OK_CYCLES")) == count, (
+        "the count of completed cycles is published while failing"
+    )
     await caput(pv("FAIL"), 0, wait=True, timeout=5)
     await wait_for(lambda: _equal(ca_value(pv("STATUS")), RUN), what="recovery to RUN")
     assert await ca_value(pv("MESSAGE")) == "recovered"
@@ -435,13 +496,20 @@ async def test_raising_execute_then_recovery(runner_factory: Any, tmp_path: Path
     assert "flaky cleaned up" in log
 
 
-async def test_raising_triggered_cycle_completes_the_put(runner_factory: Any, tmp_path: Path) -> None:
-    d = write_plugin(tmp_path, "flakytrig", FLAKY_TASK, """
+async def test_raising_triggered_cycle_completes_the_put(
+    runner_factory: Any, tmp_path: Path
+) -> None:
+    d = write_plugin(
+        tmp_path,
+        "flakytrig",
+        FLAKY_TASK,
+        """
         parameters: {mode: triggered}
         pvs:
           inputs: {FAIL: {type: bool, value: 1}}
           outputs: {OK_CYCLES: {type: int}}
-        """)
+        """,
+    )
     runner = runner_factory([d])
     pv = lambda short: runner.pv("flakytrig", short)  # noqa: E731
     await caput(pv("RUN"), 1, wait=True, timeout=10)
@@ -455,7 +523,9 @@ async def test_raising_triggered_cycle_completes_the_put(runner_factory: Any, tm
 
 
 async def test_async_plugin_and_job_failures(runner_factory: Any) -> None:
-    runner = runner_factory([EXAMPLES / "async_monitor", EXAMPLES / "diagnostics_job"], ["fail=true"])
+    runner = runner_factory(
+        [EXAMPLES / "async_monitor", EXAMPLES / "diagnostics_job"], ["fail=true"]
+    )
     wave = lambda short: runner.pv("async_monitor", short)  # noqa: E731
     await wait_for(lambda: _equal(ca_value(wave("STATUS")), ERROR), what="STATUS=ERROR")
     assert await ca_value(wave("MESSAGE")) == "execute: ValueError: configured to fail"[:39]

@@ -42,13 +42,19 @@ def test_parse_param_needs_equals() -> None:
 
 def test_params_dict_nests_dotted_keys() -> None:
     pairs = [("interval", 0.1), ("opts.a", 1), ("opts.b.c", "x"), ("threshold", 5)]
-    assert params_dict(pairs) == {"interval": 0.1, "threshold": 5, "opts": {"a": 1, "b": {"c": "x"}}}
+    assert params_dict(pairs) == {
+        "interval": 0.1,
+        "threshold": 5,
+        "opts": {"a": 1, "b": {"c": "x"}},
+    }
     assert params_dict(None) == {}
     assert params_dict([("k", 1), ("k", 2)]) == {"k": 2}, "the last of repeated keys wins"
 
 
 def test_run_arguments() -> None:
-    args = build_parser().parse_args(["run", "a", "b", "--prefix", "X:Y", "-p", "n=1", "--param", "m.k=on"])
+    args = build_parser().parse_args(
+        ["run", "a", "b", "--prefix", "X:Y", "-p", "n=1", "--param", "m.k=on"]
+    )
     assert args.dirs == [Path("a"), Path("b")]
     assert args.prefix == "X:Y"
     assert params_dict(args.param) == {"n": 1, "m": {"k": True}}
@@ -63,8 +69,13 @@ def test_run_needs_a_directory(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     "dirname,expected",
-    [("sync_monitor", "sync_monitor"), ("My Plugin", "my-plugin"), ("--x--", "x"), ("___", "plugin"),
-     ("a" * 50, "a" * 40)],
+    [
+        ("sync_monitor", "sync_monitor"),
+        ("My Plugin", "my-plugin"),
+        ("--x--", "x"),
+        ("___", "plugin"),
+        ("a" * 50, "a" * 40),
+    ],
 )
 def test_name_from_dir(tmp_path: Path, dirname: str, expected: str) -> None:
     d = tmp_path / dirname

@@ -240,7 +240,9 @@ def test_merged_parameters_applies_overrides() -> None:
     assert cfg.parameters["interval"] == 1.0, "the config defaults must not be modified"
 
 
-@pytest.mark.parametrize("override,field", [({"interval": 0}, "interval"), ({"mode": "never"}, "mode")])
+@pytest.mark.parametrize(
+    "override,field", [({"interval": 0}, "interval"), ({"mode": "never"}, "mode")]
+)
 def test_merged_parameters_rejects_bad_overrides(override: dict, field: str) -> None:
     cfg = parse_config("parameters: {interval: 1.0}\n")
     with pytest.raises(ConfigError) as info:
@@ -261,7 +263,12 @@ def test_json_schema_describes_every_field() -> None:
 # -- record planning (ioc.plan_records is pure: no EPICS needed) --------------------------------
 def test_default_records_per_kind() -> None:
     names = lambda recs: [r.short for r in recs]  # noqa: E731
-    assert names(default_records("task", "continuous")) == ["ENABLE", "STATUS", "MESSAGE", "CYCLE_COUNT"]
+    assert names(default_records("task", "continuous")) == [
+        "ENABLE",
+        "STATUS",
+        "MESSAGE",
+        "CYCLE_COUNT",
+    ]
     assert names(default_records("task", "triggered")) == ["ENABLE", "STATUS", "MESSAGE", "RUN"]
     assert names(default_records("job", "job")) == ["STATUS", "MESSAGE"]
     writable = {r.short for r in default_records("task", "triggered") if r.writable}
@@ -308,7 +315,12 @@ def test_long_plugin_name_blames_the_name() -> None:
 
 @pytest.mark.parametrize(
     "text,limit,expected",
-    [("short", 39, "short"), ("x" * 50, 39, "x" * 39), ("a\nb", 39, "a b"), ("é" * 30, 39, "é" * 19)],
+    [
+        ("short", 39, "short"),
+        ("x" * 50, 39, "x" * 39),
+        ("a\nb", 39, "a b"),
+        ("é" * 30, 39, "é" * 19),
+    ],
 )
 def test_truncate_fits_string_records(text: str, limit: int, expected: str) -> None:
     out = truncate(text, limit)

@@ -66,7 +66,9 @@ def test_one_job(tmp_path: Path) -> None:
 
 
 def test_two_classes_refused_and_named(tmp_path: Path) -> None:
-    d, name = make_plugin(tmp_path, {"a.py": TASK.format(name="First"), "b.py": JOB.format(name="Second")})
+    d, name = make_plugin(
+        tmp_path, {"a.py": TASK.format(name="First"), "b.py": JOB.format(name="Second")}
+    )
     with pytest.raises(PluginLoadError) as info:
         load_class(d, name)
     msg = info.value.detail
@@ -94,7 +96,9 @@ def test_no_py_file(tmp_path: Path) -> None:
 
 
 def test_underscore_files_ignored(tmp_path: Path) -> None:
-    d, name = make_plugin(tmp_path, {"_private.py": TASK.format(name="Hidden"), "m.py": TASK.format(name="Seen")})
+    d, name = make_plugin(
+        tmp_path, {"_private.py": TASK.format(name="Hidden"), "m.py": TASK.format(name="Seen")}
+    )
     assert [p.name for p in plugin_files(d)] == ["m.py"]
     assert load_class(d, name).__name__ == "Seen"
 
@@ -141,7 +145,9 @@ def test_imported_classes_do_not_count(tmp_path: Path) -> None:
 
 
 def test_only_imported_class_means_no_plugin(tmp_path: Path) -> None:
-    d, name = make_plugin(tmp_path, {"m.py": "from iocmng import TaskBase, JobBase\nAlias = TaskBase\n"})
+    d, name = make_plugin(
+        tmp_path, {"m.py": "from iocmng import TaskBase, JobBase\nAlias = TaskBase\n"}
+    )
     with pytest.raises(PluginLoadError, match="no plugin class"):
         load_class(d, name)
 
@@ -181,7 +187,9 @@ def test_import_error_names_the_file(tmp_path: Path) -> None:
         load_class(d, name)
     assert "broken.py" in info.value.detail
     assert "ModuleNotFoundError" in info.value.detail
-    assert not [m for m in sys.modules if m.startswith(f"{NAMESPACE}.{name}.")], "failed import must be unloaded"
+    assert not [m for m in sys.modules if m.startswith(f"{NAMESPACE}.{name}.")], (
+        "failed import must be unloaded"
+    )
 
 
 def test_syntax_error_names_the_file(tmp_path: Path) -> None:
@@ -193,7 +201,9 @@ def test_syntax_error_names_the_file(tmp_path: Path) -> None:
 def test_sibling_import_and_private_namespace(tmp_path: Path) -> None:
     helper = "FACTOR = 7\n"
     main = "from helpers import FACTOR\n" + TASK.format(name="UsesHelper") + "    factor = FACTOR\n"
-    d, name = make_plugin(tmp_path, {"_helpers_unused.py": "", "helpers.py": helper, "main.py": main})
+    d, name = make_plugin(
+        tmp_path, {"_helpers_unused.py": "", "helpers.py": helper, "main.py": main}
+    )
     cls = load_class(d, name)
     assert cls.factor == 7
 

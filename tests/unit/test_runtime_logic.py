@@ -43,11 +43,21 @@ class FakeBridge:
         self.on_input: dict[str, Any] = {}
         self.on_run: dict[str, Any] = {}
 
-    def add_plugin(self, name: str, specs: list[RecordSpec], *, kind: str, on_input: Any, on_run: Any = None,
-                   restored: dict[str, Any] | None = None) -> PluginRecords:
+    def add_plugin(
+        self,
+        name: str,
+        specs: list[RecordSpec],
+        *,
+        kind: str,
+        on_input: Any,
+        on_run: Any = None,
+        restored: dict[str, Any] | None = None,
+    ) -> PluginRecords:
         out = PluginRecords(plugin_prefix(self.prefix, name))
         for rec in specs:
-            value = (restored or {}).get(rec.short, rec.spec.value) if rec.autosave else rec.spec.value
+            value = (
+                (restored or {}).get(rec.short, rec.spec.value) if rec.autosave else rec.spec.value
+            )
             out.records[rec.short] = FakeRecord(value)
             out.types[rec.short] = "int" if rec.short == "STATUS" else rec.spec.type
         self.plugins[name] = out
@@ -90,7 +100,9 @@ async def runtime():
     await rt.stop()
 
 
-async def started(rt: Runtime, tmp_path: Path, code: str, config: str = "", params: dict | None = None):
+async def started(
+    rt: Runtime, tmp_path: Path, code: str, config: str = "", params: dict | None = None
+):
     d, name = make_plugin(tmp_path, code, config)
     h = rt.prepare(PluginSpec(name, d, params or {}))
     assert h.state == State.PENDING, h.last_error
@@ -163,7 +175,9 @@ async def test_sync_methods_run_on_worker_threads(runtime: Runtime, tmp_path: Pa
 async def test_fixed_rate_does_not_drift_with_work(runtime: Runtime, tmp_path: Path) -> None:
     # work of 60% of the interval: a sleep-after-work loop would reach only 1/1.6 of the rate
     interval = 0.1
-    h, _ = await started(runtime, tmp_path, ASYNC_TASK, TASK_CONFIG.format(interval=interval), {"work": 0.06})
+    h, _ = await started(
+        runtime, tmp_path, ASYNC_TASK, TASK_CONFIG.format(interval=interval), {"work": 0.06}
+    )
     await poll(lambda: h.cycle_count >= 1)
     c0, t0 = h.cycle_count, time.monotonic()
     await asyncio.sleep(2.0)
@@ -173,15 +187,21 @@ async def test_fixed_rate_does_not_drift_with_work(runtime: Runtime, tmp_path: P
     assert h.overruns == 0 or h.overruns < (c1 - c0) / 4
 
 
-async def test_overrun_starts_next_cycle_at_once_and_is_counted(runtime: Runtime, tmp_path: Path) -> None:
-    h, _ = await started(runtime, tmp_path, ASYNC_TASK, TASK_CONFIG.format(interval=0.02), {"work": 0.1})
+async def test_overrun_starts_next_cycle_at_once_and_is_counted(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    h, _ = await started(
+        runtime, tmp_path, ASYNC_TASK, TASK_CONFIG.format(interval=0.02), {"work": 0.1}
+    )
     await poll(lambda: h.cycle_count >= 6)
     assert h.overruns >= h.cycle_count - 2
     # late starts are not "made up" with a burst: the cycles still take ~work each
     assert h.last_cycle_s >= 0.09
 
 
-async def test_cycle_count_published_at_most_every_half_second(runtime: Runtime, tmp_path: Path) -> None:
+async def test_cycle_count_published_at_most_every_half_second(
+    runtime: Runtime, tmp_path: Path
+) -> None:
     h, name = await started(runtime, tmp_path, ASYNC_TASK, TASK_CONFIG.format(interval=0.01))
     await poll(lambda: h.cycle_count >= 60)
     published = runtime.bridge.history(name, "CYCLE_COUNT")
@@ -222,7 +242,9 @@ async def test_error_then_recovery(runtime: Runtime, tmp_path: Path) -> None:
 
 async def test_cycle_count_not_stale_while_failing(runtime: Runtime, tmp_path: Path) -> None:
     # successes close together, then only failures: the last count must still be published
-    h, name = await started(runtime, tmp_path, SYNC_TASK, TASK_CONFIG.format(interval=0.05), {"fail_from": 3})
+    h, name = await started(
+        runtime, tmp_path, SYNC_TASK, TASK_CONFIG.format(interval=0.05), {"fail_from": 3}
+    )
     await poll(lambda: h.error_count >= 3)
     assert h.cycle_count == 3
     assert runtime.bridge.value(name, "CYCLE_COUNT") == 3
@@ -248,7 +270,9 @@ async def test_plugin_may_not_write_managed_pvs(runtime: Runtime, tmp_path: Path
 
 async def test_stop_cancels_and_runs_cleanup(runtime: Runtime, tmp_path: Path) -> None:
     bridge = runtime.bridge
-    h, name = await started(runtime, tmp_path, ASYNC_TASK, TASK_CONFIG.format(interval=0.01), {"work": 30})
+    h, name = await started(
+        runtime, tmp_path, ASYNC_TASK, TASK_CONFIG.format(interval=0.01), {"work": 30}
+    )
     await asyncio.sleep(0.1)  # execute is now inside a 30 s await
     t0 = time.monotonic()
     await runtime.stop_plugin(h, timeout=5)
@@ -294,7 +318,9 @@ class T(TaskBase):
 async def test_run_pv_runs_one_cycle_and_resets(runtime: Runtime, tmp_path: Path) -> None:
     bridge = runtime.bridge
     h, name = await started(runtime, tmp_path, TRIGGERED, "parameters: {mode: triggered}\n")
-    assert "CYCLE_COUNT" not in bridge.plugins[name].records and "RUN" in bridge.plugins[name].records
+    assert (
+        "CYCLE_COUNT" not in bridge.plugins[name].records and "RUN" in bridge.plugins[name].records
+    )
     assert h.task is None
     write = asyncio.ensure_future(bridge.write(name, "RUN", 1))
     await poll(lambda: h.busy)
@@ -345,5 +371,7 @@ async def test_job_success_failure_and_timeout(runtime: Runtime, tmp_path: Path)
     slow = await runtime.run_job(name, {"sleep": 2}, timeout=0.2)
     assert slow["success"] is False and "timed out" in slow["message"]
     assert slow["duration_s"] < 2
-    await poll(lambda: h.state == State.IDLE, timeout=10)  # the thread finishes, then it is idle again
+    await poll(
+        lambda: h.state == State.IDLE, timeout=10
+    )  # the thread finishes, then it is idle again
     assert (await runtime.run_job(name))["success"] is True
