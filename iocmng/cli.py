@@ -95,9 +95,13 @@ async def _run_plugins(dirs: list[Path], prefix: str, params: dict[str, Any], na
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .settings import load_settings, read_service_config, resolve_prefix
+    from .settings import PREFIX_RE, load_settings, read_service_config, resolve_prefix
 
     setup_logging(args.log_level)
+    if args.prefix and not PREFIX_RE.match(args.prefix):
+        # refused here: softioc would fail an assertion deep inside record creation
+        print(f"iocmng run: --prefix {args.prefix!r}: use 1-40 letters, digits, '_', '-' or ':'", file=sys.stderr)
+        return 2
     for d in args.dirs:
         if not d.is_dir():
             print(f"iocmng run: {d}: not a directory", file=sys.stderr)
