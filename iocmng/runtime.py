@@ -41,6 +41,9 @@ log = logging.getLogger("iocmng.runtime")
 #: costs about as much as a whole small cycle, so a 10 Hz task publishing
 #: every cycle would double its cost. Pause and stop always publish.
 COUNTER_PERIOD = 0.5
+#: What a plugin may raise without stopping anything but its own cycle:
+#: ``sys.exit()`` in plugin code is a plugin error, never a service exit.
+PLUGIN_ERRORS = (Exception, SystemExit)
 #: Bounded waits for plugin lifecycle calls.
 INIT_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -260,6 +263,8 @@ class Runtime:
         cls = load_class(spec.directory, spec.name, spec.extra_paths)
         if missing_abstract(cls):
             raise PluginLoadError(f"{cls.__name__} does not implement {', '.join(missing_abstract(cls))}")
+        if kind_of(cls) == "job":  # mode/interval are task scheduling keys
+            return cls, config, deep_merge(config.parameters, spec.parameters)
         return cls, config, params.model_dump()
 
     def prepare(self, spec: PluginSpec) -> PluginHandle:
@@ -273,7 +278,7 @@ class Runtime:
             h.cls, h.config, h.params = cls, config, params
             h.kind = kind_of(cls)
             h.mode = params["mode"] if h.kind == "task" else "job"
-            h.interval = float(params["interval"])
+            h.interval = float(params.get("interval", 1.0))
             specs = plan_records(self.bridge.prefix, spec.name, h.kind, h.mode, config)
             h.records = self.bridge.add_plugin(
                 spec.name, specs, kind=h.kind,
@@ -320,7 +325,7 @@ class Runtime:
         try:
             async with asyncio.timeout(INIT_TIMEOUT):
                 await self.call(h.instance.initialize)
-        except Exception as exc:
+        except PLUGIN_ERRORS as exc:
             h.fail(exc, "initialize")
             h.set_state(State.FAILED)
             return
@@ -344,7 +349,7 @@ class Runtime:
             try:
                 async with asyncio.timeout(timeout):
                     await self.call(h.instance.cleanup)
-            except Exception as exc:
+            except PLUGIN_ERRORS as exc:
                 h.fail(exc, "cleanup")
         if h.records is not None and h.kind == "task":
             h.publish_count(force=True)
@@ -367,7 +372,7 @@ class Runtime:
             raise Conflict(f"plugin {name!r} has no records in this generation; it needs a reload")
         await self.stop_plugin(h)
         h.spec, h.cls, h.config, h.params = spec, cls, config, params
-        h.interval = float(params["interval"])
+        h.interval = float(params.get("interval", 1.0))
         h.last_error = None
         h.state = State.PENDING
         await self.start_plugin(h)
@@ -416,7 +421,7 @@ class Runtime:
                     await execute()
                 else:
                     await pool.submit(execute)
-            except Exception as exc:
+            except PLUGIN_ERRORS as exc:
                 h.fail(exc)
             else:
                 h.cycle_ok()
@@ -432,6 +437,8 @@ class Runtime:
         h = self.get(name)
         if h.kind != "task":
             raise Conflict(f"{name!r} is a job; run it with POST /api/v1/jobs/{name}/run")
+        if h.mode != "triggered":
+            raise Conflict(f"{name!r} is a {h.mode} task; only triggered tasks run on demand")
         return await self._run_cycle(h)
 
     async def _run_cycle(self, h: PluginHandle) -> dict[str, Any]:
@@ -449,7 +456,7 @@ class Runtime:
             ok, error = True, None
             try:
                 await self.call(fn)
-            except Exception as exc:
+            except PLUGIN_ERRORS as exc:
                 ok, error = False, describe(exc)
                 h.fail(exc, "triggered")
             else:
@@ -487,7 +494,7 @@ class Runtime:
             return
         try:
             await self.call(instance.on_input, short, value)
-        except Exception as exc:
+        except PLUGIN_ERRORS as exc:
             h.fail(exc, "on_input")
 
     # -- jobs --------------------------------------------------------------------------------
@@ -510,7 +517,8 @@ class Runtime:
         t0 = time.monotonic()
         execute = instance.execute
         if inspect.iscoroutinefunction(execute):
-            work: asyncio.Future[Any] = asyncio.ensure_future(execute())
+            work: asyncio.Future[Any] = asyncio.get_running_loop().create_task(
+                _guarded(execute()), name=f"plugin:{name}:run")
         else:
             work = self.pool.submit(execute)
 
@@ -528,7 +536,7 @@ class Runtime:
                 work.cancel()
             result = JobResult(False, {}, f"timed out after {timeout}s")
             h.fail(TimeoutError(result.message), "execute")
-        except Exception as exc:
+        except PLUGIN_ERRORS as exc:
             result = JobResult(False, {}, describe(exc))
             h.fail(exc, "execute")
         h.cycle_count += 1
@@ -543,6 +551,14 @@ class Runtime:
         out = {**result.to_dict(), "job": name, "started_at": started, "duration_s": duration}
         self.emit("job", plugin=name, success=result.success, duration_s=duration)
         return out
+
+
+async def _guarded(coro: Any) -> Any:
+    """Await plugin code in a task of its own: SystemExit must not reach the loop."""
+    try:
+        return await coro
+    except SystemExit as exc:
+        raise RuntimeError(f"plugin called sys.exit({exc.code!r})") from None
 
 
 def normalize_result(value: Any) -> JobResult:

@@ -77,6 +77,8 @@ class WorkerPool:
             fut, fn, args = item
             try:
                 result, error = fn(*args), None
+            except SystemExit as exc:  # sys.exit() in plugin code must not become a service exit
+                result, error = None, RuntimeError(f"plugin called sys.exit({exc.code!r})")
             except BaseException as exc:  # handed to the awaiting coroutine
                 result, error = None, exc
             self._done.append((fut, result, error))
