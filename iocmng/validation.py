@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PluginConfig, load_config, merged_parameters
-from .errors import IocmngError, ValidationFailed
+from .errors import ConfigError, IocmngError, ValidationFailed
 from .ioc import plan_records, plugin_prefix
 from .loader import plugin_files
 from .registry import Source
@@ -211,7 +211,14 @@ class Pipeline:
         return f"installed {req_file.name} into the plugin's own directory"
 
     async def step_config(self, c: Candidate) -> str:
-        c.config = load_config(c.plugin_dir)
+        try:
+            c.config = load_config(c.plugin_dir)
+        except ConfigError as exc:
+            # Name the file as the user knows it (inside their repository), not by
+            # the path of our temporary clone, which is deleted with the refusal.
+            if c.owned_dir is not None and Path(exc.file).is_relative_to(c.owned_dir):
+                raise ConfigError(Path(exc.file).relative_to(c.owned_dir).as_posix(), exc.errors) from None
+            raise
         params = merged_parameters(c.config, c.request.parameters)
         c.mode = params.mode
         n = len(c.config.pvs.inputs) + len(c.config.pvs.outputs)

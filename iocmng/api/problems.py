@@ -32,6 +32,8 @@ def from_error(err: IocmngError) -> web.Response:
 
 def from_validation(exc: ValidationError, where: str = "body") -> IocmngError:
     errors = format_errors(exc)
+    for e in errors:  # the config.yaml hint of format_errors does not fit a request body
+        e["msg"] = e["msg"].replace("see `iocmng schema`", "see /api/v1/openapi.json")
     detail = "; ".join(f"{where}.{e['loc']}: {e['msg']}" if e["loc"] else f"{where}: {e['msg']}" for e in errors)
     return BadRequest(detail, errors=errors)
 
