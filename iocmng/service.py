@@ -298,7 +298,7 @@ class Service:
         sock = listen_socket(self.settings.host, self.settings.port)
         await self.boot()
         app = create_app(self)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10.0)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=3.0)
         await runner.setup()
         # aiohttp closes the socket it serves on when it stops; give it a
         # duplicate so the original stays listening across the exec.
@@ -310,6 +310,10 @@ class Service:
             loop.add_signal_handler(sig, self.request_stop)
         await self._stop.wait()
         reload = self._reload_requested
+        # Stop accepting at once: from here new connections wait in the
+        # listening socket's backlog (for the next generation, on a reload)
+        # instead of being accepted by a server that is about to go away.
+        await site.stop()
         if self._adding:  # let adds in flight (clone, validation) commit first
             log.info("waiting for %d add(s) in flight before stopping", len(self._adding))
             limit = self.settings.git_timeout + self.settings.pip_timeout + self.settings.import_timeout
