@@ -42,7 +42,12 @@ from .validation import Candidate, Options, Pipeline, Request
 
 log = logging.getLogger("iocmng.service")
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "plugins_examples"
+def examples_dir() -> Path:
+    """plugins_examples/ of a source checkout, or of the installation prefix (container)."""
+    for candidate in (Path(__file__).resolve().parent.parent / "plugins_examples", Path(sys.prefix) / "plugins_examples"):
+        if candidate.is_dir():
+            return candidate
+    raise SettingsError("--demo: no plugins_examples directory next to the package or under sys.prefix")
 
 
 class Service:
@@ -251,7 +256,7 @@ class Service:
     async def _register_startup(self) -> None:
         wanted: list[StartupPlugin] = list(self.service_config.plugins)
         if self.demo:
-            for d in sorted(p for p in EXAMPLES_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+            for d in sorted(p for p in examples_dir().iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
                 wanted.append(StartupPlugin(name=d.name, local_path=str(d)))
         for sp in wanted:
             if sp.name in self.registry.plugins:
