@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import re
@@ -82,6 +83,10 @@ async def _run_plugins(dirs: list[Path], prefix: str, params: dict[str, Any], na
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    # Everything built so far (modules, records, plugin objects) lives until
+    # exit: move it out of the collector's generations so full collections
+    # do not walk it while the loop is ticking (docs/performance.md).
+    gc.freeze()
     for h in runtime.handles.values():
         log.info("%s %s (%s): %s", h.kind, h.name, h.mode, ", ".join(h.records.names() if h.records else []))
         if h.kind == "job" and h.state == State.IDLE:
