@@ -428,11 +428,6 @@ async def test_sync_plugin_error_sets_status_and_others_go_on(runner_factory: An
     assert "RuntimeError: simulated failure" in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugins_examples/sync_monitor counts failures with self.cycle_count, "
-    "which counts successful cycles only: once (cycle_count + 1) % fail_every == 0 it fails forever",
-)
 async def test_sync_monitor_fail_every_recovers(runner_factory: Any) -> None:
     runner = runner_factory([EXAMPLES / "sync_monitor"], ["fail_every=3", "interval=0.2"])
     status = runner.pv("sync_monitor", "STATUS")
