@@ -15,6 +15,7 @@ MESSAGE, ``last_error`` and ``error_count``; it never reaches the loop.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import inspect
 import logging
@@ -47,6 +48,27 @@ PLUGIN_ERRORS = (Exception, SystemExit)
 #: Bounded waits for plugin lifecycle calls.
 INIT_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
+
+
+#: Upper bounds (seconds) of the cycle/run duration histogram buckets.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Durations:
+    """A cumulative-ready duration histogram kept by the runtime (no metrics
+    library in the hot path: the metrics endpoint reads these at scrape time)."""
+
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
 
 
 class State(StrEnum):
@@ -101,6 +123,9 @@ class PluginHandle:
         self.overruns = 0
         self.last_cycle_s = 0.0
         self.lateness: collections.deque[float] = collections.deque(maxlen=512)
+        self.durations = Durations()  # cycles (tasks) or runs (jobs)
+        self.stalls = 0  # times the loop watchdog caught this plugin hogging the loop
+        self.job_failures = 0
         self.task: asyncio.Task[None] | None = None
         self.enabled = True
         self._resume = asyncio.Event()
@@ -427,6 +452,7 @@ class Runtime:
                 h.cycle_ok()
             end = loop.time()
             h.last_cycle_s = end - start
+            h.durations.observe(h.last_cycle_s)
             next_t += interval
             if end > next_t:  # overrun: start the next cycle at once, re-anchor the grid
                 h.overruns += 1
@@ -464,7 +490,9 @@ class Runtime:
                 h.publish_count(force=True)
             finally:
                 h.busy = False
-            return {"success": ok, "error": error, "duration_s": time.monotonic() - t0, "cycle_count": h.cycle_count}
+            duration = time.monotonic() - t0
+            h.durations.observe(duration)
+            return {"success": ok, "error": error, "duration_s": duration, "cycle_count": h.cycle_count}
 
     async def _on_run(self, h: PluginHandle) -> None:
         # Called by the RUN record's on_update (blocking): the CA put-callback
@@ -548,6 +576,9 @@ class Runtime:
             work.add_done_callback(finished)
             work.add_done_callback(lambda f: f.cancelled() or f.exception())
         duration = time.monotonic() - t0
+        h.durations.observe(duration)
+        if not result.success:
+            h.job_failures += 1
         out = {**result.to_dict(), "job": name, "started_at": started, "duration_s": duration}
         self.emit("job", plugin=name, success=result.success, duration_s=duration)
         return out

@@ -33,12 +33,15 @@ from . import __version__
 from .autosave import AutosaveStore
 from .config import load_config, merged_parameters
 from .errors import Conflict, IocmngError, NotFound, SettingsError
+from .events import EventBus, PluginLogs
 from .ioc import IocBridge, plan_records, plugin_prefix
+from .metrics import make_registry
 from .registry import Entry, Registry
 from .reload import LISTEN_FD_ENV, exec_next_generation, listen_socket
 from .runtime import PluginSpec, Runtime, State
 from .settings import Settings, StartupPlugin, load_settings, read_service_config, resolve_prefix
 from .validation import Candidate, Options, Pipeline, Request
+from .watchdog import LoopWatchdog
 
 log = logging.getLogger("iocmng.service")
 
@@ -63,6 +66,11 @@ class Service:
         self.autosave = AutosaveStore(self.data_dir)
         self.bridge = IocBridge(self.prefix)
         self.runtime = Runtime(self.bridge, on_save=self.autosave.update)
+        self.events = EventBus()
+        self.runtime.listeners.append(self.events.publish)
+        self.logs = PluginLogs()
+        self.watchdog: LoopWatchdog | None = None
+        self.metrics = make_registry(self)
         self.pipeline = Pipeline(Options(
             data_dir=self.data_dir, prefix=self.prefix, allow_requirements=settings.allow_requirements,
             git_timeout=settings.git_timeout, pip_timeout=settings.pip_timeout, import_timeout=settings.import_timeout,
@@ -177,6 +185,7 @@ class Service:
                 await self.runtime.stop_plugin(h)
             self.registry.commit(remove=name, bump=not self.reload_pending)
         self.autosave.forget(name)
+        self.logs.forget(name)
         await asyncio.to_thread(self._delete_files, entry)
         log.info("removed %s; generation %d drops its records", name, self.registry.state.generation)
         self.runtime.emit("removed", plugin=name, generation=self.registry.state.generation)
@@ -271,8 +280,17 @@ class Service:
                 continue
             self.registry.commit(add=self._entry(cand))
 
+    def _on_stall(self, plugin: str | None, seconds: float, where: str) -> None:
+        """The watchdog caught the loop stalled: blame the plugin on the stack."""
+        h = self.runtime.handles.get(plugin) if plugin else None
+        if h is not None:
+            h.stalls += 1
+            h.last_error = f"held the event loop for {seconds:.2f}s at {where} (use async I/O or a sync method)"
+        self.runtime.emit("stall", plugin=plugin, seconds=round(seconds, 3), where=where)
+
     async def boot(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.install()
         self.registry.load()
         self.generation = self.registry.state.generation
         await asyncio.to_thread(self._clean_orphans)
@@ -283,6 +301,8 @@ class Service:
             extra = [Path(e.deps_dir)] if e.deps_dir else []
             self.runtime.prepare(PluginSpec(name, Path(e.plugin_dir), e.parameters, extra))
         self.bridge.start(asyncio.get_running_loop())
+        self.watchdog = LoopWatchdog(self.settings.stall_threshold, lambda: list(self.runtime.handles), self._on_stall)
+        self.watchdog.start()
         # Plugins initialize while HTTP already answers (state `starting`): a
         # plugin whose initialize() hangs must not keep the API down.
         self._starting = asyncio.get_running_loop().create_task(self._start_plugins(), name="iocmng:start")
@@ -327,13 +347,19 @@ class Service:
             except TimeoutError:
                 log.error("adds still in flight after %.0fs: %s", limit, ", ".join(self._adding))
         log.info("%s: stopping plugins", "reload" if reload else "shutdown")
+        self.runtime.emit("reload" if reload else "shutdown", generation=self.generation,
+                          next_generation=self.registry.state.generation if reload else None)
+        self.events.close()  # end SSE streams so the HTTP shutdown does not wait on them
         await runner.cleanup()  # stop accepting, finish in-flight requests
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
         if self._starting is not None:
             await asyncio.wait({self._starting})
         await self.runtime.stop()
+        if self.watchdog is not None:
+            await self.watchdog.stop()
         await self.autosave.close()
+        self.logs.uninstall()
         if reload:
             exec_next_generation(sock)
         sock.close()

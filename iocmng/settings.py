@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     import_timeout: float = Field(30.0, gt=0, description="Seconds allowed for the child-process import check")
     reload_delay: float = Field(0.3, ge=0, description="Seconds to coalesce record-set changes into one reload")
     max_body: int = Field(1 << 20, gt=0, description="Largest accepted request body, bytes")
+    read_auth: bool = Field(False, description="Also require the API token for reads (except /api/v1/health)")
+    stall_threshold: float = Field(0.5, gt=0, description="Seconds the event loop may stall before the watchdog reports it")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ def create_app(service: Any) -> web.Application:
     app = web.Application(middlewares=[problems, auth], client_max_size=max_body)
     app["service"] = service
     app["api_token"] = service.settings.api_token
+    app["read_auth"] = service.settings.read_auth
     app["max_body"] = max_body
 
     async def connection_close(request: web.Request, response: web.StreamResponse) -> None:

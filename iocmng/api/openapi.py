@@ -39,6 +39,10 @@ def document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/api/v1/health": {"get": {"operationId": "health", "responses": {"200": _json({"type": "object"})}}},
         "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": {"200": _json({"type": "object"})}}},
+        "/api/v1/events": {"get": {"operationId": "events", "responses": {
+            "200": {"description": "Server-Sent Events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}}},
+        "/metrics": {"get": {"operationId": "metrics", "responses": {
+            "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
     }
     for coll in ("tasks", "jobs", "plugins"):
         paths[f"/api/v1/{coll}"] = {
@@ -52,6 +56,13 @@ def document() -> dict[str, Any]:
             "get": {"operationId": f"get_{coll}", "responses": {"200": _json(info), **_errors(400, 404)}},
             "delete": {"operationId": f"delete_{coll}", "responses": {"200": _json({"type": "object"}),
                                                                         **_errors(400, 401, 404)}},
+        }
+        paths[f"/api/v1/{coll}/{{name}}/logs"] = {
+            "parameters": [name_param],
+            "get": {"operationId": f"logs_{coll}", "parameters": [
+                {"name": "since", "in": "query", "required": False, "schema": {"type": "number"}},
+                {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "maximum": 10000}}],
+                "responses": {"200": _json({"type": "object"}), **_errors(400, 404)}},
         }
         paths[f"/api/v1/{coll}/{{name}}/restart"] = {
             "parameters": [name_param],

@@ -63,7 +63,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token: str | None = request.app["api_token"]
-    if token and request.method not in ("GET", "HEAD", "OPTIONS"):
+    is_read = request.method in ("GET", "HEAD", "OPTIONS")
+    guarded = not is_read or (request.app["read_auth"] and request.path != "/api/v1/health")
+    if token and guarded:
         header = request.headers.get("Authorization", "")
         given = header[7:] if header.startswith("Bearer ") else ""
         if not hmac.compare_digest(given.encode(), token.encode()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -106,6 +107,77 @@ async def trigger_task(request: web.Request) -> web.Response:
     svc = service(request)
     svc.get_kind(name, "task")
     return reply(await svc.runtime.trigger(name))
+
+
+@routes.get(COLLECTION + "/{name}/logs")
+async def plugin_logs(request: web.Request) -> web.Response:
+    """Recent log records of one plugin (``since``: unix time, ``limit``: count)."""
+    name = path_name(request)
+    svc = service(request)
+    svc.get_kind(name, collection_kind(request))
+    since = _number(request, "since", float)
+    limit = _number(request, "limit", int)
+    if limit is not None and not 0 <= limit <= 10000:
+        raise BadRequest("limit: must be between 0 and 10000", field="limit")
+    return reply({"plugin": name, "records": svc.logs.records(name, since, limit)})
+
+
+def _number(request: web.Request, key: str, kind: type) -> Any:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise BadRequest(f"{key}: {raw!r} is not a {'number' if kind is float else 'whole number'}", field=key) from None
+    if kind is float and value != value:  # NaN
+        raise BadRequest(f"{key}: must be a number", field=key)
+    return value
+
+
+@routes.get("/api/v1/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: state changes, errors, job results, reloads."""
+    from ..events import sse_frame
+
+    svc = service(request)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    stream = svc.events.subscribe()
+    try:
+        await resp.write(f": iocmng generation {svc.generation}\n\n".encode())
+        while True:
+            try:
+                event = await asyncio.wait_for(anext(stream), 15.0)
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            except StopAsyncIteration:
+                break
+            await resp.write(sse_frame(event))
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client went away: nothing to report
+    finally:
+        await stream.aclose()
+    return resp
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    from ..metrics import CONTENT_TYPE, render
+
+    body = render(service(request).metrics)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@routes.get("/api/v1/docs")
+async def api_page(request: web.Request) -> web.Response:
+    """The interactive API page (self-contained: works on an air-gapped network)."""
+    from importlib.resources import files
+
+    html = files("iocmng.api").joinpath("docs.html").read_text(encoding="utf-8")
+    return web.Response(text=html, content_type="text/html")
 
 
 @routes.get("/api/v1/openapi.json")
