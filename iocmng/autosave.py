@@ -47,15 +47,17 @@ class AutosaveStore:
         if hasattr(value, "item"):  # numpy scalars from softioc
             value = value.item()
         self.values.setdefault(plugin, {})[pv] = value
-        self._dirty = True
-        loop = asyncio.get_running_loop()
-        if self._timer is None:
-            self._timer = loop.call_later(self.delay, self._write_soon)
+        self._schedule()
 
     def forget(self, plugin: str) -> None:
+        """Drop a removed plugin's values (written with the next batch)."""
         if self.values.pop(plugin, None) is not None:
-            self._dirty = True
-            self.flush()
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._dirty = True
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._write_soon)
 
     def _snapshot(self) -> bytes | None:
         # Serialized on the loop, where values change, so the writer thread
