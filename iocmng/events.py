@@ -18,7 +18,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 PLUGIN_LOGGER = "iocmng.plugin"
@@ -54,23 +53,50 @@ class EventBus:
                 queue.dropped = getattr(queue, "dropped", 0) + 1  # type: ignore[attr-defined]
             queue.put_nowait(event)
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        if self.closed:
-            return
+    def subscribe(self) -> Subscription:
+        """Register a subscriber now: every event published after this call is
+        delivered (so a client told "subscribed" misses nothing). Close it with
+        ``aclose()`` even if it was never iterated."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
-        self._subscribers.add(queue)
-        try:
-            while True:
-                event = await queue.get()
-                if event is _END:
-                    return
-                dropped = getattr(queue, "dropped", 0)
-                if dropped:
-                    queue.dropped = 0  # type: ignore[attr-defined]
-                    yield {"type": "dropped", "time": time.time(), "count": dropped}
-                yield event
-        finally:
-            self._subscribers.discard(queue)
+        if self.closed:
+            queue.put_nowait(_END)
+        else:
+            self._subscribers.add(queue)
+        return Subscription(self, queue)
+
+
+class Subscription:
+    """One SSE client's view of the bus: an async iterator of events."""
+
+    def __init__(self, bus: EventBus, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._bus = bus
+        self._queue = queue
+        self._held: dict[str, Any] | None = None  # an event held back behind a "dropped" notice
+        self._done = False
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._held is not None:
+            event, self._held = self._held, None
+            return event
+        if self._done:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is _END:
+            await self.aclose()
+            raise StopAsyncIteration
+        dropped = getattr(self._queue, "dropped", 0)
+        if dropped:
+            self._queue.dropped = 0  # type: ignore[attr-defined]
+            self._held = event
+            return {"type": "dropped", "time": time.time(), "count": dropped}
+        return event
+
+    async def aclose(self) -> None:
+        self._done = True
+        self._bus._subscribers.discard(self._queue)
 
 
 def sse_frame(event: dict[str, Any]) -> bytes:

@@ -15,6 +15,8 @@ from .problems import json_body
 
 routes = web.RouteTableDef()
 KINDS = {"tasks": "task", "jobs": "job", "plugins": None}
+#: Seconds between SSE keep-alive comments on an idle stream (proxies drop silent connections).
+SSE_KEEPALIVE = 15.0
 
 
 def service(request: web.Request) -> Any:
@@ -144,18 +146,31 @@ async def events(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     await resp.prepare(request)
+    loop = asyncio.get_running_loop()
+    # Subscribed before the first byte is sent: a client that has read the
+    # opening comment misses no event published after it.
     stream = svc.events.subscribe()
     try:
         await resp.write(f": iocmng generation {svc.generation}\n\n".encode())
+        last_write = loop.time()
         while True:
             try:
-                event = await asyncio.wait_for(anext(stream), 15.0)
+                event = await asyncio.wait_for(anext(stream), 1.0)
             except TimeoutError:
-                await resp.write(b": keep-alive\n\n")
+                # aiohttp does not cancel a handler whose client went away:
+                # notice it here, so an idle stream releases its subscription
+                # within a second instead of at the next keep-alive.
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                if loop.time() - last_write >= SSE_KEEPALIVE:
+                    await resp.write(b": keep-alive\n\n")
+                    last_write = loop.time()
                 continue
             except StopAsyncIteration:
                 break
             await resp.write(sse_frame(event))
+            last_write = loop.time()
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away: nothing to report
     finally:
