@@ -27,7 +27,10 @@ def problem_response(status: int, title: str, detail: str, **extra: Any) -> web.
 
 def from_error(err: IocmngError) -> web.Response:
     body = err.problem()
-    return web.Response(status=err.status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE)
+    resp = web.Response(status=err.status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE)
+    if err.status == 401:  # RFC 9110 §15.5.2: a 401 names the scheme it wants
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="iocmng"'
+    return resp
 
 
 def from_validation(exc: ValidationError, where: str = "body") -> IocmngError:
@@ -66,8 +69,10 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     is_read = request.method in ("GET", "HEAD", "OPTIONS")
     guarded = not is_read or (request.app["read_auth"] and request.path != "/api/v1/health")
     if token and guarded:
-        header = request.headers.get("Authorization", "")
-        given = header[7:] if header.startswith("Bearer ") else ""
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)
+            given = ""
+        given = given.strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>' (IOCMNG_API_TOKEN)")
     return await handler(request)
