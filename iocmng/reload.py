@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 
 log = logging.getLogger("iocmng.reload")
 
 LISTEN_FD_ENV = "IOCMNG_LISTEN_FD"
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 BACKLOG = 1024
 
 
@@ -46,6 +48,10 @@ def exec_next_generation(sock: socket.socket) -> None:
     """Replace this process with the next generation, handing over ``sock``. Never returns."""
     sock.set_inheritable(True)
     os.environ[LISTEN_FD_ENV] = str(sock.fileno())
+    # The signal mask and pending signals survive execve: a SIGTERM sent while
+    # the next generation starts Python stays pending until that generation
+    # has its handler (see unblock_stop_signals), instead of killing it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     argv = list(sys.orig_argv)
     log.info("re-executing: %s", " ".join(argv))
     for stream in (sys.stdout, sys.stderr):
@@ -54,3 +60,8 @@ def exec_next_generation(sock: socket.socket) -> None:
         except (OSError, ValueError):
             pass
     os.execv(sys.executable, [sys.executable, *argv[1:]])
+
+
+def unblock_stop_signals() -> None:
+    """Deliver a stop signal that arrived during the exec (handlers are installed)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

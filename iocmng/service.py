@@ -37,7 +37,7 @@ from .events import EventBus, PluginLogs
 from .ioc import IocBridge, plan_records, plugin_prefix
 from .metrics import make_registry
 from .registry import Entry, Registry
-from .reload import LISTEN_FD_ENV, exec_next_generation, listen_socket
+from .reload import LISTEN_FD_ENV, exec_next_generation, listen_socket, unblock_stop_signals
 from .runtime import PluginSpec, Runtime, State
 from .settings import Settings, StartupPlugin, load_settings, read_service_config, resolve_prefix
 from .validation import Candidate, Options, Pipeline, Request
@@ -83,6 +83,7 @@ class Service:
         self._no_adds.set()
         self._stop = asyncio.Event()
         self._reload_requested = False
+        self._shutdown_requested = False
         self._reload_timer: asyncio.TimerHandle | None = None
         self.boot_errors: list[str] = []
         self._starting: asyncio.Task[None] | None = None
@@ -243,6 +244,8 @@ class Service:
         self._stop.set()
 
     def request_stop(self) -> None:
+        """SIGTERM/SIGINT: stop for good, even if a reload is already under way."""
+        self._shutdown_requested = True
         self._stop.set()
 
     # -- boot ----------------------------------------------------------------------------------
@@ -321,6 +324,12 @@ class Service:
         from .api.app import create_app
 
         sock = listen_socket(self.settings.host, self.settings.port)
+        loop = asyncio.get_running_loop()
+        # Handlers first: a SIGTERM that arrives while this generation boots
+        # is honoured as soon as it can be (no default kill mid-start).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        unblock_stop_signals()
         await self.boot()
         app = create_app(self)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=3.0)
@@ -330,9 +339,6 @@ class Service:
         site = web.SockSite(runner, sock.dup())
         await site.start()
         log.info("HTTP on %s:%d (generation %d)", *sock.getsockname()[:2], self.generation)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop)
         await self._stop.wait()
         reload = self._reload_requested
         # Stop accepting at once: from here new connections wait in the
@@ -360,8 +366,11 @@ class Service:
             await self.watchdog.stop()
         await self.autosave.close()
         self.logs.uninstall()
-        if reload:
+        if reload and not self._shutdown_requested:
             exec_next_generation(sock)
+        if reload:
+            log.info("stop requested during the reload: generation %d will start with the next start",
+                     self.registry.state.generation)
         sock.close()
         return reload
 

@@ -268,6 +268,8 @@ class Pipeline:
     async def step_inheritance(self, c: Candidate) -> str:
         if self._child.get("stage") == "inheritance":
             raise _StepFailed(self._child["error"])
+        if self._child.get("stage") == "abstract":
+            return "one plugin class found (it is not complete: see the next step)"
         c.kind, c.class_name = self._child.get("kind", ""), self._child.get("class", "")
         want = c.request.expect_kind
         if want and c.kind and want != c.kind:
