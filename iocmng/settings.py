@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
 
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("empty: set a token, or unset the variable to run without one")
+        return v
+
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str | None) -> str | None:
@@ -98,7 +105,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         problems = []
         for err in exc.errors():
             var = "IOCMNG_" + "_".join(str(p) for p in err["loc"]).upper()
-            problems.append(f"{var}={err.get('input')!r}: {err['msg']}")
+            shown = "" if "TOKEN" in var else f"={err.get('input')!r}"  # never echo a secret
+            problems.append(f"{var}{shown}: {err['msg']}")
         raise SettingsError("; ".join(problems)) from None
     finally:
         if saved is not None:

@@ -82,7 +82,7 @@ class LoopWatchdog:
             plugin, where = plugin_on_stack(frame, names)
             stack = "".join(traceback.format_stack(frame)[-8:])
             self.stalls += 1
-            log.error("event loop stalled for %.2fs%s; loop thread stack:\n%s", stalled,
+            log.error("event loop stalled for more than %.2fs%s; loop thread stack:\n%s", stalled,
                       f" by plugin {plugin} at {where}" if plugin else "", stack)
             try:
                 # Runs when the loop turns again: by then the whole stall is known.

@@ -17,6 +17,9 @@ from ..errors import BadRequest, IocmngError, Unauthorized
 log = logging.getLogger("iocmng.api")
 
 CONTENT_TYPE = "application/problem+json"
+#: Reads that stay open with IOCMNG_READ_AUTH: the probe, and the API's own
+#: description (a browser cannot send a token to open the page).
+OPEN_READS = frozenset({"/api/v1/health", "/api/v1/docs", "/api/v1/openapi.json"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -67,7 +70,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token: str | None = request.app["api_token"]
     is_read = request.method in ("GET", "HEAD", "OPTIONS")
-    guarded = not is_read or (request.app["read_auth"] and request.path != "/api/v1/health")
+    guarded = not is_read or (request.app["read_auth"] and request.path not in OPEN_READS)
     if token and guarded:
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
         if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)
