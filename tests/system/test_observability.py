@@ -687,6 +687,10 @@ async def test_read_auth(locked: Server, http: aiohttp.ClientSession) -> None:
     srv = locked
     r = await call(http, "GET", f"{srv.url}/health")
     assert r.status == 200 and r.body["status"] == "ok"
+    # the API's description stays open: a browser cannot send a token to open the page
+    for path in ("/docs", "/openapi.json"):
+        r = await call(http, "GET", f"{srv.url}{path}")
+        assert r.status == 200, (path, r.text[:200])
     for url in (
         f"{srv.url}/plugins",
         f"{srv.url}/jobs/diag",
