@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from ..config import format_errors
 from ..errors import BadRequest, IocmngError, Unauthorized
+from .keys import API_TOKEN, MAX_BODY, READ_AUTH
 
 log = logging.getLogger("iocmng.api")
 
@@ -55,7 +56,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
             raise
         detail = exc.text or exc.reason
         if exc.status == 413:
-            detail = f"request body too large (limit {request.app['max_body']} bytes)"
+            detail = f"request body too large (limit {request.app[MAX_BODY]} bytes)"
         elif exc.status == 405:
             detail = f"{request.method} is not allowed on {request.path}"
         elif exc.status == 404:
@@ -68,9 +69,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token: str | None = request.app["api_token"]
+    token: str | None = request.app[API_TOKEN]
     is_read = request.method in ("GET", "HEAD", "OPTIONS")
-    guarded = not is_read or (request.app["read_auth"] and request.path not in OPEN_READS)
+    guarded = not is_read or (request.app[READ_AUTH] and request.path not in OPEN_READS)
     if token and guarded:
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
         if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)

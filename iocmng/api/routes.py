@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..errors import BadRequest
 from ..validation import Request
+from .keys import SERVICE
 from .models import AddPlugin, Restart, RunJob, check_name
 from .problems import json_body
 
@@ -20,7 +21,7 @@ SSE_KEEPALIVE = 15.0
 
 
 def service(request: web.Request) -> Any:
-    return request.app["service"]
+    return request.app[SERVICE]
 
 
 def reply(data: Any, status: int = 200) -> web.Response:
@@ -49,7 +50,8 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get(COLLECTION)
 async def list_plugins(request: web.Request) -> web.Response:
-    return reply(service(request).list(collection_kind(request)))
+    body = await service(request).list_json(collection_kind(request))
+    return web.Response(body=body, content_type="application/json")
 
 
 @routes.post(COLLECTION)
