@@ -18,6 +18,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -407,7 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `iocmng task ls | head`: the reader left, not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def server_main(argv: list[str] | None = None) -> int:

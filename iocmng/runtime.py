@@ -298,6 +298,12 @@ class Runtime:
             raise Conflict(f"a plugin named {spec.name!r} is already loaded")
         h = PluginHandle(self, spec)
         self.handles[spec.name] = h
+        if not spec.directory.is_dir():
+            h.last_error = (f"the plugin's files are missing ({spec.directory}); was the data directory "
+                            "restored without repos/? Remove the plugin and add it again")
+            h.set_state(State.FAILED)
+            log.error("plugin %s cannot be loaded: %s", spec.name, h.last_error)
+            return h
         try:
             cls, config, params = self.load_code(spec)
             h.cls, h.config, h.params = cls, config, params
@@ -465,7 +471,14 @@ class Runtime:
             raise Conflict(f"{name!r} is a job; run it with POST /api/v1/jobs/{name}/run")
         if h.mode != "triggered":
             raise Conflict(f"{name!r} is a {h.mode} task; only triggered tasks run on demand")
-        return await self._run_cycle(h)
+        # The REST twin of RUN=1: RUN reads 1 while the cycle runs, as for a put.
+        if h.records is not None:
+            h.records.set_quiet("RUN", 1)
+        try:
+            return await self._run_cycle(h)
+        finally:
+            if h.records is not None:
+                h.records.set_quiet("RUN", 0)
 
     async def _run_cycle(self, h: PluginHandle) -> dict[str, Any]:
         if h.state in (State.FAILED, State.STOPPED, State.PENDING, State.STARTING):

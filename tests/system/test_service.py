@@ -109,6 +109,10 @@ async def ca_value(pv: str, timeout: float = 20.0, **kw: Any) -> Any:
     return await caget(pv, timeout=timeout, **kw)
 
 
+async def _is(value: Any, expected: Any) -> bool:
+    return await value == expected
+
+
 async def ca_gone(pv: str) -> bool:
     try:
         await caget(pv, timeout=1.5)
@@ -274,6 +278,16 @@ async def test_lifecycle(
     assert await ca_value(srv.pv("scan", "POSITION")) == pytest.approx(3.0)
     assert await ca_value(srv.pv("scan", "RUN")) == 0
     assert (await ca_value(srv.pv("scan", "RESULT"))).startswith("scan 1")
+
+    # -- the REST twin of RUN=1: waits for the cycle; RUN reads 1 meanwhile --------------------
+    rest_run = asyncio.ensure_future(call(http, "POST", f"{base}/tasks/scan/trigger"))
+    await wait_for(lambda: _is(ca_value(srv.pv("scan", "RUN")), 1), timeout=10, what="RUN=1 during a REST trigger")
+    r = await rest_run
+    assert r.status == 200 and r.body["success"] is True and r.body["cycle_count"] == 2, r.text
+    assert await ca_value(srv.pv("scan", "SCANS")) == 2
+    assert await ca_value(srv.pv("scan", "RUN")) == 0
+    r = await call(http, "POST", f"{base}/tasks/monitor/trigger")
+    assert r.status == 409 and "continuous" in r.body["detail"], r.text
 
     # -- an input PV written now must survive the reload and the restart -----------------------
     await caput(srv.pv("monitor", "SETPOINT"), 73.5, wait=True, timeout=10)
