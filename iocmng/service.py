@@ -46,6 +46,10 @@ from .watchdog import LoopWatchdog
 
 log = logging.getLogger("iocmng.service")
 
+#: Seconds a reload / a stop waits for requests in progress (e.g. a job run).
+RELOAD_GRACE = 60.0
+STOP_GRACE = 5.0
+
 def examples_dir() -> Path:
     """plugins_examples/ of a source checkout, or of the installation prefix (container)."""
     for candidate in (Path(__file__).resolve().parent.parent / "plugins_examples", Path(sys.prefix) / "plugins_examples"):
@@ -383,10 +387,13 @@ class Service:
         # Let requests in progress finish (bounded), then close the rest at
         # once: an idle kept-alive connection would otherwise hold the
         # shutdown for aiohttp's whole timeout (measured: 3 s per reload).
+        # A reload waits longer (a job run in progress delivers its result);
+        # a stop must fit in a container's stop timeout (10 s by default).
+        grace = RELOAD_GRACE if reload and not self._shutdown_requested else STOP_GRACE
         try:
-            await asyncio.wait_for(app[IDLE].wait(), 10.0)
+            await asyncio.wait_for(app[IDLE].wait(), grace)
         except TimeoutError:
-            log.warning("requests still running after 10 s; closing them")
+            log.warning("requests still running after %.0f s; closing them", grace)
         await runner.cleanup()
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
