@@ -22,7 +22,10 @@ class AddPlugin(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description=f"Plugin name: {NAME_HELP}")
+    # The pattern is published in the schema (clients and fuzzers see it) but
+    # checked by check_name, whose message says what a valid name looks like.
+    name: str = Field(description=f"Plugin name: {NAME_HELP}",
+                      json_schema_extra={"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": 40})
     git_url: str | None = Field(None, description="https://, http:// or file:// URL of a git repository")
     local_path: str | None = Field(None, description="Absolute path of a plugin directory on the server (development)")
     pat: str | None = Field(None, description="Personal access token for https (never stored or returned)", repr=False)

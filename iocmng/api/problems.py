@@ -61,7 +61,10 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
             detail = f"{request.method} is not allowed on {request.path}"
         elif exc.status == 404:
             detail = f"no such endpoint: {request.path}"
-        return problem_response(exc.status, exc.reason, detail)
+        resp = problem_response(exc.status, exc.reason, detail)
+        if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 lists the allowed methods
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return problem_response(500, "Internal error", "an unexpected error occurred; see the service log")
