@@ -5,18 +5,27 @@ once per process), one after the other, on loopback-only EPICS with private
 ports. The driver prints one table with each figure as a ratio to the floor
 of the same N.
 
-Configurations (N = 100 and 1000 by default, 10 Hz, one record ``.set()``
+Configurations (N = 100 and 1000 by default, 10 Hz, one record update
 per task per cycle):
 
-``floor``    N bare ``aIn`` records, no framework: one coroutine on the
-             IOC's loop wakes 100 times per period and sets N/100 records
-             each time (phases spread over the period).
-``async``    N continuous plugins (``async def execute``: one ``set_pv``)
-             through the real :class:`~iocmng.runtime.Runtime` and
+``floor``    the issue's floor: N bare pythonSoftIOC ``aIn`` records, no
+             framework: one coroutine on the IOC's loop wakes 100 times per
+             period and calls ``.set()`` on N/100 records each time (phases
+             spread over the period). ``.set()`` queues an I/O interrupt;
+             EPICS's ``cbLow`` thread processes the record by calling back
+             into Python under the GIL.
+``ffloor``   the same with N plain ``ai`` records (``builder.records.ai``)
+             written through :class:`iocmng.ioc.FastRecord` (attached after
+             iocInit): ``dbPut`` + ``dbProcess`` in the calling thread, the
+             path iocmng's read-only records take since cb8298d.
+``async``    N continuous plugins (``async def execute``: one ``set_pv`` on
+             an output, i.e. a ``FastRecord``) through the real
+             :class:`~iocmng.runtime.Runtime` and
              :class:`~iocmng.ioc.IocBridge` (all default records, iocInit).
 ``sync``     the same with ``def execute`` (worker threads).
 ``threads``  the old iocmng's design: one thread per task doing
-             ``time.sleep(interval)`` then ``record.set()``.
+             ``time.sleep(interval)`` then ``record.set()`` (pythonSoftIOC
+             ``aIn``, as the old iocmng did).
 ``trigger``  latency from a CA put on RUN (aioca, a separate process) to
              ``execute()`` starting, for an async and a sync triggered
              plugin, with N async continuous plugins running alongside.
@@ -146,14 +155,29 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def process_figures(t0: float, c0: float, t1: float, c1: float) -> dict[str, float]:
+def process_figures(t0: float, c0: float, t1: float, c1: float,
+                    s0: float | None = None, s1: float | None = None) -> dict[str, float]:
     import psutil
 
-    return {
+    out = {
         "cpu_pct": 100 * (c1 - c0) / (t1 - t0),
         "rss_mb": psutil.Process().memory_info().rss / 2**20,
         "threads": threading.active_count(),
     }
+    if s0 is not None and s1 is not None:
+        # everything else on the machine over the same window (other users'
+        # test suites; for ``trigger`` also the bench's own CA client)
+        out["others_pct"] = 100 * (s1 - s0) / (t1 - t0) - out["cpu_pct"]
+        out["load1"] = os.getloadavg()[0]
+    return out
+
+
+def system_busy() -> float:
+    """Busy CPU seconds of the whole machine, all cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_now() -> float:
@@ -196,14 +220,26 @@ def jitter_figures(late: list[float]) -> dict[str, float]:
 
 
 # -- children -------------------------------------------------------------------------
-async def child_floor(n: int, warmup: float, seconds: float, prefix: str) -> dict:
+async def child_floor(n: int, warmup: float, seconds: float, prefix: str, fast: bool = False) -> dict:
+    """Bare record updates, no framework: pythonSoftIOC ``aIn.set()`` or ``FastRecord.set()``."""
     from softioc import asyncio_dispatcher, builder, softioc
 
-    records = [builder.aIn(f"{prefix}:F{i:04d}:VALUE", initial_value=0.0, DISP=1) for i in range(n)]
+    names = [f"{prefix}:F{i:04d}:VALUE" for i in range(n)]
+    if fast:
+        from iocmng.ioc import FastRecord
+
+        for name in names:  # as IocBridge._in_record builds a float output
+            builder.records.ai(name, VAL=0.0, UDF=0, DISP=1)
+        records: list = [FastRecord(name, "float", 0.0) for name in names]
+    else:
+        records = [builder.aIn(name, initial_value=0.0, DISP=1) for name in names]
     loop = asyncio.get_running_loop()
     dispatcher = asyncio_dispatcher.AsyncioDispatcher(loop=loop)
     builder.LoadDatabase()
     softioc.iocInit(dispatcher)
+    if fast:
+        for rec in records:
+            rec.attach()
     slots = 100
     groups = [records[k::slots] for k in range(slots)]
     state = {"sets": 0, "late": [], "measure": False}
@@ -227,16 +263,17 @@ async def child_floor(n: int, warmup: float, seconds: float, prefix: str) -> dic
     task = loop.create_task(spread_timer())
     await asyncio.sleep(warmup)
     state["measure"] = True
-    s0, t0, c0, th0 = state["sets"], time.monotonic(), cpu_now(), thread_cpu()
+    s0, t0, c0, th0, y0 = state["sets"], time.monotonic(), cpu_now(), thread_cpu(), system_busy()
     await asyncio.sleep(seconds)
-    s1, t1, c1, th1 = state["sets"], time.monotonic(), cpu_now(), thread_cpu()
+    s1, t1, c1, th1, y1 = state["sets"], time.monotonic(), cpu_now(), thread_cpu(), system_busy()
     state["measure"] = False
     task.cancel()
     window = t1 - t0
     per_task = (s1 - s0) / n
-    out = {"config": "floor", "n": n, "window_s": window, **rate_figures([per_task] * n, window)}
+    out = {"config": "ffloor" if fast else "floor", "n": n, "window_s": window,
+           "record": type(records[0]).__name__, **rate_figures([per_task] * n, window)}
     out.update(jitter_figures(state["late"]))
-    out.update(process_figures(t0, c0, t1, c1))
+    out.update(process_figures(t0, c0, t1, c1, y0, y1))
     out["thread_cpu"] = thread_figures(th0, th1, window)
     return out
 
@@ -270,14 +307,14 @@ def child_threads(n: int, warmup: float, seconds: float, prefix: str) -> dict:
         t.start()
     time.sleep(warmup)
     flags["measure"] = True
-    k0, t0, c0, th0 = list(counts), time.monotonic(), cpu_now(), thread_cpu()
+    k0, t0, c0, th0, y0 = list(counts), time.monotonic(), cpu_now(), thread_cpu(), system_busy()
     time.sleep(seconds)
-    k1, t1, c1, th1 = list(counts), time.monotonic(), cpu_now(), thread_cpu()
+    k1, t1, c1, th1, y1 = list(counts), time.monotonic(), cpu_now(), thread_cpu(), system_busy()
     flags["measure"] = False
     window = t1 - t0
     out = {"config": "threads", "n": n, "window_s": window,
            **rate_figures([b - a for a, b in zip(k0, k1, strict=True)], window)}
-    out.update(process_figures(t0, c0, t1, c1))
+    out.update(process_figures(t0, c0, t1, c1, y0, y1))
     out.update(jitter_figures([e for errs in errors for e in errs]))
     out["thread_cpu"] = thread_figures(th0, th1, window)
     flags["stop"] = True
@@ -315,7 +352,7 @@ async def child_runtime(kind: str, n: int, warmup: float, seconds: float, prefix
     handles = [runtime.handles[name] for name in names]
     for h in handles:
         h.lateness.clear()
-    k0, t0, c0, th0 = [h.cycle_count for h in handles], time.monotonic(), cpu_now(), thread_cpu()
+    k0, t0, c0, th0, y0 = [h.cycle_count for h in handles], time.monotonic(), cpu_now(), thread_cpu(), system_busy()
     o0 = sum(h.overruns for h in handles)
     latency: dict[str, list[float]] = {}
     if kind == "trigger":
@@ -331,15 +368,17 @@ async def child_runtime(kind: str, n: int, warmup: float, seconds: float, prefix
             await asyncio.sleep(rest)
     else:
         await asyncio.sleep(seconds)
-    k1, t1, c1, th1 = [h.cycle_count for h in handles], time.monotonic(), cpu_now(), thread_cpu()
+    k1, t1, c1, th1, y1 = [h.cycle_count for h in handles], time.monotonic(), cpu_now(), thread_cpu(), system_busy()
     window = t1 - t0
     out = {"config": kind, "n": n, "window_s": window, "load_s": load_s, "gc_freeze": freeze,
            "overruns": sum(h.overruns for h in handles) - o0, "errors": sum(h.error_count for h in handles),
-           "workers": runtime.pool.size if runtime.pool else 0}
+           "workers": runtime.pool.size if runtime.pool else 0,
+           # what a set_pv on an output writes (FastRecord since cb8298d)
+           "record": type(handles[0].records.records["VALUE"]).__name__ if handles else None}
     if n:
         out.update(rate_figures([b - a for a, b in zip(k0, k1, strict=True)], window))
         out.update(jitter_figures([x for h in handles for x in h.lateness]))
-    out.update(process_figures(t0, c0, t1, c1))
+    out.update(process_figures(t0, c0, t1, c1, y0, y1))
     out["thread_cpu"] = thread_figures(th0, th1, window)
     for a, lat in latency.items():
         out[f"run_{a}_med_ms"] = 1e3 * pct(lat, 0.5)
@@ -367,7 +406,20 @@ async def client(pv_base: str, count: int) -> list[float]:
 
 
 # -- driver ---------------------------------------------------------------------------
+def wait_for_quiet(limit: float, max_wait: float) -> tuple[float, float]:
+    """Wait (up to ``max_wait`` s) for the 1-min load average to fall under ``limit``.
+
+    The machine is shared; returns (load when the child starts, seconds waited).
+    """
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= limit and time.monotonic() - t0 < max_wait:
+        time.sleep(5)
+    return os.getloadavg()[0], time.monotonic() - t0
+
+
 def run_child(config: str, n: int, args: argparse.Namespace) -> dict:
+    load_before, waited = wait_for_quiet(args.quiet_load, args.quiet_wait) if args.quiet_wait > 0 else (
+        os.getloadavg()[0], 0.0)
     env = dict(os.environ)
     env.update(epics_env(random.randrange(20000, 60000, 4)))
     cmd = [sys.executable, str(HERE), "--child", config, "--n", str(n), "--seconds", str(args.seconds),
@@ -376,11 +428,14 @@ def run_child(config: str, n: int, args: argparse.Namespace) -> dict:
         cmd.append("--gc-freeze")
     if args.switch_interval:
         cmd += ["--switch-interval", str(args.switch_interval)]
-    print("  $", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    print(f"  $ {' '.join(cmd[1:])}   (load {load_before:.2f} after waiting {waited:.0f} s)",
+          file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(f"child {config} N={n} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["load_before"] = load_before
+    return out
 
 
 def fmt(v: float | None, spec: str = ".1f") -> str:
@@ -388,38 +443,50 @@ def fmt(v: float | None, spec: str = ".1f") -> str:
 
 
 def print_table(results: list[dict]) -> None:
+    """Ratios to both floors of the same N: the issue's (``aIn.set()``) and FastRecord's."""
     floors = {r["n"]: r for r in results if r["config"] == "floor"}
+    ffloors = {r["n"]: r for r in results if r["config"] == "ffloor"}
+
+    def ratio(r: dict, base: dict | None, key: str) -> float | None:
+        return r[key] / base[key] if base and base[key] > 0 else None
+
     print()
-    print(f"{'config':9} {'N':>5} {'rate min/med Hz':>16} {'hold':>5} {'CPU %':>6} {'xfloor':>6} "
-          f"{'RSS MB':>7} {'xfloor':>6} {'jit med ms':>10} {'jit p99 ms':>10} {'xfloor':>6}")
+    print(f"{'config':9} {'N':>5} {'rate min/med Hz':>16} {'hold':>5} {'CPU %':>6} {'xfloor':>6} {'xffloor':>7} "
+          f"{'RSS MB':>7} {'xfloor':>6} {'jit med ms':>10} {'jit p99 ms':>10} {'xfloor':>6} "
+          f"{'load':>5} {'others%':>7}")
     for r in results:
         if "rate_min" not in r:
             continue
-        f = floors.get(r["n"])
-        cpu_x = r["cpu_pct"] / f["cpu_pct"] if f else None
-        rss_x = r["rss_mb"] / f["rss_mb"] if f else None
-        jit_x = r["jitter_p99_ms"] / f["jitter_p99_ms"] if f and f["jitter_p99_ms"] > 0 else None
+        f, ff = floors.get(r["n"]), ffloors.get(r["n"])
         print(f"{r['config']:9} {r['n']:>5} {fmt(r['rate_min'], '.2f'):>7}/{fmt(r['rate_median'], '.2f'):<8} "
-              f"{100 * r['holding']:>4.0f}% {r['cpu_pct']:>6.1f} {fmt(cpu_x, '.2f'):>6} {r['rss_mb']:>7.0f} "
-              f"{fmt(rss_x, '.2f'):>6} {r['jitter_med_ms']:>10.2f} {r['jitter_p99_ms']:>10.2f} {fmt(jit_x, '.1f'):>6}")
+              f"{100 * r['holding']:>4.0f}% {r['cpu_pct']:>6.1f} {fmt(ratio(r, f, 'cpu_pct'), '.2f'):>6} "
+              f"{fmt(ratio(r, ff, 'cpu_pct'), '.2f'):>7} {r['rss_mb']:>7.0f} {fmt(ratio(r, f, 'rss_mb'), '.2f'):>6} "
+              f"{r['jitter_med_ms']:>10.2f} {r['jitter_p99_ms']:>10.2f} {fmt(ratio(r, f, 'jitter_p99_ms'), '.1f'):>6} "
+              f"{fmt(r.get('load_before'), '.2f'):>5} {fmt(r.get('others_pct')):>7}")
     for r in results:
         for a in ("async", "sync"):
             if f"run_{a}_med_ms" in r:
                 print(f"RUN put -> execute() start ({a:5}, {r['n']:>4} async tasks alongside): "
                       f"median {r[f'run_{a}_med_ms']:.2f} ms, p99 {r[f'run_{a}_p99_ms']:.2f} ms, "
                       f"max {r[f'run_{a}_max_ms']:.2f} ms ({r[f'run_{a}_samples']} puts)")
+    print("load: 1-min load average when the child started; others%: CPU % of one core used by every other "
+          "process during the window (for trigger it includes the bench's CA client)")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", default="100,1000", help="comma-separated task counts")
-    p.add_argument("--configs", default="floor,async,sync,threads,trigger")
+    p.add_argument("--configs", default="floor,ffloor,async,sync,threads,trigger")
     p.add_argument("--seconds", type=float, default=20.0, help="steady window per configuration")
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--trigger-count", type=int, default=300, help="RUN puts per triggered plugin")
     p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after start-up, as the runner does")
     p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval() in the children (s)")
     p.add_argument("--json", type=Path, help="also write the raw results here")
+    p.add_argument("--quiet-load", type=float, default=0.7,
+                   help="before each child, wait for the 1-min load average to fall under this")
+    p.add_argument("--quiet-wait", type=float, default=180.0,
+                   help="longest wait (s) for --quiet-load; 0 = do not wait")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--client", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, default=300, help=argparse.SUPPRESS)
@@ -433,8 +500,8 @@ def main() -> int:
             sys.setswitchinterval(args.switch_interval)
         n = int(args.n)
         prefix = f"BENCH{random.randrange(10**6):06d}"
-        if args.child == "floor":
-            out = asyncio.run(child_floor(n, args.warmup, args.seconds, prefix))
+        if args.child in ("floor", "ffloor"):
+            out = asyncio.run(child_floor(n, args.warmup, args.seconds, prefix, fast=args.child == "ffloor"))
         elif args.child == "threads":
             out = child_threads(n, args.warmup, args.seconds, prefix)
         else:
