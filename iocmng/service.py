@@ -33,6 +33,7 @@ from aiohttp import web
 from . import __version__
 from .autosave import AutosaveStore
 from .config import load_config, merged_parameters
+from .devices import Devices
 from .errors import Conflict, IocmngError, NotFound, SettingsError
 from .events import EventBus, PluginLogs
 from .ioc import IocBridge, plan_records, plugin_prefix
@@ -70,7 +71,9 @@ class Service:
         self.registry = Registry(self.data_dir)
         self.autosave = AutosaveStore(self.data_dir)
         self.bridge = IocBridge(self.prefix)
-        self.runtime = Runtime(self.bridge, on_save=self.autosave.update)
+        # ophyd devices (SPEC §9): built in the background at boot; empty without the extra.
+        self.devices = Devices(settings.beamline_config, enabled=not settings.disable_ophyd)
+        self.runtime = Runtime(self.bridge, on_save=self.autosave.update, devices=self.devices)
         self.events = EventBus()
         self.runtime.listeners.append(self.events.publish)
         self.logs = PluginLogs()
@@ -331,6 +334,9 @@ class Service:
             extra = [Path(e.deps_dir)] if e.deps_dir else []
             self.runtime.prepare(PluginSpec(name, Path(e.plugin_dir), e.parameters, extra))
         self.bridge.start(asyncio.get_running_loop())
+        self.devices.start()  # after iocInit: a device may use this process's own PVs
+        if self.devices.error:
+            self.boot_errors.append(f"devices: {self.devices.error}")
         self.watchdog = LoopWatchdog(self.settings.stall_threshold, lambda: list(self.runtime.handles), self._on_stall)
         self.watchdog.start()
         # Plugins initialize while HTTP already answers (state `starting`): a
@@ -338,6 +344,7 @@ class Service:
         self._starting = asyncio.get_running_loop().create_task(self._start_plugins(), name="iocmng:start")
 
     async def _start_plugins(self) -> None:
+        await self.devices.ready()  # bounded: an unreachable IOC does not hold the plugins
         await self.runtime.start()
         # What exists now lives as long as the generation: keep it out of the
         # collector's way (fewer, shorter GC pauses in the plugins' cycles).
@@ -400,6 +407,7 @@ class Service:
         if self._starting is not None:
             await asyncio.wait({self._starting})
         await self.runtime.stop()
+        await asyncio.to_thread(self.devices.close)
         if self.watchdog is not None:
             await self.watchdog.stop()
         await self.autosave.close()

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .devices import routes as device_routes
 from .keys import ACTIVE, API_TOKEN, IDLE, MAX_BODY, READ_AUTH, SERVICE
 from .problems import Handler, auth, problems
 from .routes import routes
@@ -47,4 +48,5 @@ def create_app(service: Any) -> web.Application:
 
     app.on_response_prepare.append(connection_close)
     app.add_routes(routes)
+    app.add_routes(device_routes)
     return app

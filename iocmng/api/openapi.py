@@ -79,6 +79,9 @@ def document() -> dict[str, Any]:
         "post": {"operationId": "trigger_task", "responses": {"200": _json({"type": "object"}),
                                                               **_errors(400, 401, 404, 409)}},
     }
+    paths["/api/v1/devices"] = {
+        "get": {"operationId": "list_devices", "responses": {"200": _json({"$ref": "#/components/schemas/Devices"})}},
+    }
     schemas: dict[str, Any] = {}
     for model in (AddPlugin, RunJob, Restart):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -96,5 +99,13 @@ def document() -> dict[str, Any]:
     schemas["JobRun"] = {"type": "object", "required": ["success", "data", "message"], "properties": {
         "success": {"type": "boolean"}, "data": {"type": "object"}, "message": {"type": "string"},
         "job": {"type": "string"}, "started_at": {"type": "number"}, "duration_s": {"type": "number"}}}
+    schemas["Devices"] = {"type": "object", "required": ["enabled", "devices"], "properties": {
+        "enabled": {"type": "boolean"}, "reason": {"type": ["string", "null"]}, "config": {"type": ["string", "null"]},
+        "control_layer": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
+        "devices": {"type": "array", "items": {"type": "object", "required": ["name", "state"], "properties": {
+            "name": {"type": "string"}, "ioc": {"type": "string"}, "group": {"type": "string"},
+            "type": {"type": "string"}, "prefix": {"type": "string"},
+            "state": {"enum": ["pending", "ok", "disconnected", "failed", "disabled"]},
+            "reason": {"type": ["string", "null"]}, "class": {"type": ["string", "null"]}}}}}}
     return {"openapi": "3.1.0", "info": {"title": "iocmng", "version": __version__},
             "paths": paths, "components": {"schemas": schemas}}
