@@ -307,6 +307,16 @@ def cmd_logs(c: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_screen(c: Any, args: argparse.Namespace) -> int:
+    """Save a Phoebus Display Builder screen with the service's real PV names."""
+    path = f"/plugins/{args.name}/display.bob" if args.name else "/display.bob"
+    data = c.get(path, raw_body=True)
+    out = args.file or Path(f"{args.name or 'iocmng'}.bob")
+    out.write_bytes(data)
+    print(f"saved {out} ({len(data)} bytes); open it in Phoebus with File → Open", file=sys.stderr)
+    return 0
+
+
 def cmd_health(c: Any, args: argparse.Namespace) -> int:
     from .client import health_text
 
@@ -372,6 +382,13 @@ def _add_client_commands(sub: Any) -> None:
             run.add_argument("--timeout", type=float, metavar="S", help="seconds before the run counts as failed")
             run.add_argument("--http-timeout", **http)
 
+    screen = sub.add_parser("screen", help="save a Phoebus screen (.bob) of a plugin, or the overview")
+    screen.add_argument("name", nargs="?", metavar="NAME", help="plugin (default: the overview of all plugins)")
+    screen.add_argument("-o", "--output-file", dest="file", type=Path, metavar="FILE",
+                        help="where to save it (default: NAME.bob, or iocmng.bob for the overview)")
+    screen.add_argument("--server", default=argparse.SUPPRESS, metavar="URL", help="service URL")
+    screen.add_argument("--token", default=argparse.SUPPRESS, help="API token (needed with IOCMNG_READ_AUTH)")
+    screen.set_defaults(func=run_client, handler=cmd_screen)
     health = sub.add_parser("health", help="the service's health", parents=[common])
     health.set_defaults(func=run_client, handler=cmd_health)
 

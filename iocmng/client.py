@@ -116,7 +116,7 @@ class Client:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None, *, query: dict[str, Any] | None = None,
-                timeout: float | None = None) -> Any:
+                timeout: float | None = None, raw_body: bool = False) -> Any:
         url = f"{self.url}/api/v1{path}"
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
@@ -135,6 +135,8 @@ class Client:
             raise _problem(exc.code, exc.reason, exc.read()) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             raise Unreachable(self.url, _reason(exc)) from None
+        if raw_body:  # not JSON: e.g. a Phoebus screen (.bob)
+            return raw
         try:
             return json.loads(raw) if raw.strip() else None
         except ValueError:

@@ -11,6 +11,7 @@ from .devices import routes as device_routes
 from .keys import ACTIVE, API_TOKEN, IDLE, MAX_BODY, READ_AUTH, SERVICE
 from .problems import Handler, auth, problems
 from .routes import routes
+from .ui import ui_routes
 
 
 @web.middleware
@@ -48,5 +49,6 @@ def create_app(service: Any) -> web.Application:
 
     app.on_response_prepare.append(connection_close)
     app.add_routes(routes)
+    app.add_routes(ui_routes)
     app.add_routes(device_routes)
     return app

@@ -107,5 +107,10 @@ def document() -> dict[str, Any]:
             "type": {"type": "string"}, "prefix": {"type": "string"},
             "state": {"enum": ["pending", "ok", "disconnected", "failed", "disabled"]},
             "reason": {"type": ["string", "null"]}, "class": {"type": ["string", "null"]}}}}}}
+    from .ui import openapi_parts  # PV values over REST and the Phoebus screens
+
+    ui_paths, ui_schemas = openapi_parts(name_param, _json, _errors, _body)
+    paths.update(ui_paths)
+    schemas.update(ui_schemas)
     return {"openapi": "3.1.0", "info": {"title": "iocmng", "version": __version__},
             "paths": paths, "components": {"schemas": schemas}}

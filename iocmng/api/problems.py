@@ -20,7 +20,10 @@ log = logging.getLogger("iocmng.api")
 CONTENT_TYPE = "application/problem+json"
 #: Reads that stay open with IOCMNG_READ_AUTH: the probe, and the API's own
 #: description (a browser cannot send a token to open the page).
-OPEN_READS = frozenset({"/api/v1/health", "/api/v1/docs", "/api/v1/openapi.json"})
+OPEN_READS = frozenset({"/api/v1/health", "/api/v1/docs", "/api/v1/openapi.json", "/", "/ui"})
+#: The dashboard's pages and files (iocmng.api.ui): they render no data
+#: without a valid token when reads need one.
+OPEN_READ_PREFIXES = ("/ui/",)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -74,7 +77,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token: str | None = request.app[API_TOKEN]
     is_read = request.method in ("GET", "HEAD", "OPTIONS")
-    guarded = not is_read or (request.app[READ_AUTH] and request.path not in OPEN_READS)
+    open_read = request.path in OPEN_READS or request.path.startswith(OPEN_READ_PREFIXES)
+    guarded = not is_read or (request.app[READ_AUTH] and not open_read)
     if token and guarded:
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
         if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)
