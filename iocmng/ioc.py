@@ -170,10 +170,24 @@ _DBR = {"string": (0, None), "int": (5, ctypes.c_int32), "float": (10, ctypes.c_
         "enum": (11, ctypes.c_uint16)}
 
 
-def _db() -> Any:
-    """EPICS's dbCore library with the prototypes we call (loaded by softioc)."""
-    from epicscorelibs.ioc import dbCore
+_DBCORE: Any = None
 
+
+def _db() -> Any:
+    """EPICS's dbCore library with the prototypes we call (loaded by softioc).
+
+    Loaded as ``ctypes.PyDLL``: these calls are a few microseconds and keep
+    the GIL. With ``CDLL`` each of the four calls of a record update would
+    release and re-take it (40 000 times a second at 1000 tasks × 10 Hz),
+    inviting a thread switch each time. Holding it is safe: the records we
+    lock are plain soft records whose processing never calls into Python.
+    """
+    global _DBCORE
+    if _DBCORE is not None:
+        return _DBCORE
+    from epicscorelibs.ioc import dbCore as loaded
+
+    dbCore = ctypes.PyDLL(loaded._name)
     if not getattr(dbCore, "_iocmng_ready", False):
         dbCore.dbNameToAddr.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
         dbCore.dbNameToAddr.restype = ctypes.c_long
@@ -186,6 +200,7 @@ def _db() -> Any:
         dbCore.dbPut.restype = ctypes.c_long
         dbCore.db_post_events.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint)
         dbCore._iocmng_ready = True
+    _DBCORE = dbCore
     return dbCore
 
 

@@ -36,6 +36,10 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._max = max_workers
+        self._min = min_workers
+        self._serial = 0
+        #: Seconds an extra worker may stay idle before it exits.
+        self.idle_exit = 30.0
         self._closed = False
         for _ in range(min_workers):
             self._spawn()
@@ -46,7 +50,8 @@ class WorkerPool:
         return len(self._threads)
 
     def _spawn(self) -> None:
-        t = threading.Thread(target=self._work, name=f"iocmng-worker-{len(self._threads)}", daemon=True)
+        self._serial += 1
+        t = threading.Thread(target=self._work, name=f"iocmng-worker-{self._serial}", daemon=True)
         self._threads.append(t)
         t.start()
 
@@ -71,7 +76,17 @@ class WorkerPool:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self.idle_exit)
+            except queue.Empty:
+                # A burst (every plugin's initialize() at start) grew the pool;
+                # a worker idle this long leaves, down to the minimum.
+                with self._lock:
+                    if len(self._threads) > self._min and self._idle > 0:
+                        self._idle -= 1
+                        self._threads.remove(threading.current_thread())
+                        return
+                continue
             if item is _STOP:
                 return
             fut, fn, args = item
@@ -108,5 +123,5 @@ class WorkerPool:
     def close(self) -> None:
         """Ask idle workers to exit; a worker stuck in plugin code is abandoned (daemon)."""
         self._closed = True
-        for _ in self._threads:
+        for _ in list(self._threads):
             self._queue.put(_STOP)

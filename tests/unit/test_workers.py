@@ -92,3 +92,23 @@ async def test_closed_pool_refuses_work() -> None:
     pool.close()
     with pytest.raises(RuntimeError, match="closed"):
         pool.submit(lambda: None)
+
+
+async def test_pool_shrinks_back_after_a_burst() -> None:
+    pool = WorkerPool(asyncio.get_running_loop(), min_workers=2, max_workers=16)
+    pool.idle_exit = 0.2
+    release = threading.Event()
+    try:
+        futures = [pool.submit(release.wait, 5) for _ in range(10)]
+        assert pool.size >= 10  # grew: every worker was blocked
+        release.set()
+        assert all(await asyncio.gather(*futures))
+        deadline = asyncio.get_running_loop().time() + 5
+        while pool.size > 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert pool.size == 2
+        # the pool still works, and grows again when needed
+        assert await pool.run(lambda: 42) == 42
+    finally:
+        release.set()
+        pool.close()
