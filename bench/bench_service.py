@@ -498,7 +498,7 @@ async def bench_gap(session: Any, n: int, trials: int) -> dict[str, Any]:
         for action in ("add", "delete"):
             gen = (await get_json(session, f"{server.url}/health"))["generation"]
 
-            async def trigger() -> None:
+            async def trigger(action: str = action) -> None:
                 if action == "add":
                     await post(session, f"{server.url}/tasks", {"name": "probe", "local_path": str(probe)})
                 else:
