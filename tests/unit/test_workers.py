@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+from conftest import wait_for
 
 from iocmng.workers import WorkerPool
 
@@ -103,10 +104,7 @@ async def test_pool_shrinks_back_after_a_burst() -> None:
         assert pool.size >= 10  # grew: every worker was blocked
         release.set()
         assert all(await asyncio.gather(*futures))
-        deadline = asyncio.get_running_loop().time() + 5
-        while pool.size > 2 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        assert pool.size == 2
+        await wait_for(lambda: pool.size == 2, timeout=5, what="pool back to its minimum")
         # the pool still works, and grows again when needed
         assert await pool.run(lambda: 42) == 42
     finally:
