@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 
 class PluginContext(Protocol):
-    """What the runtime provides behind a plugin (see iocmng.runtime.PluginHandle)."""
+    """What the runtime provides behind a plugin (see iocmng.handle.PluginHandle)."""
 
     pv_prefix: str
 
