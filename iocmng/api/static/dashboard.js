@@ -174,6 +174,7 @@
       form.innerHTML = `<input name="value" aria-label="${esc(pv.pv)}" placeholder="${esc(hint)}"` +
         `${pv.type === "string" ? ' maxlength="39"' : ""}> <button>Set</button> <small class="field-error" data-for="value"></small>`;
     }
+    if (pv.type === "bool") form.elements.value.value = pv.value ? "1" : "0";
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       let value = form.elements.value.value;
