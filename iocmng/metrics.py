@@ -8,11 +8,12 @@ generation (a reload is a new process); Prometheus handles counter resets.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -77,6 +78,10 @@ class ServiceCollector:
         sse = GaugeMetricFamily("iocmng_event_stream_clients", "Connected SSE clients")
         sse.add_metric([], svc.events.subscribers)
         yield sse
+        # Not per plugin (one process): a plugin leaking threads shows here.
+        threads = GaugeMetricFamily("iocmng_threads", "Threads in the service process")
+        threads.add_metric([], threading.active_count())
+        yield threads
         wd = svc.watchdog
         if wd is not None:
             lag = HistogramMetricFamily("iocmng_loop_lag_seconds", "Event-loop lag measured by a heartbeat")
@@ -93,6 +98,8 @@ class ServiceCollector:
 def make_registry(service: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service))  # type: ignore[arg-type]
+    # process_resident_memory_bytes, process_open_fds, ...: leaks of any plugin show here.
+    ProcessCollector(registry=registry)
     return registry
 
 

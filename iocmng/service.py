@@ -42,6 +42,7 @@ from .registry import Entry, Registry
 from .reload import LISTEN_FD_ENV, exec_next_generation, listen_socket, unblock_stop_signals
 from .runtime import PluginSpec, Runtime, State
 from .settings import Settings, StartupPlugin, load_settings, read_service_config, resolve_prefix
+from .supervisor import FRESH_START_ENV, SAFE_MODE_ENV
 from .validation import Candidate, Options, Pipeline, Request
 from .watchdog import LoopWatchdog
 
@@ -98,7 +99,11 @@ class Service:
         self._starting: asyncio.Task[None] | None = None
         # A reload is not a start: the startup/demo list is applied at a real
         # start only, so a demo plugin the user removed stays removed.
-        self.fresh_start = LISTEN_FD_ENV not in os.environ
+        # Under --supervise the socket is inherited at every start of the child:
+        # the supervisor says which starts are real ones (iocmng/supervisor.py).
+        fresh = os.environ.pop(FRESH_START_ENV, None) == "1"
+        self.fresh_start = fresh or LISTEN_FD_ENV not in os.environ
+        self.safe_mode = os.environ.pop(SAFE_MODE_ENV, None) == "1"
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -211,10 +216,12 @@ class Service:
     async def remove(self, name: str, kind: str | None = None) -> dict[str, Any]:
         async with self.lock:
             entry = self.get_kind(name, kind)
+            # Persist first: if the data directory refuses the write (full,
+            # read-only), the plugin is still registered and keeps running.
+            self.registry.commit(remove=name, bump=not self.reload_pending)
             h = self.runtime.handles.pop(name, None)
             if h is not None:
                 await self.runtime.stop_plugin(h)
-            self.registry.commit(remove=name, bump=not self.reload_pending)
         self.autosave.forget(name)
         self.logs.forget(name)
         await asyncio.to_thread(self._delete_files, entry)
@@ -333,6 +340,8 @@ class Service:
         for name, e in sorted(self.registry.plugins.items()):
             extra = [Path(e.deps_dir)] if e.deps_dir else []
             self.runtime.prepare(PluginSpec(name, Path(e.plugin_dir), e.parameters, extra))
+        if self.safe_mode:
+            self._hold_plugins()
         self.bridge.start(asyncio.get_running_loop())
         self.devices.start()  # after iocInit: a device may use this process's own PVs
         if self.devices.error:
@@ -342,6 +351,17 @@ class Service:
         # Plugins initialize while HTTP already answers (state `starting`): a
         # plugin whose initialize() hangs must not keep the API down.
         self._starting = asyncio.get_running_loop().create_task(self._start_plugins(), name="iocmng:start")
+
+    def _hold_plugins(self) -> None:
+        """Safe mode (the supervisor saw the process die at every start): start no plugin."""
+        reason = ("not started: the service died repeatedly right after its start (safe mode); remove the "
+                  "plugin at fault, then POST /api/v1/plugins/{name}/restart for the others")
+        for h in self.runtime.handles.values():
+            if h.state == State.PENDING:
+                h.last_error = reason.replace("{name}", h.name)
+                h.set_state(State.FAILED)
+        self.boot_errors.append("safe mode: the service died repeatedly right after its start; no plugin started")
+        log.error("safe mode: %d plugin(s) not started", len(self.runtime.handles))
 
     async def _start_plugins(self) -> None:
         await self.devices.ready()  # bounded: an unreachable IOC does not hold the plugins
@@ -426,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="iocmng-server", description="iocmng service (settings: IOCMNG_* variables)")
     parser.add_argument("--demo", action="store_true", help="also load the example plugins (plugins_examples/)")
+    parser.add_argument("--supervise", action="store_true",
+                        help="run the service as a child and restart it if its process dies (iocmng/supervisor.py)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -433,6 +455,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iocmng-server: invalid setting: {exc.detail}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
+    if args.supervise:
+        from .supervisor import supervise
+
+        try:
+            return supervise(settings.host, settings.port, ["--demo"] if args.demo else [])
+        except OSError as exc:
+            print(f"iocmng-server: cannot start: {exc}", file=sys.stderr)
+            return 1
 
     async def serve() -> None:
         service = Service(settings, demo=args.demo)
