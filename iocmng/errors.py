@@ -12,6 +12,7 @@
     ├── NotFound (404)
     ├── Conflict (409)               duplicate name, job already running
     ├── PayloadTooLarge (413)
+    ├── InsufficientStorage (507)    the data directory is full or read-only
     └── SettingsError                a service setting is invalid (start-up, exits non-zero)
 
 A caller's mistake is always a 4xx; 500 is reserved for bugs of ours.
@@ -19,6 +20,7 @@ A caller's mistake is always a 4xx; 500 is reserved for bugs of ours.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -102,6 +104,26 @@ class Conflict(IocmngError):
 class PayloadTooLarge(IocmngError):
     status = 413
     title = "Payload too large"
+
+
+class InsufficientStorage(IocmngError):
+    """The data directory cannot be written (full, over quota, read-only): nothing was changed."""
+
+    status = 507
+    title = "Insufficient storage"
+
+
+#: errno values that mean "the data directory cannot take this write".
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def storage_error(exc: BaseException, what: str) -> InsufficientStorage | None:
+    """An InsufficientStorage for ``exc`` if it is a full or read-only file system, else None."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return InsufficientStorage(f"{what}: {exc.strerror}{where}; the data directory is full or read-only, "
+                                   "nothing was changed; free space or make it writable and try again")
+    return None
 
 
 class SettingsError(IocmngError):

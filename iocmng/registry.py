@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import storage_error
+
 REGISTRY_FILE = "registry.json"
 
 
@@ -114,8 +116,11 @@ class Registry:
         old, self.state = self.state, new
         try:
             self.save()
-        except BaseException:
+        except BaseException as exc:
             self.state = old
+            storage = storage_error(exc, f"cannot write {self.path.name}")
+            if storage is not None:
+                raise storage from None
             raise
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import BadRequest, SourceError
+from .errors import STORAGE_ERRNOS, BadRequest, SourceError
 
 log = logging.getLogger("iocmng.sources")
 
@@ -107,6 +107,8 @@ def _clone_sync(url: str, dest: Path, branch: str | None, pat: str | None) -> Cl
         with repo:
             commit = repo.head().decode()
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            raise  # the data directory, not the source: InsufficientStorage upstream
         text = str(exc) or type(exc).__name__
         if branch and (branch in text or "not found" in text.lower() or isinstance(exc, KeyError)):
             raise SourceError(f"branch {branch!r} does not exist in {strip_credentials(url)}") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import json
 import logging
 import shutil
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PluginConfig, load_config, merged_parameters
-from .errors import ConfigError, IocmngError, ValidationFailed
+from .errors import ConfigError, InsufficientStorage, IocmngError, ValidationFailed, storage_error
 from .ioc import plan_records, plugin_prefix
 from .loader import plugin_files
 from .registry import Source
@@ -120,6 +121,7 @@ class Pipeline:
     async def run(self, req: Request) -> Candidate:
         cand = Candidate(req, Source(type="git" if req.git_url else "local"), Path("."))
         self._child = {}
+        storage = None
         for name, step in self.steps:
             t0 = time.monotonic()
             try:
@@ -131,6 +133,10 @@ class Pipeline:
                 cand.steps.append(Step(name, False, exc.detail, time.monotonic() - t0))
                 break
             except Exception as exc:  # a bug of ours must still not leave files behind
+                storage = storage_error(exc, f"{name}: cannot write")
+                if storage is not None:  # a full or read-only data directory is not a bug
+                    cand.steps.append(Step(name, False, storage.detail, time.monotonic() - t0))
+                    break
                 log.exception("validation step %s crashed", name)
                 cand.steps.append(Step(name, False, f"internal error: {type(exc).__name__}: {exc}", time.monotonic() - t0))
                 break
@@ -139,6 +145,13 @@ class Pipeline:
             return cand
         await asyncio.to_thread(cand.discard)
         failed = cand.steps[-1]
+        if storage is not None:
+            # dulwich leaves the lock file it was writing open when the disk is
+            # full; the file object is only reachable through the dropped
+            # exception's frames: collect them now, or the fd (of a deleted
+            # file) stays open and the file system can never be remounted.
+            gc.collect()
+            raise InsufficientStorage(failed.detail, steps=[s.to_dict() for s in cand.steps])
         raise ValidationFailed(f"{failed.name}: {failed.detail}", steps=[s.to_dict() for s in cand.steps])
 
     async def check_code(self, name: str, plugin_dir: Path, deps_dir: Path | None, kind: str) -> None:

@@ -22,7 +22,7 @@ def _json(schema: dict[str, Any] | None = None, description: str = "OK") -> dict
 
 def _errors(*codes: int) -> dict[str, Any]:
     names = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 409: "Conflict", 413: "Too large",
-             422: "Validation failed"}
+             422: "Validation failed", 507: "Data directory full or read-only"}
     return {str(c): {"description": names[c], **PROBLEM} for c in codes}
 
 
@@ -49,13 +49,13 @@ def document() -> dict[str, Any]:
             "get": {"operationId": f"list_{coll}", "responses": {"200": _json({"type": "array", "items": info})}},
             "post": {"operationId": f"add_{coll}", "requestBody": _body("AddPlugin"),
                      "responses": {"201": _json({"type": "object"}, "Validated and committed"),
-                                   **_errors(400, 401, 409, 413, 422)}},
+                                   **_errors(400, 401, 409, 413, 422, 507)}},
         }
         paths[f"/api/v1/{coll}/{{name}}"] = {
             "parameters": [name_param],
             "get": {"operationId": f"get_{coll}", "responses": {"200": _json(info), **_errors(400, 404)}},
             "delete": {"operationId": f"delete_{coll}", "responses": {"200": _json({"type": "object"}),
-                                                                        **_errors(400, 401, 404)}},
+                                                                        **_errors(400, 401, 404, 507)}},
         }
         paths[f"/api/v1/{coll}/{{name}}/logs"] = {
             "parameters": [name_param],
@@ -67,7 +67,7 @@ def document() -> dict[str, Any]:
         paths[f"/api/v1/{coll}/{{name}}/restart"] = {
             "parameters": [name_param],
             "post": {"operationId": f"restart_{coll}", "requestBody": _body("Restart", False),
-                     "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 404, 409, 413, 422)}},
+                     "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 404, 409, 413, 422, 507)}},
         }
     paths["/api/v1/jobs/{name}/run"] = {
         "parameters": [name_param],

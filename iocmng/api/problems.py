@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..config import format_errors
-from ..errors import BadRequest, IocmngError, Unauthorized
+from ..errors import BadRequest, IocmngError, Unauthorized, storage_error
 from .keys import API_TOKEN, MAX_BODY, READ_AUTH
 
 log = logging.getLogger("iocmng.api")
@@ -68,6 +68,12 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 lists the allowed methods
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
+    except OSError as exc:
+        storage = storage_error(exc, f"{request.method} {request.path}")
+        if storage is not None:
+            return from_error(storage)
+        log.exception("internal error on %s %s", request.method, request.path)
+        return problem_response(500, "Internal error", "an unexpected error occurred; see the service log")
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return problem_response(500, "Internal error", "an unexpected error occurred; see the service log")
