@@ -78,6 +78,11 @@ def rest(srv: Server, path: str) -> Any:
         return json.loads(resp.read())
 
 
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read()
+
+
 def plugin_names(srv: Server) -> set[str]:
     return {p["name"] for p in rest(srv, "/plugins")}
 
@@ -202,7 +207,8 @@ async def test_dashboard(server: Server, browser: Any, tmp_path: Path) -> None:
     await expect(page.locator('#plugins tr[data-name="mon"]')).to_have_count(0)
     await wait_for(lambda: plugin_names(srv) == {"diag"}, timeout=30, what="mon removed")
     # after the reload, plugins start while HTTP already answers: wait for idle
-    await wait_for(lambda: rest(srv, "/jobs/diag")["state"] == "idle", timeout=30, what="diag idle")
+    await wait_for(lambda: rest(srv, "/health")["pending_generation"] is None
+                   and rest(srv, "/jobs/diag")["state"] == "idle", timeout=30, what="reload done, diag idle")
     assert errors == [], errors
 
     # -- no JavaScript: a readable read-only list ---------------------------------------------------
@@ -216,3 +222,8 @@ async def test_dashboard(server: Server, browser: Any, tmp_path: Path) -> None:
     assert "DIAG:STATUS" in await plain.locator("#pvs").inner_text()
     await nojs.close()
     await ctx.close()
+
+    # -- light: the first paint (page, script, style) is well under 100 KB ----------------------------
+    base = f"http://127.0.0.1:{srv.http_port}"
+    sizes = {path: len(fetch(base + path)) for path in ("/", "/ui/static/dashboard.js", "/ui/static/dashboard.css")}
+    assert sum(sizes.values()) < 100_000, sizes
