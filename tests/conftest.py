@@ -38,8 +38,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "plugins_examples"
 
-#: How many runners (IOC processes) one pytest session may start.
-CA_POOL_SIZE = 24
+#: CA server ports known to this process's CA client; servers started by a
+#: session take them in turn (a port is reused after CA_POOL_SIZE servers).
+CA_POOL_SIZE = 48
 
 _reserved: set[int] = set()
 
@@ -110,9 +111,9 @@ class EpicsPorts:
     @classmethod
     def allocate(cls) -> EpicsPorts:
         global _ca_pool_next
-        if _ca_pool_next >= len(CA_PORT_POOL):
-            raise RuntimeError(f"CA port pool exhausted: raise CA_POOL_SIZE ({CA_POOL_SIZE})")
-        ca = CA_PORT_POOL[_ca_pool_next]
+        # Round robin: past the end of the pool, the oldest ports come back;
+        # their servers (modules run in order) are long gone by then.
+        ca = CA_PORT_POOL[_ca_pool_next % len(CA_PORT_POOL)]
         _ca_pool_next += 1
         return cls(ca, free_port(), free_port(), free_port())
 
