@@ -1,0 +1,7 @@
+"""``python -m iocmng``: the service (same as ``iocmng-server``)."""
+
+import sys
+
+from .service import main
+
+sys.exit(main())

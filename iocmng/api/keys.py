@@ -1,0 +1,16 @@
+"""Typed application keys of the REST app (aiohttp ``AppKey``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+SERVICE = web.AppKey("service", Any)  # iocmng.service.Service (Any: no import cycle)
+API_TOKEN = web.AppKey("api_token", str | None)
+READ_AUTH = web.AppKey("read_auth", bool)
+MAX_BODY = web.AppKey("max_body", int)
+#: Set while no request is being handled (the reload waits for it).
+IDLE = web.AppKey("idle", asyncio.Event)
+ACTIVE = web.AppKey("active", list)

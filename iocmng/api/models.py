@@ -1,0 +1,60 @@
+"""Request bodies of the REST API, as strict pydantic models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+NAME_HELP = "1-40 characters: lower-case letters, digits, '_' or '-', starting with a letter or digit"
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a valid plugin name: {NAME_HELP}")
+    return name
+
+
+class AddPlugin(BaseModel):
+    """Body of ``POST /tasks``, ``/jobs`` and ``/plugins``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The pattern is published in the schema (clients and fuzzers see it) but
+    # checked by check_name, whose message says what a valid name looks like.
+    name: str = Field(description=f"Plugin name: {NAME_HELP}",
+                      json_schema_extra={"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": 40})
+    git_url: str | None = Field(None, description="https://, http:// or file:// URL of a git repository")
+    local_path: str | None = Field(None, description="Absolute path of a plugin directory on the server (development)")
+    pat: str | None = Field(None, description="Personal access token for https (never stored or returned)", repr=False)
+    branch: str | None = Field(None, max_length=255, description="Branch or tag (default: the repository's HEAD)")
+    path: str = Field("", max_length=1024, description="Plugin directory inside the repository")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Overrides of config.yaml parameters")
+    auto_start: bool = Field(True, description="Accepted for compatibility; plugins always start with their generation")
+
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AddPlugin:
+        if bool(self.git_url) == bool(self.local_path):
+            raise ValueError("give exactly one of git_url or local_path")
+        return self
+
+
+class RunJob(BaseModel):
+    """Body of ``POST /jobs/{name}/run`` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Overrides for this run only")
+    timeout: float | None = Field(None, gt=0, le=86400, description="Seconds before the run counts as failed")
+
+
+class Restart(BaseModel):
+    """Body of ``POST /plugins/{name}/restart`` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: dict[str, Any] | None = Field(None, description="New parameter overrides (persisted)")

@@ -1,0 +1,74 @@
+"""``GET /api/v1/{plugins|tasks|jobs}/{name}/startup``: how a plugin starts.
+
+The resolved parameters (config.yaml defaults deep-merged with the
+registered overrides), mode, source, ``auto_start`` / ``autostart_order``,
+the PVs (default, inputs, outputs, full record names) and the plugin's
+config sections as validated (PV definitions with any links or rules).
+For a plugin waiting for its reload, the same is computed from its files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..config import deep_merge, load_config, merged_parameters
+from ..ioc import DEFAULT_PV_NAMES, plan_records, plugin_prefix
+from .keys import SERVICE
+from .routes import COLLECTION, collection_kind, path_name, reply
+
+routes = web.RouteTableDef()
+
+
+def _config_view(config: Any) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude_none=True) if config is not None else {}
+
+
+def startup_info(svc: Any, name: str, kind: str | None) -> dict[str, Any]:
+    entry = svc.get_kind(name, kind)
+    h = svc.runtime.handles.get(name)
+    out: dict[str, Any] = {
+        "name": name, "kind": entry.kind, "source": entry.source.model_dump(exclude_none=True),
+        "auto_start": entry.auto_start, "autostart_order": entry.autostart_order,
+        "overrides": entry.parameters, "pv_prefix": plugin_prefix(svc.prefix, name),
+    }
+    if h is not None and h.config is not None:
+        config, params, mode = h.config, h.params, h.mode if h.kind == "task" else "job"
+        records = h.records.names() if h.records is not None else entry.records
+        out["state"] = str(h.state)
+    else:  # pending (or failed to load): computed from the files
+        config = load_config(Path(entry.plugin_dir))
+        if entry.kind == "task":
+            params = merged_parameters(config, entry.parameters).model_dump()
+            mode = params["mode"]
+        else:
+            params, mode = deep_merge(config.parameters, entry.parameters), "job"
+        base = plugin_prefix(svc.prefix, name)
+        records = [f"{base}:{s.short}" for s in plan_records(svc.prefix, name, entry.kind, mode, config)]
+        out["state"] = str(h.state) if h is not None else "pending"
+    shorts = [r.rsplit(":", 1)[-1] for r in records]
+    section = _config_view(config)
+    pvs = section.get("pvs") or {}
+    out.update({
+        "mode": mode if entry.kind == "task" else None,
+        "parameters": params,
+        "base_control_pvs": [s for s in shorts if s in DEFAULT_PV_NAMES],
+        "input_pvs": sorted(pvs.get("inputs") or {}),
+        "output_pvs": sorted(pvs.get("outputs") or {}),
+        "records": records,
+        "config": {k: v for k, v in section.items() if k != "parameters"},
+    })
+    return out
+
+
+@routes.get(COLLECTION + "/{name}/startup")
+async def plugin_startup(request: web.Request) -> web.Response:
+    """How the plugin starts: resolved parameters, PV lists, mode, source."""
+    svc = request.app[SERVICE]
+    name = path_name(request)
+    kind = collection_kind(request)
+    svc.get_kind(name, kind)  # 404 before touching files
+    return reply(await asyncio.to_thread(startup_info, svc, name, kind))

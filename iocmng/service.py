@@ -1,0 +1,501 @@
+"""The service: start-up and shut-down order, mutations, the one event loop.
+
+Start-up of a generation::
+
+    settings → data dir (orphans removed) → registry → startup/demo plugins
+    → every plugin prepared (records built) → iocInit → plugins started
+    → HTTP served on the (possibly inherited) socket
+
+A change that alters the record set is validated, committed to the registry
+with the next generation number, answered, and applied by a reload
+(:mod:`iocmng.reload`) a short ``reload_delay`` later, so changes arriving
+together share one reload. Everything else (restart, parameters, jobs,
+ENABLE) happens live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .autosave import AutosaveStore
+from .bootlist import read_boot_list
+from .config import load_config, merged_parameters
+from .devices import Devices
+from .errors import Conflict, IocmngError, NotFound, SettingsError
+from .events import EventBus, PluginLogs
+from .ioc import IocBridge, plan_records, plugin_prefix
+from .metrics import make_registry
+from .registry import Entry, Registry
+from .reload import LISTEN_FD_ENV, exec_next_generation, listen_socket, unblock_stop_signals
+from .runtime import PluginSpec, Runtime, State
+from .settings import Settings, StartupPlugin, load_settings, read_service_config, resolve_prefix
+from .supervisor import FRESH_START_ENV, SAFE_MODE_ENV
+from .validation import Candidate, Options, Pipeline, Request
+from .watchdog import LoopWatchdog
+
+log = logging.getLogger("iocmng.service")
+
+#: Seconds a reload / a stop waits for requests in progress (e.g. a job run).
+RELOAD_GRACE = 60.0
+STOP_GRACE = 5.0
+
+def examples_dir() -> Path:
+    """plugins_examples/ of a source checkout, or of the installation prefix (container)."""
+    for candidate in (Path(__file__).resolve().parent.parent / "plugins_examples", Path(sys.prefix) / "plugins_examples"):
+        if candidate.is_dir():
+            return candidate
+    raise SettingsError("--demo: no plugins_examples directory next to the package or under sys.prefix")
+
+
+class Service:
+    """One generation of the iocmng service."""
+
+    def __init__(self, settings: Settings, *, demo: bool = False) -> None:
+        self.settings = settings
+        self.demo = demo
+        self.data_dir = settings.plugins_dir
+        self.service_config = read_service_config(settings.config)
+        self.prefix = resolve_prefix(settings, self.service_config)
+        self.registry = Registry(self.data_dir)
+        self.autosave = AutosaveStore(self.data_dir)
+        self.bridge = IocBridge(self.prefix)
+        # ophyd devices (SPEC §9): built in the background at boot; empty without the extra.
+        self.devices = Devices(settings.beamline_config, enabled=not settings.disable_ophyd)
+        self.runtime = Runtime(self.bridge, on_save=self.autosave.update, devices=self.devices)
+        self.events = EventBus()
+        self.runtime.listeners.append(self.events.publish)
+        self.runtime.channelfinder_url = settings.channelfinder_url
+        self.runtime.channelfinder_timeout = settings.channelfinder_timeout
+        self.logs = PluginLogs()
+        self.watchdog: LoopWatchdog | None = None
+        self.metrics = make_registry(self)
+        self.pipeline = Pipeline(Options(
+            data_dir=self.data_dir, prefix=self.prefix, allow_requirements=settings.allow_requirements,
+            git_timeout=settings.git_timeout, pip_timeout=settings.pip_timeout, import_timeout=settings.import_timeout,
+        ))
+        self.generation = 0  # the generation this process serves
+        self.started_at = time.time()
+        self.lock = asyncio.Lock()  # serializes registry changes
+        self._adding: set[str] = set()
+        self._no_adds = asyncio.Event()
+        self._no_adds.set()
+        self._stop = asyncio.Event()
+        self._reload_requested = False
+        self._shutdown_requested = False
+        self._reload_timer: asyncio.TimerHandle | None = None
+        self.boot_errors: list[str] = []
+        self._static_cache: dict[str, tuple[Entry, dict[str, Any]]] = {}
+        self._starting: asyncio.Task[None] | None = None
+        # A reload is not a start: the startup/demo list is applied at a real
+        # start only, so a demo plugin the user removed stays removed.
+        # Under --supervise the socket is inherited at every start of the child:
+        # the supervisor says which starts are real ones (iocmng/supervisor.py).
+        fresh = os.environ.pop(FRESH_START_ENV, None) == "1"
+        self.fresh_start = fresh or LISTEN_FD_ENV not in os.environ
+        self.safe_mode = os.environ.pop(SAFE_MODE_ENV, None) == "1"
+        # The boot list is read at a real start only (a bad file stops the start, naming the variable).
+        self.boot_list, self.boot_errors = read_boot_list(settings.plugins_config if self.fresh_start else None)
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def reload_pending(self) -> bool:
+        return self.registry.state.generation > self.generation
+
+    def info(self, name: str) -> dict[str, Any]:
+        entry = self.registry.plugins.get(name)
+        if entry is None:
+            raise NotFound(f"no plugin named {name!r}")
+        h = self.runtime.handles.get(name)
+        if h is not None:
+            out = h.info()
+        else:  # committed, waiting for its reload
+            out = {"name": name, "kind": entry.kind, "mode": None, "state": "pending", "parameters": entry.parameters,
+                   "pvs": entry.records, "cycle_count": 0, "error_count": 0, "overruns": 0, "last_error": None,
+                   "enabled": None}
+        out.update(self._static_info(entry))
+        return out
+
+    def _static_info(self, entry: Entry) -> dict[str, Any]:
+        # Entries are replaced, never mutated, on change: cache by identity.
+        cached = self._static_cache.get(entry.name)
+        if cached is None or cached[0] is not entry:
+            static = {"source": entry.source.model_dump(exclude_none=True),
+                      "pv_prefix": plugin_prefix(self.prefix, entry.name)}
+            cached = self._static_cache[entry.name] = (entry, static)
+        return cached[1]
+
+    def list(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [self.info(n) for n, e in sorted(self.registry.plugins.items()) if kind is None or e.kind == kind]
+
+    async def list_json(self, kind: str | None = None, chunk: int = 25) -> bytes:
+        """The listing encoded as JSON, yielding to the loop between chunks so
+        that a large listing never holds the plugins' cycles back for long."""
+        names = [n for n, e in sorted(self.registry.plugins.items()) if kind is None or e.kind == kind]
+        parts: list[str] = []
+        for i in range(0, len(names), chunk):
+            if i:
+                await asyncio.sleep(0)
+            infos = [self.info(n) for n in names[i:i + chunk] if n in self.registry.plugins]
+            if infos:
+                parts.append(json.dumps(infos, default=str)[1:-1])
+        return ("[" + ", ".join(parts) + "]").encode()
+
+    def health(self) -> dict[str, Any]:
+        states: dict[str, int] = {}
+        for item in self.list():
+            states[item["state"]] = states.get(item["state"], 0) + 1
+        kinds = [e.kind for e in self.registry.plugins.values()]
+        return {
+            "status": "ok",
+            "version": __version__,
+            "generation": self.generation,
+            "pending_generation": self.registry.state.generation if self.reload_pending else None,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "prefix": self.prefix,
+            "plugins": {"total": len(kinds), **states},
+            "tasks_count": kinds.count("task"),
+            "jobs_count": kinds.count("job"),
+            "boot_errors": self.boot_errors,
+        }
+
+    def get_kind(self, name: str, kind: str | None) -> Entry:
+        entry = self.registry.plugins.get(name)
+        if entry is None or (kind is not None and entry.kind != kind):
+            what = kind or "plugin"
+            raise NotFound(f"no {what} named {name!r}")
+        return entry
+
+    # -- mutations ---------------------------------------------------------------------------
+    async def add(self, req: Request) -> dict[str, Any]:
+        """Validate, commit, schedule the reload; answer with the pending generation."""
+        if req.name in self.registry.plugins or req.name in self._adding:
+            raise Conflict(f"a plugin named {req.name!r} already exists; remove it first or choose another name",
+                           field="name")
+        self._adding.add(req.name)
+        self._no_adds.clear()
+        try:
+            cand = await self.pipeline.run(req)
+            try:
+                async with self.lock:
+                    entry = self._entry(cand)
+                    self.registry.commit(add=entry, bump=not self.reload_pending)
+            except BaseException:
+                await asyncio.to_thread(cand.discard)
+                raise
+        finally:
+            self._adding.discard(req.name)
+            if not self._adding:
+                self._no_adds.set()
+        log.info("added %s %s from %s; generation %d will serve it", cand.kind, req.name,
+                 cand.source.url or cand.source.local_path, self.registry.state.generation)
+        self.runtime.emit("added", plugin=req.name, generation=self.registry.state.generation)
+        self.schedule_reload()
+        return {
+            "plugin": self.info(req.name),
+            "reload_pending": True,
+            "generation": self.registry.state.generation,
+            "validation": [s.to_dict() for s in cand.steps],
+        }
+
+    def _entry(self, cand: Candidate) -> Entry:
+        return Entry(
+            name=cand.request.name, kind=cand.kind, source=cand.source, parameters=cand.request.parameters,
+            plugin_dir=str(cand.plugin_dir), owned_dir=str(cand.owned_dir) if cand.owned_dir else None,
+            deps_dir=str(cand.deps_dir) if cand.deps_dir else None, records=cand.records,
+        )
+
+    async def remove(self, name: str, kind: str | None = None) -> dict[str, Any]:
+        async with self.lock:
+            entry = self.get_kind(name, kind)
+            # Persist first: if the data directory refuses the write (full,
+            # read-only), the plugin is still registered and keeps running.
+            self.registry.commit(remove=name, bump=not self.reload_pending)
+            h = self.runtime.handles.pop(name, None)
+            if h is not None:
+                await self.runtime.stop_plugin(h)
+        self.autosave.forget(name)
+        self.logs.forget(name)
+        await asyncio.to_thread(self._delete_files, entry)
+        log.info("removed %s; generation %d drops its records", name, self.registry.state.generation)
+        self.runtime.emit("removed", plugin=name, generation=self.registry.state.generation)
+        self.schedule_reload()
+        return {"removed": name, "reload_pending": True, "generation": self.registry.state.generation}
+
+    def _delete_files(self, entry: Entry) -> None:
+        """Delete only what we own, and only inside the data directory."""
+        root = self.data_dir.resolve()
+        for d in (entry.owned_dir, entry.deps_dir):
+            if not d:
+                continue
+            path = Path(d).resolve()
+            if path.is_relative_to(root / "repos") or path.is_relative_to(root / "deps"):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                log.error("refusing to delete %s: outside the data directory", path)
+
+    async def restart(self, name: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Re-import the code and restart live; a changed record set goes through a reload."""
+        async with self.lock:
+            entry = self.get_kind(name, None)
+            h = self.runtime.handles.get(name)
+            if h is None:
+                raise Conflict(f"{name!r} is waiting for the reload to generation {self.registry.state.generation}")
+            params = entry.parameters if parameters is None else parameters
+            # The code may have changed on disk (local sources): check it in a
+            # child process before this process imports it.
+            await self.pipeline.check_code(name, Path(entry.plugin_dir), Path(entry.deps_dir) if entry.deps_dir else None,
+                                           entry.kind)
+            config = await asyncio.to_thread(load_config, Path(entry.plugin_dir))
+            p = merged_parameters(config, params)
+            mode = p.mode if entry.kind == "task" else "job"
+            base = plugin_prefix(self.prefix, name)
+            records = [f"{base}:{s.short}" for s in plan_records(self.prefix, name, entry.kind, mode, config)]
+            # auto_start: an operator's restart starts it in later generations too
+            new_entry = entry.model_copy(update={"parameters": params, "records": records, "auto_start": True})
+            if h.records is not None and sorted(records) == sorted(h.records.names()):
+                await self.runtime.restart(name, params)
+                self.registry.commit(add=new_entry)
+                return {"plugin": self.info(name), "reload_pending": False, "generation": self.generation}
+            self.registry.commit(add=new_entry, bump=not self.reload_pending)
+        self.schedule_reload()
+        return {"plugin": self.info(name), "reload_pending": True, "generation": self.registry.state.generation}
+
+    # -- reload ------------------------------------------------------------------------------
+    def schedule_reload(self) -> None:
+        """Coalesce: one reload ``reload_delay`` after the first pending change."""
+        if self._reload_timer is None and not self._reload_requested:
+            loop = asyncio.get_running_loop()
+            self._reload_timer = loop.call_later(self.settings.reload_delay, self._request_reload)
+
+    def _request_reload(self) -> None:
+        self._reload_timer = None
+        self._reload_requested = True
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: stop for good, even if a reload is already under way."""
+        self._shutdown_requested = True
+        self._stop.set()
+
+    # -- boot ----------------------------------------------------------------------------------
+    def _clean_orphans(self) -> None:
+        """Remove clones/requirements left by an interrupted operation (not in the registry)."""
+        keep = set()
+        for e in self.registry.plugins.values():
+            keep.update(str(Path(d).resolve()) for d in (e.owned_dir, e.deps_dir) if d)
+        for sub in ("repos", "deps"):
+            folder = self.data_dir / sub
+            if not folder.is_dir():
+                continue
+            for child in folder.iterdir():
+                if str(child.resolve()) not in keep:
+                    log.warning("removing orphan %s (left by an interrupted operation)", child)
+                    shutil.rmtree(child, ignore_errors=True)
+        for tmp in self.data_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    async def _register_startup(self) -> None:
+        """Register the IOCMNG_CONFIG ``plugins:``, the boot list (IOCMNG_PLUGINS_CONFIG) and the
+        demo plugins; a name the registry already holds keeps its registered state."""
+        wanted: list[StartupPlugin] = list(self.service_config.plugins) + list(self.boot_list)
+        if self.demo:
+            for d in sorted(p for p in examples_dir().iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+                wanted.append(StartupPlugin(name=d.name, local_path=str(d)))
+        from .sources import check_git_url, check_subpath
+
+        for sp in wanted:
+            if sp.name in self.registry.plugins:
+                log.info("startup plugin %s: already registered; the registry's entry is used", sp.name)
+                continue
+            pat = os.environ.get(sp.pat_env) if sp.pat_env else None
+            try:
+                if sp.pat_env and not pat:
+                    raise SettingsError(f"pat_env: the variable {sp.pat_env} is not set (or empty)")
+                git_url = check_git_url(sp.git_url, pat) if sp.git_url else None
+                check_subpath(sp.path)
+                req = Request(name=sp.name, git_url=git_url, local_path=sp.local_path, branch=sp.branch, pat=pat,
+                              path=sp.path, parameters=sp.parameters, expect_kind=sp.kind)
+                cand = await self.pipeline.run(req)
+            except IocmngError as exc:
+                self.boot_errors.append(f"{sp.name}: {exc.detail}")
+                log.error("startup plugin %s refused: %s", sp.name, exc.detail)
+                continue
+            entry = self._entry(cand).model_copy(update={"auto_start": sp.auto_start,
+                                                         "autostart_order": sp.autostart_order})
+            self.registry.commit(add=entry)
+
+    def _on_stall(self, plugin: str | None, seconds: float, where: str) -> None:
+        """The watchdog caught the loop stalled: blame the plugin on the stack."""
+        h = self.runtime.handles.get(plugin) if plugin else None
+        if h is not None:
+            h.stalls += 1
+            h.last_error = f"held the event loop for {seconds:.2f}s at {where} (use async I/O or a sync method)"
+        self.runtime.emit("stall", plugin=plugin, seconds=round(seconds, 3), where=where)
+
+    async def boot(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.install()
+        self.registry.load()
+        self.generation = self.registry.state.generation
+        await asyncio.to_thread(self._clean_orphans)
+        if self.fresh_start:
+            await self._register_startup()
+        self.runtime.saved = self.autosave.load()
+        for name, e in sorted(self.registry.plugins.items()):
+            extra = [Path(e.deps_dir)] if e.deps_dir else []
+            self.runtime.prepare(PluginSpec(name, Path(e.plugin_dir), e.parameters, extra))
+        for name, e in self.registry.plugins.items():  # auto_start: false: records built, not started
+            h = self.runtime.handles.get(name)
+            if not e.auto_start and h is not None and h.state == State.PENDING:
+                h.set_state(State.STOPPED)
+        if self.safe_mode:
+            self._hold_plugins()
+        self.bridge.start(asyncio.get_running_loop())
+        self.devices.start()  # after iocInit: a device may use this process's own PVs
+        if self.devices.error:
+            self.boot_errors.append(f"devices: {self.devices.error}")
+        self.watchdog = LoopWatchdog(self.settings.stall_threshold, lambda: list(self.runtime.handles), self._on_stall)
+        self.watchdog.start()
+        # Plugins initialize while HTTP already answers (state `starting`): a
+        # plugin whose initialize() hangs must not keep the API down.
+        self._starting = asyncio.get_running_loop().create_task(self._start_plugins(), name="iocmng:start")
+
+    def _hold_plugins(self) -> None:
+        """Safe mode (the supervisor saw the process die at every start): start no plugin."""
+        reason = ("not started: the service died repeatedly right after its start (safe mode); remove the "
+                  "plugin at fault, then POST /api/v1/plugins/{name}/restart for the others")
+        for h in self.runtime.handles.values():
+            if h.state == State.PENDING:
+                h.last_error = reason.replace("{name}", h.name)
+                h.set_state(State.FAILED)
+        self.boot_errors.append("safe mode: the service died repeatedly right after its start; no plugin started")
+        log.error("safe mode: %d plugin(s) not started", len(self.runtime.handles))
+
+    async def _start_plugins(self) -> None:
+        await self.devices.ready()  # bounded: an unreachable IOC does not hold the plugins
+        await self.runtime.start()
+        # What exists now lives as long as the generation: keep it out of the
+        # collector's way (fewer, shorter GC pauses in the plugins' cycles).
+        gc.freeze()
+        failed = [h.name for h in self.runtime.handles.values() if h.state == State.FAILED]
+        log.info("generation %d running %d plugin(s) under %s%s", self.generation, len(self.runtime.handles),
+                 self.prefix, f"; failed: {', '.join(failed)}" if failed else "")
+
+    async def run(self) -> bool:
+        """Serve until a stop or a reload; return True for a reload."""
+        from .api.app import create_app
+        from .api.keys import IDLE
+
+        sock = listen_socket(self.settings.host, self.settings.port)
+        loop = asyncio.get_running_loop()
+        # Handlers first: a SIGTERM that arrives while this generation boots
+        # is honoured as soon as it can be (no default kill mid-start).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        unblock_stop_signals()
+        await self.boot()
+        app = create_app(self)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.25)
+        await runner.setup()
+        # aiohttp closes the socket it serves on when it stops; give it a
+        # duplicate so the original stays listening across the exec.
+        site = web.SockSite(runner, sock.dup())
+        await site.start()
+        log.info("HTTP on %s:%d (generation %d)", *sock.getsockname()[:2], self.generation)
+        await self._stop.wait()
+        reload = self._reload_requested
+        # Stop accepting at once: from here new connections wait in the
+        # listening socket's backlog (for the next generation, on a reload)
+        # instead of being accepted by a server that is about to go away.
+        await site.stop()
+        if self._adding:  # let adds in flight (clone, validation) commit first
+            log.info("waiting for %d add(s) in flight before stopping", len(self._adding))
+            limit = self.settings.git_timeout + self.settings.pip_timeout + self.settings.import_timeout
+            try:
+                await asyncio.wait_for(self._no_adds.wait(), limit)
+            except TimeoutError:
+                log.error("adds still in flight after %.0fs: %s", limit, ", ".join(self._adding))
+        log.info("%s: stopping plugins", "reload" if reload else "shutdown")
+        self.runtime.emit("reload" if reload else "shutdown", generation=self.generation,
+                          next_generation=self.registry.state.generation if reload else None)
+        self.events.close()  # end SSE streams so the HTTP shutdown does not wait on them
+        # Let requests in progress finish (bounded), then close the rest at
+        # once: an idle kept-alive connection would otherwise hold the
+        # shutdown for aiohttp's whole timeout (measured: 3 s per reload).
+        # A reload waits longer (a job run in progress delivers its result);
+        # a stop must fit in a container's stop timeout (10 s by default).
+        grace = RELOAD_GRACE if reload and not self._shutdown_requested else STOP_GRACE
+        try:
+            await asyncio.wait_for(app[IDLE].wait(), grace)
+        except TimeoutError:
+            log.warning("requests still running after %.0f s; closing them", grace)
+        await runner.cleanup()
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+        if self._starting is not None:
+            await asyncio.wait({self._starting})
+        await self.runtime.stop()
+        await asyncio.to_thread(self.devices.close)
+        if self.watchdog is not None:
+            await self.watchdog.stop()
+        await self.autosave.close()
+        self.logs.uninstall()
+        if reload and not self._shutdown_requested:
+            exec_next_generation(sock)
+        if reload:
+            log.info("stop requested during the reload: generation %d will start with the next start",
+                     self.registry.state.generation)
+        sock.close()
+        return reload
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import setup_logging
+
+    parser = argparse.ArgumentParser(prog="iocmng-server", description="iocmng service (settings: IOCMNG_* variables)")
+    parser.add_argument("--demo", action="store_true", help="also load the example plugins (plugins_examples/)")
+    parser.add_argument("--supervise", action="store_true",
+                        help="run the service as a child and restart it if its process dies (iocmng/supervisor.py)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"iocmng-server: invalid setting: {exc.detail}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    if args.supervise:
+        from .supervisor import supervise
+
+        try:
+            return supervise(settings.host, settings.port, ["--demo"] if args.demo else [])
+        except OSError as exc:
+            print(f"iocmng-server: cannot start: {exc}", file=sys.stderr)
+            return 1
+
+    async def serve() -> None:
+        service = Service(settings, demo=args.demo)
+        await service.run()
+
+    try:
+        asyncio.run(serve())
+    except SettingsError as exc:
+        print(f"iocmng-server: invalid setting: {exc.detail}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"iocmng-server: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

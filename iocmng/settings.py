@@ -1,0 +1,157 @@
+"""Service settings from ``IOCMNG_*`` environment variables (SPEC §8).
+
+A bad value is a :class:`~iocmng.errors.SettingsError` naming the variable;
+``iocmng-server`` prints it and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import SettingsError
+
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_:\-]{1,40}$")
+
+
+def default_data_dir() -> Path:
+    """A per-user data directory (XDG), used when IOCMNG_PLUGINS_DIR is unset."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "iocmng" / "plugins"
+
+
+class StartupPlugin(BaseModel):
+    """One entry of the service config's ``plugins:`` list (loaded at start)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    git_url: str | None = None
+    local_path: str | None = None
+    branch: str | None = None
+    path: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    kind: Literal["task", "job"] | None = None
+    auto_start: bool = True
+    autostart_order: int | None = None
+    pat_env: str | None = None
+
+
+class ServiceConfig(BaseModel):
+    """The file named by IOCMNG_CONFIG."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prefix: str | None = None
+    plugins: list[StartupPlugin] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    """Service settings; every field is an ``IOCMNG_<NAME>`` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="IOCMNG_", extra="ignore")
+
+    config: Path | None = Field(None, description="Service config.yaml (prefix, startup plugins)")
+    beamline_config: Path | None = Field(None, description="epik8s values.yaml (beamline, namespace, devices)")
+    plugins_dir: Path = Field(default_factory=default_data_dir, description="Clones, registry, autosave")
+    host: str = Field("0.0.0.0", description="HTTP bind address")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port")
+    prefix: str | None = Field(None, description="PV prefix")
+    disable_ophyd: bool = Field(True, description="Skip ophyd device creation")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field("info")
+    api_token: str | None = Field(None, description="Bearer token for mutating endpoints", repr=False)
+    allow_requirements: bool = Field(True, description="Install a plugin's requirements.txt (false: refuse such plugins)")
+    git_timeout: float = Field(120.0, gt=0, description="Seconds allowed for a clone")
+    pip_timeout: float = Field(300.0, gt=0, description="Seconds allowed for installing requirements")
+    import_timeout: float = Field(30.0, gt=0, description="Seconds allowed for the child-process import check")
+    reload_delay: float = Field(0.3, ge=0, description="Seconds to coalesce record-set changes into one reload")
+    max_body: int = Field(1 << 20, gt=0, description="Largest accepted request body, bytes")
+    read_auth: bool = Field(False, description="Also require the API token for reads (except /api/v1/health)")
+    stall_threshold: float = Field(0.5, gt=0, description="Seconds the event loop may stall before the watchdog reports it")
+    plugins_config: Path | None = Field(None, description="Boot list: YAML `plugins:` loaded at a real start (docs/operations.md)")
+    channelfinder_url: str | None = Field(None, description="ChannelFinder base URL, e.g. http://cf:8080/ChannelFinder")
+    channelfinder_timeout: float = Field(10.0, gt=0, le=600, description="Seconds allowed for one ChannelFinder request")
+
+    @field_validator("channelfinder_url")
+    @classmethod
+    def _cf_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("use an http:// or https:// URL (the ChannelFinder base, e.g. http://cf:8080/ChannelFinder)")
+        return v or None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("empty: set a token, or unset the variable to run without one")
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is not None and not PREFIX_RE.match(v):
+            raise ValueError("use 1-40 letters, digits, '_', '-' or ':'")
+        return v
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Read the settings; raise SettingsError naming the variable on a bad value."""
+    saved = None
+    if env is not None:
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            var = "IOCMNG_" + "_".join(str(p) for p in err["loc"]).upper()
+            shown = "" if "TOKEN" in var else f"={err.get('input')!r}"  # never echo a secret
+            problems.append(f"{var}{shown}: {err['msg']}")
+        raise SettingsError("; ".join(problems)) from None
+    finally:
+        if saved is not None:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def read_service_config(path: Path | None) -> ServiceConfig:
+    if path is None:
+        return ServiceConfig()
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        return ServiceConfig.model_validate(data)
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise SettingsError(f"IOCMNG_CONFIG={str(path)!r}: {exc}") from None
+
+
+def resolve_prefix(settings: Settings, service_config: ServiceConfig | None = None) -> str:
+    """The PV prefix (SPEC §5): IOCMNG_PREFIX, then the config file's ``prefix``,
+    then BEAMLINE:NAMESPACE from the beamline values.yaml, else ``IOCMNG``."""
+    if settings.prefix:
+        return settings.prefix
+    if service_config and service_config.prefix:
+        if not PREFIX_RE.match(service_config.prefix):
+            raise SettingsError(f"IOCMNG_CONFIG prefix {service_config.prefix!r}: use 1-40 letters, digits, '_', '-' or ':'")
+        return service_config.prefix
+    if settings.beamline_config:
+        try:
+            values = yaml.safe_load(Path(settings.beamline_config).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"IOCMNG_BEAMLINE_CONFIG={str(settings.beamline_config)!r}: {exc}") from None
+        parts = [str(values[k]).upper() for k in ("beamline", "namespace") if isinstance(values, dict) and values.get(k)]
+        if parts:
+            return ":".join(parts)
+    return "IOCMNG"

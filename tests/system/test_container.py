@@ -1,0 +1,203 @@
+"""The container image, end to end with podman (SPEC §10).
+
+Builds the image from the Containerfile, runs it with host networking on
+loopback ports of its own, adds plugins from a git repository mounted into
+the container, reads their PVs with aioca from the host, runs a job over
+REST, restarts the container and sees the plugins and an input value come
+back from the /data volume, and stops it cleanly.
+
+podman is set up on these machines by ../shared/tools/podman-setup.sh (no
+registry is reachable: it builds a local Debian base image); .ci/run calls
+it. The test skips, saying why, only where podman cannot run at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES, REPO, EpicsPorts, free_port, random_prefix, wait_for, wait_for_sync
+from service_support import make_repo
+
+PODMAN = ["podman", "--runtime", "runc"]
+RUN_FLAGS = ["--ulimit", "nofile=10000:10000", "--ulimit", "nproc=1000:1000"]
+BASE_IMAGE = os.environ.get("IOCMNG_BASE_IMAGE", "localhost/debian-python:bookworm")
+IMAGE = "localhost/iocmng:test"
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PODMAN, *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def podman_unusable() -> str | None:
+    if shutil.which("podman") is None or shutil.which("runc") is None:
+        return "podman/runc not installed (run ../shared/tools/podman-setup.sh)"
+    try:
+        podman("info", timeout=60)
+    except (subprocess.SubprocessError, OSError) as exc:
+        return f"podman cannot run here: {exc}"
+    if podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
+        return f"base image {BASE_IMAGE} missing (run ../shared/tools/podman-setup.sh)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[dict[str, Any]]:
+    reason = podman_unusable()
+    if reason:
+        pytest.skip(reason)
+    t0 = time.monotonic()
+    build = podman("build", "--format", "docker", *RUN_FLAGS, "--network=host",
+                   "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", IMAGE, str(REPO), check=False, timeout=900)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    inspect = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
+    yield {"build_s": time.monotonic() - t0, "inspect": inspect}
+
+
+def test_image_metadata(image: dict[str, Any]) -> None:
+    cfg = image["inspect"]["Config"]
+    assert cfg["User"] == "iocmng"
+    assert cfg["Entrypoint"] == ["iocmng-server"]  # exec form: SIGTERM reaches it, the reload keeps PID 1
+    assert "/data" in cfg["Volumes"]
+    assert "IOCMNG_PLUGINS_DIR=/data/plugins" in cfg["Env"]
+    for port in ("8080/tcp", "5064/tcp", "5064/udp", "5065/udp", "5075/tcp", "5076/udp"):
+        assert port in cfg["ExposedPorts"], port
+    health = image["inspect"].get("Healthcheck") or cfg.get("Healthcheck")  # podman: top level
+    assert health and "/api/v1/health" in " ".join(health["Test"])  # kept by --format docker
+
+
+async def _equal(value: Any, expected: Any) -> bool:
+    return await value == expected
+
+
+class Container:
+    def __init__(self, tmp: Path) -> None:
+        self.name = f"iocmng-test-{uuid.uuid4().hex[:8]}"
+        self.volume = f"{self.name}-data"
+        self.ports = EpicsPorts.allocate()
+        self.http = free_port()
+        self.prefix = random_prefix()
+        self.repo_dir = tmp
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http}/api/v1"
+
+    def run(self) -> None:
+        env = {k: v for k, v in self.ports.env().items() if k.startswith("EPICS_")}
+        env.update(IOCMNG_HOST="127.0.0.1", IOCMNG_PORT=str(self.http), IOCMNG_PREFIX=self.prefix)
+        args = ["run", "-d", "--name", self.name, "--network=host", *RUN_FLAGS,
+                "-v", f"{self.volume}:/data", "-v", f"{self.repo_dir}:/repos:ro"]
+        for k, v in env.items():
+            args += ["-e", f"{k}={v}"]
+        podman(*args, IMAGE)
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", "/health", timeout=3)[1]
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+
+    def wait_generation(self, generation: int, timeout: float = 60) -> dict[str, Any]:
+        return wait_for_sync(
+            lambda: (h := self.health()) and h["generation"] >= generation and not h["pending_generation"] and h,
+            timeout=timeout, interval=0.2, what=f"generation {generation}")
+
+    def logs(self) -> str:
+        out = podman("logs", self.name, check=False)
+        return out.stdout + out.stderr
+
+    def remove(self) -> None:
+        podman("rm", "-f", "-t", "2", self.name, check=False)
+        podman("volume", "rm", "-f", self.volume, check=False)
+
+
+@pytest.fixture
+def repo() -> Iterator[Path]:
+    # Not under pytest's tmp_path (0700): the container's non-root user must read it.
+    base = Path(tempfile.mkdtemp(prefix="iocmng-ctr-"))
+    try:
+        make_repo(base / "plugins", {".": EXAMPLES / "sync_monitor", "jobs/diag": EXAMPLES / "diagnostics_job"})
+        for d, _, files in os.walk(base):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_container_end_to_end(image: dict[str, Any], repo: Path) -> None:
+    from aioca import caget, caput
+
+    c = Container(repo)
+    try:
+        t0 = time.monotonic()
+        c.run()
+        h = wait_for_sync(c.health, timeout=90, interval=0.1, what="container /health")
+        cold_start = time.monotonic() - t0
+        assert h["status"] == "ok", h
+
+        status, body = c.request("POST", "/tasks", {"name": "mon", "git_url": "file:///repos/plugins"})
+        assert status == 201, body
+        status, body = c.request("POST", "/jobs", {"name": "diag", "git_url": "file:///repos/plugins",
+                                                   "path": "jobs/diag"})
+        assert status == 201, body
+        c.wait_generation(body["generation"])
+
+        reading = f"{c.prefix}:MON:READING"
+        setpoint = f"{c.prefix}:MON:SETPOINT"
+        await wait_for(lambda: _equal(caget(reading, timeout=5), 50.0), timeout=30, what="READING from the first cycle")
+        await caput(setpoint, 66.5, wait=True, timeout=10)
+        assert await caget(setpoint, timeout=5) == 66.5
+
+        status, result = c.request("POST", "/jobs/diag/run", {})
+        assert status == 200 and result["success"] is True, result
+        assert await caget(f"{c.prefix}:DIAG:STATUS", datatype=str, timeout=5) == "SUCCESS"
+
+        assert podman("healthcheck", "run", c.name, check=False).returncode == 0, c.logs()[-2000:]
+
+        mount = Path(json.loads(podman("volume", "inspect", c.volume).stdout)[0]["Mountpoint"])
+        saved = mount / "plugins" / "autosave.json"
+        wait_for_sync(lambda: saved.exists() and json.loads(saved.read_text()).get("mon", {}).get("SETPOINT") == 66.5,
+                      timeout=10, what="SETPOINT autosaved in the /data volume")
+        podman("restart", "-t", "20", c.name, timeout=120)
+        wait_for_sync(c.health, timeout=90, interval=0.2, what="/health after podman restart")
+        listing = {p["name"]: p for p in c.request("GET", "/plugins")[1]}
+        assert set(listing) == {"mon", "diag"}, listing
+        wait_for_sync(lambda: c.request("GET", "/tasks/mon")[1]["state"] == "running", timeout=30,
+                      what="mon running again")
+        assert await caget(setpoint, timeout=10) == 66.5  # restored from /data
+        assert listing["mon"]["source"]["url"] == "file:///repos/plugins"
+
+        podman("stop", "-t", "20", c.name, timeout=60)
+        state = json.loads(podman("inspect", c.name).stdout)[0]["State"]
+        logs = c.logs()
+        assert state["ExitCode"] == 0, logs[-3000:]
+        assert "stopped after" in logs  # cleanup() of the task ran
+        print(f"\nimage build {image['build_s']:.1f}s, cold start to /health 200: {cold_start:.2f}s")
+    finally:
+        c.remove()

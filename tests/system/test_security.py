@@ -1,0 +1,98 @@
+"""Promises of docs/security.md not pinned elsewhere.
+
+* With ``IOCMNG_API_TOKEN`` set, **every** operation of the OpenAPI document
+  that is not a GET answers 401 problem+json without the token (a new
+  endpoint that forgets auth fails here), and every GET stays open.
+* A ``pat`` never reaches the data directory, even when the add fails.
+* ``local_path`` and ``file://`` stay accepted; other schemes are refused
+  with the accepted list.
+
+The rest of the document points at the tests that pin it
+(test_service.py, test_observability.py, test_fuzz.py).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES
+from service_support import Server, closed_port, make_repo
+
+pytestmark = pytest.mark.timeout(120)
+TOKEN = "tok-" + "s3cr3t" * 4
+PAT = "ghp_NEVER_ON_DISK_123"
+
+
+def call(srv: Server, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, str, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    url = path if path.startswith("http") else f"{srv.url}{path}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers.get_content_type(), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get_content_type(), exc.read()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(data_dir=tmp_path / "data", log_path=tmp_path / "server.log", args=("--demo",),
+                 extra_env={"IOCMNG_API_TOKEN": TOKEN, "IOCMNG_GIT_TIMEOUT": "5"})
+    srv.start()
+    yield srv
+    srv.kill()
+
+
+def test_token_guards_every_mutation(server: Server) -> None:
+    srv = server
+    _, _, raw = call(srv, "GET", "/openapi.json")
+    doc = json.loads(raw)
+    root = f"http://127.0.0.1:{srv.http_port}"
+    total = json.loads(call(srv, "GET", "/health")[2])["plugins"]["total"]
+    checked = 0
+    for path, item in doc["paths"].items():
+        concrete = root + path.replace("{name}", "sync_monitor")
+        for method in item:
+            if method == "parameters":
+                continue
+            if method == "get":
+                if path.endswith("/events"):
+                    continue  # an endless stream; test_observability covers it
+                status, _, _ = call(srv, "GET", concrete)
+                assert status in (200, 404), (path, status)  # open without a token
+                continue
+            status, ctype, body = call(srv, method.upper(), concrete, {})
+            assert status == 401 and ctype == "application/problem+json", (method, path, status, body[:200])
+            assert TOKEN.encode() not in body
+            checked += 1
+    assert checked >= 10
+    assert json.loads(call(srv, "GET", "/health")[2])["plugins"]["total"] == total  # nothing changed
+
+
+def test_pat_never_on_disk_and_schemes(server: Server, tmp_path: Path) -> None:
+    srv = server
+    for url in (f"https://127.0.0.1:{closed_port()}/x.git", "https://nonexistent.invalid/x.git"):
+        status, ctype, body = call(srv, "POST", "/tasks", {"name": "p", "git_url": url, "pat": PAT}, TOKEN)
+        assert 400 <= status < 500 and ctype == "application/problem+json", (status, body)
+        assert PAT.encode() not in body
+    for f in srv.data_dir.rglob("*"):
+        if f.is_file():
+            assert PAT.encode() not in f.read_bytes(), f
+    assert PAT not in srv.log()
+    for url in ("ssh://git@example.invalid/x.git", "git://example.invalid/x.git", "ftp://x/y", "/abs/path"):
+        status, _, body = call(srv, "POST", "/tasks", {"name": "p", "git_url": url}, TOKEN)
+        assert status == 400 and b"https://, http://, file://" in body, (url, status, body)
+    # file:// and local_path stay available (air-gapped sites mount their repositories)
+    repo = make_repo(tmp_path / "git" / "m", {".": EXAMPLES / "sync_monitor"})
+    assert call(srv, "POST", "/tasks", {"name": "viafile", "git_url": repo}, TOKEN)[0] == 201
+    assert call(srv, "POST", "/tasks", {"name": "vialocal", "local_path": str(EXAMPLES / "sync_monitor")},
+                TOKEN)[0] == 201
