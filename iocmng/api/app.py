@@ -10,6 +10,7 @@ from aiohttp import web
 from .devices import routes as device_routes
 from .keys import ACTIVE, API_TOKEN, IDLE, MAX_BODY, READ_AUTH, SERVICE
 from .problems import Handler, auth, problems
+from .pvs import install as install_pv_gateway
 from .routes import routes
 from .startup import routes as startup_routes
 from .ui import ui_routes
@@ -52,5 +53,6 @@ def create_app(service: Any) -> web.Application:
     app.add_routes(routes)
     app.add_routes(ui_routes)
     app.add_routes(device_routes)
+    install_pv_gateway(app, service)  # the REST PV gateway (iocmng.api.pvs)
     app.add_routes(startup_routes)
     return app

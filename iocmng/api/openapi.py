@@ -117,5 +117,10 @@ def document() -> dict[str, Any]:
     ui_paths, ui_schemas = openapi_parts(name_param, _json, _errors, _body)
     paths.update(ui_paths)
     schemas.update(ui_schemas)
+    from .pvs import openapi_parts as pv_parts  # the REST PV gateway
+
+    pv_paths, pv_schemas = pv_parts(_json)
+    paths.update(pv_paths)
+    schemas.update(pv_schemas)
     return {"openapi": "3.1.0", "info": {"title": "iocmng", "version": __version__},
             "paths": paths, "components": {"schemas": schemas}}

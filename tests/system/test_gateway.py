@@ -1,0 +1,397 @@
+"""The REST PV gateway (issue 8, item 5) against a separate soft IOC and the service's own PVs.
+
+A small pythonSoftIOC script (its own loopback ports) serves the "external"
+PVs: a float, a float array, an enum, a string and a slow record whose put
+completes after 3 s. The iocmng server's CA and PVA clients are pointed at
+both that IOC and its own server (address lists on 127.0.0.1 only). Reads,
+writes and monitors go through HTTP; aioca and p4p on this side check that
+writes really happened. Bad input: each a clear 4xx/504 naming the problem,
+nothing written, the service still healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import EpicsPorts, pv_answers, pva_context, random_prefix, wait_for, wait_for_sync
+from service_support import Server
+
+pytestmark = pytest.mark.timeout(120)
+
+TOKEN = "gateway-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+IOC_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from softioc import asyncio_dispatcher, builder, softioc
+
+    dispatcher = asyncio_dispatcher.AsyncioDispatcher()
+    builder.SetDeviceName(sys.argv[1])
+    builder.aOut("AO", initial_value=1.5, EGU="mm", PREC=2)
+    builder.WaveformOut("WF", initial_value=[1.0, 2.0, 3.0], length=8)
+    builder.mbbOut("EN", "OFF", "ON", "FAULT", initial_value=1)
+    builder.stringOut("S", initial_value="hello")
+
+    async def slow(value):
+        await asyncio.sleep(3.0)
+
+    builder.aOut("SLOW", initial_value=0.0, on_update=slow, blocking=True)
+    builder.LoadDatabase()
+    softioc.iocInit(dispatcher)
+    print("ready", flush=True)
+    asyncio.run_coroutine_threadsafe(asyncio.Event().wait(), dispatcher.loop).result()
+    """
+)
+
+
+class ExternalIoc:
+    def __init__(self, tmp: Path) -> None:
+        self.ports = EpicsPorts.allocate()
+        self.prefix = "X" + random_prefix()
+        script = tmp / "ext_ioc.py"
+        script.write_text(IOC_SCRIPT)
+        self.log = tmp / "ext_ioc.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(script), self.prefix],
+                env=self.ports.env(),
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for_sync(
+            lambda: self._alive() and pv_answers(self.ports, self.pv("AO")),
+            timeout=30,
+            interval=0.2,
+            what="the external IOC",
+        )
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"external IOC exited: {self.log.read_text()}")
+        return True
+
+    def pv(self, short: str) -> str:
+        return f"{self.prefix}:{short}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def ext(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalIoc]:
+    ioc = ExternalIoc(tmp_path_factory.mktemp("ext"))
+    yield ioc
+    ioc.stop()
+
+
+@pytest.fixture(scope="module")
+def srv(ext: ExternalIoc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("gw")
+    server = Server(data_dir=tmp / "data", log_path=tmp / "server.log", args=("--demo",))
+    own = server.ports
+    server.extra_env.update(
+        {
+            "EPICS_CA_ADDR_LIST": f"127.0.0.1:{own.ca_server} 127.0.0.1:{ext.ports.ca_server}",
+            "EPICS_PVA_ADDR_LIST": f"127.0.0.1:{own.pva_broadcast} 127.0.0.1:{ext.ports.pva_broadcast}",
+            "IOCMNG_API_TOKEN": TOKEN,
+            "IOCMNG_PV_WRITE_PATTERN": f"{ext.prefix}:AO {ext.prefix}:WF {ext.prefix}:EN {ext.prefix}:S "
+            f"{ext.prefix}:SLOW {server.prefix}:*",
+            "IOCMNG_PV_MAX_TIMEOUT": "5",
+            "IOCMNG_PV_MAX_MONITORS": "2",
+        }
+    )
+    server.start()
+    wait_for_sync(
+        lambda: pv_answers(own, server.pv("sync_monitor", "SETPOINT")),
+        timeout=40,
+        interval=0.2,
+        what="the demo plugins' PVs",
+    )
+    yield server
+    server.stop()
+    assert "Traceback" not in server.log(), server.log()[-4000:]
+
+
+@pytest.fixture(autouse=True)
+def _purge_ca() -> Iterator[None]:
+    yield
+    import aioca
+
+    aioca.purge_channel_caches()  # the test's loop closes now: no callbacks into it later
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, url: str, **kw: Any
+) -> tuple[int, dict[str, Any]]:
+    async with http.request(method, url, **kw) as resp:
+        body = await resp.read()
+        if resp.status >= 400:
+            assert resp.content_type == "application/problem+json", (resp.status, body)
+        return resp.status, json.loads(body)
+
+
+@pytest.mark.parametrize("provider", ["ca", "pva"])
+async def test_read_external(
+    http: aiohttp.ClientSession, srv: Server, ext: ExternalIoc, provider: str
+) -> None:
+    status, ao = await call(http, "GET", f"{srv.url}/pvs/{ext.pv('AO')}?provider={provider}")
+    assert status == 200, ao
+    assert (
+        ao["provider"] == provider
+        and ao["value"] == 1.5
+        and ao["severity"] == 0
+        and ao["timestamp"] > 1e9
+    )
+    status, wf = await call(
+        http, "GET", f"{srv.url}/pvs/{ext.pv('WF')}?provider={provider}&timeout=2"
+    )
+    assert status == 200 and wf["value"][:3] == [1.0, 2.0, 3.0], wf
+    status, en = await call(http, "GET", f"{srv.url}/pvs/{ext.pv('EN')}?provider={provider}")
+    assert (
+        status == 200
+        and en["value"] == 1
+        and en["choices"] == ["OFF", "ON", "FAULT"]
+        and en["label"] == "ON"
+    ), en
+    status, s = await call(http, "GET", f"{srv.url}/pvs/{ext.pv('S')}?provider={provider}")
+    assert status == 200 and s["value"] == "hello", s
+
+
+@pytest.mark.parametrize("provider", ["ca", "pva"])
+async def test_read_own_pvs(http: aiohttp.ClientSession, srv: Server, provider: str) -> None:
+    status, sp = await call(
+        http, "GET", f"{srv.url}/pvs/{srv.pv('sync_monitor', 'SETPOINT')}?provider={provider}"
+    )
+    assert status == 200 and sp["value"] == 50.0, sp
+    status, st = await call(
+        http, "GET", f"{srv.url}/pvs/{srv.pv('sync_monitor', 'STATUS')}?provider={provider}"
+    )
+    assert status == 200 and "RUN" in st["choices"], st
+
+
+async def test_write_ca_and_pva(http: aiohttp.ClientSession, srv: Server, ext: ExternalIoc) -> None:
+    import aioca
+
+    status, body = await call(
+        http, "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", json={"value": 4.25}, headers=AUTH
+    )
+    assert status == 200 and body["provider"] == "ca", body
+    assert await aioca.caget(ext.pv("AO"), timeout=5) == 4.25
+    status, body = await call(
+        http,
+        "PUT",
+        f"{srv.url}/pvs/{ext.pv('WF')}",
+        headers=AUTH,
+        json={"value": [7, 8, 9, 10], "provider": "pva", "timeout": 3},
+    )
+    assert status == 200, body
+    status, body = await call(
+        http,
+        "PUT",
+        f"{srv.url}/pvs/{ext.pv('EN')}",
+        headers=AUTH,
+        json={"value": "FAULT", "provider": "pva"},
+    )
+    assert status == 200 and body["value"] == 2, body
+    status, body = await call(
+        http, "PUT", f"{srv.url}/pvs/{ext.pv('S')}", headers=AUTH, json={"value": "via ca"}
+    )
+    assert status == 200, body
+    ctx = pva_context(ext.ports)
+    try:
+        wf = await asyncio.wait_for(ctx.get(ext.pv("WF")), 5)
+        assert list(wf)[:4] == [7.0, 8.0, 9.0, 10.0]
+        en = await asyncio.wait_for(ctx.get(ext.pv("EN")), 5)
+        assert en.raw.value.index == 2
+        assert (await asyncio.wait_for(ctx.get(ext.pv("S")), 5)).raw.value == "via ca"
+    finally:
+        ctx.close()
+    # the service's own input, over PVA, seen by the plugin's record
+    status, body = await call(
+        http,
+        "PUT",
+        f"{srv.url}/pvs/{srv.pv('sync_monitor', 'GAIN')}",
+        headers=AUTH,
+        json={"value": 2.5, "provider": "pva"},
+    )
+    assert status == 200, body
+    assert await aioca.caget(srv.pv("sync_monitor", "GAIN"), timeout=5) == 2.5
+
+
+@pytest.mark.parametrize("provider", ["ca", "pva"])
+async def test_monitor_stream(
+    http: aiohttp.ClientSession, srv: Server, ext: ExternalIoc, provider: str
+) -> None:
+    import aioca
+
+    url = f"{srv.url}/pvs/{ext.pv('AO')}/monitor?provider={provider}&timeout=3"
+    async with http.get(url) as resp:
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+
+        async def next_value() -> dict[str, Any]:
+            data: dict[str, Any] = {}
+            while True:
+                line = (await resp.content.readline()).decode()
+                if line.startswith("event: "):
+                    data["event"] = line[7:].strip()
+                elif line.startswith("data: "):
+                    data.update(json.loads(line[6:]))
+                elif line == "\n" and "value" in data:
+                    return data
+
+        first = await asyncio.wait_for(next_value(), 5)
+        assert (
+            first["event"] == "value"
+            and first["type"] == "double"
+            and isinstance(first["value"], float)
+        ), first
+        target = first["value"] + 1.0
+        await aioca.caput(ext.pv("AO"), target, wait=True, timeout=5)
+
+        async def until_target() -> dict[str, Any]:
+            while (ev := await next_value())["value"] != target:
+                pass
+            return ev
+
+        ev = await asyncio.wait_for(until_target(), 5)
+        assert ev["provider"] == provider and ev["severity"] == 0
+
+
+async def test_bad_input(http: aiohttp.ClientSession, srv: Server, ext: ExternalIoc) -> None:
+    import aioca
+
+    before = await aioca.caget(ext.pv("AO"), timeout=5)
+    for provider in ("ca", "pva"):
+        status, p = await call(
+            http, "GET", f"{srv.url}/pvs/NO:SUCH:PV{provider}?provider={provider}&timeout=0.5"
+        )
+        assert status == 404 and "NO:SUCH:PV" in p["detail"] and "0.5 s" in p["detail"], p
+    status, p = await call(http, "GET", f"{srv.url}/pvs/{ext.pv('AO')}?timeout=100")
+    assert status == 400 and "IOCMNG_PV_MAX_TIMEOUT" in p["detail"], p
+    status, p = await call(http, "GET", f"{srv.url}/pvs/{ext.pv('AO')}?provider=xyz")
+    assert status == 400 and "provider" in p["detail"], p
+    # refused by the pattern (an external PV not listed), without and with the token
+    status, p = await call(
+        http, "PUT", f"{srv.url}/pvs/NOT:ALLOWED", json={"value": 1}, headers=AUTH
+    )
+    assert status == 403 and "IOCMNG_PV_WRITE_PATTERN" in p["detail"], p
+    status, p = await call(http, "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", json={"value": 9.0})
+    assert status == 401 and "token" in p["detail"].lower(), p
+    status, p = await call(
+        http, "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", json={"value": "abc"}, headers=AUTH
+    )
+    assert status == 400 and "not a number" in p["detail"], p
+    status, p = await call(
+        http, "PUT", f"{srv.url}/pvs/{ext.pv('EN')}", json={"value": "BROKEN"}, headers=AUTH
+    )
+    assert status == 400 and "FAULT" in p["detail"], p
+    status, p = await call(
+        http, "PUT", f"{srv.url}/pvs/{ext.pv('WF')}", json={"value": list(range(20))}, headers=AUTH
+    )
+    assert status == 400 and "at most 8" in p["detail"], p
+    status, p = await call(
+        http, "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", json={"value": 1, "bogus": 2}, headers=AUTH
+    )
+    assert status == 400 and "bogus" in p["detail"], p
+    status, p = await call(
+        http, "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", json={"value": 1, "timeout": 60}, headers=AUTH
+    )
+    assert status == 400 and "IOCMNG_PV_MAX_TIMEOUT" in p["detail"], p
+    # nothing was written
+    assert await aioca.caget(ext.pv("AO"), timeout=5) == before
+    # a connected PV whose put completes late: 504
+    status, p = await call(
+        http,
+        "PUT",
+        f"{srv.url}/pvs/{ext.pv('SLOW')}",
+        json={"value": 1, "timeout": 0.5},
+        headers=AUTH,
+    )
+    assert status == 504 and "did not complete within 0.5 s" in p["detail"], p
+    assert srv.health()["status"] == "ok"
+
+
+async def test_reference_routes(http: aiohttp.ClientSession, srv: Server, ext: ExternalIoc) -> None:
+    import aioca
+
+    status, body = await call(http, "GET", f"{srv.url}/pvs/provider")
+    assert status == 200 and body == {"provider": "ca"}
+    status, body = await call(
+        http, "POST", f"{srv.url}/pvs/get", json={"pv_name": ext.pv("S")}, headers=AUTH
+    )
+    assert (
+        status == 200
+        and body["ok"]
+        and body["pv_name"] == ext.pv("S")
+        and isinstance(body["value"], str)
+    ), body
+    status, body = await call(
+        http,
+        "POST",
+        f"{srv.url}/pvs/put",
+        json={"pv_name": ext.pv("AO"), "value": 3.5},
+        headers=AUTH,
+    )
+    assert status == 200 and body == {"ok": True, "pv_name": ext.pv("AO"), "error": None}
+    assert await aioca.caget(ext.pv("AO"), timeout=5) == 3.5
+    status, body = await call(
+        http,
+        "POST",
+        f"{srv.url}/pvs/get",
+        json={"pv_name": "NO:SUCH", "timeout": 0.5},
+        headers=AUTH,
+    )
+    assert status == 404 and body["ok"] is False and body["error"], body
+    status, body = await call(
+        http,
+        "POST",
+        f"{srv.url}/pvs/monitor",
+        json={"pv_name": ext.pv("AO"), "name": "ao"},
+        headers=AUTH,
+    )
+    assert status == 200 and body["ok"] and body["key"] == "ao", body
+    await aioca.caput(ext.pv("AO"), 6.5, wait=True, timeout=5)
+
+    async def seen() -> bool:
+        _, mons = await call(http, "GET", f"{srv.url}/pvs/monitors")
+        return (
+            mons["monitors"] == {"ao": ext.pv("AO")}
+            and mons["details"]["ao"]["last"]["value"] == 6.5
+        )
+
+    await wait_for(seen, timeout=5, what="the monitor's last value")
+    status, body = await call(
+        http, "POST", f"{srv.url}/pvs/monitor", json={"pv_name": ext.pv("S")}, headers=AUTH
+    )
+    assert status == 200, body
+    status, body = await call(
+        http, "POST", f"{srv.url}/pvs/monitor", json={"pv_name": ext.pv("EN")}, headers=AUTH
+    )
+    assert status == 409 and "IOCMNG_PV_MAX_MONITORS" in body["detail"], body
+    for key in ("ao", ext.pv("S")):
+        status, body = await call(http, "DELETE", f"{srv.url}/pvs/monitor/{key}", headers=AUTH)
+        assert status == 200 and body["ok"], body
+    status, body = await call(http, "DELETE", f"{srv.url}/pvs/monitor/ao", headers=AUTH)
+    assert status == 404 and "No active monitor" in body["detail"], body
+    _, mons = await call(http, "GET", f"{srv.url}/pvs/monitors")
+    assert mons["count"] == 0
