@@ -152,12 +152,16 @@ class Runtime:
         return result
 
     # -- start / stop --------------------------------------------------------------------
-    async def start(self) -> None:
-        """Start every prepared plugin (after the bridge ran iocInit)."""
+    async def start(self, groups: list[list[str]] | None = None) -> None:
+        """Start every prepared plugin (after the bridge ran iocInit): the plugins of
+        ``groups`` first, one group after the other (each waits for the previous
+        group's initialize()), then all the others together."""
         self.loop = asyncio.get_running_loop()
         if self.pool is None:
             self.pool = WorkerPool(asyncio.get_running_loop())
-        await asyncio.gather(*(self.start_plugin(h) for h in self.handles.values() if h.state == State.PENDING))
+        for group in [*(groups or []), list(self.handles)]:
+            await asyncio.gather(*(self.start_plugin(self.handles[n]) for n in group
+                                   if n in self.handles and self.handles[n].state == State.PENDING))
 
     async def start_plugin(self, h: PluginHandle) -> None:
         assert h.cls is not None and h.records is not None

@@ -144,3 +144,47 @@ def test_bad_boot_list_file_stops_the_start(tmp_path: Path, content: str | None,
     proc = subprocess.run([sys.executable, "-m", "iocmng"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "IOCMNG_PLUGINS_CONFIG" in proc.stderr and text in proc.stderr, proc.stderr
+
+
+ORDER_TASK = '''
+import pathlib
+import time
+
+from iocmng import TaskBase
+
+
+class Marker(TaskBase):
+    def initialize(self):
+        time.sleep(self.parameters["delay"])
+        with open(self.parameters["file"], "a") as f:
+            f.write(self.name + "\\n")
+
+    def execute(self):
+        pass
+
+    def cleanup(self):
+        pass
+'''
+
+
+def test_autostart_order_starts_groups_in_order(tmp_path: Path) -> None:
+    marks = tmp_path / "marks.txt"
+    entries = []
+    # alphabetical order (alpha, mid, zeta) and list order differ from the wanted one
+    for name, order, delay in (("mid", None, 0.0), ("alpha", 2, 0.0), ("zeta", 1, 0.5)):
+        d = tmp_path / "src" / name
+        d.mkdir(parents=True)
+        (d / "marker.py").write_text(ORDER_TASK)
+        (d / "config.yaml").write_text(yaml.safe_dump({"parameters": {"interval": 5.0, "delay": delay,
+                                                                       "file": str(marks)}}))
+        entries.append({"name": name, "local_path": str(d), **({"autostart_order": order} if order else {})})
+    (tmp_path / "plugins.yaml").write_text(yaml.safe_dump({"plugins": entries}))
+    srv = Server(tmp_path / "data", tmp_path / "server.log",
+                 extra_env={"IOCMNG_PLUGINS_CONFIG": str(tmp_path / "plugins.yaml")})
+    try:
+        srv.start()
+        wait_for_sync(lambda: marks.exists() and len(marks.read_text().split()) == 3, timeout=30)
+        assert marks.read_text().split() == ["zeta", "alpha", "mid"]
+        assert srv.stop() == 0
+    finally:
+        srv.kill()
