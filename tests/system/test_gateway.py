@@ -56,8 +56,8 @@ IOC_SCRIPT = textwrap.dedent(
 
 
 class ExternalIoc:
-    def __init__(self, tmp: Path) -> None:
-        self.ports = EpicsPorts.allocate()
+    def __init__(self, tmp: Path, ports: EpicsPorts | None = None) -> None:
+        self.ports = ports or EpicsPorts.allocate()
         self.prefix = "X" + random_prefix()
         script = tmp / "ext_ioc.py"
         script.write_text(IOC_SCRIPT)
@@ -99,14 +99,23 @@ def ext(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalIoc]:
 
 
 @pytest.fixture(scope="module")
-def srv(ext: ExternalIoc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def late_ports() -> EpicsPorts:
+    """Ports of an IOC started (and killed) by a test; the server knows them from the start."""
+    return EpicsPorts.allocate()
+
+
+@pytest.fixture(scope="module")
+def srv(
+    ext: ExternalIoc, late_ports: EpicsPorts, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("gw")
     server = Server(data_dir=tmp / "data", log_path=tmp / "server.log", args=("--demo",))
     own = server.ports
+    servers = (own, ext.ports, late_ports)
     server.extra_env.update(
         {
-            "EPICS_CA_ADDR_LIST": f"127.0.0.1:{own.ca_server} 127.0.0.1:{ext.ports.ca_server}",
-            "EPICS_PVA_ADDR_LIST": f"127.0.0.1:{own.pva_broadcast} 127.0.0.1:{ext.ports.pva_broadcast}",
+            "EPICS_CA_ADDR_LIST": " ".join(f"127.0.0.1:{p.ca_server}" for p in servers),
+            "EPICS_PVA_ADDR_LIST": " ".join(f"127.0.0.1:{p.pva_broadcast}" for p in servers),
             "IOCMNG_API_TOKEN": TOKEN,
             "IOCMNG_PV_WRITE_PATTERN": f"{ext.prefix}:AO {ext.prefix}:WF {ext.prefix}:EN {ext.prefix}:S "
             f"{ext.prefix}:SLOW {server.prefix}:*",
@@ -238,6 +247,21 @@ async def test_write_ca_and_pva(http: aiohttp.ClientSession, srv: Server, ext: E
     assert await aioca.caget(srv.pv("sync_monitor", "GAIN"), timeout=5) == 2.5
 
 
+async def next_event(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The next SSE frame: its data with ``event`` added."""
+    data: dict[str, Any] = {}
+    while True:
+        line = (await resp.content.readline()).decode()
+        if not line:
+            raise AssertionError("the stream ended")
+        if line.startswith("event: "):
+            data["event"] = line[7:].strip()
+        elif line.startswith("data: "):
+            data.update(json.loads(line[6:]))
+        elif line == "\n" and data:
+            return data
+
+
 @pytest.mark.parametrize("provider", ["ca", "pva"])
 async def test_monitor_stream(
     http: aiohttp.ClientSession, srv: Server, ext: ExternalIoc, provider: str
@@ -249,15 +273,9 @@ async def test_monitor_stream(
         assert resp.status == 200 and resp.content_type == "text/event-stream"
 
         async def next_value() -> dict[str, Any]:
-            data: dict[str, Any] = {}
-            while True:
-                line = (await resp.content.readline()).decode()
-                if line.startswith("event: "):
-                    data["event"] = line[7:].strip()
-                elif line.startswith("data: "):
-                    data.update(json.loads(line[6:]))
-                elif line == "\n" and "value" in data:
-                    return data
+            while "value" not in (ev := await next_event(resp)):
+                pass
+            return ev
 
         first = await asyncio.wait_for(next_value(), 5)
         assert (
@@ -395,3 +413,32 @@ async def test_reference_routes(http: aiohttp.ClientSession, srv: Server, ext: E
     assert status == 404 and "No active monitor" in body["detail"], body
     _, mons = await call(http, "GET", f"{srv.url}/pvs/monitors")
     assert mons["count"] == 0
+
+
+async def test_monitor_sees_disconnect(
+    http: aiohttp.ClientSession, srv: Server, late_ports: EpicsPorts, tmp_path: Path
+) -> None:
+    """Killing the IOC behind two open streams (CA, PVA): each says ``disconnected``, the service lives."""
+    ioc = ExternalIoc(tmp_path, late_ports)
+    try:
+        async with (
+            http.get(f"{srv.url}/pvs/{ioc.pv('AO')}/monitor?provider=ca&timeout=5") as ca,
+            http.get(f"{srv.url}/pvs/{ioc.pv('AO')}/monitor?provider=pva&timeout=5") as pva,
+        ):
+            assert ca.status == 200 and pva.status == 200
+            for resp in (ca, pva):
+                first = await asyncio.wait_for(next_event(resp), 5)
+                assert first["event"] == "value" and first["value"] == 1.5, first
+            ioc.stop()
+            for resp in (ca, pva):
+
+                async def disconnected(resp: aiohttp.ClientResponse = resp) -> dict[str, Any]:
+                    while (ev := await next_event(resp))["event"] != "disconnected":
+                        pass
+                    return ev
+
+                ev = await asyncio.wait_for(disconnected(), 10)
+                assert ev["connected"] is False and ev["name"] == ioc.pv("AO"), ev
+    finally:
+        ioc.stop()
+    assert srv.health()["status"] == "ok"
