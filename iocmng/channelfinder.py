@@ -180,14 +180,15 @@ def create_device(desc: dict[str, Any]) -> Any:
     if missing:
         raise ValueError(f"cf_create_device: the description lacks {', '.join(missing)} "
                          f"(prefix {desc.get('prefix')!r}); ChannelFinder properties devgroup/devtype are needed")
-    try:
-        from infn_ophyd_hal import DeviceFactory
-    except ImportError:
-        log.warning("cf_create_device: the ophyd extra is not installed; no device for %s", desc["prefix"])
-        return None
     from .devices import Devices
 
-    cls = Devices.resolve(DeviceFactory(), desc["devgroup"], desc["devtype"])
+    # the same import as the service's devices: ophyd on the caproto layer (decision 0007)
+    probe = Devices(None, enabled=False)
+    factory = probe._import()
+    if factory is None:
+        log.warning("cf_create_device: no device for %s: %s", desc["prefix"], probe.error)
+        return None
+    cls = Devices.resolve(factory, desc["devgroup"], desc["devtype"])
     if isinstance(cls, str):
         raise ValueError(f"cf_create_device {desc['name']!r} ({desc['prefix']}): {cls}")
     return cls(prefix=desc["prefix"], name=desc["name"], config=dict(desc.get("properties") or {}))
@@ -257,11 +258,11 @@ class ChannelFinderHelpers:
         """An ophyd device for a description from :meth:`cf_discover_devices`
         (``name``, ``prefix``, ``devgroup``, ``devtype``), built by
         infn_ophyd_hal's factory; ``None`` without the ``ophyd`` extra.
-        Devices built here are cached per plugin by prefix."""
+        Devices built here are cached per plugin (same prefix, group, type and name: same device)."""
         cache: dict[str, Any] = self.__dict__.setdefault("_cf_devices", {})
 
         def build() -> Any:
-            key = str(desc.get("prefix"))
+            key = "|".join(str(desc.get(k)) for k in ("prefix", "devgroup", "devtype", "name"))
             if key not in cache:
                 cache[key] = create_device(desc)
             return cache[key]

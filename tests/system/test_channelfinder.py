@@ -252,3 +252,46 @@ def test_no_url_is_an_error(tmp_path: Path) -> None:
 
     with pytest.raises(ChannelFinderError, match="IOCMNG_CHANNELFINDER_URL"):
         Probe(name="probe").cf_search(name="*")
+
+
+CREATE_DEVICE = '''
+import asyncio
+from iocmng.base.task import TaskBase
+from iocmng.channelfinder import group_devices
+
+class T(TaskBase):
+    def initialize(self): ...
+    def execute(self): ...
+    def cleanup(self): ...
+
+t = T(name="t")
+props = [{"name": "devgroup", "value": "mot"}, {"name": "devtype", "value": "sim"}]
+desc = group_devices([{"name": "TNOPE:MOT:M1:RBV", "properties": props}])[0]
+dev = t.cf_create_device(desc)                      # sync code: the device itself
+print("built", type(dev).__name__, dev.name, dev is t.cf_create_device(desc))
+
+async def main():
+    return await t.cf_create_device(desc)            # async code: awaitable
+print("async", asyncio.run(main()) is dev)
+for bad in ({**desc, "devgroup": "zzz"}, {**desc, "devtype": ""}):
+    try:
+        t.cf_create_device(bad)
+    except ValueError as e:
+        print("ValueError:", e)
+'''
+
+
+def test_cf_create_device(tmp_path: Path) -> None:
+    """In a child process: building ophyd devices starts the control layer's threads."""
+    pytest.importorskip("infn_ophyd_hal")
+    import subprocess
+    import sys
+
+    from conftest import EpicsPorts
+
+    out = subprocess.run([sys.executable, "-c", CREATE_DEVICE], env=EpicsPorts.allocate().env(), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "built OphydMotorSim M1 True" in out.stdout and "async True" in out.stdout, out.stdout
+    assert "unknown devgroup 'zzz' (known: diag, io, mag, mot, vac)" in out.stdout
+    assert "the description lacks devtype (prefix 'TNOPE:MOT:M1')" in out.stdout
