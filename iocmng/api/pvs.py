@@ -6,10 +6,7 @@
   IOCMNG_PV_WRITE_PATTERN, else 403);
 * ``GET /api/v1/pvs/{pv}/monitor`` streams updates as Server-Sent Events.
 
-The reference iocmng's routes are accepted too (``POST /pvs/get``,
-``/pvs/put``, ``/pvs/monitor``, ``DELETE /pvs/monitor/{key}``,
-``GET /pvs/monitors``, ``GET /pvs/provider``) with its body field names; their
-errors are problem+json that also carry the reference's ``ok``/``error``.
+The reference iocmng's routes are accepted too (iocmng.api.pvs_reference).
 See docs/rest.md, "PV gateway".
 """
 
@@ -20,14 +17,13 @@ import fnmatch
 import json
 import logging
 import re
-import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import BadRequest, Conflict, IocmngError, NotFound
+from ..errors import BadRequest, Conflict
 from ..pvclient import CAClient, PVAClient, PVForbidden, PVNotFound
 from .keys import SERVICE
 from .problems import json_body
@@ -52,46 +48,6 @@ class PutPV(BaseModel):
         None, description="ca or pva (default IOCMNG_PV_PROVIDER)"
     )
     timeout: float | None = Field(None, gt=0, description="Seconds (at most IOCMNG_PV_MAX_TIMEOUT)")
-
-
-class RefGet(BaseModel):
-    """Body of the reference's ``POST /api/v1/pvs/get``."""
-
-    pv_name: str = Field(
-        ..., pattern=PV_NAME_RE.pattern, max_length=200, description="Full PV name"
-    )
-    timeout: float | None = Field(
-        None, gt=0, description="Seconds (default IOCMNG_PV_TIMEOUT, at most IOCMNG_PV_MAX_TIMEOUT)"
-    )
-    provider: Literal["ca", "pva"] | None = Field(
-        None, description="ca or pva (default IOCMNG_PV_PROVIDER)"
-    )
-
-
-class RefPut(RefGet):
-    """Body of the reference's ``POST /api/v1/pvs/put``."""
-
-    value: Any = Field(..., description="Value to write")
-
-
-class RefMonitor(BaseModel):
-    """Body of the reference's ``POST /api/v1/pvs/monitor``."""
-
-    pv_name: str = Field(
-        ..., pattern=PV_NAME_RE.pattern, max_length=200, description="Full PV name"
-    )
-    name: str | None = Field(
-        None,
-        min_length=1,
-        max_length=200,
-        description="Key of the subscription (defaults to pv_name)",
-    )
-    provider: Literal["ca", "pva"] | None = Field(
-        None, description="ca or pva (default IOCMNG_PV_PROVIDER)"
-    )
-    timeout: float | None = Field(
-        None, gt=0, description="Seconds to wait for the first value (default IOCMNG_PV_TIMEOUT)"
-    )
 
 
 class Gateway:
@@ -161,6 +117,9 @@ def install(app: web.Application, service: Any) -> None:
         await gateway.close()
 
     app.on_cleanup.append(cleanup)
+    from .pvs_reference import ref_routes
+
+    app.add_routes(ref_routes)  # before {pv}: /pvs/provider and /pvs/monitors are not PV names
     app.add_routes(pv_routes)
 
 
@@ -183,7 +142,7 @@ def _query_float(request: web.Request, key: str) -> float | None:
         raise BadRequest(f"{key}: {raw!r} is not a number", field=key) from None
 
 
-def _reply(data: Any, status: int = 200) -> web.Response:
+def reply(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, text=json.dumps(data, default=str), content_type="application/json"
     )
@@ -196,36 +155,13 @@ def _query_provider(request: web.Request) -> str | None:
     return provider
 
 
-@pv_routes.get("/api/v1/pvs/provider")
-async def ref_provider(request: web.Request) -> web.Response:
-    return _reply({"provider": request.app[GATEWAY].default_provider})
-
-
-@pv_routes.get("/api/v1/pvs/monitors")
-async def ref_monitors(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    mons = {k: m["pv_name"] for k, m in gw.monitors.items()}
-    details = {
-        k: {
-            "pv_name": m["pv_name"],
-            "provider": m["provider"],
-            "last": m["last"],
-            "updates": m["updates"],
-        }
-        for k, m in gw.monitors.items()
-    }
-    return _reply(
-        {"monitors": mons, "count": len(mons), "details": details, "limit": gw.max_monitors}
-    )
-
-
 @pv_routes.get("/api/v1/pvs/{pv}")
 async def read_pv(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     name = pv_name(request.match_info["pv"])
     client = gw.client(_query_provider(request))
     timeout = gw.timeout(_query_float(request, "timeout"))
-    return _reply(await client.read(name, timeout))
+    return reply(await client.read(name, timeout))
 
 
 @pv_routes.put("/api/v1/pvs/{pv}")
@@ -238,10 +174,10 @@ async def write_pv(request: web.Request) -> web.Response:
     gw.check_write(name)
     written = await client.write(name, body.value, timeout)
     log.info("gateway write %s (%s) = %r", name, client.provider, written)
-    return _reply({"ok": True, "name": name, "provider": client.provider, "value": written})
+    return reply({"ok": True, "name": name, "provider": client.provider, "value": written})
 
 
-async def _first_value(
+async def first_value(
     client: Any,
     name: str,
     timeout: float,
@@ -298,7 +234,7 @@ async def monitor_pv(request: web.Request) -> web.StreamResponse:
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
     gw.streams += 1
     try:
-        close, first = await _first_value(client, name, timeout, _pusher(queue), queue)
+        close, first = await first_value(client, name, timeout, _pusher(queue), queue)
         try:
             return await _stream(request, svc, queue, first)
         finally:
@@ -339,101 +275,6 @@ async def _stream(
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away
     return resp
-
-
-# -- the reference's routes -------------------------------------------------------------------
-def _ref_error(exc: IocmngError, pv: str) -> IocmngError:
-    exc.extra.setdefault("ok", False)
-    exc.extra.setdefault("pv_name", pv)
-    exc.extra.setdefault("error", exc.detail)
-    return exc
-
-
-@pv_routes.post("/api/v1/pvs/get")
-async def ref_get(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    body: RefGet = await json_body(request, RefGet)
-    try:
-        name = pv_name(body.pv_name, "pv_name")
-        result = await gw.client(body.provider).read(name, gw.timeout(body.timeout))
-    except IocmngError as exc:
-        raise _ref_error(exc, body.pv_name) from None
-    return _reply(
-        {"ok": True, "pv_name": name, "value": result["value"], "error": None, "pv": result}
-    )
-
-
-@pv_routes.post("/api/v1/pvs/put")
-async def ref_put(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    body: RefPut = await json_body(request, RefPut)
-    try:
-        name = pv_name(body.pv_name, "pv_name")
-        client = gw.client(body.provider)
-        timeout = gw.timeout(body.timeout)
-        gw.check_write(name)
-        written = await client.write(name, body.value, timeout)
-    except IocmngError as exc:
-        raise _ref_error(exc, body.pv_name) from None
-    log.info("gateway write %s (%s) = %r", name, client.provider, written)
-    return _reply({"ok": True, "pv_name": name, "error": None})
-
-
-@pv_routes.post("/api/v1/pvs/monitor")
-async def ref_monitor_start(request: web.Request) -> web.Response:
-    """A server-side monitor under a key: its last value shows in ``GET /pvs/monitors``."""
-    gw = request.app[GATEWAY]
-    body: RefMonitor = await json_body(request, RefMonitor)
-    name = pv_name(body.pv_name, "pv_name")
-    key = body.name or name
-    client = gw.client(body.provider)
-    timeout = gw.timeout(body.timeout)
-    if key not in gw.monitors and len(gw.monitors) >= gw.max_monitors:
-        raise Conflict(
-            f"{len(gw.monitors)} monitors are active, the limit (IOCMNG_PV_MAX_MONITORS); "
-            "stop one with DELETE /api/v1/pvs/monitor/{key}",
-            ok=False,
-        )
-    entry: dict[str, Any] = {
-        "pv_name": name,
-        "provider": client.provider,
-        "last": None,
-        "updates": 0,
-    }
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(1)
-
-    def push(event: dict[str, Any]) -> None:
-        entry["last"] = event
-        entry["updates"] += 1
-        if queue.empty():
-            queue.put_nowait(event)
-
-    try:
-        close, _ = await _first_value(client, name, timeout, push, queue)
-    except IocmngError as exc:
-        raise _ref_error(exc, name) from None
-    entry["close"] = close
-    old = gw.monitors.pop(key, None)
-    if old is not None:
-        old["close"]()
-    if len(gw.monitors) >= gw.max_monitors:  # filled while this one connected
-        close()
-        raise Conflict(
-            f"{len(gw.monitors)} monitors are active, the limit (IOCMNG_PV_MAX_MONITORS)", ok=False
-        )
-    gw.monitors[key] = entry
-    return _reply({"ok": True, "key": key, "message": f"Monitoring {name}", "started": time.time()})
-
-
-@pv_routes.delete("/api/v1/pvs/monitor/{key}")
-async def ref_monitor_stop(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    key = request.match_info["key"]
-    entry = gw.monitors.pop(key, None)
-    if entry is None:
-        raise NotFound(f"No active monitor with key {key!r}", ok=False, key=key)
-    entry["close"]()
-    return _reply({"ok": True, "key": key, "message": f"Stopped monitoring {key}"})
 
 
 # -- OpenAPI --------------------------------------------------------------------------------
@@ -561,6 +402,8 @@ def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any],
             },
         },
     }
+    from .pvs_reference import RefGet, RefMonitor, RefPut
+
     schemas: dict[str, Any] = {}
     for model in (PutPV, RefGet, RefPut, RefMonitor):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
