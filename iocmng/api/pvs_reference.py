@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any, Literal
 
@@ -18,17 +19,19 @@ from pydantic import BaseModel, Field
 
 from ..errors import Conflict, IocmngError, NotFound
 from .problems import json_body
-from .pvs import GATEWAY, PV_NAME_RE, first_value, pv_name, reply
+from .pvs import GATEWAY, first_value, reply
 
 log = logging.getLogger("iocmng.api.pvs")
 ref_routes = web.RouteTableDef()
+#: A body's PV name: printable ASCII without spaces ("/" allowed, unlike the URL path's).
+BODY_PV_NAME_RE = re.compile(r"^[!-~]{1,200}$")
 
 
 class RefGet(BaseModel):
     """Body of the reference's ``POST /api/v1/pvs/get``."""
 
     pv_name: str = Field(
-        ..., pattern=PV_NAME_RE.pattern, max_length=200, description="Full PV name"
+        ..., pattern=BODY_PV_NAME_RE.pattern, max_length=200, description="Full PV name"
     )
     timeout: float | None = Field(
         None, gt=0, description="Seconds (default IOCMNG_PV_TIMEOUT, at most IOCMNG_PV_MAX_TIMEOUT)"
@@ -48,7 +51,7 @@ class RefMonitor(BaseModel):
     """Body of the reference's ``POST /api/v1/pvs/monitor``."""
 
     pv_name: str = Field(
-        ..., pattern=PV_NAME_RE.pattern, max_length=200, description="Full PV name"
+        ..., pattern=BODY_PV_NAME_RE.pattern, max_length=200, description="Full PV name"
     )
     name: str | None = Field(
         None,
@@ -100,7 +103,7 @@ async def ref_get(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body: RefGet = await json_body(request, RefGet)
     try:
-        name = pv_name(body.pv_name, "pv_name")
+        name = body.pv_name
         result = await gw.client(body.provider).read(name, gw.timeout(body.timeout))
     except IocmngError as exc:
         raise _ref_error(exc, body.pv_name) from None
@@ -114,7 +117,7 @@ async def ref_put(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body: RefPut = await json_body(request, RefPut)
     try:
-        name = pv_name(body.pv_name, "pv_name")
+        name = body.pv_name
         client = gw.client(body.provider)
         timeout = gw.timeout(body.timeout)
         gw.check_write(name)
@@ -130,7 +133,7 @@ async def ref_monitor_start(request: web.Request) -> web.Response:
     """A server-side monitor under a key: its last value shows in ``GET /pvs/monitors``."""
     gw = request.app[GATEWAY]
     body: RefMonitor = await json_body(request, RefMonitor)
-    name = pv_name(body.pv_name, "pv_name")
+    name = body.pv_name
     key = body.name or name
     client = gw.client(body.provider)
     timeout = gw.timeout(body.timeout)

@@ -376,7 +376,7 @@ async def test_reference_routes(http: aiohttp.ClientSession, srv: Server, ext: E
         http,
         "POST",
         f"{srv.url}/pvs/get",
-        json={"pv_name": "NO:SUCH", "timeout": 0.5},
+        json={"pv_name": "NO:SUCH/PV", "timeout": 0.5},  # "/" is fine in a body
         headers=AUTH,
     )
     assert status == 404 and body["ok"] is False and body["error"], body
