@@ -13,8 +13,9 @@ Outcomes, as :mod:`iocmng.errors` exceptions:
   :class:`PVTimeout` (504);
 * a value the PV cannot take -> :class:`~iocmng.errors.BadRequest` (400),
   checked before anything is written;
-* a write the PV's access rights refuse -> :class:`PVForbidden` (403; the
-  gateway's own IOCMNG_PV_WRITE_PATTERN refusal is a 403 too).
+* a read or write the PV's access rights refuse -> :class:`PVForbidden` (403;
+  the gateway's own IOCMNG_PV_WRITE_PATTERN refusal is a 403 too);
+* the server answered with an error (a failed put...) -> :class:`PVServerError` (502).
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ class PVNotFound(IocmngError):
 class PVForbidden(IocmngError):
     status = 403
     title = "Forbidden"
+
+
+class PVServerError(IocmngError):
+    """The PV's server answered, with an error (access denied, a failed put...)."""
+
+    status = 502
+    title = "PV server error"
 
 
 class PVTimeout(IocmngError):
@@ -224,8 +232,10 @@ class CAClient:
                 provider="ca",
             ) from None
         except aioca.CANothing as exc:
-            raise PVTimeout(
-                f"the {what} of PV {name!r} failed: {exc}", pv=name, provider="ca"
+            raise PVServerError(
+                f"the IOC serving {name!r} answered the {what} with an error: {exc}",
+                pv=name,
+                provider="ca",
             ) from None
 
     async def read(self, name: str, timeout: float) -> dict[str, Any]:
@@ -233,6 +243,10 @@ class CAClient:
 
         deadline = asyncio.get_running_loop().time() + timeout
         info = await self._connect(name, timeout)
+        if not info.read:
+            raise PVForbidden(
+                f"PV {name!r} does not allow reads from this service (CA access rights)", pv=name
+            )
         kind = CA_TYPES[info.datatype] if info.datatype < len(CA_TYPES) else "unknown"
         left = lambda: max(deadline - asyncio.get_running_loop().time(), 0.001)  # noqa: E731
         value = await self._op(
@@ -370,8 +384,10 @@ class PVAClient:
                 provider="pva",
             ) from None
         except RemoteError as exc:
-            raise PVTimeout(
-                f"the read of PV {name!r} failed: {exc}", pv=name, provider="pva"
+            raise PVServerError(
+                f"the server of {name!r} answered the read with an error: {exc}",
+                pv=name,
+                provider="pva",
             ) from None
 
     @staticmethod
@@ -447,7 +463,11 @@ class PVAClient:
                 f"value: {name!r} cannot take {value!r}: {exc}", field="value", pv=name
             ) from None
         except RemoteError as exc:
-            raise BadRequest(f"the server refused the write to {name!r}: {exc}", pv=name) from None
+            raise PVServerError(
+                f"the server of {name!r} answered the write with an error: {exc}",
+                pv=name,
+                provider="pva",
+            ) from None
         return target
 
     def subscribe(self, name: str, push: Callable[[dict[str, Any]], None]) -> Callable[[], None]:

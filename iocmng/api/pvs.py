@@ -292,6 +292,7 @@ def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any],
         404: "No server answered for the PV (or no such monitor)",
         409: "Too many monitors",
         413: "Too large",
+        502: "The PV's server answered with an error",
         504: "The PV is connected but did not answer in time",
     }
 
@@ -326,14 +327,14 @@ def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any],
             "get": {
                 "operationId": "read_pv",
                 "parameters": query,
-                "responses": {"200": json_(value), **errors(400, 404, 504)},
+                "responses": {"200": json_(value), **errors(400, 403, 404, 502, 504)},
             },
             "put": {
                 "operationId": "write_pv",
                 "requestBody": body("PutPV"),
                 "responses": {
                     "200": json_({"type": "object"}),
-                    **errors(400, 401, 403, 404, 413, 504),
+                    **errors(400, 401, 403, 404, 413, 502, 504),
                 },
             },
         },
@@ -372,7 +373,10 @@ def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any],
             "post": {
                 "operationId": "ref_pv_get",
                 "requestBody": body("RefGet"),
-                "responses": {"200": json_({"type": "object"}), **errors(400, 401, 404, 413, 504)},
+                "responses": {
+                    "200": json_({"type": "object"}),
+                    **errors(400, 401, 403, 404, 413, 502, 504),
+                },
             }
         },
         "/api/v1/pvs/put": {
@@ -381,7 +385,7 @@ def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any],
                 "requestBody": body("RefPut"),
                 "responses": {
                     "200": json_({"type": "object"}),
-                    **errors(400, 401, 403, 404, 413, 504),
+                    **errors(400, 401, 403, 404, 413, 502, 504),
                 },
             }
         },

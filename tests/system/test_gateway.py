@@ -47,6 +47,7 @@ IOC_SCRIPT = textwrap.dedent(
         await asyncio.sleep(3.0)
 
     builder.aOut("SLOW", initial_value=0.0, on_update=slow, blocking=True)
+    builder.aOut("LOCKED", initial_value=0.0, DISP=1)  # puts from clients fail
     builder.LoadDatabase()
     softioc.iocInit(dispatcher)
     print("ready", flush=True)
@@ -118,7 +119,7 @@ def srv(
             "EPICS_PVA_ADDR_LIST": " ".join(f"127.0.0.1:{p.pva_broadcast}" for p in servers),
             "IOCMNG_API_TOKEN": TOKEN,
             "IOCMNG_PV_WRITE_PATTERN": f"{ext.prefix}:AO {ext.prefix}:WF {ext.prefix}:EN {ext.prefix}:S "
-            f"{ext.prefix}:SLOW {server.prefix}:*",
+            f"{ext.prefix}:SLOW {ext.prefix}:LOCKED {server.prefix}:*",
             "IOCMNG_PV_MAX_TIMEOUT": "5",
             "IOCMNG_PV_MAX_MONITORS": "2",
         }
@@ -346,6 +347,11 @@ async def test_bad_input(http: aiohttp.ClientSession, srv: Server, ext: External
         headers=AUTH,
     )
     assert status == 504 and "did not complete within 0.5 s" in p["detail"], p
+    # the IOC refuses the put (DISP=1): 502, naming the PV
+    status, p = await call(
+        http, "PUT", f"{srv.url}/pvs/{ext.pv('LOCKED')}", json={"value": 1}, headers=AUTH
+    )
+    assert status == 502 and ext.pv("LOCKED") in p["detail"], p
     assert srv.health()["status"] == "ok"
 
 
