@@ -166,7 +166,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     name = args.name or name_from_dir(args.dir)
     try:
         check_name(name)
-        prefix = args.prefix or resolve_prefix(load_settings(), read_service_config(None))
+        settings = load_settings()
+        prefix = args.prefix or resolve_prefix(settings, read_service_config(None))
     except ValueError as exc:
         return _usage(f"validate: --name: {exc}")
     except SettingsError as exc:
@@ -175,7 +176,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"name": name, "directory": req.local_path}
     with tempfile.TemporaryDirectory(prefix="iocmng-validate-") as tmp:
         try:
-            cand = asyncio.run(Pipeline(Options(data_dir=Path(tmp), prefix=prefix)).run(req))
+            # The service's own limits apply (IOCMNG_IMPORT_TIMEOUT, IOCMNG_ALLOW_REQUIREMENTS, ...).
+            options = Options(data_dir=Path(tmp), prefix=prefix, allow_requirements=settings.allow_requirements,
+                              pip_timeout=settings.pip_timeout, import_timeout=settings.import_timeout)
+            cand = asyncio.run(Pipeline(options).run(req))
         except ValidationFailed as exc:
             out.update(ok=False, steps=exc.extra.get("steps", []), error=exc.detail)
         else:

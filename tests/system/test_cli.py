@@ -324,6 +324,13 @@ DEFECTS = {
         {"p.py": GOOD, "config.yaml": "pvs: {inputs: {X: {type: complex}}}\n"},
         "pvs.inputs.X.type",
     ),
+    "import_error": ({"p.py": "import not_a_module_anywhere\n" + GOOD, "config.yaml": ""}, "ModuleNotFoundError"),
+    "import_hangs": ({"p.py": "import time\ntime.sleep(1000)\n" + GOOD, "config.yaml": ""}, "within 3s"),
+    "import_exits": ({"p.py": "import os\nos._exit(3)\n", "config.yaml": ""}, "exited with code 3"),
+    "not_yaml": ({"p.py": GOOD, "config.yaml": "pvs: [\n"}, "not valid YAML"),
+    "unknown_key": ({"p.py": GOOD, "config.yaml": "pvs: {outputs: {X: {tpye: float}}}\n"}, "unknown key"),
+    "collision": ({"p.py": GOOD, "config.yaml": "pvs: {outputs: {STATUS: {type: int}}}\n"}, "default PV STATUS"),
+    "too_long": ({"p.py": GOOD, "config.yaml": "pvs: {outputs: {" + "X" * 60 + ": {}}}\n"}, "over the EPICS limit"),
 }
 STEP = {
     "syntax": "syntax",
@@ -331,7 +338,15 @@ STEP = {
     "two_classes": "inheritance",
     "abstract": "abstract",
     "bad_config": "config",
+    "import_error": "import",
+    "import_hangs": "import",
+    "import_exits": "import",
+    "not_yaml": "config",
+    "unknown_key": "config",
+    "collision": "pvs",
+    "too_long": "pvs",
 }
+FAST_IMPORT = {"IOCMNG_IMPORT_TIMEOUT": "3"}  # the service's setting applies to validate too
 
 
 @pytest.mark.parametrize("defect", list(DEFECTS))
@@ -341,7 +356,7 @@ def test_validate_refuses(tmp_path: Path, defect: str) -> None:
     d.mkdir()
     for name, text in files.items():
         (d / name).write_text(text)
-    proc = cli("validate", str(d), "--prefix", "VAL")
+    proc = cli("validate", str(d), "--prefix", "VAL", env=FAST_IMPORT)
     assert proc.returncode == 1, proc
     assert "Traceback" not in proc.stdout + proc.stderr
     failed = [line for line in proc.stdout.splitlines() if line.startswith("✗")]
@@ -349,7 +364,7 @@ def test_validate_refuses(tmp_path: Path, defect: str) -> None:
         proc.stdout
     )
     assert f"refused at step {STEP[defect]}" in proc.stderr
-    report = json.loads(cli("validate", str(d), "--prefix", "VAL", "-o", "json").stdout)
+    report = json.loads(cli("validate", str(d), "--prefix", "VAL", "-o", "json", env=FAST_IMPORT).stdout)
     assert report["ok"] is False and report["steps"][-1]["step"] == STEP[defect]
     assert list(tmp_path.iterdir()) == [d], "validate left files next to the plugin"
 
