@@ -14,6 +14,10 @@
     ├── PayloadTooLarge (413)
     ├── InsufficientStorage (507)    the data directory is full or read-only
     ├── ChannelFinderError (502)     a ChannelFinder look-up failed (raised into plugin code)
+    ├── PVNotFound (404)             PV gateway: no server answered the name
+    ├── PVForbidden (403)            PV gateway: a write outside IOCMNG_PV_WRITE_PATTERN or refused by access rights
+    ├── PVServerError (502)          PV gateway: the PV's server answered with an error
+    ├── PVTimeout (504)              PV gateway: a connected PV did not answer in time
     └── SettingsError                a service setting is invalid (start-up, exits non-zero)
 
 A caller's mistake is always a 4xx; 500 is reserved for bugs of ours.
@@ -138,3 +142,25 @@ class SettingsError(IocmngError):
     """A service setting (IOCMNG_* variable or config file) is invalid."""
 
     title = "Invalid settings"
+
+
+class PVNotFound(IocmngError):
+    status = 404
+    title = "PV not found"
+
+
+class PVForbidden(IocmngError):
+    status = 403
+    title = "Forbidden"
+
+
+class PVServerError(IocmngError):
+    """The PV's server answered, with an error (access denied, a failed put...)."""
+
+    status = 502
+    title = "PV server error"
+
+
+class PVTimeout(IocmngError):
+    status = 504
+    title = "PV timeout"

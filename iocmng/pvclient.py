@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .errors import BadRequest, IocmngError
+from .errors import BadRequest, PVForbidden, PVNotFound, PVServerError, PVTimeout
 
 CA_SEVERITIES = ["NO_ALARM", "MINOR", "MAJOR", "INVALID"]
 CA_STATUSES = [
@@ -78,28 +78,6 @@ for _bits in (8, 16, 32, 64):
     INT_RANGES[f"uint{_bits}"] = (0, (1 << _bits) - 1)
 INT_RANGES["bool"] = (0, 1)
 MAX_STRING = 39  # a CA DBR_STRING holds 40 bytes with the terminating NUL
-
-
-class PVNotFound(IocmngError):
-    status = 404
-    title = "PV not found"
-
-
-class PVForbidden(IocmngError):
-    status = 403
-    title = "Forbidden"
-
-
-class PVServerError(IocmngError):
-    """The PV's server answered, with an error (access denied, a failed put...)."""
-
-    status = 502
-    title = "PV server error"
-
-
-class PVTimeout(IocmngError):
-    status = 504
-    title = "PV timeout"
 
 
 def plain(value: Any) -> Any:
