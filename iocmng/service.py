@@ -445,7 +445,10 @@ class Service:
         # listening socket's backlog (for the next generation, on a reload)
         # instead of being accepted by a server that is about to go away.
         await site.stop()
-        if self._adding:  # let adds in flight (clone, validation) commit first
+        # On a reload, let adds in flight (clone, validation) commit first; a
+        # stop does not wait for them (their half-made clone is an orphan,
+        # removed at the next start).
+        if self._adding and not self._shutdown_requested:
             log.info("waiting for %d add(s) in flight before stopping", len(self._adding))
             limit = self.settings.git_timeout + self.settings.pip_timeout + self.settings.import_timeout
             try:
