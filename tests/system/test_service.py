@@ -94,11 +94,13 @@ async def health(http: aiohttp.ClientSession, srv: Server) -> dict[str, Any]:
 async def wait_generation(
     http: aiohttp.ClientSession, srv: Server, generation: int, timeout: float = 45.0
 ) -> dict[str, Any]:
-    """Wait until the server serves ``generation`` (or later) with no reload pending."""
+    """Wait until the server serves ``generation`` (or later) with no reload pending and no
+    plugin still initializing (HTTP answers while plugins start, by design)."""
 
     async def live() -> dict[str, Any] | None:
         h = await health(http, srv)
-        return h if h["generation"] >= generation and h["pending_generation"] is None else None
+        settled = not h["plugins"].get("starting") and not h["plugins"].get("pending")
+        return h if h["generation"] >= generation and h["pending_generation"] is None and settled else None
 
     return await wait_for(live, timeout=timeout, interval=0.1, what=f"generation {generation}")
 
@@ -350,7 +352,8 @@ async def test_lifecycle(
     assert monitor["source"]["commit"] == registry_before["plugins"]["monitor"]["source"]["commit"]
     assert await ca_value(srv.pv("monitor", "SETPOINT")) == pytest.approx(73.5)
     assert await ca_value(srv.pv("monitor", "ENABLE")) == 0
-    assert monitor["state"] == "paused"
+    # HTTP answers while the plugins initialize (state "starting"), by design: poll
+    await wait_for(paused, timeout=15, what="monitor paused again after the restart")
     await caput(srv.pv("monitor", "ENABLE"), 1, wait=True, timeout=10)
 
     async def running_again() -> bool:
