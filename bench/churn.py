@@ -56,7 +56,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -81,35 +80,7 @@ TOL_THREADS = 5
 TOL_RSS = 0.30
 TOL_DATA = 0.10
 
-_reserved: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port free for TCP and UDP, never handed out twice here."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-        if port in _reserved:
-            continue
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        _reserved.add(port)
-        return port
-    raise RuntimeError("no free loopback port")
-
-
-LOOPBACK = {
-    "EPICS_CA_ADDR_LIST": "127.0.0.1",
-    "EPICS_CA_AUTO_ADDR_LIST": "NO",
-    "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-    "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-    "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-    "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-}
+from loopback import free_port, server_env  # noqa: E402  (sibling bench module)
 
 
 @dataclass(frozen=True)
@@ -122,17 +93,7 @@ class Ports:
 
     def env(self) -> dict[str, str]:
         """EPICS environment of the server, and of this process's CA client."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("EPICS_", "IOCMNG_"))}
-        env.update(LOOPBACK)
-        env.update({
-            "EPICS_CA_ADDR_LIST": f"127.0.0.1:{self.ca}",
-            "EPICS_CA_SERVER_PORT": str(self.ca),
-            "EPICS_CA_REPEATER_PORT": str(self.repeater),
-            "EPICS_PVA_SERVER_PORT": str(self.pva),
-            "EPICS_PVA_BROADCAST_PORT": str(self.pva_bcast),
-            "PYTHONUNBUFFERED": "1",
-        })
-        return env
+        return server_env(self.ca, self.repeater, self.pva, self.pva_bcast)
 
     def pva_conf(self) -> dict[str, str]:
         return {
