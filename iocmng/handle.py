@@ -21,7 +21,9 @@ from .config import PluginConfig, coerce_value
 from .ioc import JOB_STATES, TASK_STATES, PluginRecords, truncate
 
 if TYPE_CHECKING:
+    from .logic import Logic
     from .runtime import Runtime
+    from .wiring import Wiring
 
 #: CYCLE_COUNT is published at most this often per task: a counter that
 #: changes every cycle would double the record updates and the monitor
@@ -101,6 +103,10 @@ class PluginHandle:
         self.cls: type[PluginBase] | None = None
         self.instance: PluginBase | None = None
         self.records: PluginRecords | None = None
+        self.wiring: Wiring | None = None  # links and rules, when the config declares them
+        self.logic: Logic | None = None
+        self.last_inputs: dict[str, Any] = {}  # operator inputs: the value before a write ("old")
+        self.hooks: set[asyncio.Task[Any]] = set()  # running on_input_changed calls of trigger inputs
         self.state = State.PENDING
         self.last_error: str | None = None
         self.error_count = 0
@@ -133,12 +139,50 @@ class PluginHandle:
             raise RuntimeError(f"plugin {self.name} has no records")
         if name in ("STATUS", "CYCLE_COUNT", "RUN", "ENABLE"):
             raise KeyError(f"{name} is managed by iocmng; use set_status()/set_message()")
-        if self.config is not None and name in self.config.pvs.inputs:
+        spec = self.config.all_pvs().get(name) if self.config is not None else None
+        if spec is not None and spec.link is None and name in self.config.pvs.inputs:  # type: ignore[union-attr]
             # An input written by the plugin itself is processed (so monitors
             # see it) and its on_update comes back to _on_input; remember the
             # value so that echo is not taken for an operator's write.
             self.echo[name] = coerce_value(self.records.types[name], value)
         self.records.set(name, value)
+        if self.wiring is not None:
+            if spec is not None and spec.link is not None and name in self.config.pvs.outputs:  # type: ignore[union-attr]
+                self._on_loop(self.wiring.links.put_soon, name, value)  # a wired output writes its external PV
+            else:
+                self.wiring.note_local(name, value)
+
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        loop = self.runtime.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop or loop is None:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
+    def link_put(self, name: str, value: Any) -> Any:
+        wiring = self.wiring
+        if wiring is None or name not in wiring.links.links:
+            wired = ", ".join(wiring.links.links) if wiring is not None else ""
+            raise KeyError(f"{name!r} is not a wired PV of {self.name} (wired: {wired or 'none'})")
+        loop = self.runtime.loop
+        assert loop is not None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return wiring.links.put_soon(name, value)
+        # a worker thread (sync plugin code): wait for the write, raise its failure
+        return asyncio.run_coroutine_threadsafe(wiring.links.put(name, value), loop).result()
+
+    def link_values(self) -> dict[str, Any]:
+        if self.wiring is None:
+            return {}
+        return {n: lk.value for n, lk in self.wiring.links.links.items()}
 
     def get_pv(self, name: str) -> Any:
         if self.records is None:

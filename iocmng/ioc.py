@@ -36,6 +36,8 @@ MAX_STRING = 39
 TASK_STATES = ("INIT", "RUN", "PAUSED", "END", "ERROR")
 JOB_STATES = ("IDLE", "RUNNING", "SUCCESS", "FAILED")
 _MBB = ("ZR", "ON", "TW", "TH", "FR", "FV", "SX", "SV")
+#: menuAlarmStat LINK_ALARM and menuAlarmSevr INVALID_ALARM: a value computed from a disconnected link.
+LINK_ALARM = (14, 3)
 
 InputHandler = Callable[[str, Any], Awaitable[None] | None]
 RunHandler = Callable[[], Awaitable[None]]
@@ -49,6 +51,10 @@ class RecordSpec:
     writable: bool  # an EPICS output record (operators write it)
     spec: PVSpec
     autosave: bool = False
+    #: "" (a plain PV), "conn" (a 0/1 waveform, one element per link), "names"
+    #: (a long string: the links' names, in full) or "pulse" (CLEAR/RESET: back to 0 after each write)
+    special: str = ""
+    count: int = 1  # elements of a "conn" waveform
 
 
 def default_records(kind: str, mode: str) -> list[RecordSpec]:
@@ -70,18 +76,49 @@ def default_records(kind: str, mode: str) -> list[RecordSpec]:
     return recs
 
 
-DEFAULT_PV_NAMES = frozenset({"ENABLE", "STATUS", "MESSAGE", "CYCLE_COUNT", "RUN"})
+#: Records iocmng adds: the defaults of SPEC §5, VERSION, and those of plugins with logic or links.
+DEFAULT_PV_NAMES = frozenset({"ENABLE", "STATUS", "MESSAGE", "CYCLE_COUNT", "RUN", "VERSION", "CLEAR", "RESET",
+                              "CONN_INP", "CONN_OUT", "CONN_INP_NAMES", "CONN_OUT_NAMES"})
 
 
-def plugin_prefix(prefix: str, name: str) -> str:
-    return f"{prefix}:{name.upper()}"
+def plugin_prefix(prefix: str, name: str, config: PluginConfig | None = None) -> str:
+    """``<prefix>:<segment>``: the segment is config.yaml's ``prefix:``, else the name in upper case."""
+    segment = config.prefix if config is not None and config.prefix else name.upper()
+    return f"{prefix}:{segment}"
+
+
+def base_of(records: list[str]) -> str | None:
+    """The ``<prefix>:<segment>`` of a plugin's full record names (every plugin has STATUS)."""
+    for rec in records:
+        if rec.endswith(":STATUS"):
+            return rec[: -len(":STATUS")]
+    return None
+
+
+def logic_records(kind: str, config: PluginConfig) -> list[RecordSpec]:
+    """VERSION, CLEAR/RESET and the CONN_* records a config asks for."""
+    recs = []
+    version = config.parameters.get("version")
+    if version is not None:
+        recs.append(RecordSpec("VERSION", False, PVSpec(type="string", value=str(version))))
+    if kind == "task" and config.has_logic:
+        recs.append(RecordSpec("CLEAR", True, PVSpec(type="bool", znam="Idle", onam="Clear"), special="pulse"))
+        recs.append(RecordSpec("RESET", True, PVSpec(type="bool", znam="Idle", onam="Reset"), special="pulse"))
+    for tag, section in (("INP", config.pvs.inputs), ("OUT", config.pvs.outputs)):
+        wired = [n for n, s in section.items() if s.link is not None]
+        if wired:
+            recs.append(RecordSpec(f"CONN_{tag}", False, PVSpec(type="int"), special="conn", count=len(wired)))
+            recs.append(RecordSpec(f"CONN_{tag}_NAMES", False, PVSpec(type="string", value=" ".join(wired)),
+                                   special="names"))
+    return recs
 
 
 def plan_records(prefix: str, name: str, kind: str, mode: str, config: PluginConfig) -> list[RecordSpec]:
     """All records of one plugin, checked: no collision with defaults, names fit EPICS.
 
     Raises ConfigError naming the PV and the fix. Pure: usable by the
-    validation pipeline without touching EPICS.
+    validation pipeline without touching EPICS. A wired input is a read-only
+    mirror of its external PV (operators write the external PV itself).
     """
     errors = []
     for section, pvs in (("inputs", config.pvs.inputs), ("outputs", config.pvs.outputs)):
@@ -89,13 +126,14 @@ def plan_records(prefix: str, name: str, kind: str, mode: str, config: PluginCon
             if pv in DEFAULT_PV_NAMES:
                 errors.append({"loc": f"pvs.{section}.{pv}", "msg": f"collides with the default PV {pv}; choose another name"})
     recs = default_records(kind, mode)
-    recs += [RecordSpec(k, True, v, autosave=True) for k, v in config.pvs.inputs.items()]
+    recs += logic_records(kind, config)
+    recs += [RecordSpec(k, v.link is None, v, autosave=v.link is None) for k, v in config.pvs.inputs.items()]
     recs += [RecordSpec(k, False, v) for k, v in config.pvs.outputs.items()]
-    base = plugin_prefix(prefix, name)
+    base = plugin_prefix(prefix, name, config)
     for rec in recs:
         full = f"{base}:{rec.short}"
         if len(full) > MAX_RECORD_NAME:
-            section = "inputs" if rec.writable else "outputs"
+            section = "inputs" if rec.short in config.pvs.inputs else "outputs"
             loc = f"pvs.{section}.{rec.short}" if rec.short not in DEFAULT_PV_NAMES else "name"
             errors.append({
                 "loc": loc,
@@ -135,6 +173,8 @@ class PluginRecords:
         kind = self.types[short]
         if kind == "string":
             value = truncate(value)
+        elif kind == "array":
+            pass
         else:
             value = coerce_value(kind, value)
         rec.set(value)
@@ -235,16 +275,34 @@ class FastRecord:
     cannot write them (``DISP=1``; ``dbPut`` is below that check).
     """
 
-    __slots__ = ("name", "kind", "value", "_addr", "_dbr", "_ctype")
+    __slots__ = ("name", "kind", "value", "_addr", "_dbr", "_ctype", "forced", "_nsta", "_nsev")
 
     def __init__(self, name: str, kind: str, value: Any) -> None:
         self.name, self.kind, self.value = name, kind, value
         self._dbr, self._ctype = _DBR[kind]
         self._addr: _DbAddr | None = None
+        #: (status, severity) raised at every processing, e.g. (LINK, INVALID)
+        #: while a value this record shows depends on a disconnected link
+        self.forced: tuple[int, int] | None = None
+        self._nsta: Any = None
+        self._nsev: Any = None
 
     def attach(self) -> None:
         """Resolve the record after iocInit and process it once with its value."""
         self._addr = _addr(self.name)
+        self.set(self.value)
+
+    def force_alarm(self, alarm: tuple[int, int] | None) -> None:
+        """Raise (status, severity) on this record from now on (None: stop), and process it."""
+        if alarm == self.forced:
+            return
+        self.forced = alarm
+        if alarm is not None and self._nsta is None and self._addr is not None:
+            # NSTA/NSEV ("new" status/severity) are what processing turns into
+            # STAT/SEVR; set before dbProcess they raise the alarm, and the
+            # record's own alarm checks can only raise it further.
+            self._nsta = ctypes.c_uint16.from_address(_addr(f"{self.name}.NSTA").pfield)
+            self._nsev = ctypes.c_uint16.from_address(_addr(f"{self.name}.NSEV").pfield)
         self.set(self.value)
 
     def set(self, value: Any) -> None:
@@ -261,12 +319,61 @@ class FastRecord:
         db.dbScanLock(precord)
         try:
             db.dbPut(ctypes.byref(addr), self._dbr, ctypes.byref(buf), 1)
+            forced = self.forced
+            if forced is not None and self._nsev is not None and self._nsev.value < forced[1]:
+                self._nsta.value, self._nsev.value = forced
             db.dbProcess(precord)
         finally:
             db.dbScanUnlock(precord)
 
     def get(self) -> Any:
         return self.value
+
+
+def _alarm_fields(spec: PVSpec) -> dict[str, Any]:
+    """Record fields of ``alarm_on``: the record raises the alarm itself when it processes."""
+    if spec.alarm_on is None:
+        return {}
+    if spec.type == "bool":
+        return {"ZSV": "NO_ALARM", "OSV": spec.alarm_on}
+    fields: dict[str, Any] = {}
+    if spec.alarm_high is not None:
+        fields.update(HIGH=spec.alarm_high, HSV=spec.alarm_on)
+    if spec.alarm_low is not None:
+        fields.update(LOW=spec.alarm_low, LSV=spec.alarm_on)
+    return fields
+
+
+class ArrayRecord:
+    """A CONN_INP/CONN_OUT waveform (one 0/1 element per link); rare updates, through softioc."""
+
+    __slots__ = ("record", "value")
+
+    def __init__(self, record: Any, count: int) -> None:
+        self.record = record
+        self.value = [0] * count
+
+    def set(self, value: Any, process: bool = True) -> None:
+        import numpy
+
+        self.value = [int(v) for v in value]
+        self.record.set(numpy.array(self.value, dtype=numpy.uint8))
+
+    def get(self) -> list[int]:
+        return list(self.value)
+
+
+def _special_record(full: str, rec: RecordSpec) -> Any:
+    from softioc import builder
+
+    if rec.special == "conn":
+        import numpy
+
+        record = builder.WaveformIn(full, initial_value=numpy.zeros(rec.count, dtype=numpy.uint8), DISP=1,
+                                    DESC="1 per connected link, in CONN_*_NAMES order"[:40])
+        return ArrayRecord(record, rec.count)
+    text = str(rec.spec.value)
+    return builder.longStringIn(full, initial_value=text, length=max(len(text.encode()) + 1, 40), DISP=1)
 
 
 class IocBridge:
@@ -289,18 +396,24 @@ class IocBridge:
         on_input: InputHandler,
         on_run: RunHandler | None = None,
         restored: dict[str, Any] | None = None,
+        base: str | None = None,
     ) -> PluginRecords:
-        """Create the records of one plugin. Only possible before :meth:`start`."""
+        """Create the records of one plugin under ``base`` (default ``<prefix>:<NAME>``).
+        Only possible before :meth:`start`."""
         if self.started:
             raise RuntimeError("the record set is frozen after iocInit; a reload is needed to add records")
         from softioc import builder
 
         restored = restored or {}
-        out = PluginRecords(self.prefix if self.exact else plugin_prefix(self.prefix, name))
+        out = PluginRecords(self.prefix if self.exact else (base or plugin_prefix(self.prefix, name)))
         for rec in specs:
             full = f"{out.prefix}:{rec.short}"
             spec = rec.spec
             value = spec.value
+            if rec.special in ("conn", "names"):
+                out.records[rec.short] = _special_record(full, rec)
+                out.types[rec.short] = "array" if rec.special == "conn" else "string"
+                continue
             if rec.autosave and rec.short in restored:
                 try:
                     value = coerce_value(spec.type, restored[rec.short])
@@ -333,6 +446,7 @@ class IocBridge:
     def _in_record(full: str, spec: PVSpec, value: Any, fields: dict[str, Any]) -> FastRecord:
         from softioc import builder
 
+        fields.update(_alarm_fields(spec))
         fields.update(VAL=value, UDF=0, DISP=1)  # DISP=1: read-only to clients
         if spec.unit is not None:
             fields["EGU"] = spec.unit
@@ -380,6 +494,7 @@ class IocBridge:
         def update(v: Any, _short: str = rec.short) -> Awaitable[None] | None:
             return on_input(_short, v)
 
+        fields.update(_alarm_fields(spec))
         kw = dict(initial_value=value, on_update=update, always_update=True, **fields)
         if spec.type == "float":
             return builder.aOut(full, EGU=spec.unit, PREC=spec.prec, LOPR=spec.low, HOPR=spec.high,

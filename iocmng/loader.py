@@ -41,6 +41,19 @@ def plugin_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.py") if not p.name.startswith("_"))
 
 
+def is_declarative(directory: Path) -> bool:
+    """No ``.py`` file, and a config.yaml with links, rules or transforms: a declarative task."""
+    from .config import load_config
+    from .errors import ConfigError
+
+    if plugin_files(directory):
+        return False
+    try:
+        return load_config(directory).has_logic
+    except ConfigError:
+        return False
+
+
 def kind_of(cls: type) -> str:
     return "task" if issubclass(cls, TaskBase) else "job"
 
@@ -64,8 +77,13 @@ def load_class(directory: Path, plugin: str, extra_paths: list[Path] | None = No
     """Import the plugin's files and return its one concrete plugin class.
 
     Raises PluginLoadError naming the file and the problem; its ``step`` is
-    ``import``, ``inheritance`` or ``abstract`` (the validation steps).
+    ``import``, ``inheritance`` or ``abstract`` (the validation steps). A
+    directory without ``.py`` files is a declarative task (config.yaml only).
     """
+    if not plugin_files(directory) and is_declarative(directory):
+        from .declarative import DeclarativeTask
+
+        return DeclarativeTask
     return choose_class(import_files(directory, plugin, extra_paths))
 
 
@@ -79,7 +97,8 @@ def import_files(directory: Path, plugin: str, extra_paths: list[Path] | None = 
     """Import every plugin file; return the TaskBase/JobBase subclasses they define."""
     files = plugin_files(directory)
     if not files:
-        raise _error(f"{directory.name}: no .py file (files starting with '_' are ignored)", "import")
+        raise _error(f"{directory.name}: no .py file (files starting with '_' are ignored); a plugin of config.yaml "
+                     "alone (declarative) must declare links, rules or transforms", "import")
     unload(plugin)
     # Appended, not prepended: the service's own packages always win, so a
     # plugin's requirements (or a file named like a stdlib module) cannot

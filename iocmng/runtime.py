@@ -40,8 +40,10 @@ from .handle import (
     _overridden,
     describe,
 )
-from .ioc import IocBridge, plan_records
+from .ioc import IocBridge, plan_records, plugin_prefix
 from .loader import kind_of, load_class, missing_abstract
+from .logic import Logic
+from .wiring import Wiring
 from .workers import WorkerPool
 
 __all__ = ["COUNTER_PERIOD", "DURATION_BUCKETS", "Durations", "PluginHandle", "PluginSpec", "Runtime", "State",
@@ -71,6 +73,17 @@ class Runtime:
         #: Service-wide ChannelFinder settings (a plugin parameter overrides them).
         self.channelfinder_url: str | None = None
         self.channelfinder_timeout: float | None = None
+        #: Protocol of links without ca:// or pva:// (a plugin's ``pva`` parameter overrides it).
+        self.link_protocol = "ca"
+        self._pva: Any = None
+
+    def pva_context(self) -> Any:
+        """The process's p4p asyncio client context for PVA links (created on first use, on the loop)."""
+        if self._pva is None:
+            from p4p.client.asyncio import Context
+
+            self._pva = Context("pva", nt=False)
+        return self._pva
 
     # -- events / logging --------------------------------------------------------------
     def emit(self, kind: str, **data: Any) -> None:
@@ -100,8 +113,17 @@ class Runtime:
         if missing_abstract(cls):
             raise PluginLoadError(f"{cls.__name__} does not implement {', '.join(missing_abstract(cls))}")
         if kind_of(cls) == "job":  # mode/interval are task scheduling keys
+            if config.rules or config.transforms:
+                raise PluginLoadError(f"{cls.__name__} is a job: rules and transforms need a task "
+                                      "(mode continuous, triggered or reactive)")
             return cls, config, deep_merge(config.parameters, spec.parameters)
-        return cls, config, params.model_dump()
+        optional = {k for k in ("version", "pva", "timeout") if k not in params.model_fields_set}
+        return cls, config, params.model_dump(exclude=optional)
+
+    @staticmethod
+    def compile_logic(cls: type[PluginBase], config: PluginConfig, params: dict[str, Any]) -> Logic:
+        """The plugin's rules and transforms, compiled (raises ConfigError naming the rule)."""
+        return Logic(config, params, dict(getattr(cls, "expression_functions", {}) or {}))
 
     def prepare(self, spec: PluginSpec) -> PluginHandle:
         """Load a plugin and build its records. A failure leaves a `failed` handle."""
@@ -122,8 +144,9 @@ class Runtime:
             h.mode = params["mode"] if h.kind == "task" else "job"
             h.interval = float(params.get("interval", 1.0))
             specs = plan_records(self.bridge.prefix, spec.name, h.kind, h.mode, config)
+            h.logic = self.compile_logic(cls, config, params)
             h.records = self.bridge.add_plugin(
-                spec.name, specs, kind=h.kind,
+                spec.name, specs, kind=h.kind, base=plugin_prefix(self.bridge.prefix, spec.name, config),
                 on_input=lambda short, value, _h=h: self._on_input(_h, short, value),
                 on_run=(lambda _h=h: self._on_run(_h)) if h.mode == "triggered" else None,
                 restored=self.saved.get(spec.name),
@@ -169,6 +192,15 @@ class Runtime:
         h._set_status(0)  # INIT / IDLE
         h.instance = h.cls(name=h.name, parameters=h.params)
         h.instance._attach(h)
+        if h.config is not None:
+            h.last_inputs = {n: h.records.get(n) for n, s in h.config.pvs.inputs.items() if s.link is None}
+        if "VERSION" in h.records.records and h.params.get("version") is not None:
+            h.records.set("VERSION", h.params["version"])
+        config, logic = h.config, h.logic
+        if config is not None and logic is not None and (config.wired() or not logic.empty or logic.latching):
+            proto = self.link_protocol if h.params.get("pva") is None else ("pva" if h.params["pva"] else "ca")
+            h.wiring = Wiring(h, config, logic, proto)
+            h.wiring.start()  # subscriptions: values arrive while initialize() runs
         try:
             async with asyncio.timeout(INIT_TIMEOUT):
                 await self.call(h.instance.initialize)
@@ -192,6 +224,11 @@ class Runtime:
             if not done:
                 h.fail(TimeoutError(f"did not stop within {timeout}s"), "stop")
             h.task = None
+        for hook in list(h.hooks):
+            hook.cancel()
+        if h.wiring is not None:
+            await h.wiring.close()
+            h.wiring = None
         if h.instance is not None and h.state not in (State.STOPPED, State.FAILED, State.PENDING):
             try:
                 async with asyncio.timeout(timeout):
@@ -209,16 +246,20 @@ class Runtime:
         await asyncio.gather(*(self.stop_plugin(h) for h in self.handles.values()))
         if self.pool is not None:
             self.pool.close()
+        if self._pva is not None:
+            self._pva.close()
+            self._pva = None
 
     async def restart(self, name: str, parameters: dict[str, Any] | None = None) -> PluginHandle:
         """Re-import the code and restart the plugin live (same records)."""
         h = self.get(name)
         spec = h.spec if parameters is None else PluginSpec(h.spec.name, h.spec.directory, parameters, h.spec.extra_paths)
         cls, config, params = self.load_code(spec)  # raises before anything is stopped
+        logic = self.compile_logic(cls, config, params)
         if h.records is None:
             raise Conflict(f"plugin {name!r} has no records in this generation; it needs a reload")
         await self.stop_plugin(h)
-        h.spec, h.cls, h.config, h.params = spec, cls, config, params
+        h.spec, h.cls, h.config, h.params, h.logic = spec, cls, config, params, logic
         h.interval = float(params.get("interval", 1.0))
         h.last_error = None
         h.state = State.PENDING
@@ -263,6 +304,7 @@ class Runtime:
                 continue
             start = loop.time()
             h.lateness.append(start - next_t)
+            errors = h.wiring.cycle() if h.wiring is not None else ()
             try:
                 if is_async:
                     await execute()
@@ -271,7 +313,10 @@ class Runtime:
             except PLUGIN_ERRORS as exc:
                 h.fail(exc)
             else:
-                h.cycle_ok()
+                if errors:
+                    h.fail(errors[0][1], errors[0][0])
+                else:
+                    h.cycle_ok()
             end = loop.time()
             h.last_cycle_s = end - start
             h.durations.observe(h.last_cycle_s)
@@ -310,6 +355,9 @@ class Runtime:
             t0 = time.monotonic()
             ok, error = True, None
             try:
+                errors = h.wiring.cycle() if h.wiring is not None else ()
+                if errors:
+                    raise errors[0][1]
                 await self.call(fn)
             except PLUGIN_ERRORS as exc:
                 ok, error = False, describe(exc)
@@ -346,13 +394,57 @@ class Runtime:
             self._apply_enable(h)
             self.emit("enable", plugin=h.name, enabled=h.enabled)
             return
+        if short in ("CLEAR", "RESET"):
+            if value and h.records is not None:
+                self._pulse(h, short)
+            return
+        old = h.last_inputs.get(short, h.config.pvs.inputs[short].value if h.config else None)
+        h.last_inputs[short] = value
+        if h.wiring is not None:
+            h.wiring.note_local(short, value)
+            h.wiring.changed({short})
+        await self.dispatch_input(h, short, value, old)
+
+    def _pulse(self, h: PluginHandle, short: str) -> None:
+        """CLEAR: release latches; RESET: CLEAR, forget fired rules, CYCLE_COUNT to 0. Then back to 0."""
+        if h.wiring is not None:
+            if short == "CLEAR":
+                h.wiring.clear()
+            else:
+                h.wiring.reset()
+        if short == "RESET":
+            h.cycle_count = 0
+            h.publish_count(force=True)
+            h.set_message("reset")
+        self.emit(short.lower(), plugin=h.name)
+        assert h.records is not None
+        h.records.set_quiet(short, 0)
+
+    async def dispatch_input(self, h: PluginHandle, name: str, value: Any, old: Any) -> None:
+        """The one input hook: ``on_input_changed(name, value, old)`` if the plugin
+        overrides it, else ``on_input(name, value)``."""
         instance = h.instance
-        if instance is None or not _overridden(instance, "on_input", PluginBase):
+        if instance is None:
+            return
+        if _overridden(instance, "on_input_changed", PluginBase):
+            fn, args, where = instance.on_input_changed, (name, value, old), "on_input_changed"
+        elif _overridden(instance, "on_input", PluginBase):
+            fn, args, where = instance.on_input, (name, value), "on_input"
+        else:
             return
         try:
-            await self.call(instance.on_input, short, value)
+            await self.call(fn, *args)
         except PLUGIN_ERRORS as exc:
-            h.fail(exc, "on_input")
+            h.fail(exc, where)
+
+    def dispatch_input_soon(self, h: PluginHandle, name: str, value: Any, old: Any) -> None:
+        """A wired input with ``trigger: true`` changed: run the hook in a task of the plugin's."""
+        if h.instance is None or h.state not in (State.RUNNING, State.STARTING):
+            return
+        task = asyncio.get_running_loop().create_task(self.dispatch_input(h, name, value, old),
+                                                      name=f"plugin:{h.name}:input")
+        h.hooks.add(task)
+        task.add_done_callback(h.hooks.discard)
 
     # -- jobs --------------------------------------------------------------------------------
     async def run_job(self, name: str, parameters: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:

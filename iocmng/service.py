@@ -37,7 +37,7 @@ from .config import load_config, merged_parameters
 from .devices import Devices
 from .errors import Conflict, IocmngError, NotFound, SettingsError
 from .events import EventBus, PluginLogs
-from .ioc import IocBridge, plan_records, plugin_prefix
+from .ioc import IocBridge, base_of, plan_records, plugin_prefix
 from .metrics import make_registry
 from .registry import Entry, Registry
 from .reload import LISTEN_FD_ENV, exec_next_generation, listen_socket, unblock_stop_signals
@@ -137,7 +137,7 @@ class Service:
         cached = self._static_cache.get(entry.name)
         if cached is None or cached[0] is not entry:
             static = {"source": entry.source.model_dump(exclude_none=True),
-                      "pv_prefix": plugin_prefix(self.prefix, entry.name)}
+                      "pv_prefix": base_of(entry.records) or plugin_prefix(self.prefix, entry.name)}
             cached = self._static_cache[entry.name] = (entry, static)
         return cached[1]
 
@@ -211,6 +211,7 @@ class Service:
             cand = await self.pipeline.run(req)
             try:
                 async with self.lock:
+                    self._check_record_clash(cand)
                     entry = self._entry(cand)
                     self.registry.commit(add=entry, bump=not self.reload_pending)
             except BaseException:
@@ -230,6 +231,15 @@ class Service:
             "generation": self.registry.state.generation,
             "validation": [s.to_dict() for s in cand.steps],
         }
+
+    def _check_record_clash(self, cand: Candidate) -> None:
+        """Two plugins may not build the same record (config.yaml ``prefix:`` can make them meet)."""
+        mine = set(cand.records)
+        for other in self.registry.plugins.values():
+            clash = sorted(mine & set(other.records))
+            if clash:
+                raise Conflict(f"PV {clash[0]} is already served by plugin {other.name!r}; give this plugin "
+                               "another prefix: in its config.yaml (or another name)", field="name")
 
     def _entry(self, cand: Candidate) -> Entry:
         return Entry(
@@ -282,7 +292,7 @@ class Service:
             config = await asyncio.to_thread(load_config, Path(entry.plugin_dir))
             p = merged_parameters(config, params)
             mode = p.mode if entry.kind == "task" else "job"
-            base = plugin_prefix(self.prefix, name)
+            base = plugin_prefix(self.prefix, name, config)
             records = [f"{base}:{s.short}" for s in plan_records(self.prefix, name, entry.kind, mode, config)]
             # auto_start: an operator's restart starts it in later generations too
             new_entry = entry.model_copy(update={"parameters": params, "records": records, "auto_start": True})

@@ -115,6 +115,7 @@ class Pipeline:
             ("inheritance", self.step_inheritance),
             ("abstract", self.step_abstract),
             ("pvs", self.step_pvs),
+            ("logic", self.step_logic),
         ]
         self._child: dict[str, Any] = {}
 
@@ -240,7 +241,10 @@ class Pipeline:
     async def step_syntax(self, c: Candidate) -> str:
         files = plugin_files(c.plugin_dir)
         if not files:
-            raise _StepFailed("no .py file in the plugin directory (files starting with '_' are ignored)")
+            if c.config is not None and c.config.has_logic:
+                return "no .py file: a declarative task (config.yaml only)"
+            raise _StepFailed("no .py file in the plugin directory (files starting with '_' are ignored); a plugin "
+                              "of config.yaml alone (declarative) must declare links, rules or transforms")
 
         def check() -> None:
             for f in files:
@@ -253,6 +257,9 @@ class Pipeline:
         return f"{len(files)} file(s) parse"
 
     async def step_import(self, c: Candidate) -> str:
+        if not plugin_files(c.plugin_dir):  # declarative: nothing of the plugin's to import
+            self._child = {"stage": "ok", "class": "DeclarativeTask", "kind": "task", "functions": []}
+            return "declarative task: no module to import"
         extra = [str(c.deps_dir)] if c.deps_dir else []
         cmd = [sys.executable, "-c", "from iocmng.validation import child_check; child_check()",
                str(c.plugin_dir), c.request.name, *extra]
@@ -298,9 +305,39 @@ class Pipeline:
     async def step_pvs(self, c: Candidate) -> str:
         assert c.config is not None
         specs = plan_records(self.opt.prefix, c.request.name, c.kind, c.mode if c.kind == "task" else "job", c.config)
-        base = plugin_prefix(self.opt.prefix, c.request.name)
+        base = plugin_prefix(self.opt.prefix, c.request.name, c.config)
         c.records = [f"{base}:{s.short}" for s in specs]
         return f"{len(c.records)} record(s) under {base}:"
+
+
+    async def step_logic(self, c: Candidate) -> str:
+        """Rules and transforms: every expression parsed and name-checked now, not at run time."""
+        from .logic import Logic
+
+        assert c.config is not None
+        cfg = c.config
+        if not (cfg.rules or cfg.transforms):
+            return "no rules or transforms"
+        if c.kind == "job":
+            raise _StepFailed("rules and transforms need a task (mode continuous, triggered or reactive), "
+                              f"but {c.class_name} is a job")
+        params = merged_parameters(cfg, c.request.parameters).model_dump()
+        # The plugin's own functions are known by name here (the code ran in the child).
+        functions = {f: _placeholder for f in self._child.get("functions", [])}
+        try:
+            Logic(cfg, params, functions)
+        except ConfigError as exc:
+            raise ConfigError(self._config_file(c), exc.errors) from None
+        return f"{len(cfg.rules)} rule(s), {len(cfg.transforms)} transform(s) compiled"
+
+    @staticmethod
+    def _config_file(c: Candidate) -> str:
+        file = c.plugin_dir / "config.yaml"
+        return file.relative_to(c.owned_dir).as_posix() if c.owned_dir is not None else str(file)
+
+
+def _placeholder(*args: Any) -> Any:
+    return None
 
 
 def child_check() -> None:
@@ -311,7 +348,9 @@ def child_check() -> None:
     result: dict[str, Any]
     try:
         cls = choose_class(import_files(Path(directory), name, [Path(e) for e in extra]))
-        result = {"stage": "ok", "class": cls.__name__, "kind": kind_of(cls)}
+        functions = getattr(cls, "expression_functions", None) or {}
+        result = {"stage": "ok", "class": cls.__name__, "kind": kind_of(cls),
+                  "functions": sorted(str(f) for f in functions)}
     except IocmngError as exc:
         result = {"stage": getattr(exc, "step", "import"), "error": exc.detail}
     except BaseException as exc:

@@ -16,11 +16,22 @@ from typing import Any
 from aiohttp import web
 
 from ..config import deep_merge, load_config, merged_parameters
-from ..ioc import DEFAULT_PV_NAMES, plan_records, plugin_prefix
+from ..ioc import DEFAULT_PV_NAMES, base_of, plan_records, plugin_prefix
 from .keys import SERVICE
 from .routes import COLLECTION, collection_kind, path_name, reply
 
 routes = web.RouteTableDef()
+
+
+def _links(config: Any, h: Any) -> list[dict[str, Any]]:
+    """Each wired PV: its external PV and mode, and (running plugins) whether it is connected."""
+    if h is not None and h.wiring is not None:
+        return h.wiring.links.describe()
+    out = []
+    for name, spec in config.wired().items():
+        out.append({"name": name, "link": spec.link, "direction": "input" if name in config.pvs.inputs else "output",
+                    "mode": spec.effective_link_mode, "connected": None})
+    return out
 
 
 def _config_view(config: Any) -> dict[str, Any]:
@@ -33,7 +44,7 @@ def startup_info(svc: Any, name: str, kind: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": name, "kind": entry.kind, "source": entry.source.model_dump(exclude_none=True),
         "auto_start": entry.auto_start, "autostart_order": entry.autostart_order,
-        "overrides": entry.parameters, "pv_prefix": plugin_prefix(svc.prefix, name),
+        "overrides": entry.parameters, "pv_prefix": base_of(entry.records) or plugin_prefix(svc.prefix, name),
     }
     if h is not None and h.config is not None:
         config, params, mode = h.config, h.params, h.mode if h.kind == "task" else "job"
@@ -46,7 +57,7 @@ def startup_info(svc: Any, name: str, kind: str | None) -> dict[str, Any]:
             mode = params["mode"]
         else:
             params, mode = deep_merge(config.parameters, entry.parameters), "job"
-        base = plugin_prefix(svc.prefix, name)
+        base = plugin_prefix(svc.prefix, name, config)
         records = [f"{base}:{s.short}" for s in plan_records(svc.prefix, name, entry.kind, mode, config)]
         out["state"] = str(h.state) if h is not None else "pending"
     shorts = [r.rsplit(":", 1)[-1] for r in records]
@@ -60,6 +71,9 @@ def startup_info(svc: Any, name: str, kind: str | None) -> dict[str, Any]:
         "output_pvs": sorted(pvs.get("outputs") or {}),
         "records": records,
         "config": {k: v for k, v in section.items() if k != "parameters"},
+        "links": _links(config, h),
+        "rules": [{"id": rid, "condition": r.condition, "outputs": r.outputs, "actuators": r.actuators}
+                  for rid, r in zip(config.rule_ids(), config.rules, strict=True)],
     })
     return out
 

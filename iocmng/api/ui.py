@@ -62,8 +62,8 @@ async def screen_of(svc: Any, name: str, kind: str | None) -> Screen:
     """The plugin's PV plan: from the live handle, else (pending) from its files."""
     entry = svc.get_kind(name, kind)
     h = svc.runtime.handles.get(name)
-    base = plugin_prefix(svc.prefix, name)
     if h is not None and h.config is not None and h.records is not None:
+        base = plugin_prefix(svc.prefix, name, h.config)
         return Screen(name, h.kind, h.mode, base, plan_records(svc.prefix, name, h.kind, h.mode, h.config), str(h.state))
     if h is not None:  # loaded in this generation but failed before it had records
         raise Conflict(f"{name!r} failed to load and has no PVs in this generation: {h.last_error}")
@@ -72,6 +72,7 @@ async def screen_of(svc: Any, name: str, kind: str | None) -> Screen:
         mode = merged_parameters(config, entry.parameters).mode if entry.kind == "task" else "job"
     except IocmngError as exc:
         raise Conflict(f"{name!r} cannot be planned: {exc.detail}") from None
+    base = plugin_prefix(svc.prefix, name, config)
     return Screen(name, entry.kind, mode, base, plan_records(svc.prefix, name, entry.kind, mode, config), "pending")
 
 

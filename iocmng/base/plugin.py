@@ -8,6 +8,7 @@ loop and from the worker thread that runs sync plugin methods.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 from ..channelfinder import ChannelFinderHelpers
@@ -24,6 +25,8 @@ class PluginContext(Protocol):
     def set_message(self, message: str) -> None: ...
     def get_device(self, name: str) -> Any: ...
     def list_devices(self) -> list[str]: ...
+    def link_put(self, name: str, value: Any) -> Any: ...
+    def link_values(self) -> dict[str, Any]: ...
     @property
     def cycle_count(self) -> int: ...
 
@@ -55,6 +58,12 @@ class _Detached:
     def list_devices(self) -> list[str]:
         return []
 
+    def link_put(self, name: str, value: Any) -> Any:
+        raise KeyError(f"{name!r} is not a wired PV (the plugin is not running)")
+
+    def link_values(self) -> dict[str, Any]:
+        return {}
+
 
 class PluginBase(ChannelFinderHelpers):
     """Common base of :class:`~iocmng.TaskBase` and :class:`~iocmng.JobBase`
@@ -63,6 +72,9 @@ class PluginBase(ChannelFinderHelpers):
 
     #: "task" or "job"; set by the subclasses.
     kind: ClassVar[str] = ""
+    #: Extra functions for this plugin's rule and transform expressions
+    #: (name -> callable); they may not replace a library function.
+    expression_functions: ClassVar[dict[str, Callable[..., Any]]] = {}
 
     def __init__(self, name: str = "", parameters: dict[str, Any] | None = None, **_: Any) -> None:
         #: The plugin's name as registered (lower case).
@@ -117,7 +129,28 @@ class PluginBase(ChannelFinderHelpers):
         """Names of the ophyd devices available (empty without the ``ophyd`` extra)."""
         return self._ctx.list_devices()
 
-    # -- optional hook ----------------------------------------------------------------
+    # -- links (wired PVs) ----------------------------------------------------------------
+    def link_put(self, name: str, value: Any) -> Any:
+        """Write ``value`` to the external PV of wired PV ``name`` (bounded by parameter ``timeout``).
+
+        From sync code (a worker thread) it waits and raises if the write fails;
+        from ``async def`` code it returns a task to ``await`` (a failure not
+        awaited is logged). Raises KeyError if ``name`` is not wired.
+        """
+        return self._ctx.link_put(name, value)
+
+    @property
+    def link_values(self) -> dict[str, Any]:
+        """The latest value of every wired PV, by name."""
+        return self._ctx.link_values()
+
+    # -- optional hooks: override one of them ----------------------------------------------
     def on_input(self, name: str, value: Any) -> Any:
         """Called when an operator writes input PV ``name``; may be ``async def``."""
+        return None
+
+    def on_input_changed(self, name: str, value: Any, old: Any) -> Any:
+        """Called when an input changes: an operator's write, or a wired input with
+        ``trigger: true`` (iocmng 2.7.9's hook). May be ``async def``. A plugin
+        overriding this one does not get :meth:`on_input` calls."""
         return None

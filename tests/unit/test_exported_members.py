@@ -11,7 +11,15 @@ from iocmng.base.task import TaskBase as TaskBaseAtOriginalPath
 
 
 def test_top_level_exports() -> None:
-    assert sorted(iocmng.__all__) == ["JobBase", "JobResult", "TaskBase", "__version__"]
+    assert sorted(iocmng.__all__) == ["DeclarativeTask", "JobBase", "JobResult", "TaskBase", "__version__"]
+
+
+def test_declarative_task_shim_of_iocmng_2_7_9() -> None:
+    from iocmng.declarative import DeclarativeTask
+
+    assert iocmng.DeclarativeTask is DeclarativeTask
+    assert issubclass(DeclarativeTask, iocmng.TaskBase)
+    assert not inspect.isabstract(DeclarativeTask)
 
 
 def test_original_import_paths_are_the_same_objects() -> None:

@@ -52,8 +52,9 @@ class FakeBridge:
         on_input: Any,
         on_run: Any = None,
         restored: dict[str, Any] | None = None,
+        base: str | None = None,
     ) -> PluginRecords:
-        out = PluginRecords(plugin_prefix(self.prefix, name))
+        out = PluginRecords(base or plugin_prefix(self.prefix, name))
         for rec in specs:
             value = (
                 (restored or {}).get(rec.short, rec.spec.value) if rec.autosave else rec.spec.value

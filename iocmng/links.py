@@ -1,0 +1,249 @@
+"""Links: a plugin's wired PVs, connected to external PVs over CA (aioca) or PVA (p4p).
+
+Every link I/O is asynchronous on the service loop: monitors push values
+through callbacks, polled links are read by one task per plugin with bounded
+timeouts, and writes are tasks of their own. A PV that never connects costs a
+pending search, never a delayed cycle. The subscriptions of a plugin belong
+to its :class:`LinkSet` and end with it (no shared keys between plugins).
+
+``link: NAME`` uses the plugin's default protocol (parameter ``pva``, else
+IOCMNG_LINK_PROTOCOL); ``ca://NAME`` and ``pva://NAME`` choose explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import LINK_RE, PVSpec
+
+log = logging.getLogger("iocmng.links")
+
+ValueHandler = Callable[[str, Any, Any], None]  # (name, value, old)
+ConnectionHandler = Callable[[str, bool], None]  # (name, connected)
+
+
+def parse_link(link: str, default_protocol: str) -> tuple[str, str]:
+    """``(protocol, pv)`` of a link string."""
+    m = LINK_RE.match(link)
+    if m is None:
+        raise ValueError(f"not a link: {link!r}")
+    return (m.group(1) or default_protocol), m.group(2)
+
+
+def plain_value(value: Any) -> Any:
+    """A CA/PVA value (aioca's augmented types, numpy) as a plain Python scalar, string or list."""
+    if getattr(value, "ndim", 0):
+        return value.tolist()
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if hasattr(value, "item"):  # a numpy scalar
+        return value.item()
+    return value
+
+
+def pva_scalar(value: Any) -> Any:
+    """The ``value`` of a raw p4p Value (enum: its index)."""
+    try:
+        v = value.value
+    except AttributeError:
+        return value
+    if hasattr(v, "index") and not isinstance(v, str | list):
+        try:
+            return int(v.index)
+        except (AttributeError, TypeError):
+            pass
+    return plain_value(v)
+
+
+@dataclass
+class Link:
+    name: str  # the plugin's PV name
+    spec: PVSpec
+    protocol: str  # "ca" or "pva"
+    pv: str  # the external PV
+    direction: str  # "input" or "output"
+    connected: bool = False
+    value: Any = None
+    buffer: collections.deque[Any] | None = None
+    last_poll: float = field(default=-1e18)
+    sub: Any = None
+
+    @property
+    def polled(self) -> bool:
+        return self.spec.effective_link_mode == "poll"
+
+
+class LinkSet:
+    """The links of one plugin."""
+
+    def __init__(self, owner: str, wired: dict[str, tuple[PVSpec, str]], default_protocol: str, *,
+                 interval: float, timeout: float, on_value: ValueHandler, on_connection: ConnectionHandler,
+                 pva_context: Callable[[], Any]) -> None:
+        self.owner = owner
+        self.links: dict[str, Link] = {}
+        for name, (spec, direction) in wired.items():
+            assert spec.link is not None
+            protocol, pv = parse_link(spec.link, default_protocol)
+            link = Link(name, spec, protocol, pv, direction, value=spec.value)
+            if spec.buffer_size:
+                link.buffer = collections.deque(maxlen=spec.buffer_size)
+            self.links[name] = link
+        self.interval = interval
+        self.timeout = timeout
+        self._on_value = on_value
+        self._on_connection = on_connection
+        self._pva_context = pva_context
+        self._poller: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+
+    # -- life -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Subscribe monitored links and start polling the others (returns at once)."""
+        for link in self.links.values():
+            if link.polled:
+                continue
+            if link.protocol == "ca":
+                self._ca_monitor(link)
+            else:
+                self._pva_monitor(link)
+        if any(lk.polled for lk in self.links.values()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll_loop(), name=f"links:{self.owner}")
+
+    async def close(self) -> None:
+        self.closed = True
+        for link in self.links.values():
+            if link.sub is not None:
+                try:
+                    link.sub.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    log.debug("closing the subscription of %s failed", link.pv, exc_info=True)
+                link.sub = None
+        tasks = [t for t in (self._poller, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- values -------------------------------------------------------------------------------
+    def _update(self, link: Link, value: Any) -> None:
+        if self.closed:
+            return
+        if not link.connected:
+            link.connected = True
+            self._on_connection(link.name, True)
+        old, link.value = link.value, value
+        if link.buffer is not None:
+            link.buffer.append(value)
+        self._on_value(link.name, value, old)
+
+    def _lost(self, link: Link) -> None:
+        if link.connected and not self.closed:
+            link.connected = False
+            self._on_connection(link.name, False)
+
+    def _ca_monitor(self, link: Link) -> None:
+        import aioca
+
+        def callback(value: Any) -> None:
+            # aioca closes a subscription whose callback raises: never raise here
+            try:
+                if not getattr(value, "ok", True):
+                    self._lost(link)
+                else:
+                    self._update(link, plain_value(value))
+            except Exception:  # noqa: BLE001
+                log.exception("link %s of %s: update failed", link.pv, self.owner)
+
+        link.sub = aioca.camonitor(link.pv, callback, notify_disconnect=True)
+
+    def _pva_monitor(self, link: Link) -> None:
+        from p4p.client.raw import Disconnected
+
+        async def callback(value: Any) -> None:
+            try:
+                if isinstance(value, Disconnected):
+                    self._lost(link)
+                elif not isinstance(value, Exception):
+                    self._update(link, pva_scalar(value))
+            except Exception:  # noqa: BLE001
+                log.exception("link %s of %s: update failed", link.pv, self.owner)
+
+        link.sub = self._pva_context().monitor(link.pv, callback, notify_disconnect=True)
+
+    async def read(self, link: Link) -> Any:
+        async with asyncio.timeout(self.timeout):
+            if link.protocol == "ca":
+                import aioca
+
+                return plain_value(await aioca.caget(link.pv, timeout=None))
+            return pva_scalar(await self._pva_context().get(link.pv))
+
+    async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        polled = [lk for lk in self.links.values() if lk.polled]
+        while True:
+            now = loop.time()
+            due = [lk for lk in polled if now - lk.last_poll >= (lk.spec.poll_rate or self.interval) - 1e-3]
+            for lk in due:
+                lk.last_poll = now
+            results = await asyncio.gather(*(self.read(lk) for lk in due), return_exceptions=True)
+            for lk, result in zip(due, results, strict=True):
+                if isinstance(result, BaseException):
+                    if isinstance(result, asyncio.CancelledError):
+                        raise result
+                    self._lost(lk)
+                else:
+                    self._update(lk, result)
+            wake = min(lk.last_poll + (lk.spec.poll_rate or self.interval) for lk in polled)
+            await asyncio.sleep(max(wake - loop.time(), 0.01))
+
+    # -- writes ---------------------------------------------------------------------------------
+    async def put(self, name: str, value: Any) -> None:
+        """Write ``value`` to the external PV of wired PV ``name`` (bounded by the timeout)."""
+        link = self.links.get(name)
+        if link is None:
+            raise KeyError(f"{name!r} is not a wired PV of {self.owner} (wired: {', '.join(self.links) or 'none'})")
+        async with asyncio.timeout(self.timeout):
+            if link.protocol == "ca":
+                import aioca
+
+                await aioca.caput(link.pv, value, wait=True, timeout=None)
+            else:
+                await self._pva_context().put(link.pv, value, wait=True)
+
+    def put_soon(self, name: str, value: Any) -> asyncio.Task[None]:
+        """Start a write in a task of its own; failures are logged, never raised into a cycle."""
+        task = asyncio.get_running_loop().create_task(self.put(name, value), name=f"link_put:{self.owner}:{name}")
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            exc = None if t.cancelled() else t.exception()
+            if exc is not None:
+                log.warning("%s: writing %r to %s failed: %r", self.owner, value, self.links[name].pv, exc)
+
+        task.add_done_callback(done)
+        return task
+
+    # -- views ----------------------------------------------------------------------------------
+    def names(self, direction: str) -> list[str]:
+        return [n for n, lk in self.links.items() if lk.direction == direction]
+
+    def disconnected(self) -> list[str]:
+        return [n for n, lk in self.links.items() if not lk.connected]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"name": n, "pv": lk.pv, "protocol": lk.protocol, "direction": lk.direction,
+                 "mode": lk.spec.effective_link_mode, "connected": lk.connected} for n, lk in self.links.items()]
