@@ -74,10 +74,12 @@ async def _run_plugins(dirs: list[Path], prefix: str, params: dict[str, Any], na
     """Run plugin directories; ``exact_prefix`` (iocmng-run, one plugin): PVs are ``<prefix>:<PV>``."""
     from .ioc import IocBridge
     from .runtime import PluginSpec, Runtime, State
+    from .settings import load_settings
 
     bridge = IocBridge(prefix, exact=exact_prefix)
     runtime = Runtime(bridge)
     runtime.channelfinder_url = os.environ.get("IOCMNG_CHANNELFINDER_URL") or None
+    runtime.link_protocol = load_settings().default_link_protocol
     failed = []
     for d in dirs:
         plugin = name if name and len(dirs) == 1 else name_from_dir(d)

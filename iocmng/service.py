@@ -82,6 +82,7 @@ class Service:
         self.runtime.listeners.append(self.events.publish)
         self.runtime.channelfinder_url = settings.channelfinder_url
         self.runtime.channelfinder_timeout = settings.channelfinder_timeout
+        self.runtime.link_protocol = settings.default_link_protocol
         self.logs = PluginLogs()
         self.watchdog: LoopWatchdog | None = None
         self.metrics = make_registry(self)

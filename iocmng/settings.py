@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     plugins_config: Path | None = Field(None, description="Boot list: YAML `plugins:` loaded at a real start (docs/operations.md)")
     channelfinder_url: str | None = Field(None, description="ChannelFinder base URL, e.g. http://cf:8080/ChannelFinder")
     channelfinder_timeout: float = Field(10.0, gt=0, le=600, description="Seconds allowed for one ChannelFinder request")
+    link_protocol: Literal["ca", "pva"] | None = Field(None, description="Plugin links without ca:// or pva://: "
+                                                       "ca (default) or pva; a plugin's parameter pva overrides it")
+    pva: bool | None = Field(None, description="iocmng 2.7.9's switch: true means IOCMNG_LINK_PROTOCOL=pva, false ca")
+
+    @property
+    def default_link_protocol(self) -> str:
+        if self.link_protocol is not None:
+            return self.link_protocol
+        return "pva" if self.pva else "ca"
 
     @field_validator("channelfinder_url")
     @classmethod
