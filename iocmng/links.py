@@ -52,17 +52,21 @@ def plain_value(value: Any) -> Any:
     return value
 
 
+def is_pva_enum(value: Any) -> bool:
+    try:
+        return bool(value.getID().startswith("epics:nt/NTEnum"))
+    except AttributeError:
+        return False
+
+
 def pva_scalar(value: Any) -> Any:
-    """The ``value`` of a raw p4p Value (enum: its index)."""
+    """The ``value`` of a raw p4p Value (an NTEnum: its index)."""
+    if is_pva_enum(value):
+        return int(value.value.index)
     try:
         v = value.value
-    except AttributeError:
+    except (AttributeError, KeyError):
         return value
-    if hasattr(v, "index") and not isinstance(v, str | list):
-        try:
-            return int(v.index)
-        except (AttributeError, TypeError):
-            pass
     return plain_value(v)
 
 
@@ -78,6 +82,7 @@ class Link:
     buffer: collections.deque[Any] | None = None
     last_poll: float = field(default=-1e18)
     sub: Any = None
+    enum: bool = False  # a PVA NTEnum: written as value.index
 
     @property
     def polled(self) -> bool:
@@ -176,6 +181,7 @@ class LinkSet:
                 if isinstance(value, Disconnected):
                     self._lost(link)
                 elif not isinstance(value, Exception):
+                    link.enum = is_pva_enum(value)
                     self._update(link, pva_scalar(value))
             except Exception:  # noqa: BLE001
                 log.exception("link %s of %s: update failed", link.pv, self.owner)
@@ -188,7 +194,9 @@ class LinkSet:
                 import aioca
 
                 return plain_value(await aioca.caget(link.pv, timeout=None))
-            return pva_scalar(await self._pva_context().get(link.pv))
+            value = await self._pva_context().get(link.pv)
+            link.enum = is_pva_enum(value)
+            return pva_scalar(value)
 
     async def _poll_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -221,7 +229,10 @@ class LinkSet:
 
                 await aioca.caput(link.pv, value, wait=True, timeout=None)
             else:
-                await self._pva_context().put(link.pv, value, wait=True)
+                ctx = self._pva_context()
+                if not link.connected:  # learn the type first (an enum is written by index)
+                    link.enum = is_pva_enum(await ctx.get(link.pv))
+                await ctx.put(link.pv, {"value.index": int(value)} if link.enum else value, wait=True)
 
     def put_soon(self, name: str, value: Any) -> asyncio.Task[None]:
         """Start a write in a task of its own; failures are logged, never raised into a cycle."""
