@@ -27,9 +27,16 @@ def _links(config: Any, h: Any) -> list[dict[str, Any]]:
     """Each wired PV: its external PV and mode, and (running plugins) whether it is connected."""
     if h is not None and h.wiring is not None:
         return h.wiring.links.describe()
+    from ..links import parse_link
+
     out = []
+    default = h.runtime.link_protocol if h is not None else "ca"
+    if config.parameters.get("pva") is not None:
+        default = "pva" if config.parameters["pva"] else "ca"
     for name, spec in config.wired().items():
-        out.append({"name": name, "link": spec.link, "direction": "input" if name in config.pvs.inputs else "output",
+        protocol, pv = parse_link(spec.link, default)
+        out.append({"name": name, "pv": pv, "protocol": protocol,
+                    "direction": "input" if name in config.pvs.inputs else "output",
                     "mode": spec.effective_link_mode, "connected": None})
     return out
 
