@@ -2,7 +2,7 @@
 
 ::
 
-    clone → dependencies → config → syntax → import → inheritance → abstract → pvs
+    clone → dependencies → config → syntax → import → inheritance → abstract → pvs → logic
 
 Each step reports ok/failed with its detail; the first failure stops the
 pipeline and removes what it made (clone, installed requirements). The

@@ -169,6 +169,8 @@ class Wiring:
                 "connected" if connected else "DISCONNECTED")
         self._refresh_connections()
         self.h.runtime.emit("link", plugin=self.h.name, link=name, pv=lk.pv, connected=connected)
+        if connected and name in self.reactive_on:  # a first value equal to the default is news too
+            self.changed({name, f"{name}{BUFFER_SUFFIX}"})
 
     def _refresh_connections(self) -> None:
         records = self.h.records

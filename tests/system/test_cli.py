@@ -382,6 +382,7 @@ def test_validate_good_example() -> None:
         "inheritance",
         "abstract",
         "pvs",
+        "logic",
     ]
     assert "valid job Diagnostics" in out and "VAL:DIAGNOSTICS_JOB:STATUS" in out
     report = json.loads(

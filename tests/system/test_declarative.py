@@ -387,3 +387,48 @@ async def test_iocmng_run_reference_command_line(ref_run: Path) -> None:
     await put("DEVICE:PRESSURE", 1.0)
     await put("MY:IOC:CLEAR", 1)
     await wait_for(lambda: value_is("MY:IOC:alarm", 0), timeout=10)
+
+
+POLL_CONFIG = """prefix: {segment}
+parameters: {{mode: triggered, version: 2.5}}
+pvs:
+  inputs:
+    lvl: {{type: float, link: "EXT:LEVEL", link_mode: poll, poll_rate: 0.2}}
+  outputs:
+    double: {{type: float}}
+    big: {{type: bool}}
+transforms:
+  - {{output: double, expression: "lvl * 2"}}
+rules:
+  - {{id: BIG, condition: "lvl > 30", outputs: {{big: 1}}}}
+rule_defaults: {{big: 0}}
+"""
+
+
+async def test_prefix_segment_poll_link_and_triggered_rules(srv: Server, tmp_path: Path) -> None:
+    """config.yaml ``prefix:`` names the PVs; a polled link; rules run on each RUN of a triggered task."""
+    segment = "SEG" + srv.prefix[-4:]
+    for name in ("polled", "clash"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(POLL_CONFIG.format(segment=segment))
+    add(srv, {"name": "polled", "local_path": str(tmp_path / "polled")})
+    base = f"{srv.prefix}:{segment}"
+    assert http("GET", f"{srv.url}/plugins/polled")[1]["pv_prefix"] == base
+    assert await value_is(f"{base}:VERSION", "2.5")
+    # the same segment again: its records would be another plugin's
+    status, problem = http("POST", f"{srv.url}/plugins", {"name": "clash", "local_path": str(tmp_path / "clash")})
+    assert status == 409 and f"{base}:" in problem["detail"] and "'polled'" in problem["detail"], problem
+    assert http("GET", f"{srv.url}/plugins/clash")[0] == 404
+
+    await put("EXT:LEVEL", 42.0)
+    await wait_for(lambda: value_is(f"{base}:lvl", 42.0), timeout=10, what="the polled link's mirror")
+    assert await value_is(f"{base}:double", 0.0), "a triggered task evaluates only when run"
+    status, result = http("POST", f"{srv.url}/tasks/polled/trigger")
+    assert status == 200 and result["success"], result
+    assert await value_is(f"{base}:double", 84.0)
+    assert await value_is(f"{base}:big", 1)
+    await put("EXT:LEVEL", 1.0)
+    await wait_for(lambda: value_is(f"{base}:lvl", 1.0), timeout=10)
+    await put(f"{base}:RUN", 1)  # a RUN from an operator does the same
+    await wait_for(lambda: value_is(f"{base}:big", 0), timeout=10, what="rule_defaults on the next run")
+    assert await value_is(f"{base}:double", 2.0)
