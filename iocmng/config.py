@@ -311,7 +311,7 @@ def check_logic_references(cfg: PluginConfig) -> None:
             if out not in outs:
                 problems.append(f"rules.{rid}.outputs: {out!r} is not a declared output")
             elif outs[out].link is not None:
-                problems.append(f"rules.{rid}.outputs: {out!r} is wired; write external PVs with actuators")
+                problems.append(f"rules.{rid}.outputs: {out!r} is wired (write external PVs with actuators)")
         if rule.message_pv is not None:
             mp = outs.get(rule.message_pv)
             if mp is None or mp.type != "string":
@@ -359,8 +359,17 @@ def format_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see `iocmng schema`)"
+        if not err["loc"] and err["type"] == "value_error" and _CROSS_CHECK.match(msg):
+            # check_logic_references: "path: problem; path: problem" -> one item per path
+            for part in msg.split("; "):
+                where, _, what = part.partition(": ")
+                out.append({"loc": f"{prefix}.{where}" if prefix else where, "msg": what})
+            continue
         out.append({"loc": loc, "msg": msg})
     return out
+
+
+_CROSS_CHECK = re.compile(r"^[\w.-]+: ")
 
 
 def find_config(directory: Path) -> Path | None:

@@ -143,9 +143,19 @@ class Logic:
         if changed is None:
             rules, touched = self.rules, set(self.defaults) | set(self.writers)
         else:
-            seed = [r for r in self.rules if r.deps & changed]
-            touched = {o for r in seed for o in r.outputs}
-            ids = {r.id for r in seed} | {r.id for o in touched for r in self.writers.get(o, ())}
+            # the rules reading a changed name, and (transitively) every rule
+            # writing an output one of them writes: a later writer must still win
+            frontier = [r for r in self.rules if r.deps & changed]
+            ids = {r.id for r in frontier}
+            touched = set()
+            while frontier:
+                for o in frontier.pop().outputs:
+                    if o not in touched:
+                        touched.add(o)
+                        for w in self.writers.get(o, ()):
+                            if w.id not in ids:
+                                ids.add(w.id)
+                                frontier.append(w)
             rules = [r for r in self.rules if r.id in ids]
         for name in touched:
             if name in self.defaults and name not in self.latched:
