@@ -132,7 +132,7 @@ def plugin_screen(screen: Screen) -> bytes:
     """The ``.bob`` screen of one plugin."""
     base = screen.pv_prefix
     by_short = {r.short: r for r in screen.records}
-    inputs = [r for r in screen.records if r.writable and r.short not in ("ENABLE", "RUN")]
+    inputs = [r for r in screen.records if r.writable and r.short not in ("ENABLE", "RUN", "CLEAR", "RESET")]
     outputs = [r for r in screen.records if not r.writable and r.short not in ("STATUS", "MESSAGE", "CYCLE_COUNT")]
     kind = screen.kind if screen.kind == "job" else f"{screen.mode} task"
     root = _display(f"iocmng {screen.name}", WIDTH, 0)
@@ -166,7 +166,7 @@ def plugin_screen(screen: Screen) -> bytes:
         row_label("CYCLE_COUNT")
         _widget(root, "textupdate", "CYCLE_COUNT", COL_WIDGET, y, W_WIDGET, pv_name=f"{base}:CYCLE_COUNT")
         y += ROW
-    if "ENABLE" in by_short or "RUN" in by_short:
+    if {"ENABLE", "RUN", "CLEAR", "RESET"} & by_short.keys():
         section("Control")
     if "ENABLE" in by_short:
         row_label("ENABLE", "0 pauses the task, 1 resumes it")
@@ -185,6 +185,16 @@ def plugin_screen(screen: Screen) -> bytes:
         w2 = _widget(root, "led", "RUN led", COL_INFO, y + 2, 20, 20, pv_name=f"{base}:RUN")
         _color(w2, "on_color", ("RUNNING", 0, 128, 255))
         y += ROW
+    for short, text, tip in (("CLEAR", "Clear latches", "release latched outputs to their rule_defaults"),
+                             ("RESET", "Reset", "CLEAR, forget fired rules, CYCLE_COUNT to 0")):
+        if short in by_short:
+            row_label(short, tip)
+            w = _widget(root, "action_button", short, COL_WIDGET, y, W_WIDGET, text=text, pv_name=f"{base}:{short}")
+            action = _sub(_sub(w, "actions"), "action", type="write_pv")
+            _sub(action, "pv_name", f"{base}:{short}")
+            _sub(action, "value", 1)
+            _sub(action, "description", text)
+            y += ROW
     if inputs:
         section("Inputs")
     for r in inputs:

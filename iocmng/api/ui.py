@@ -77,9 +77,21 @@ async def screen_of(svc: Any, name: str, kind: str | None) -> Screen:
 
 
 def _role(short: str, writable: bool) -> str:
-    if short in ("ENABLE", "RUN", "STATUS", "MESSAGE", "CYCLE_COUNT"):
+    if short in ("ENABLE", "RUN", "STATUS", "MESSAGE", "CYCLE_COUNT", "VERSION", "CLEAR", "RESET"):
         return short.lower()
+    if short.startswith("CONN_"):
+        return "links"
     return "input" if writable else "output"
+
+
+def _record_type(r: Any) -> str:
+    if r.short == "STATUS":
+        return "mbbi"
+    if r.special == "conn":
+        return "waveform"
+    if r.special == "names":
+        return "lsi"
+    return RECORD_TYPES[r.writable][r.spec.type]
 
 
 def _finite(value: Any) -> Any:
@@ -95,8 +107,10 @@ async def pv_table(svc: Any, name: str, kind: str | None) -> dict[str, Any]:
         s = r.spec
         row: dict[str, Any] = {"name": f"{screen.pv_prefix}:{r.short}", "pv": r.short, "role": _role(r.short, r.writable),
                                "type": "enum" if r.short == "STATUS" else s.type,
-                               "record": "mbbi" if r.short == "STATUS" else RECORD_TYPES[r.writable][s.type],
+                               "record": _record_type(r),
                                "writable": r.writable and r.short != "RUN", "value": None}
+        if s.link is not None:
+            row["link"] = s.link
         for key in ("unit", "prec", "low", "high", "znam", "onam", "description"):
             if getattr(s, key) is not None:
                 row[key] = getattr(s, key)
