@@ -432,3 +432,45 @@ async def test_prefix_segment_poll_link_and_triggered_rules(srv: Server, tmp_pat
     await put(f"{base}:RUN", 1)  # a RUN from an operator does the same
     await wait_for(lambda: value_is(f"{base}:big", 0), timeout=10, what="rule_defaults on the next run")
     assert await value_is(f"{base}:double", 2.0)
+
+
+KELVIN_PY = '''from iocmng import TaskBase
+
+
+def kelvin(celsius):
+    return celsius + 273.15
+
+
+class Cryo(TaskBase):
+    expression_functions = {"kelvin": kelvin}
+
+    def initialize(self):
+        pass
+
+    def execute(self):
+        pass
+
+    def cleanup(self):
+        pass
+'''
+KELVIN_CONFIG = """parameters: {mode: continuous, interval: 0.2}
+pvs:
+  inputs:
+    celsius: {type: float, value: 20}
+  outputs:
+    k: {type: float}
+transforms:
+  - {output: k, expression: "kelvin(celsius)"}
+"""
+
+
+async def test_plugin_expression_functions(srv: Server, tmp_path: Path) -> None:
+    """A plugin's own functions pass the add-time check (reported by the child import) and run."""
+    (tmp_path / "cryo").mkdir()
+    (tmp_path / "cryo" / "cryo.py").write_text(KELVIN_PY)
+    (tmp_path / "cryo" / "config.yaml").write_text(KELVIN_CONFIG)
+    out = add(srv, {"name": "cryo", "local_path": str(tmp_path / "cryo")})
+    assert any(s["step"] == "logic" and s["ok"] for s in out["validation"]), out["validation"]
+    await wait_for(lambda: _close(srv.pv("cryo", "k"), 293.15), timeout=10, what="kelvin(celsius)")
+    await put(srv.pv("cryo", "celsius"), -273.15)
+    await wait_for(lambda: _close(srv.pv("cryo", "k"), 0.0), timeout=10, what="the transform on the next cycle")
