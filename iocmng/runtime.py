@@ -383,20 +383,21 @@ class Runtime:
                 h.records.set_quiet("RUN", 0)
 
     async def _on_input(self, h: PluginHandle, short: str, value: Any) -> None:
-        """An operator wrote an input PV (or ENABLE)."""
+        """An operator wrote an input PV (or ENABLE, CLEAR, RESET)."""
+        if short in ("CLEAR", "RESET"):  # pulses: nothing to autosave
+            if value and h.records is not None:
+                self._pulse(h, short)
+            return
         if self.on_save is not None:
             self.on_save(h.name, short, value)
         if short in h.echo and h.echo[short] == value:
             del h.echo[short]  # the plugin's own set_pv, not an operator's write
+            h.last_inputs[short] = value
             return
         if short == "ENABLE":
             h.enabled = bool(value)
             self._apply_enable(h)
             self.emit("enable", plugin=h.name, enabled=h.enabled)
-            return
-        if short in ("CLEAR", "RESET"):
-            if value and h.records is not None:
-                self._pulse(h, short)
             return
         old = h.last_inputs.get(short, h.config.pvs.inputs[short].value if h.config else None)
         h.last_inputs[short] = value
