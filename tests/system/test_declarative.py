@@ -99,6 +99,8 @@ class Level(TaskBase):
         self.set_pv("LAST", f"{name} {old:g}->{value:g}")
         if value > 50:
             await self.link_put("valve", 0)
+        elif value < 5:
+            self.set_pv("valve", 1)  # a wired output: writes its external PV too
 '''
 LEVEL_CONFIG = """parameters: {mode: reactive}
 arguments:
@@ -283,8 +285,10 @@ async def test_reactive_task_hook_and_link_put(srv: Server, tmp_path: Path, ext:
         assert (await ctx.get(pv("HIGH"))).raw.value.index == 1
     finally:
         ctx.close()
-    await put("EXT:LEVEL", 0.0)
+    await put("EXT:LEVEL", 1.0)
     await wait_for(lambda: value_is(pv("HIGH"), 0), timeout=10)
+    await wait_for(lambda: value_is("EXT:VALVE", 1), timeout=10, what="set_pv on a wired output")
+    await put("EXT:LEVEL", 0.0)
 
 
 async def test_dead_link_then_ioc_comes_up(srv: Server, tmp_path: Path, late: ExternalIoc) -> None:
