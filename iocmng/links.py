@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,71 @@ def pva_scalar(value: Any) -> Any:
     except (AttributeError, KeyError):
         return value
     return plain_value(v)
+
+
+class PvaBatch:
+    """PVA monitors delivered in batches, as aioca delivers CA ones.
+
+    p4p's asyncio ``Context.monitor`` wakes one task per subscription for
+    every update (10 000 task switches a second for 1000 links at 10 Hz).
+    Here a pvxs thread only marks a subscription ready; one loop callback
+    then drains the FIFOs of every ready subscription and calls plain
+    functions: one wake-up of the loop per burst of updates.
+    """
+
+    def __init__(self, context: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.context = context
+        self.loop = loop
+        self._ready: collections.deque[list[Any]] = collections.deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def subscribe(self, pv: str, callback: Callable[[Any], None]) -> _PvaSubscription:
+        from p4p.client.raw import Context as RawContext
+
+        entry: list[Any] = [None, callback]
+
+        def notify() -> None:  # a pvxs thread: the subscription's FIFO is not empty
+            with self._lock:
+                self._ready.append(entry)
+                if self._scheduled:
+                    return
+                self._scheduled = True
+            self.loop.call_soon_threadsafe(self._drain)
+
+        entry[0] = RawContext.monitor(self.context, pv, notify, None)
+        return _PvaSubscription(entry)
+
+    def _drain(self) -> None:
+        with self._lock:
+            entries = list(self._ready)
+            self._ready.clear()
+            self._scheduled = False
+        for entry in entries:
+            while entry[0] is not None:
+                value = entry[0].pop()
+                if value is None:
+                    break
+                entry[1](value)
+
+
+class _PvaSubscription:
+    def __init__(self, entry: list[Any]) -> None:
+        self._entry = entry
+
+    def close(self) -> None:
+        sub, self._entry[0] = self._entry[0], None
+        if sub is not None:
+            sub.close()
+
+
+def pva_batch(context: Any) -> PvaBatch:
+    """The batcher of a p4p asyncio context (one per context, made on first use on its loop)."""
+    batch = getattr(context, "_iocmng_batch", None)
+    if batch is None:
+        batch = PvaBatch(context, asyncio.get_running_loop())
+        context._iocmng_batch = batch
+    return batch
 
 
 @dataclass
@@ -174,19 +240,24 @@ class LinkSet:
         link.sub = aioca.camonitor(link.pv, callback, notify_disconnect=True)
 
     def _pva_monitor(self, link: Link) -> None:
-        from p4p.client.raw import Disconnected
+        known = [False]  # the value's type is learnt once per connection
 
-        async def callback(value: Any) -> None:
+        def callback(value: Any) -> None:
             try:
-                if isinstance(value, Disconnected):
+                if isinstance(value, Exception):  # Disconnected (or the end of the subscription)
+                    known[0] = False
                     self._lost(link)
-                elif not isinstance(value, Exception):
-                    link.enum = is_pva_enum(value)
-                    self._update(link, pva_scalar(value))
+                    return
+                if not known[0]:
+                    known[0], link.enum = True, is_pva_enum(value)
+                if link.enum:
+                    self._update(link, int(value.value.index))
+                else:
+                    self._update(link, plain_value(value.value))
             except Exception:  # noqa: BLE001
                 log.exception("link %s of %s: update failed", link.pv, self.owner)
 
-        link.sub = self._pva_context().monitor(link.pv, callback, notify_disconnect=True)
+        link.sub = pva_batch(self._pva_context()).subscribe(link.pv, callback)
 
     async def read(self, link: Link) -> Any:
         async with asyncio.timeout(self.timeout):
