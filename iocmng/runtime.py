@@ -440,8 +440,11 @@ class Runtime:
 
     def dispatch_input_soon(self, h: PluginHandle, name: str, value: Any, old: Any) -> None:
         """A wired input with ``trigger: true`` changed: run the hook in a task of the plugin's."""
-        if h.instance is None or h.state not in (State.RUNNING, State.STARTING):
+        instance = h.instance
+        if instance is None or h.state not in (State.RUNNING, State.STARTING):
             return
+        if not (_overridden(instance, "on_input_changed", PluginBase) or _overridden(instance, "on_input", PluginBase)):
+            return  # no hook to call (a declarative task): no task per change
         task = asyncio.get_running_loop().create_task(self.dispatch_input(h, name, value, old),
                                                       name=f"plugin:{h.name}:input")
         h.hooks.add(task)

@@ -52,6 +52,8 @@ class Wiring:
         self._local_buffers = {n: collections.deque(maxlen=s.buffer_size)
                                for n, s in config.all_pvs().items() if s.buffer_size and not s.link}
         self.buffers |= self._local_buffers
+        self._params = {k: v for k, v in params.items() if isinstance(k, str)}
+        self._local_names = [n for n in config.all_pvs() if n not in self.links.links]
         self._pending: set[str] = set()
         self._scheduled = False
         self._alarmed: set[str] = set()
@@ -70,10 +72,12 @@ class Wiring:
         h = self.h
         records = h.records
         assert records is not None
-        env: dict[str, Any] = {k: v for k, v in h.params.items() if isinstance(k, str)}
-        for name in self.config.all_pvs():
-            link = self.links.links.get(name)
-            env[name] = link.value if link is not None else records.get(name)
+        env = dict(self._params)
+        links = self.links.links
+        for name, link in links.items():
+            env[name] = link.value
+        for name in self._local_names:
+            env[name] = records.get(name)
         for name, buf in self.buffers.items():
             env[f"{name}{BUFFER_SUFFIX}"] = list(buf)
         return env
