@@ -37,6 +37,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "plugins_examples"
+#: Files of iocmng 2.7.9 (its README examples), verbatim: they must keep loading.
+REFERENCE_2_7_9 = REPO / "tests" / "reference_2_7_9"
 
 #: CA server ports known to this process's CA client; servers started by a
 #: session take them in turn (a port is reused after CA_POOL_SIZE servers).

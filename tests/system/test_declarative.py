@@ -24,63 +24,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, EpicsPorts, _purge_ca_channels, pva_context, wait_for, wait_for_sync
+from conftest import (
+    REFERENCE_2_7_9,
+    REPO,
+    EpicsPorts,
+    _purge_ca_channels,
+    pva_context,
+    wait_for,
+    wait_for_sync,
+)
 from external_ioc import ExternalIoc, merge_link_env
 from service_support import Server, make_repo
 
 pytestmark = pytest.mark.timeout(180)
 
-#: iocmng 2.7.9's README, "Create a Declarative Task (Zero Code)", verbatim.
-REF_PY = """from iocmng import DeclarativeTask
-
-class MyInterlock(DeclarativeTask):
-    pass
-"""
-REF_CONFIG = """parameters:
-  mode: continuous
-  interval: 1.0
-  pva: false
-
-arguments:
-  inputs:
-    temp:
-      type: float
-      value: 0.0
-      link: "DEVICE:TEMP"         # Wired to external PV
-      link_mode: monitor           # monitor pushes values; poll reads each cycle
-      buffer_size: 100             # Keep last 100 readings
-    pressure:
-      type: float
-      value: 0.0
-      link: "DEVICE:PRESSURE"
-      link_mode: monitor
-  outputs:
-    avg_temp:
-      type: float
-      value: 0.0
-    alarm:
-      type: bool
-      value: 0
-      znam: "OK"
-      onam: "ALARM"
-      latch: true                  # Hold value until CLEAR is written
-      latch_dir: "rise"            # Latch on 0→1 transition (default)
-      alarm_on: MAJOR              # EPICS ALARM severity when output is 1
-
-transforms:
-  - output: avg_temp
-    expression: "mean(temp_buf)"
-
-rule_defaults:
-  alarm: 0
-
-rules:
-  - id: OVER_TEMP
-    condition: "mean(temp_buf) > 80 or pressure > 2.0"
-    message: "Temperature or pressure limit exceeded"
-    outputs:
-      alarm: 1
-"""
+#: iocmng 2.7.9's README, "Create a Declarative Task (Zero Code)", verbatim (tests/reference_2_7_9).
+REF_PY = (REFERENCE_2_7_9 / "interlock" / "my_interlock.py").read_text()
+REF_CONFIG = (REFERENCE_2_7_9 / "interlock" / "config.yaml").read_text()
 
 LEVEL_PY = '''from iocmng import TaskBase
 

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import REFERENCE_2_7_9
 
 from iocmng import DeclarativeTask, TaskBase
 from iocmng.config import PluginConfig, parse_config
@@ -22,88 +23,12 @@ from iocmng.loader import is_declarative, kind_of, load_class, unload
 
 _ids = itertools.count()
 
-#: The declarative example of the iocmng 2.7.9 README, verbatim.
-README_DECLARATIVE = """\
-parameters:
-  mode: continuous
-  interval: 1.0
-  pva: false
+#: The examples of the iocmng 2.7.9 README, verbatim (tests/reference_2_7_9/README.md).
+README_DECLARATIVE = (REFERENCE_2_7_9 / "interlock" / "config.yaml").read_text()
+README_INTERLOCK_PY = (REFERENCE_2_7_9 / "interlock" / "my_interlock.py").read_text()
+README_PLAIN = (REFERENCE_2_7_9 / "plain" / "config.yaml").read_text()
 
-arguments:
-  inputs:
-    temp:
-      type: float
-      value: 0.0
-      link: "DEVICE:TEMP"         # Wired to external PV
-      link_mode: monitor           # monitor pushes values; poll reads each cycle
-      buffer_size: 100             # Keep last 100 readings
-    pressure:
-      type: float
-      value: 0.0
-      link: "DEVICE:PRESSURE"
-      link_mode: monitor
-  outputs:
-    avg_temp:
-      type: float
-      value: 0.0
-    alarm:
-      type: bool
-      value: 0
-      znam: "OK"
-      onam: "ALARM"
-      latch: true                  # Hold value until CLEAR is written
-      latch_dir: "rise"            # Latch on 0→1 transition (default)
-      alarm_on: MAJOR              # EPICS ALARM severity when output is 1
 
-transforms:
-  - output: avg_temp
-    expression: "mean(temp_buf)"
-
-rule_defaults:
-  alarm: 0
-
-rules:
-  - id: OVER_TEMP
-    condition: "mean(temp_buf) > 80 or pressure > 2.0"
-    message: "Temperature or pressure limit exceeded"
-    outputs:
-      alarm: 1
-"""
-
-#: The plain (code) example of the iocmng 2.7.9 README, verbatim.
-README_PLAIN = """\
-parameters:
-  mode: continuous
-  interval: 1.0
-  threshold: 75.0
-
-arguments:
-  inputs:
-    SETPOINT:
-      type: float
-      value: 50.0
-      unit: "%"
-      prec: 2
-      low: 0
-      high: 100
-  outputs:
-    READING:
-      type: float
-      value: 0.0
-    ALARM:
-      type: bool
-      value: 0
-      znam: "OK"
-      onam: "ALARM"
-"""
-
-#: The plugin file of the iocmng 2.7.9 README's declarative example.
-README_INTERLOCK_PY = """\
-from iocmng import DeclarativeTask
-
-class MyInterlock(DeclarativeTask):
-    pass
-"""
 
 
 def problems(text: str) -> list[str]:

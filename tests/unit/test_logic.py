@@ -11,59 +11,15 @@ from collections import deque
 from typing import Any
 
 import pytest
+from conftest import REFERENCE_2_7_9
 
 from iocmng.config import PluginConfig, parse_config
 from iocmng.errors import ConfigError
 from iocmng.expressions import ExpressionEvaluationError
 from iocmng.logic import Logic, Outcome
 
-#: The declarative example of the iocmng 2.7.9 README, verbatim.
-README_DECLARATIVE = """\
-parameters:
-  mode: continuous
-  interval: 1.0
-  pva: false
-
-arguments:
-  inputs:
-    temp:
-      type: float
-      value: 0.0
-      link: "DEVICE:TEMP"         # Wired to external PV
-      link_mode: monitor           # monitor pushes values; poll reads each cycle
-      buffer_size: 100             # Keep last 100 readings
-    pressure:
-      type: float
-      value: 0.0
-      link: "DEVICE:PRESSURE"
-      link_mode: monitor
-  outputs:
-    avg_temp:
-      type: float
-      value: 0.0
-    alarm:
-      type: bool
-      value: 0
-      znam: "OK"
-      onam: "ALARM"
-      latch: true                  # Hold value until CLEAR is written
-      latch_dir: "rise"            # Latch on 0→1 transition (default)
-      alarm_on: MAJOR              # EPICS ALARM severity when output is 1
-
-transforms:
-  - output: avg_temp
-    expression: "mean(temp_buf)"
-
-rule_defaults:
-  alarm: 0
-
-rules:
-  - id: OVER_TEMP
-    condition: "mean(temp_buf) > 80 or pressure > 2.0"
-    message: "Temperature or pressure limit exceeded"
-    outputs:
-      alarm: 1
-"""
+#: The declarative example of the iocmng 2.7.9 README, verbatim (tests/reference_2_7_9/README.md).
+README_DECLARATIVE = (REFERENCE_2_7_9 / "interlock" / "config.yaml").read_text()
 
 
 def logic_of(text: str, functions: dict[str, Any] | None = None) -> Logic:

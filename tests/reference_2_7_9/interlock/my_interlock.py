@@ -1,0 +1,5 @@
+from iocmng import DeclarativeTask
+
+
+class MyInterlock(DeclarativeTask):
+    pass
