@@ -103,7 +103,6 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,19 +111,7 @@ REPO = HERE.parent
 PERIOD = 0.1  # the external counters' period (s)
 PREFIXES = {"reactive": "BENCH", "reactive-notrigger": "BENCHN", "reactive-pva": "BENCHP", "continuous": "BENCHC"}
 
-from loopback import free_port, server_env  # noqa: E402  (sibling bench module)
-
-
-@dataclass(frozen=True)
-class Ports:
-    ca: int = field(default_factory=free_port)
-    repeater: int = field(default_factory=free_port)
-    pva: int = field(default_factory=free_port)
-    pva_bcast: int = field(default_factory=free_port)
-
-    def env(self) -> dict[str, str]:
-        return server_env(self.ca, self.repeater, self.pva, self.pva_bcast)
-
+from loopback import Ports  # noqa: E402  (sibling bench module)
 
 PROCS: list[subprocess.Popen[bytes]] = []
 TEMP = Path(tempfile.mkdtemp(prefix="iocmng-bench-links-"))

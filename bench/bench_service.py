@@ -60,7 +60,6 @@ import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,19 +68,7 @@ REPO = HERE.parent
 FLOOR = HERE / "floor_reload.py"
 INTERVAL = 0.1
 
-from loopback import free_port, server_env  # noqa: E402  (sibling bench module)
-
-
-@dataclass(frozen=True)
-class Ports:
-    ca: int = field(default_factory=free_port)
-    repeater: int = field(default_factory=free_port)
-    pva: int = field(default_factory=free_port)
-    pva_bcast: int = field(default_factory=free_port)
-
-    def env(self) -> dict[str, str]:
-        return server_env(self.ca, self.repeater, self.pva, self.pva_bcast)
-
+from loopback import Ports, free_port  # noqa: E402  (sibling bench module)
 
 # This process's CA client (aioca reads the environment at its first call):
 # loopback, and only the add-to-live server's CA port.

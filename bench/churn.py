@@ -80,28 +80,15 @@ TOL_THREADS = 5
 TOL_RSS = 0.30
 TOL_DATA = 0.10
 
-from loopback import free_port, server_env  # noqa: E402  (sibling bench module)
+from loopback import Ports as EpicsPorts  # noqa: E402  (sibling bench module)
+from loopback import free_port  # noqa: E402
 
 
 @dataclass(frozen=True)
-class Ports:
-    ca: int = field(default_factory=free_port)
-    repeater: int = field(default_factory=free_port)
-    pva: int = field(default_factory=free_port)
-    pva_bcast: int = field(default_factory=free_port)
+class Ports(EpicsPorts):
+    """The server's EPICS ports and its HTTP port."""
+
     http: int = field(default_factory=free_port)
-
-    def env(self) -> dict[str, str]:
-        """EPICS environment of the server, and of this process's CA client."""
-        return server_env(self.ca, self.repeater, self.pva, self.pva_bcast)
-
-    def pva_conf(self) -> dict[str, str]:
-        return {
-            "EPICS_PVA_ADDR_LIST": f"127.0.0.1:{self.pva_bcast}",
-            "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-            "EPICS_PVA_BROADCAST_PORT": str(self.pva_bcast),
-            "EPICS_PVA_SERVER_PORT": str(self.pva),
-        }
 
 
 # -- the plugins -------------------------------------------------------------------------------

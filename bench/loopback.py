@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass, field
 
 _reserved: set[int] = set()
 
@@ -52,3 +53,26 @@ def server_env(ca: int, repeater: int, pva: int, pva_bcast: int) -> dict[str, st
         "PYTHONUNBUFFERED": "1",
     })
     return env
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The loopback ports of one EPICS server process (each a fresh free port)."""
+
+    ca: int = field(default_factory=free_port)
+    repeater: int = field(default_factory=free_port)
+    pva: int = field(default_factory=free_port)
+    pva_bcast: int = field(default_factory=free_port)
+
+    def env(self) -> dict[str, str]:
+        """EPICS environment of the server (and of a CA client that only needs this server)."""
+        return server_env(self.ca, self.repeater, self.pva, self.pva_bcast)
+
+    def pva_conf(self) -> dict[str, str]:
+        """p4p client configuration that reaches exactly this server."""
+        return {
+            "EPICS_PVA_ADDR_LIST": f"127.0.0.1:{self.pva_bcast}",
+            "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+            "EPICS_PVA_BROADCAST_PORT": str(self.pva_bcast),
+            "EPICS_PVA_SERVER_PORT": str(self.pva),
+        }
