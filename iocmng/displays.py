@@ -101,6 +101,15 @@ def _status_led(parent: ET.Element, pv: str, states: Sequence[str], x: int, y: i
     _color(w, "fallback_color", ("Invalid", 255, 0, 255))
 
 
+def _write_one_button(parent: ET.Element, pv: str, text: str, y: int) -> None:
+    """An action button that writes 1 to ``pv`` (RUN, CLEAR, RESET), named by the PV's short name."""
+    w = _widget(parent, "action_button", pv.rsplit(":", 1)[-1], COL_WIDGET, y, W_WIDGET, text=text, pv_name=pv)
+    action = _sub(_sub(w, "actions"), "action", type="write_pv")
+    _sub(action, "pv_name", pv)
+    _sub(action, "value", 1)
+    _sub(action, "description", text)
+
+
 def _limits(spec: RecordSpec) -> str:
     s = spec.spec
     parts = []
@@ -176,12 +185,7 @@ def plugin_screen(screen: Screen) -> bytes:
         y += ROW
     if "RUN" in by_short:
         row_label("RUN", "run one cycle; RUN reads 1 while it runs")
-        w = _widget(root, "action_button", "RUN", COL_WIDGET, y, W_WIDGET, text="Run once",
-                    pv_name=f"{base}:RUN")
-        action = _sub(_sub(w, "actions"), "action", type="write_pv")
-        _sub(action, "pv_name", f"{base}:RUN")
-        _sub(action, "value", 1)
-        _sub(action, "description", "Run once")
+        _write_one_button(root, f"{base}:RUN", "Run once", y)
         w2 = _widget(root, "led", "RUN led", COL_INFO, y + 2, 20, 20, pv_name=f"{base}:RUN")
         _color(w2, "on_color", ("RUNNING", 0, 128, 255))
         y += ROW
@@ -189,11 +193,7 @@ def plugin_screen(screen: Screen) -> bytes:
                              ("RESET", "Reset", "CLEAR, forget fired rules, CYCLE_COUNT to 0")):
         if short in by_short:
             row_label(short, tip)
-            w = _widget(root, "action_button", short, COL_WIDGET, y, W_WIDGET, text=text, pv_name=f"{base}:{short}")
-            action = _sub(_sub(w, "actions"), "action", type="write_pv")
-            _sub(action, "pv_name", f"{base}:{short}")
-            _sub(action, "value", 1)
-            _sub(action, "description", text)
+            _write_one_button(root, f"{base}:{short}", text, y)
             y += ROW
     if inputs:
         section("Inputs")

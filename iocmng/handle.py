@@ -139,44 +139,41 @@ class PluginHandle:
             raise RuntimeError(f"plugin {self.name} has no records")
         if name in ("STATUS", "CYCLE_COUNT", "RUN", "ENABLE"):
             raise KeyError(f"{name} is managed by iocmng; use set_status()/set_message()")
-        spec = self.config.all_pvs().get(name) if self.config is not None else None
-        if spec is not None and spec.link is None and name in self.config.pvs.inputs:  # type: ignore[union-attr]
+        pvs = self.config.pvs if self.config is not None else None
+        spec = pvs.inputs.get(name) if pvs is not None else None
+        if spec is not None and spec.link is None:
             # An input written by the plugin itself is processed (so monitors
             # see it) and its on_update comes back to _on_input; remember the
             # value so that echo is not taken for an operator's write.
             self.echo[name] = coerce_value(self.records.types[name], value)
         self.records.set(name, value)
         if self.wiring is not None:
-            if spec is not None and spec.link is not None and name in self.config.pvs.outputs:  # type: ignore[union-attr]
-                self._on_loop(self.wiring.links.put_soon, name, value)  # a wired output writes its external PV
+            out = pvs.outputs.get(name) if pvs is not None else None
+            if out is not None and out.link is not None:  # a wired output writes its external PV
+                if self._in_loop():
+                    self.wiring.links.put_soon(name, value)
+                else:
+                    self.runtime.loop.call_soon_threadsafe(self.wiring.links.put_soon, name, value)  # type: ignore[union-attr]
             else:
                 self.wiring.note_local(name, value)
 
-    def _on_loop(self, fn: Any, *args: Any) -> None:
-        loop = self.runtime.loop
+    def _in_loop(self) -> bool:
+        """True in the service loop's thread (async plugin code), False in a worker thread."""
         try:
-            running = asyncio.get_running_loop()
+            return asyncio.get_running_loop() is self.runtime.loop
         except RuntimeError:
-            running = None
-        if running is loop or loop is None:
-            fn(*args)
-        else:
-            loop.call_soon_threadsafe(fn, *args)
+            return False
 
     def link_put(self, name: str, value: Any) -> Any:
         wiring = self.wiring
         if wiring is None or name not in wiring.links.links:
             wired = ", ".join(wiring.links.links) if wiring is not None else ""
             raise KeyError(f"{name!r} is not a wired PV of {self.name} (wired: {wired or 'none'})")
-        loop = self.runtime.loop
-        assert loop is not None
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if self._in_loop():
             return wiring.links.put_soon(name, value)
         # a worker thread (sync plugin code): wait for the write, raise its failure
+        loop = self.runtime.loop
+        assert loop is not None
         return asyncio.run_coroutine_threadsafe(wiring.links.put(name, value), loop).result()
 
     def link_values(self) -> dict[str, Any]:

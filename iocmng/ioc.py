@@ -353,7 +353,7 @@ class ArrayRecord:
         self.record = record
         self.value = [0] * count
 
-    def set(self, value: Any, process: bool = True) -> None:
+    def set(self, value: Any) -> None:
         import numpy
 
         self.value = [int(v) for v in value]
