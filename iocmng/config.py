@@ -201,6 +201,11 @@ class Parameters(BaseModel):
     def _version_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
+    def as_dict(self) -> dict[str, Any]:
+        """What a task's ``self.parameters`` holds: every key given, ``mode`` and
+        ``interval`` always, iocmng's optional keys (version, pva, timeout) only when set."""
+        return self.model_dump(exclude={k for k in ("version", "pva", "timeout") if k not in self.model_fields_set})
+
 
 class RuleSpec(BaseModel):
     """One rule: when ``condition`` is true, set ``outputs``, write ``actuators``, show ``message``."""

@@ -28,6 +28,12 @@ ValueHandler = Callable[[str, Any, Any], None]  # (name, value, old)
 ConnectionHandler = Callable[[str, bool], None]  # (name, connected)
 
 
+def link_protocol(params: dict[str, Any], default: str) -> str:
+    """The protocol of a plugin's bare links: its ``pva`` parameter if set, else the service's default."""
+    pva = params.get("pva")
+    return default if pva is None else ("pva" if pva else "ca")
+
+
 def parse_link(link: str, default_protocol: str) -> tuple[str, str]:
     """``(protocol, pv)`` of a link string."""
     m = LINK_RE.match(link)
@@ -60,15 +66,14 @@ def is_pva_enum(value: Any) -> bool:
         return False
 
 
-def pva_scalar(value: Any) -> Any:
-    """The ``value`` of a raw p4p Value (an NTEnum: its index)."""
-    if is_pva_enum(value):
+def pva_value(value: Any, enum: bool) -> Any:
+    """The ``value`` field of a raw p4p Value as plain Python (an NTEnum: its index)."""
+    if enum:
         return int(value.value.index)
     try:
-        v = value.value
-    except (AttributeError, KeyError):
+        return plain_value(value.value)
+    except (AttributeError, KeyError):  # a structure without a value field: the whole Value
         return value
-    return plain_value(v)
 
 
 class PvaBatch:
@@ -250,10 +255,7 @@ class LinkSet:
                     return
                 if not known[0]:
                     known[0], link.enum = True, is_pva_enum(value)
-                if link.enum:
-                    self._update(link, int(value.value.index))
-                else:
-                    self._update(link, plain_value(value.value))
+                self._update(link, pva_value(value, link.enum))
             except Exception:  # noqa: BLE001
                 log.exception("link %s of %s: update failed", link.pv, self.owner)
 
@@ -267,7 +269,7 @@ class LinkSet:
                 return plain_value(await aioca.caget(link.pv, timeout=None))
             value = await self._pva_context().get(link.pv)
             link.enum = is_pva_enum(value)
-            return pva_scalar(value)
+            return pva_value(value, link.enum)
 
     async def _poll_loop(self) -> None:
         loop = asyncio.get_running_loop()

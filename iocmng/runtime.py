@@ -41,6 +41,7 @@ from .handle import (
     describe,
 )
 from .ioc import IocBridge, plan_records, plugin_prefix
+from .links import link_protocol
 from .loader import kind_of, load_class, missing_abstract
 from .logic import Logic
 from .wiring import Wiring
@@ -117,8 +118,7 @@ class Runtime:
                 raise PluginLoadError(f"{cls.__name__} is a job: rules and transforms need a task "
                                       "(mode continuous, triggered or reactive)")
             return cls, config, deep_merge(config.parameters, spec.parameters)
-        optional = {k for k in ("version", "pva", "timeout") if k not in params.model_fields_set}
-        return cls, config, params.model_dump(exclude=optional)
+        return cls, config, params.as_dict()
 
     @staticmethod
     def compile_logic(cls: type[PluginBase], config: PluginConfig, params: dict[str, Any]) -> Logic:
@@ -197,9 +197,8 @@ class Runtime:
         if "VERSION" in h.records.records and h.params.get("version") is not None:
             h.records.set("VERSION", h.params["version"])
         config, logic = h.config, h.logic
-        if config is not None and logic is not None and (config.wired() or not logic.empty or logic.latching):
-            proto = self.link_protocol if h.params.get("pva") is None else ("pva" if h.params["pva"] else "ca")
-            h.wiring = Wiring(h, config, logic, proto)
+        if config is not None and logic is not None and config.has_logic:
+            h.wiring = Wiring(h, config, logic, link_protocol(h.params, self.link_protocol))
             h.wiring.start()  # subscriptions: values arrive while initialize() runs
         try:
             async with asyncio.timeout(INIT_TIMEOUT):

@@ -321,7 +321,7 @@ class Pipeline:
         if c.kind == "job":
             raise _StepFailed("rules and transforms need a task (mode continuous, triggered or reactive), "
                               f"but {c.class_name} is a job")
-        params = merged_parameters(cfg, c.request.parameters).model_dump()
+        params = merged_parameters(cfg, c.request.parameters).as_dict()  # as the runtime compiles them
         # The plugin's own functions are known by name here (the code ran in the child).
         functions = {f: _placeholder for f in self._child.get("functions", [])}
         try:

@@ -23,16 +23,14 @@ from .routes import COLLECTION, collection_kind, path_name, reply
 routes = web.RouteTableDef()
 
 
-def _links(config: Any, h: Any) -> list[dict[str, Any]]:
+def _links(svc: Any, config: Any, params: dict[str, Any], h: Any) -> list[dict[str, Any]]:
     """Each wired PV: its external PV and mode, and (running plugins) whether it is connected."""
     if h is not None and h.wiring is not None:
         return h.wiring.links.describe()
-    from ..links import parse_link
+    from ..links import link_protocol, parse_link
 
     out = []
-    default = h.runtime.link_protocol if h is not None else "ca"
-    if config.parameters.get("pva") is not None:
-        default = "pva" if config.parameters["pva"] else "ca"
+    default = link_protocol(params, svc.runtime.link_protocol)
     for name, spec in config.wired().items():
         protocol, pv = parse_link(spec.link, default)
         out.append({"name": name, "pv": pv, "protocol": protocol,
@@ -60,7 +58,7 @@ def startup_info(svc: Any, name: str, kind: str | None) -> dict[str, Any]:
     else:  # pending (or failed to load): computed from the files
         config = load_config(Path(entry.plugin_dir))
         if entry.kind == "task":
-            params = merged_parameters(config, entry.parameters).model_dump()
+            params = merged_parameters(config, entry.parameters).as_dict()
             mode = params["mode"]
         else:
             params, mode = deep_merge(config.parameters, entry.parameters), "job"
@@ -78,7 +76,7 @@ def startup_info(svc: Any, name: str, kind: str | None) -> dict[str, Any]:
         "output_pvs": sorted(pvs.get("outputs") or {}),
         "records": records,
         "config": {k: v for k, v in section.items() if k != "parameters"},
-        "links": _links(config, h),
+        "links": _links(svc, config, params, h),
         "rules": [{"id": rid, "condition": r.condition, "outputs": r.outputs, "actuators": r.actuators}
                   for rid, r in zip(config.rule_ids(), config.rules, strict=True)],
     })

@@ -287,6 +287,8 @@ BAD = [
     ("huge", {"condition": "temp > 10 ** 10 ** 10"}, r"rules\.R1\.condition"),
     ("function", {"condition": "foo(temp) > 1"}, r"unknown function 'foo'"),
     ("syntax", {"condition": "temp >"}, r"rules\.R1\.condition.*syntax"),
+    # iocmng's optional parameters are names only when set (as the runtime compiles them)
+    ("unset-timeout", {"condition": "timeout > 1"}, r"rules\.R1\.condition.*unknown name 'timeout'"),
     ("undeclared-output", {"outputs": {"nope": 1}}, r"rules\.R1\.outputs: 'nope' is not a declared output"),
     ("actuator-not-wired", {"actuators": {"alarm": 1}}, r"'alarm' is not a wired PV"),
     ("latch-dir", {"_alarm": {"latch": True, "latch_dir": "up"}}, r"latch_dir"),
