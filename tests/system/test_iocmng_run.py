@@ -4,6 +4,11 @@ The PV names are the reference's: ``--prefix P`` is the whole prefix, PVs
 are ``P:<PV>`` with no plugin segment. A plugin given as a file and as an
 importable module (``-c CLASS``), ``-p`` values converted as the reference
 does, ``--pvout``, and the refusals (unknown module, unknown class).
+
+The three call forms of the epik8s ioc-chart and dashboard, with the prefix
+and name from the chart's ``IOC_PREFIX`` / ``IOC_NAME``: ``-m FILE``; no
+``-m`` with one plugin ``.py`` beside config.yaml; config.yaml alone (a
+declarative task). PVs are read with aioca (CA) and p4p (PVA).
 """
 
 from __future__ import annotations
@@ -15,24 +20,39 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import EXAMPLES, EpicsPorts, pv_answers, random_prefix, wait_for_sync
+from conftest import (
+    EXAMPLES,
+    EpicsPorts,
+    _purge_ca_channels,
+    pv_answers,
+    pva_context,
+    random_prefix,
+    wait_for,
+    wait_for_sync,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], EpicsPorts, Path]:
+def start(args: list[str], cwd: Path, env: dict[str, str] | None = None
+          ) -> tuple[subprocess.Popen[bytes], EpicsPorts, Path]:
+    """``iocmng-run ARGS`` in ``cwd``; IOC_PREFIX/IOC_NAME only from ``env`` (the chart sets them)."""
     ports = EpicsPorts.allocate()
-    log = cwd / f"run-{time.monotonic_ns()}.log"
+    full = {k: v for k, v in ports.env().items() if k not in ("IOC_PREFIX", "IOC_NAME")}
+    full.update(env or {})
+    log = cwd.parent / f"run-{time.monotonic_ns()}.log"  # not among the plugin's files
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "iocmng.run_alias", *args], env=ports.env(), cwd=cwd,
+        proc = subprocess.Popen([sys.executable, "-m", "iocmng.run_alias", *args], env=full, cwd=cwd,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return proc, ports, log
 
 
-def serve(args: list[str], cwd: Path, probe: str) -> tuple[subprocess.Popen[bytes], EpicsPorts, Path]:
-    proc, ports, log = start(args, cwd)
+def serve(args: list[str], cwd: Path, probe: str, env: dict[str, str] | None = None
+          ) -> tuple[subprocess.Popen[bytes], EpicsPorts, Path]:
+    proc, ports, log = start(args, cwd, env)
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -48,8 +68,9 @@ def serve(args: list[str], cwd: Path, probe: str) -> tuple[subprocess.Popen[byte
     return proc, ports, log
 
 
-def stop(proc: subprocess.Popen[bytes], log: Path) -> str:
-    proc.send_signal(signal.SIGINT)
+def stop(proc: subprocess.Popen[bytes], log: Path, sig: int = signal.SIGINT) -> str:
+    _purge_ca_channels()  # before the server goes: no CA callbacks into the test's closed loop
+    proc.send_signal(sig)
     assert proc.wait(30) == 0, log.read_text()
     return log.read_text()
 
@@ -99,3 +120,130 @@ def test_refusals(tmp_path: Path, args: list[str], message: str) -> None:
     proc, _, log = start(args, tmp_path)
     assert proc.wait(30) == 2
     assert message in log.read_text(), log.read_text()
+
+
+# -- the call forms of the epik8s ioc-chart / dashboard ------------------------------------
+DECLARATIVE = """# a declarative task: config.yaml alone, no Python
+parameters: {mode: continuous, interval: 0.2}
+pvs:
+  inputs:
+    x: {type: float, value: 2.0}
+  outputs:
+    y: {type: float}
+    big: {type: bool}
+transforms:
+  - {output: y, expression: "x * 3"}
+rules:
+  - {id: BIG, condition: "y > 10", outputs: {big: 1}}
+rule_defaults: {big: 0}
+"""
+
+HELPER = "SCALE = 2.0  # a helper module beside the plugin, imported by nobody here\n"
+
+
+def chart_env(prefix: str, name: str) -> dict[str, str]:
+    """What the ioc-chart puts in the pod's environment (iocprefix often ends in ':')."""
+    return {"IOC_PREFIX": f"{prefix}:", "IOC_NAME": name, "IOC_VERSION": "latest"}
+
+
+async def _equal(pv: str, expected: object) -> bool:
+    from aioca import caget
+
+    return await caget(pv, timeout=5) == expected
+
+
+async def _pva_equal(ctx: Any, pv: str, expected: float) -> bool:
+    return float(await ctx.get(pv)) == expected
+
+
+async def test_chart_form_module_given_prefix_and_name_from_the_env(tmp_path: Path) -> None:
+    """``iocmng-run -m monitor.py --config config.yaml``: IOC_PREFIX is the whole prefix, IOC_NAME the name."""
+    from aioca import caput
+
+    cfg = tmp_path / "config"
+    shutil.copytree(EXAMPLES / "sync_monitor", cfg)
+    prefix = f"{random_prefix()}:SOFTINTLK"
+    proc, ports, log = serve(["-m", "monitor.py", "--config", "config.yaml", "-p", "interval=0.2"], cfg,
+                             f"{prefix}:STATUS", env=chart_env(prefix, "softinterlock"))
+    try:
+        await wait_for(lambda: _equal(f"{prefix}:READING", 50.0), timeout=20, what="READING over CA")
+        await caput(f"{prefix}:SETPOINT", 80.0, wait=True, timeout=5)
+        await wait_for(lambda: _equal(f"{prefix}:ALARM", 1), timeout=20, what="ALARM after SETPOINT 80")
+    finally:
+        text = stop(proc, log, signal.SIGTERM)  # what a pod gets
+    assert "softinterlock: stopped after" in text  # IOC_NAME named the plugin; cleanup() ran
+
+
+async def test_chart_form_config_only_finds_the_one_plugin_file(tmp_path: Path) -> None:
+    """``iocmng-run --config config.yaml`` in a directory with one plugin ``.py`` (and helpers) runs it."""
+    cfg = tmp_path / "config"
+    shutil.copytree(EXAMPLES / "sync_monitor", cfg)
+    (cfg / "helpers.py").write_text(HELPER)  # not a plugin: no TaskBase/JobBase class in it
+    (cfg / "_private.py").write_text("raise SystemExit('never imported')\n")
+    (cfg / "start.sh").write_text("#!/bin/sh\nexec iocmng-run --config config.yaml\n")
+    prefix = f"{random_prefix()}:MON"
+    proc, ports, log = serve(["--config", "config.yaml", "-p", "interval=0.2", "--pvout", "../pvs.txt"], cfg,
+                             f"{prefix}:STATUS", env=chart_env(prefix, "mon"))
+    ctx = pva_context(ports)
+    try:
+        await wait_for(lambda: _pva_equal(ctx, f"{prefix}:READING", 50.0), timeout=20, what="READING over PVA")
+        await ctx.put(f"{prefix}:GAIN", 0.5)
+        await wait_for(lambda: _pva_equal(ctx, f"{prefix}:READING", 25.0), timeout=20, what="READING = 50 * 0.5")
+    finally:
+        ctx.close()
+        text = stop(proc, log)
+    assert f"{prefix}:READING" in (tmp_path / "pvs.txt").read_text().split()
+    assert "class SyncMonitor from" in text and "mon: stopped after" in text
+
+
+async def test_chart_form_declarative_config_alone(tmp_path: Path) -> None:
+    """config.yaml with no ``.py`` beside it is a declarative task (the dashboard's declarative template)."""
+    from aioca import caput
+
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    (cfg / "config.yaml").write_text(DECLARATIVE)
+    (cfg / "requirements.txt").write_text("iocmng>=2.5.0\n")  # as the dashboard writes it
+    prefix = f"{random_prefix()}:DECL"
+    proc, ports, log = serve(["--config", "config.yaml"], cfg, f"{prefix}:y", env=chart_env(prefix, "decl"))
+    ctx = pva_context(ports)
+    try:
+        await wait_for(lambda: _equal(f"{prefix}:y", 6.0), timeout=20, what="y = x * 3 over CA")
+        await caput(f"{prefix}:x", 5.0, wait=True, timeout=5)
+        await wait_for(lambda: _equal(f"{prefix}:y", 15.0), timeout=20, what="y after x = 5")
+        assert (await ctx.get(f"{prefix}:big")).raw.value.index == 1  # the rule, seen over PVA
+    finally:
+        ctx.close()
+        text = stop(proc, log)
+    assert "declarative task" in text
+
+
+@pytest.mark.parametrize("files, args, message", [
+    ({"a.py": "sync_monitor", "b.py": "sync_monitor"}, ["--config", "config.yaml"],
+     "2 candidate plugin files beside config.yaml: a.py, b.py; choose one with -m FILE"),
+    ({}, ["--config", "config.yaml"], "declares no links, rules or transforms"),
+    ({}, [], "declares no links, rules or transforms"),  # ./config.yaml by default
+    ({"config.yaml": None}, [], "no -m MODULE and no config.yaml here"),
+    ({}, ["--config", "nope.yaml"], "--config nope.yaml: no such file"),
+    ({}, ["-c", "SyncMonitor"], "-c CLASS needs -m MODULE"),
+], ids=["two-candidates", "no-logic", "no-logic-default-config", "nothing", "missing-config", "class-alone"])
+def test_chart_form_refusals(tmp_path: Path, files: dict[str, str | None], args: list[str], message: str) -> None:
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    shutil.copy(EXAMPLES / "sync_monitor" / "config.yaml", cfg / "config.yaml")
+    for name, example in files.items():
+        if example is None:
+            (cfg / name).unlink()
+        else:
+            shutil.copy(EXAMPLES / example / "monitor.py", cfg / name)
+    proc, _, log = start(args, cfg)
+    assert proc.wait(30) == 2
+    assert message in log.read_text(), log.read_text()
+
+
+def test_bad_ioc_prefix_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "config"
+    shutil.copytree(EXAMPLES / "sync_monitor", cfg)
+    proc, _, log = start(["--config", "config.yaml"], cfg, env={"IOC_PREFIX": "bad prefix"})
+    assert proc.wait(30) == 2
+    assert "IOC_PREFIX 'bad prefix'" in log.read_text(), log.read_text()
