@@ -240,6 +240,12 @@ def cmd_add(c: Any, args: argparse.Namespace) -> int:
         body["local_path"] = str(args.local.resolve())
     if args.branch:
         body["branch"] = args.branch
+    if args.no_start:
+        body["auto_start"] = False
+    if args.no_start_on_boot:
+        body["auto_start_on_boot"] = False
+    if args.order is not None:
+        body["autostart_order"] = args.order
     pat = read_pat(args.git, args.pat_prompt)
     if pat:
         body["pat"] = pat
@@ -256,11 +262,12 @@ def cmd_add(c: Any, args: argparse.Namespace) -> int:
 def cmd_ls(c: Any, args: argparse.Namespace) -> int:
     from .client import PLUGIN_HEADERS, plugin_rows, table
 
-    items = c.get(f"/{args.coll}")
+    listing = c.get(f"/{args.coll}")  # {"plugins": [...], "count": N}
+    items = listing["plugins"]
     if args.output != "json" and not items:
         print(f"no {args.coll}", file=sys.stderr)
         return 0
-    _emit(args, items, table(plugin_rows(items), PLUGIN_HEADERS))
+    _emit(args, listing, table(plugin_rows(items), PLUGIN_HEADERS))
     return 0
 
 
@@ -385,6 +392,10 @@ def _add_client_commands(sub: Any) -> None:
         add.add_argument("--param", **param)
         add.add_argument("--pat-prompt", action="store_true",
                          help="ask for the https PAT (else $IOCMNG_GIT_PAT is used)")
+        add.add_argument("--no-start", action="store_true", help="register it and build its PVs, but do not start it")
+        add.add_argument("--no-start-on-boot", action="store_true",
+                         help="do not start it when the service itself restarts (reloads still start it)")
+        add.add_argument("--order", type=int, metavar="N", help="start order (lower first; plugins without one last)")
         verb(v, "ls", cmd_ls, f"list {coll}", named=False)
         verb(v, "show", cmd_show, f"show one {kind}")
         verb(v, "rm", cmd_rm, f"remove a {kind}", wait)

@@ -21,7 +21,9 @@ from .errors import ConfigError
 PV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:\-]{0,59}$")
 
 PVType = Literal["float", "int", "string", "bool"]
-Mode = Literal["continuous", "triggered", "reactive"]
+#: ``job`` is what iocmng 2.7.9's job configs say; it is accepted for jobs only (and means nothing more).
+Mode = Literal["continuous", "triggered", "reactive", "job"]
+TASK_MODES = ("continuous", "triggered", "reactive")
 LinkMode = Literal["monitor", "poll"]
 LatchDir = Literal["rise", "fall", "any"]
 #: iocmng 2.7.9 spelled the latch directions as transitions too.
@@ -189,7 +191,7 @@ class Parameters(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     mode: Mode = Field("continuous", description="Tasks: continuous (loop every interval), triggered (RUN PV) or "
-                       "reactive (rules and on_input_changed on input changes, no loop)")
+                       "reactive (rules and on_input_changed on input changes, no loop); jobs: job (optional)")
     interval: float = Field(1.0, gt=0, le=86400, description="Seconds between cycle starts (continuous tasks)")
     version: str | None = Field(None, description="Served as the plugin's VERSION PV")
     pva: bool | None = Field(None, description="Links without ca:// or pva:// use PVA (true) or CA (false); "

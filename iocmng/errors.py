@@ -7,20 +7,24 @@
     ├── PluginLoadError (422)        the plugin code cannot be used (class, abstract methods, import)
     ├── ValidationFailed (422)       the validation pipeline refused a plugin (per-step report)
     ├── SourceError (422)            a git/local source cannot be fetched (token redacted)
-    ├── BadRequest (400)             a request is malformed (names the field)
+    ├── BadRequest (400)             a request cannot be read (not JSON, bad query/path parameter)
+    │   └── InvalidRequest (422)     a JSON body that does not fit the endpoint's schema (names the field)
     ├── Unauthorized (401)
+    ├── Forbidden (403)              a browser page's origin is not allowed (IOCMNG_CORS_ORIGINS)
     ├── NotFound (404)
     ├── Conflict (409)               duplicate name, job already running
     ├── PayloadTooLarge (413)
     ├── InsufficientStorage (507)    the data directory is full or read-only
     ├── ChannelFinderError (502)     a ChannelFinder look-up failed (raised into plugin code)
     ├── PVNotFound (404)             PV gateway: no server answered the name
-    ├── PVForbidden (403)            PV gateway: a write outside IOCMNG_PV_WRITE_PATTERN or refused by access rights
+    ├── PVForbidden (403, a Forbidden) PV gateway: a write outside IOCMNG_PV_WRITE_PATTERN or refused by access rights
     ├── PVServerError (502)          PV gateway: the PV's server answered with an error
     ├── PVTimeout (504)              PV gateway: a connected PV did not answer in time
     └── SettingsError                a service setting is invalid (start-up, exits non-zero)
 
-A caller's mistake is always a 4xx; 500 is reserved for bugs of ours.
+A caller's mistake is always a 4xx; 500 is reserved for bugs of ours. Every
+problem document also carries ``ok: false`` and ``message`` (the detail), the
+two fields iocmng 2.7.9's clients read (docs/decisions/0011).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class IocmngError(Exception):
             "detail": self.detail,
         }
         body.update(self.extra)
+        body.update(ok=False, message=self.detail)  # iocmng 2.7.9's clients read these
         return body
 
 
@@ -91,9 +96,24 @@ class BadRequest(IocmngError):
     title = "Bad request"
 
 
+class InvalidRequest(BadRequest):
+    """The JSON body was read but a field is wrong (unknown key, wrong type, bad name...).
+
+    422, as FastAPI answers and as iocmng 2.7.9's clients expect (docs/decisions/0011).
+    """
+
+    status = 422
+    title = "Invalid request"
+
+
 class Unauthorized(IocmngError):
     status = 401
     title = "Unauthorized"
+
+
+class Forbidden(IocmngError):
+    status = 403
+    title = "Forbidden"
 
 
 class NotFound(IocmngError):
@@ -149,9 +169,8 @@ class PVNotFound(IocmngError):
     title = "PV not found"
 
 
-class PVForbidden(IocmngError):
-    status = 403
-    title = "Forbidden"
+class PVForbidden(Forbidden):
+    pass
 
 
 class PVServerError(IocmngError):

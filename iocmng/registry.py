@@ -50,8 +50,10 @@ class Entry(BaseModel):
     deps_dir: str | None = None  # requirements installed for this plugin only
     records: list[str] = Field(default_factory=list)  # planned record names
     added_at: float = Field(default_factory=time.time)
-    auto_start: bool = True
-    autostart_order: int | None = None  # from the boot list: registration order at a real start
+    auto_start: bool = True  # false: records built, the task not started (until a restart)
+    auto_start_on_boot: bool = True  # false: not started at a real start of the service (a reload keeps it)
+    autostart_order: int | None = None  # start order of a generation: lower first, None last
+    class_name: str = ""  # the plugin's class, as validation found it
 
 
 class State(BaseModel):

@@ -25,8 +25,8 @@ from typing import Any
 from .base.job import JobResult
 from .base.plugin import PluginBase
 from .base.task import TaskBase
-from .config import PluginConfig, deep_merge, load_config, merged_parameters
-from .errors import Conflict, IocmngError, NotFound, PluginLoadError
+from .config import TASK_MODES, PluginConfig, deep_merge, load_config, merged_parameters
+from .errors import ConfigError, Conflict, IocmngError, NotFound, PluginLoadError
 from .handle import (
     COUNTER_PERIOD,
     DURATION_BUCKETS,
@@ -142,6 +142,9 @@ class Runtime:
             h.cls, h.config, h.params = cls, config, params
             h.kind = kind_of(cls)
             h.mode = params["mode"] if h.kind == "task" else "job"
+            if h.kind == "task" and h.mode not in TASK_MODES:  # 'job' (iocmng 2.7.9) is for jobs only
+                raise ConfigError("parameters", [{"loc": "parameters.mode", "msg": f"{h.mode!r} is not a task mode; "
+                                                  "use one of " + ", ".join(TASK_MODES)}])
             h.interval = float(params.get("interval", 1.0))
             specs = plan_records(self.bridge.prefix, spec.name, h.kind, h.mode, config)
             h.logic = self.compile_logic(cls, config, params)

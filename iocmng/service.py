@@ -33,7 +33,7 @@ from aiohttp import web
 from . import __version__
 from .autosave import AutosaveStore
 from .bootlist import read_boot_list
-from .config import load_config, merged_parameters
+from .config import deep_merge, load_config, merged_parameters
 from .devices import Devices
 from .errors import Conflict, IocmngError, NotFound, SettingsError
 from .events import EventBus, PluginLogs
@@ -45,6 +45,7 @@ from .runtime import PluginSpec, Runtime, State
 from .settings import Settings, StartupPlugin, load_settings, read_service_config, resolve_prefix
 from .supervisor import FRESH_START_ENV, SAFE_MODE_ENV
 from .validation import Candidate, Options, Pipeline, Request
+from .views import legacy_fields, legacy_live
 from .watchdog import LoopWatchdog
 
 log = logging.getLogger("iocmng.service")
@@ -101,7 +102,7 @@ class Service:
         self._shutdown_requested = False
         self._reload_timer: asyncio.TimerHandle | None = None
         self.boot_errors: list[str] = []
-        self._static_cache: dict[str, tuple[Entry, dict[str, Any]]] = {}
+        self._static_cache: dict[str, tuple[Entry, Any, dict[str, Any], dict[str, Any]]] = {}
         self._listings: dict[str | None, tuple[Any, asyncio.Task[bytes], float]] = {}
         self._starting: asyncio.Task[None] | None = None
         # A reload is not a start: the startup/demo list is applied at a real
@@ -130,17 +131,41 @@ class Service:
             out = {"name": name, "kind": entry.kind, "mode": None, "state": "pending", "parameters": entry.parameters,
                    "pvs": entry.records, "cycle_count": 0, "error_count": 0, "overruns": 0, "last_error": None,
                    "enabled": None}
-        out.update(self._static_info(entry))
+        static, planned_params = self._static_info(entry, h)
+        out.update(static)
+        out.update(legacy_live(out["state"], planned_params if h is None else out["parameters"]))
         return out
 
-    def _static_info(self, entry: Entry) -> dict[str, Any]:
-        # Entries are replaced, never mutated, on change: cache by identity.
+    def _static_info(self, entry: Entry, h: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What does not change while the plugin runs: source, PV names, iocmng 2.7.9's fields.
+
+        Entries are replaced, never mutated, on change, and a generation keeps
+        its handles: cached by identity of both. A pending plugin's is computed
+        from its files (config.yaml read once), as it will start.
+        """
         cached = self._static_cache.get(entry.name)
-        if cached is None or cached[0] is not entry:
-            static = {"source": entry.source.model_dump(exclude_none=True),
-                      "pv_prefix": base_of(entry.records) or plugin_prefix(self.prefix, entry.name)}
-            cached = self._static_cache[entry.name] = (entry, static)
-        return cached[1]
+        if cached is None or cached[0] is not entry or cached[1] is not h:
+            config, mode, params = None, None, dict(entry.parameters)
+            records = entry.records
+            if h is not None and h.config is not None:
+                config, records = h.config, (h.records.names() if h.records is not None else entry.records)
+                mode = h.mode if h.kind == "task" else None
+            else:
+                try:
+                    config = load_config(Path(entry.plugin_dir))
+                    if entry.kind == "task":
+                        params = merged_parameters(config, entry.parameters).as_dict()
+                        mode = params["mode"]
+                    else:
+                        params = deep_merge(config.parameters, entry.parameters)
+                except IocmngError:
+                    pass  # files changed or gone: the plugin's own state says so when it loads
+            base = base_of(records) or plugin_prefix(self.prefix, entry.name, config)
+            class_name = entry.class_name or (h.cls.__name__ if h is not None and h.cls is not None else "")
+            static = {"source": entry.source.model_dump(exclude_none=True), "pv_prefix": base,
+                      **legacy_fields(entry, config, base, records, mode, class_name)}
+            cached = self._static_cache[entry.name] = (entry, h, static, params)
+        return cached[2], cached[3]
 
     def list(self, kind: str | None = None) -> list[dict[str, Any]]:
         return [self.info(n) for n, e in sorted(self.registry.plugins.items()) if kind is None or e.kind == kind]
@@ -167,13 +192,16 @@ class Service:
         large listing never holds the plugins' cycles back for long."""
         names = [n for n, e in sorted(self.registry.plugins.items()) if kind is None or e.kind == kind]
         parts: list[str] = []
+        count = 0
         for i in range(0, len(names), chunk):
             if i:
                 await asyncio.sleep(0)
             infos = [self.info(n) for n in names[i:i + chunk] if n in self.registry.plugins]
             if infos:
                 parts.append(json.dumps(infos, default=str)[1:-1])
-        return ("[" + ", ".join(parts) + "]").encode()
+                count += len(infos)
+        # iocmng 2.7.9's shape: clients read .plugins and .count
+        return ('{"plugins": [' + ", ".join(parts) + f'], "count": {count}}}').encode()
 
     def health(self) -> dict[str, Any]:
         states: dict[str, int] = {}
@@ -226,11 +254,16 @@ class Service:
                  cand.source.url or cand.source.local_path, self.registry.state.generation)
         self.runtime.emit("added", plugin=req.name, generation=self.registry.state.generation)
         self.schedule_reload()
+        generation = self.registry.state.generation
         return {
+            "ok": True,
+            "message": f"{cand.kind} {req.name!r} added; generation {generation} will serve it",
             "plugin": self.info(req.name),
             "reload_pending": True,
-            "generation": self.registry.state.generation,
-            "validation": [s.to_dict() for s in cand.steps],
+            "generation": generation,
+            # iocmng 2.7.9's validation report, then this pipeline's steps
+            "validation": {"ok": True, "class_name": cand.class_name or None, "plugin_type": cand.kind, "errors": []},
+            "steps": [s.to_dict() for s in cand.steps],
         }
 
     def _check_record_clash(self, cand: Candidate) -> None:
@@ -243,10 +276,14 @@ class Service:
                                "another prefix: in its config.yaml (or another name)", field="name")
 
     def _entry(self, cand: Candidate) -> Entry:
+        req = cand.request
+        task = cand.kind == "task"  # a job waits idle: auto_start means nothing for it (as in iocmng 2.7.9)
         return Entry(
-            name=cand.request.name, kind=cand.kind, source=cand.source, parameters=cand.request.parameters,
+            name=req.name, kind=cand.kind, source=cand.source, parameters=req.parameters,
             plugin_dir=str(cand.plugin_dir), owned_dir=str(cand.owned_dir) if cand.owned_dir else None,
             deps_dir=str(cand.deps_dir) if cand.deps_dir else None, records=cand.records,
+            class_name=cand.class_name, autostart_order=req.autostart_order,
+            auto_start=req.auto_start or not task, auto_start_on_boot=req.auto_start_on_boot or not task,
         )
 
     async def remove(self, name: str, kind: str | None = None) -> dict[str, Any]:
@@ -264,7 +301,9 @@ class Service:
         log.info("removed %s; generation %d drops its records", name, self.registry.state.generation)
         self.runtime.emit("removed", plugin=name, generation=self.registry.state.generation)
         self.schedule_reload()
-        return {"removed": name, "reload_pending": True, "generation": self.registry.state.generation}
+        generation = self.registry.state.generation
+        return {"ok": True, "message": f"{entry.kind} {name!r} removed; generation {generation} drops its PVs",
+                "removed": name, "reload_pending": True, "generation": generation}
 
     def _delete_files(self, entry: Entry) -> None:
         """Delete only what we own, and only inside the data directory."""
@@ -300,10 +339,13 @@ class Service:
             if h.records is not None and sorted(records) == sorted(h.records.names()):
                 await self.runtime.restart(name, params)
                 self.registry.commit(add=new_entry)
-                return {"plugin": self.info(name), "reload_pending": False, "generation": self.generation}
+                return {"ok": True, "message": f"{entry.kind} {name!r} restarted", "plugin": self.info(name),
+                        "reload_pending": False, "generation": self.generation}
             self.registry.commit(add=new_entry, bump=not self.reload_pending)
         self.schedule_reload()
-        return {"plugin": self.info(name), "reload_pending": True, "generation": self.registry.state.generation}
+        generation = self.registry.state.generation
+        return {"ok": True, "message": f"{entry.kind} {name!r} restarts with generation {generation} (its PVs change)",
+                "plugin": self.info(name), "reload_pending": True, "generation": generation}
 
     # -- reload ------------------------------------------------------------------------------
     def schedule_reload(self) -> None:
@@ -391,8 +433,11 @@ class Service:
             self.runtime.prepare(PluginSpec(name, Path(e.plugin_dir), e.parameters, extra))
         for name, e in self.registry.plugins.items():  # auto_start: false: records built, not started
             h = self.runtime.handles.get(name)
-            if not e.auto_start and h is not None and h.state == State.PENDING:
+            held = not e.auto_start or (self.fresh_start and not e.auto_start_on_boot)
+            if held and h is not None and h.state == State.PENDING:
                 h.set_state(State.STOPPED)
+                if e.auto_start:  # held at boot: later reloads keep it stopped too, until a restart starts it
+                    self.registry.commit(add=e.model_copy(update={"auto_start": False}))
         if self.safe_mode:
             self._hold_plugins()
         self.bridge.start(asyncio.get_running_loop())

@@ -85,6 +85,21 @@ class Settings(BaseSettings):
     link_protocol: Literal["ca", "pva"] | None = Field(None, description="Plugin links without ca:// or pva://: "
                                                        "ca (default) or pva; a plugin's parameter pva overrides it")
     pva: bool | None = Field(None, description="iocmng 2.7.9's switch: true means IOCMNG_LINK_PROTOCOL=pva, false ca")
+    cors_origins: str | None = Field(None, description="Origins (comma-separated, e.g. https://dash.example.org) whose "
+                                     "browser pages may call the API, or *; unset: none (iocmng/api/cors.py)")
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/") for o in (self.cors_origins or "").split(",") if o.strip())
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: str | None) -> str | None:
+        for origin in (o.strip().rstrip("/") for o in (v or "").split(",") if o.strip()):
+            if origin != "*" and not re.match(r"^https?://[^\s/]+$", origin):
+                raise ValueError(f"{origin!r} is not an origin: use scheme://host[:port] (e.g. http://dash.example:3000), "
+                                 "comma-separated, or *")
+        return v
 
     @property
     def default_link_protocol(self) -> str:

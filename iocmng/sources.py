@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import STORAGE_ERRNOS, BadRequest, SourceError
+from .errors import STORAGE_ERRNOS, BadRequest, InvalidRequest, SourceError
 
 log = logging.getLogger("iocmng.sources")
 
@@ -50,33 +50,33 @@ def redact(text: str, *secrets: str | None) -> str:
 
 
 def check_git_url(url: str, pat: str | None) -> str:
-    """Validate a git URL; return it without credentials. Raises BadRequest."""
+    """Validate a git URL; return it without credentials. Raises InvalidRequest (422)."""
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
-        raise BadRequest(
+        raise InvalidRequest(
             f"git_url: scheme {parts.scheme or '(none)'!r} is not accepted; use one of "
             + ", ".join(f"{s}://" for s in SCHEMES),
             field="git_url",
         )
     if parts.scheme == "file":
         if not parts.path:
-            raise BadRequest("git_url: a file:// URL needs a path", field="git_url")
+            raise InvalidRequest("git_url: a file:// URL needs a path", field="git_url")
     elif not parts.hostname:
-        raise BadRequest("git_url: the URL has no host", field="git_url")
+        raise InvalidRequest("git_url: the URL has no host", field="git_url")
     if pat and parts.scheme != "https":
-        raise BadRequest("pat: a token is sent only over https://; use an https git_url", field="pat")
+        raise InvalidRequest("pat: a token is sent only over https://; use an https git_url", field="pat")
     if parts.password:
-        raise BadRequest("git_url: do not put credentials in the URL; pass the token as 'pat'", field="git_url")
+        raise InvalidRequest("git_url: do not put credentials in the URL; pass the token as 'pat'", field="git_url")
     return strip_credentials(url)
 
 
 def check_subpath(path: str) -> PurePosixPath:
-    """Validate a ``path`` inside a clone: relative, no ``..``. Raises BadRequest."""
+    """Validate a ``path`` inside a clone: relative, no ``..``. Raises InvalidRequest (422)."""
     p = PurePosixPath(path.replace("\\", "/")) if path else PurePosixPath(".")
     if p.is_absolute() or path.startswith("~"):
-        raise BadRequest(f"path: {path!r} must be relative to the repository root", field="path")
+        raise InvalidRequest(f"path: {path!r} must be relative to the repository root", field="path")
     if any(part == ".." for part in p.parts):
-        raise BadRequest(f"path: {path!r} must stay inside the repository (no '..')", field="path")
+        raise InvalidRequest(f"path: {path!r} must stay inside the repository (no '..')", field="path")
     return p
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PluginConfig, load_config, merged_parameters
+from .config import TASK_MODES, PluginConfig, load_config, merged_parameters
 from .errors import ConfigError, InsufficientStorage, IocmngError, ValidationFailed, storage_error
 from .ioc import plan_records, plugin_prefix
 from .loader import plugin_files
@@ -60,6 +60,10 @@ class Request:
     path: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     expect_kind: str | None = None  # "task", "job" or None (either)
+    # Registered with the plugin (not validated): see the registry's Entry.
+    auto_start: bool = True
+    auto_start_on_boot: bool = True
+    autostart_order: int | None = None
 
 
 @dataclass
@@ -153,7 +157,11 @@ class Pipeline:
             # file) stays open and the file system can never be remounted.
             gc.collect()
             raise InsufficientStorage(failed.detail, steps=[s.to_dict() for s in cand.steps])
-        raise ValidationFailed(f"{failed.name}: {failed.detail}", steps=[s.to_dict() for s in cand.steps])
+        detail = f"{failed.name}: {failed.detail}"
+        # iocmng 2.7.9's report beside the steps: its clients show .validation.errors
+        legacy = {"ok": False, "class_name": cand.class_name or None, "plugin_type": cand.kind or None,
+                  "errors": [detail]}
+        raise ValidationFailed(detail, steps=[s.to_dict() for s in cand.steps], validation=legacy)
 
     async def check_code(self, name: str, plugin_dir: Path, deps_dir: Path | None, kind: str) -> None:
         """Re-check code already registered (before a live restart re-imports it in-process)."""
@@ -295,6 +303,9 @@ class Pipeline:
         if want and c.kind and want != c.kind:
             raise _StepFailed(f"{c.class_name} is a {c.kind}, not a {want}; add it with POST /api/v1/{c.kind}s "
                               "(or /api/v1/plugins)")
+        if c.kind == "task" and c.mode == "job":
+            raise _StepFailed(f"config.yaml parameters.mode is 'job', but {c.class_name} is a task; use one of "
+                              + ", ".join(TASK_MODES))
         return f"{c.class_name} is a {c.kind}"
 
     async def step_abstract(self, c: Candidate) -> str:

@@ -7,8 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
+from . import cors
 from .devices import routes as device_routes
-from .keys import ACTIVE, API_TOKEN, IDLE, MAX_BODY, READ_AUTH, SERVICE
+from .keys import ACTIVE, API_TOKEN, CORS_ORIGINS, IDLE, MAX_BODY, READ_AUTH, SERVICE
 from .problems import Handler, auth, problems
 from .pvs import install as install_pv_gateway
 from .routes import routes
@@ -33,7 +34,7 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
 def create_app(service: Any) -> web.Application:
     """The REST app for one service generation (problem+json errors, auth, body limit)."""
     max_body = service.settings.max_body
-    app = web.Application(middlewares=[count_requests, problems, auth], client_max_size=max_body)
+    app = web.Application(middlewares=[count_requests, problems, cors.preflight, auth], client_max_size=max_body)
     app[IDLE] = asyncio.Event()
     app[IDLE].set()
     app[ACTIVE] = [0]
@@ -41,6 +42,7 @@ def create_app(service: Any) -> web.Application:
     app[API_TOKEN] = service.settings.api_token
     app[READ_AUTH] = service.settings.read_auth
     app[MAX_BODY] = max_body
+    app[CORS_ORIGINS] = service.settings.cors_origin_list
 
     async def connection_close(request: web.Request, response: web.StreamResponse) -> None:
         # While a reload is pending, ask clients to reconnect: their next
@@ -50,6 +52,7 @@ def create_app(service: Any) -> web.Application:
             response.headers["Connection"] = "close"
 
     app.on_response_prepare.append(connection_close)
+    app.on_response_prepare.append(cors.on_prepare)
     app.add_routes(routes)
     app.add_routes(ui_routes)
     app.add_routes(device_routes)

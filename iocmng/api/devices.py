@@ -13,5 +13,11 @@ routes = web.RouteTableDef()
 @routes.get("/api/v1/devices")
 async def list_devices(request: web.Request) -> web.Response:
     """Every configured device with its IOC, group, type, PV prefix and state
-    (``pending``, ``ok``, ``disconnected``, ``failed`` with a reason, ``disabled``)."""
-    return reply(request.app[SERVICE].devices.listing())
+    (``pending``, ``ok``, ``disconnected``, ``failed`` with a reason, ``disabled``),
+    and iocmng 2.7.9's fields: ``available`` (every configured device name),
+    ``created`` (the names of the devices built and connected) and their counts."""
+    out = request.app[SERVICE].devices.listing()
+    available = [d["name"] for d in out["devices"]]
+    created = [d["name"] for d in out["devices"] if d["state"] == "ok"]
+    out.update(available=available, available_count=len(available), created=created, created_count=len(created))
+    return reply(out)

@@ -11,6 +11,8 @@ SERVICE = web.AppKey("service", Any)  # iocmng.service.Service (Any: no import c
 API_TOKEN = web.AppKey("api_token", str | None)
 READ_AUTH = web.AppKey("read_auth", bool)
 MAX_BODY = web.AppKey("max_body", int)
+#: IOCMNG_CORS_ORIGINS as a tuple (empty: no CORS; ("*",): any origin).
+CORS_ORIGINS = web.AppKey("cors_origins", tuple)
 #: Set while no request is being handled (the reload waits for it).
 IDLE = web.AppKey("idle", asyncio.Event)
 ACTIVE = web.AppKey("active", list)

@@ -7,8 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-NAME_HELP = "1-40 characters: lower-case letters, digits, '_' or '-', starting with a letter or digit"
+#: iocmng 2.7.9's name rule. The PV segment is the name upper-cased (unless
+#: config.yaml sets ``prefix:``), so two names differing only in case serve
+#: the same PVs: the second add is a 409 (Service._check_record_clash).
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+NAME_HELP = "1-128 characters: letters, digits, '_' or '-'"
 
 
 def check_name(name: str) -> str:
@@ -25,14 +28,20 @@ class AddPlugin(BaseModel):
     # The pattern is published in the schema (clients and fuzzers see it) but
     # checked by check_name, whose message says what a valid name looks like.
     name: str = Field(description=f"Plugin name: {NAME_HELP}",
-                      json_schema_extra={"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": 40})
+                      json_schema_extra={"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": 128})
     git_url: str | None = Field(None, description="https://, http:// or file:// URL of a git repository")
     local_path: str | None = Field(None, description="Absolute path of a plugin directory on the server (development)")
     pat: str | None = Field(None, description="Personal access token for https (never stored or returned)", repr=False)
     branch: str | None = Field(None, max_length=255, description="Branch or tag (default: the repository's HEAD)")
     path: str = Field("", max_length=1024, description="Plugin directory inside the repository")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Overrides of config.yaml parameters")
-    auto_start: bool = Field(True, description="Accepted for compatibility; plugins always start with their generation")
+    auto_start: bool = Field(True, description="false: registered and its PVs built, but not started "
+                             "(start it with POST /plugins/{name}/restart)")
+    auto_start_on_boot: bool = Field(True, description="false: after a restart of the service the plugin stays "
+                                     "registered but is not started (iocmng 2.7.9 defaulted to false)")
+    autostart_order: int | None = Field(None, ge=-1_000_000, le=1_000_000,
+                                        description="Start order when a generation starts: lower first, each "
+                                        "group after the previous one's initialize(); plugins without one last")
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..config import format_errors
-from ..errors import BadRequest, IocmngError, Unauthorized, storage_error
+from ..errors import BadRequest, InvalidRequest, IocmngError, Unauthorized, storage_error
 from .keys import API_TOKEN, MAX_BODY, READ_AUTH
 
 log = logging.getLogger("iocmng.api")
@@ -28,7 +28,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def problem_response(status: int, title: str, detail: str, **extra: Any) -> web.Response:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra,
+            "ok": False, "message": detail}
     return web.Response(status=status, text=json.dumps(body), content_type=CONTENT_TYPE)
 
 
@@ -45,7 +46,7 @@ def from_validation(exc: ValidationError, where: str = "body") -> IocmngError:
     for e in errors:  # the config.yaml hint of format_errors does not fit a request body
         e["msg"] = e["msg"].replace("see `iocmng schema`", "see /api/v1/openapi.json")
     detail = "; ".join(f"{where}.{e['loc']}: {e['msg']}" if e["loc"] else f"{where}: {e['msg']}" for e in errors)
-    return BadRequest(detail, errors=errors)
+    return InvalidRequest(detail, errors=errors)
 
 
 @web.middleware
@@ -96,7 +97,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def json_body(request: web.Request, model: type[Any], optional: bool = False) -> Any:
-    """Parse and validate the JSON body into ``model`` (400 naming the field)."""
+    """Parse and validate the JSON body into ``model``: 400 if it is not a JSON
+    object, 422 naming the field if it does not fit the model."""
     raw = await request.read()
     if not raw.strip():
         if optional:

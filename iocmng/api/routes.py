@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Conflict
 from ..validation import Request
 from .keys import SERVICE
 from .models import AddPlugin, Restart, RunJob, check_name
@@ -50,7 +50,16 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get(COLLECTION)
 async def list_plugins(request: web.Request) -> web.Response:
-    body = await service(request).list_json(collection_kind(request))
+    """``{"plugins": [...], "count": N}``; ``?type=task|job`` filters (as iocmng 2.7.9)."""
+    kind = collection_kind(request)
+    wanted = request.query.get("type")
+    if wanted:
+        if wanted not in ("task", "job"):
+            raise BadRequest(f"type: {wanted[:20]!r} is not one of task, job", field="type")
+        if kind is not None and kind != wanted:
+            return reply({"plugins": [], "count": 0})
+        kind = wanted
+    body = await service(request).list_json(kind)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -59,7 +68,8 @@ async def add_plugin(request: web.Request) -> web.Response:
     body: AddPlugin = await json_body(request, AddPlugin)
     kind = collection_kind(request)
     req = Request(name=body.name, git_url=body.git_url, local_path=body.local_path, pat=body.pat, branch=body.branch,
-                  path=body.path, parameters=body.parameters, expect_kind=kind)
+                  path=body.path, parameters=body.parameters, expect_kind=kind, auto_start=body.auto_start,
+                  auto_start_on_boot=body.auto_start_on_boot, autostart_order=body.autostart_order)
     if body.git_url:
         from ..sources import check_git_url
 
@@ -92,17 +102,25 @@ async def restart_plugin(request: web.Request) -> web.Response:
     return reply(await svc.restart(name, body.parameters))
 
 
-@routes.post("/api/v1/jobs/{name}/run")
+@routes.post("/api/v1/{collection:jobs|plugins}/{name}/run")
 async def run_job(request: web.Request) -> web.Response:
+    """Run a job once. ``/plugins/{name}/run`` (iocmng 2.7.9) answers 400 for a task."""
     name = path_name(request)
     svc = service(request)
-    svc.get_kind(name, "job")
+    if collection_kind(request) is None:
+        if svc.get_kind(name, None).kind != "job":
+            raise BadRequest(f"{name!r} is a task, not a job; a triggered task runs with "
+                             f"POST /api/v1/tasks/{name}/trigger", field="name")
+    else:
+        svc.get_kind(name, "job")
     body: RunJob = await json_body(request, RunJob, optional=True)
     if name not in svc.runtime.handles:
-        from ..errors import Conflict
-
         raise Conflict(f"job {name!r} is waiting for the reload to generation {svc.registry.state.generation}")
-    return reply(await svc.runtime.run_job(name, body.parameters, body.timeout))
+    out = await svc.runtime.run_job(name, body.parameters, body.timeout)
+    # iocmng 2.7.9's answer is {ok: the job's success, result: the JobResult}; this
+    # service's (the JobResult's success/data/message, job, timing) stays beside
+    # it: `message` is the job's own, and `job` names the plugin (decision 0011).
+    return reply({**out, "ok": out["success"], "result": {k: out[k] for k in ("success", "data", "message")}})
 
 
 @routes.post("/api/v1/tasks/{name}/trigger")
@@ -110,7 +128,10 @@ async def trigger_task(request: web.Request) -> web.Response:
     name = path_name(request)
     svc = service(request)
     svc.get_kind(name, "task")
-    return reply(await svc.runtime.trigger(name))
+    out = await svc.runtime.trigger(name)
+    # ok follows the cycle, as a job run's follows the job (docs/decisions/0011)
+    message = f"task {name!r} ran one cycle" if out["success"] else f"task {name!r}: the cycle failed: {out['error']}"
+    return reply({"ok": out["success"], "message": message, **out})
 
 
 @routes.get(COLLECTION + "/{name}/logs")

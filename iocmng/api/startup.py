@@ -3,7 +3,9 @@
 The resolved parameters (config.yaml defaults deep-merged with the
 registered overrides), mode, source, ``auto_start`` / ``autostart_order``,
 the PVs (default, inputs, outputs, full record names) and the plugin's
-config sections as validated (PV definitions with any links or rules).
+config sections as validated (PV definitions with any links or rules), and
+iocmng 2.7.9's fields (``auto_start_on_boot``, ``arguments``,
+``additional_input_pvs``... see :mod:`iocmng.views`).
 For a plugin waiting for its reload, the same is computed from its files.
 """
 
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from ..config import deep_merge, load_config, merged_parameters
 from ..ioc import DEFAULT_PV_NAMES, base_of, plan_records, plugin_prefix
+from ..views import LEGACY_KEYS
 from .keys import SERVICE
 from .routes import COLLECTION, collection_kind, path_name, reply
 
@@ -90,4 +93,8 @@ async def plugin_startup(request: web.Request) -> web.Response:
     name = path_name(request)
     kind = collection_kind(request)
     svc.get_kind(name, kind)  # 404 before touching files
-    return reply(await asyncio.to_thread(startup_info, svc, name, kind))
+    out = await asyncio.to_thread(startup_info, svc, name, kind)
+    info = svc.info(name)  # iocmng 2.7.9's fields, as the listing has them (on the loop: it uses caches)
+    for key in LEGACY_KEYS:
+        out.setdefault(key, info[key])
+    return reply(out)

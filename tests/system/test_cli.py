@@ -136,8 +136,9 @@ def test_task_add_wait_ls_show_trigger_rm(server: Server, repos: dict[str, str])
     assert all(len(line) <= len(max(table, key=len)) for line in table)
     assert table[1].index(row.split()[1]) == table[0].index("KIND")
 
-    items = as_json(cli("task", "ls", "-o", "json", url=url))
-    assert [p["name"] for p in items] == ["scan"]
+    listing = as_json(cli("task", "ls", "-o", "json", url=url))
+    items = listing["plugins"]
+    assert [p["name"] for p in items] == ["scan"] and listing["count"] == 1
     assert items[0]["source"]["path"] == "plugins/scan"
 
     show = ok(cli("task", "show", "scan", url=url))
@@ -161,7 +162,7 @@ def test_task_add_wait_ls_show_trigger_rm(server: Server, repos: dict[str, str])
     answer = as_json(cli("task", "rm", "scan", "--wait", "-o", "json", url=url))
     assert answer["removed"] == "scan" and answer["generation"] > before
     assert server.health()["generation"] >= answer["generation"]
-    assert as_json(cli("task", "ls", "-o", "json", url=url)) == []
+    assert as_json(cli("task", "ls", "-o", "json", url=url)) == {"plugins": [], "count": 0}
     empty = cli("task", "ls", url=url)
     assert empty.returncode == 0 and empty.stdout == "" and "no tasks" in empty.stderr
 
@@ -249,12 +250,12 @@ def test_wrong_or_missing_token(tmp_path: Path, repos: dict[str, str]) -> None:
         line = one_line_error(cli(*add, url=srv.url), 1)
         assert line.startswith("error: 401 Unauthorized: ")
         # nothing changed; reads stay open
-        assert as_json(cli("job", "ls", "-o", "json", url=srv.url)) == []
+        assert as_json(cli("job", "ls", "-o", "json", url=srv.url)) == {"plugins": [], "count": 0}
         assert srv.health()["generation"] == 1
         # the right token, from the environment
         # (--wait: stopping the server in the middle of its reload would race the re-exec)
         ok(cli(*add, "--wait", url=srv.url, env={"IOCMNG_API_TOKEN": TOKEN}))
-        assert [p["name"] for p in as_json(cli("job", "ls", "-o", "json", url=srv.url))] == ["diag"]
+        assert [p["name"] for p in as_json(cli("job", "ls", "-o", "json", url=srv.url))["plugins"]] == ["diag"]
     finally:
         assert srv.stop() == 0
 
@@ -272,7 +273,7 @@ def test_refused_add_names_the_failed_step(server: Server, repos: dict[str, str]
     line = one_line_error(
         cli("task", "add", "bad", "--git", "ftp://example.invalid/x", url=server.url), 1
     )
-    assert line.startswith("error: 400 ") and "https://" in line
+    assert line.startswith("error: 422 ") and "https://" in line
 
 
 @pytest.mark.parametrize(

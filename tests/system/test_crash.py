@@ -162,8 +162,9 @@ def check_after_restart(srv: Server, allowed: list[dict[str, Any]], canaries: li
         assert (Path(e["plugin_dir"]) / "config.yaml").is_file(), e
 
     def settled() -> tuple[list[dict[str, Any]]] | None:
-        status, items = request(srv, "GET", "/plugins")
+        status, listing = request(srv, "GET", "/plugins")
         assert status == 200
+        items = listing["plugins"]
         return None if any(i["state"] in ("starting", "pending") for i in items) else (items,)
 
     (items,) = wait_for_sync(settled, timeout=30, interval=0.2, what="plugins settled")

@@ -89,7 +89,7 @@ def fetch(url: str) -> bytes:
 
 
 def plugin_names(srv: Server) -> set[str]:
-    return {p["name"] for p in rest(srv, "/plugins")}
+    return {p["name"] for p in rest(srv, "/plugins")["plugins"]}
 
 
 async def add_through_form(page: Any, coll: str, name: str, git_url: str, params: str = "{}", path: str = "") -> None:

@@ -436,7 +436,7 @@ async def test_plugin_expression_functions(srv: Server, tmp_path: Path) -> None:
     (tmp_path / "cryo" / "cryo.py").write_text(KELVIN_PY)
     (tmp_path / "cryo" / "config.yaml").write_text(KELVIN_CONFIG)
     out = add(srv, {"name": "cryo", "local_path": str(tmp_path / "cryo")})
-    assert any(s["step"] == "logic" and s["ok"] for s in out["validation"]), out["validation"]
+    assert any(s["step"] == "logic" and s["ok"] for s in out["steps"]), out["steps"]
     await wait_for(lambda: _close(srv.pv("cryo", "k"), 293.15), timeout=10, what="kelvin(celsius)")
     await put(srv.pv("cryo", "celsius"), -273.15)
     await wait_for(lambda: _close(srv.pv("cryo", "k"), 0.0), timeout=10, what="the transform on the next cycle")

@@ -140,7 +140,7 @@ async def test_overview(server: Server) -> None:
     status, ctype, raw = get(f"{server.url}/display.bob")
     assert status == 200 and ctype == "application/xml"
     pvs, actions = check_structure(raw)
-    plugins = {p["name"]: p for p in json.loads(get(f"{server.url}/plugins")[2])}
+    plugins = {p["name"]: p for p in json.loads(get(f"{server.url}/plugins")[2])["plugins"]}
     opened = {a.findtext("file") for a in actions if a.get("type") == "open_display"}
     live = {n for n, p in plugins.items() if p["state"] != "failed"}
     assert opened == {f"{server.url}/plugins/{n}/display.bob" for n in live}

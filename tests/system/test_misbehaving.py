@@ -168,7 +168,8 @@ def rate(srv: Server, name: str, window: float = 3.0) -> float:
 
 def settled(srv: Server, names: set[str]) -> list[dict[str, Any]]:
     def ok() -> tuple[list[dict[str, Any]]] | None:
-        status, items = call(srv, "GET", "/plugins")
+        status, listing = call(srv, "GET", "/plugins")
+        items = listing["plugins"] if status == 200 else []
         if status != 200 or {i["name"] for i in items} != names:
             return None
         return None if any(i["state"] in ("starting", "pending") for i in items) else (items,)

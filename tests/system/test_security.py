@@ -90,7 +90,7 @@ def test_pat_never_on_disk_and_schemes(server: Server, tmp_path: Path) -> None:
     assert PAT not in srv.log()
     for url in ("ssh://git@example.invalid/x.git", "git://example.invalid/x.git", "ftp://x/y", "/abs/path"):
         status, _, body = call(srv, "POST", "/tasks", {"name": "p", "git_url": url}, TOKEN)
-        assert status == 400 and b"https://, http://, file://" in body, (url, status, body)
+        assert status == 422 and b"https://, http://, file://" in body, (url, status, body)
     # file:// and local_path stay available (air-gapped sites mount their repositories)
     repo = make_repo(tmp_path / "git" / "m", {".": EXAMPLES / "sync_monitor"})
     assert call(srv, "POST", "/tasks", {"name": "viafile", "git_url": repo}, TOKEN)[0] == 201

@@ -196,7 +196,7 @@ async def test_lifecycle(
         assert r.status == 201, r.text
         assert r.body["reload_pending"] is True
         assert r.body["plugin"]["name"] == body["name"]
-        assert all(s["ok"] for s in r.body["validation"])
+        assert all(s["ok"] for s in r.body["steps"])
         assert SECRET not in r.text
         generations.append(r.body["generation"])
     assert generations == sorted(generations) and generations[0] > h0["generation"]
@@ -217,9 +217,10 @@ async def test_lifecycle(
     assert re.fullmatch(r"[0-9a-f]{40}", scan["source"]["commit"])
     assert srv.pv("scan", "RUN") in scan["pvs"]
     r = await call(http, "GET", f"{base}/jobs")
-    assert [j["name"] for j in r.body] == ["diag"] and r.body[0]["state"] == "idle"
+    assert r.body["count"] == 1
+    assert [j["name"] for j in r.body["plugins"]] == ["diag"] and r.body["plugins"][0]["state"] == "idle"
     r = await call(http, "GET", f"{base}/tasks")
-    assert sorted(t["name"] for t in r.body) == ["monitor", "scan"]
+    assert sorted(t["name"] for t in r.body["plugins"]) == ["monitor", "scan"]
 
     # -- all three have live PVs (CA and PVA) ------------------------------------------------
     assert await ca_value(srv.pv("monitor", "STATUS"), datatype=str) == "RUN"
@@ -346,8 +347,8 @@ async def test_lifecycle(
     assert h2["generation"] == gen
     assert h2["tasks_count"] == 1 and h2["jobs_count"] == 1
     r = await call(http, "GET", f"{base}/plugins")
-    assert sorted(p["name"] for p in r.body) == ["diag", "monitor"]
-    monitor = next(p for p in r.body if p["name"] == "monitor")
+    assert sorted(p["name"] for p in r.body["plugins"]) == ["diag", "monitor"]
+    monitor = next(p for p in r.body["plugins"] if p["name"] == "monitor")
     assert monitor["parameters"]["interval"] == 0.3
     assert monitor["source"]["commit"] == registry_before["plugins"]["monitor"]["source"]["commit"]
     assert await ca_value(srv.pv("monitor", "SETPOINT")) == pytest.approx(73.5)
@@ -497,22 +498,22 @@ def named(name: str) -> Callable[[Ctx], dict[str, Any]]:
 
 CASES = [
     # -- names ----------------------------------------------------------------------------
-    Case("name-slash", "POST", "/tasks", named("a/b"), 400, r"name.*'a/b'"),
-    Case("name-dotdot", "POST", "/tasks", named(".."), 400, r"name.*'\.\.'"),
-    Case("name-space", "POST", "/tasks", named("my task"), 400, r"name.*'my task'"),
-    Case("name-too-long", "POST", "/tasks", named("x" * 41), 400, r"name.*1-40"),
-    Case("name-empty", "POST", "/tasks", named(""), 400, r"name"),
-    Case("name-upper", "POST", "/jobs", named("MyJob"), 400, r"name.*'MyJob'"),
+    Case("name-slash", "POST", "/tasks", named("a/b"), 422, r"name.*'a/b'"),
+    Case("name-dotdot", "POST", "/tasks", named(".."), 422, r"name.*'\.\.'"),
+    Case("name-space", "POST", "/tasks", named("my task"), 422, r"name.*'my task'"),
+    Case("name-too-long", "POST", "/tasks", named("x" * 129), 422, r"name.*1-128"),
+    Case("name-empty", "POST", "/tasks", named(""), 422, r"name"),
+    Case("name-dot", "POST", "/jobs", named("My.Job"), 422, r"name.*'My\.Job'"),
     Case("name-in-url", "GET", "/tasks/a..b", None, 400, r"name.*'a\.\.b'"),
     # -- path ------------------------------------------------------------------------------
-    Case("path-dotdot", "POST", "/tasks", add("task", path="../x"), 400, r"path.*'\.\./x'"),
-    Case("path-dotdot-inner", "POST", "/tasks", add("task", path="sub/../../x"), 400, r"path"),
+    Case("path-dotdot", "POST", "/tasks", add("task", path="../x"), 422, r"path.*'\.\./x'"),
+    Case("path-dotdot-inner", "POST", "/tasks", add("task", path="sub/../../x"), 422, r"path"),
     Case(
         "path-absolute",
         "POST",
         "/tasks",
         lambda c: add("task", path=str(c.canary))(c),
-        400,
+        422,
         r"path.*relative",
     ),
     Case("path-symlink-out", "POST", "/tasks", add("symlink", path="link"), 422, r"path.*outside"),
@@ -559,7 +560,7 @@ CASES = [
             "name": "newplugin",
             "git_url": f"https://user:{SECRET}@127.0.0.1:{c.closed_port}/p.git",
         },
-        400,
+        422,
         r"credentials",
     ),
     Case(
@@ -567,7 +568,7 @@ CASES = [
         "POST",
         "/tasks",
         {"name": "newplugin", "git_url": "ftp://example.org/p.git"},
-        400,
+        422,
         r"scheme.*https://",
     ),
     Case(
@@ -575,7 +576,7 @@ CASES = [
         "POST",
         "/tasks",
         lambda c: {"name": "newplugin", "git_url": c.repos["task"], "pat": SECRET},
-        400,
+        422,
         r"pat.*https",
     ),
     Case(
@@ -673,14 +674,14 @@ CASES = [
     Case("body-not-json", "POST", "/tasks", "{this is not json", 400, r"not valid JSON"),
     Case("body-not-object", "POST", "/tasks", "[1, 2]", 400, r"JSON object"),
     Case("body-empty", "POST", "/tasks", "", 400, r"JSON body"),
-    Case("missing-name", "POST", "/tasks", lambda c: {"git_url": c.repos["task"]}, 400, r"name"),
-    Case("missing-source", "POST", "/tasks", {"name": "newplugin"}, 400, r"git_url or local_path"),
+    Case("missing-name", "POST", "/tasks", lambda c: {"git_url": c.repos["task"]}, 422, r"name"),
+    Case("missing-source", "POST", "/tasks", {"name": "newplugin"}, 422, r"git_url or local_path"),
     Case(
         "both-sources",
         "POST",
         "/tasks",
         lambda c: {"name": "newplugin", "git_url": c.repos["task"], "local_path": str(c.canary)},
-        400,
+        422,
         r"git_url or local_path",
     ),
     Case(
@@ -688,7 +689,7 @@ CASES = [
         "POST",
         "/tasks",
         lambda c: {"name": 5, "git_url": c.repos["task"]},
-        400,
+        422,
         r"name",
     ),
     Case(
@@ -696,16 +697,16 @@ CASES = [
         "POST",
         "/tasks",
         add("task", parameters="fast"),
-        400,
+        422,
         r"parameters",
     ),
-    Case("wrong-type-branch", "POST", "/tasks", add("task", branch=["main"]), 400, r"branch"),
+    Case("wrong-type-branch", "POST", "/tasks", add("task", branch=["main"]), 422, r"branch"),
     Case(
         "unknown-field",
         "POST",
         "/tasks",
         add("task", colour="red"),
-        400,
+        422,
         r"body\.colour: unknown key.*openapi",
     ),
     Case(
@@ -713,7 +714,7 @@ CASES = [
         "POST",
         lambda c: f"/jobs/{c.demo_job}/run",
         {"timeout": -1},
-        400,
+        422,
         r"timeout",
     ),
     Case(
@@ -721,7 +722,7 @@ CASES = [
         "POST",
         lambda c: f"/jobs/{c.demo_job}/run",
         {"paramters": {}},
-        400,
+        422,
         r"paramters",
     ),
     Case(
@@ -729,7 +730,7 @@ CASES = [
         "POST",
         lambda c: f"/plugins/{c.demo_task}/restart",
         {"parameters": [1]},
-        400,
+        422,
         r"parameters",
     ),
     Case(

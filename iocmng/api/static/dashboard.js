@@ -132,9 +132,10 @@
   async function refreshList() {
     const r = await api("GET", "/api/v1/plugins");
     if (!r.ok || !$("#plugins")) return;
-    const names = new Set(r.data.map((p) => p.name));
+    const items = r.data.plugins;  // {plugins: [...], count}
+    const names = new Set(items.map((p) => p.name));
     for (const tr of [...document.querySelectorAll("#plugins tbody tr[data-name]")]) if (!names.has(tr.dataset.name)) tr.remove();
-    r.data.forEach(putRow);
+    items.forEach(putRow);
   }
 
   // -- one plugin ----------------------------------------------------------------------------------

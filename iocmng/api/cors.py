@@ -1,0 +1,79 @@
+"""CORS: browser pages on other origins (a beamline dashboard) may call the API.
+
+``IOCMNG_CORS_ORIGINS`` lists the origins allowed (``https://dash.example.org``,
+comma-separated) or ``*``; unset, none is (a page served by this service is
+same-origin and needs no CORS). What an allowed origin gets:
+
+- a preflight ``OPTIONS`` on any ``/api/v1`` route is answered 204 with the
+  methods and the ``Authorization`` and ``Content-Type`` headers allowed
+  (before the token check: a browser never sends a token in a preflight);
+- every answer, errors included, carries ``Access-Control-Allow-Origin`` so
+  the page can read it.
+
+``Access-Control-Allow-Credentials`` is never sent: the API's only credential
+is a bearer token that the page sets itself, which CORS does not count as a
+credential, and cookies are not used. A preflight from an origin not allowed
+is a 403 problem naming the setting.
+
+Written here rather than with aiohttp-cors: that library wants every route
+registered with it one by one and answers preflights outside our
+problem+json error path; the whole policy is the two functions below.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import Forbidden
+from .keys import CORS_ORIGINS
+from .problems import Handler
+
+ALLOW_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+EXPOSE_HEADERS = "WWW-Authenticate, Allow, Retry-After"
+#: Seconds a browser may cache a preflight answer.
+MAX_AGE = "600"
+
+
+def allow_origin(origins: tuple[str, ...], origin: str | None) -> str | None:
+    """The ``Access-Control-Allow-Origin`` value for ``origin``, or None if it is not allowed."""
+    if not origin or not origins:
+        return None
+    if "*" in origins:
+        return "*"
+    return origin if origin.rstrip("/") in origins else None
+
+
+@web.middleware
+async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer CORS preflights on ``/api/v1`` routes (a 404 path stays a 404)."""
+    if (request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+            and request.path.startswith("/api/v1/")):
+        exc = request.match_info.http_exception
+        if exc is None or exc.status == 405:
+            origin = request.headers.get("Origin")
+            allowed = allow_origin(request.app[CORS_ORIGINS], origin)
+            if allowed is None:
+                raise Forbidden(f"origin {str(origin)[:100]!r} may not call this API from a browser; add it to "
+                                "IOCMNG_CORS_ORIGINS (comma-separated origins, or *)", setting="IOCMNG_CORS_ORIGINS")
+            return web.Response(status=204, headers={
+                "Access-Control-Allow-Origin": allowed,
+                "Access-Control-Allow-Methods": ALLOW_METHODS,
+                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Max-Age": MAX_AGE,
+                "Vary": "Origin",
+            })
+    return await handler(request)
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer to an allowed origin says so (errors too, so the page can read them)."""
+    origins = request.app[CORS_ORIGINS]
+    if not origins:
+        return
+    allowed = allow_origin(origins, request.headers.get("Origin"))
+    if allowed is not None and "Access-Control-Allow-Origin" not in response.headers:
+        response.headers["Access-Control-Allow-Origin"] = allowed
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+    if allowed != "*" and "Origin" not in response.headers.get("Vary", ""):
+        response.headers.add("Vary", "Origin")
