@@ -3,12 +3,27 @@
 This top-level module is the plugin-author API only::
 
     from iocmng import TaskBase, JobBase, JobResult, DeclarativeTask
+
+and, for plugins and scripts written for iocmng 2.7.9, its two other names
+(aliases over iocmng's own machinery, see :mod:`iocmng.core`)::
+
+    from iocmng import pv_client, run_ioc
 """
 
 from .base.job import JobBase, JobResult
 from .base.task import TaskBase
+from .core import pv_client
+from .core.runner import run_ioc
 from .declarative import DeclarativeTask
 
-__all__ = ["DeclarativeTask", "JobBase", "JobResult", "TaskBase", "__version__"]
+__all__ = [
+    "DeclarativeTask",
+    "JobBase",
+    "JobResult",
+    "TaskBase",
+    "__version__",
+    "pv_client",
+    "run_ioc",
+]
 
 __version__ = "3.0.0.dev0"

@@ -3,21 +3,36 @@
 The ``TestSafeEval*`` and ``TestRegistry``/``TestMath``/... classes are
 2.7.9's own scenarios (its tests/test_safe_eval.py and tests/test_functions.py),
 rewritten: same inputs, same expected results, except where a comment says
-why ours differs on purpose. Then: ``register()`` and rules.
+why ours differs on purpose. Then: ``register()`` and rules, the pv_client
+facade against a real soft IOC (CA and PVA on loopback ports), and
+``run_ioc()`` in a subprocess.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import EpicsPorts, random_prefix, wait_for_sync
 
 from iocmng.config import PluginConfig
-from iocmng.core import functions
+from iocmng.core import functions, pv_client
 from iocmng.core.functions import get_registry, register
 from iocmng.core.safe_eval import safe_eval
 from iocmng.logic import Logic
+
+# the soft IOC helper of the system tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "system"))
+from external_ioc import ExternalIoc, merge_link_env  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -350,3 +365,287 @@ def test_registered_functions_are_not_known_to_rules_use_expression_functions() 
 
     logic = Runtime.compile_logic(Declared, cfg, cfg.parameters)  # type: ignore[arg-type]
     assert isinstance(logic, Logic)
+
+
+# -- the top-level names ---------------------------------------------------------------------------
+def test_top_level_names_of_2_7_9() -> None:
+    import iocmng
+    from iocmng import pv_client as top_pv_client
+    from iocmng import run_ioc
+    from iocmng.core.runner import run_ioc as core_run_ioc
+
+    assert top_pv_client is pv_client and iocmng.pv_client is pv_client
+    assert run_ioc is core_run_ioc
+    for fn in (
+        "get",
+        "put",
+        "monitor",
+        "unmonitor",
+        "unmonitor_all",
+        "active_monitors",
+        "get_provider",
+        "init",
+        "close",
+    ):
+        assert callable(getattr(pv_client, fn)), fn
+
+
+def test_import_iocmng_stays_light() -> None:
+    """``import iocmng`` (plugins do it) must not start EPICS clients or import the server."""
+    code = (
+        "import sys, iocmng; heavy = [m for m in ('aioca', 'p4p', 'softioc', 'pydantic', 'iocmng.cli')"
+        " if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_run_ioc_refuses_what_is_not_a_plugin_class() -> None:
+    from iocmng import run_ioc
+
+    with pytest.raises(TypeError, match="TaskBase or JobBase"):
+        run_ioc(dict)
+    with pytest.raises(ValueError, match="prefix"):
+        run_ioc(type("T", (__import__("iocmng").TaskBase,), {}), prefix="bad prefix")
+
+
+# -- pv_client without a server ------------------------------------------------------------------------
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The pv_client module, closed (threads stopped) and its protocol choice forgotten after the test."""
+    monkeypatch.setattr(pv_client, "_provider", None)
+    try:
+        yield pv_client
+    finally:
+        pv_client.close()
+
+
+def test_provider_defaults_to_the_service_setting(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("IOCMNG_LINK_PROTOCOL", raising=False)
+    monkeypatch.delenv("IOCMNG_PVA", raising=False)
+    assert client.get_provider() == "ca"
+    monkeypatch.setattr(pv_client, "_provider", None)
+    monkeypatch.setenv("IOCMNG_PVA", "true")  # 2.7.9's switch
+    assert client.get_provider() == "pva"
+    client.init(pva=False)
+    assert client.get_provider() == "ca"
+    client.init()
+    assert client.get_provider() == "pva"
+
+
+def test_monitor_bookkeeping(client: Any) -> None:
+    name = f"{random_prefix()}:NOBODY"
+    assert client.monitor(name, print, name="mine") == "mine"
+    assert client.monitor(name, print) == name
+    assert client.monitor(name, print, name="mine") == "mine"  # replaces
+    assert client.active_monitors() == {"mine": name, name: name}
+    assert client.unmonitor("mine") is True
+    assert client.unmonitor("mine") is False
+    assert client.unmonitor_all() == 1
+    assert client.active_monitors() == {}
+
+
+@pytest.mark.parametrize("pva", [False, True])
+def test_no_server_is_a_timeout_error(client: Any, pva: bool) -> None:
+    from iocmng.errors import PVNotFound
+
+    client.init(pva=pva)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        client.get(f"{random_prefix()}:NOBODY", timeout=0.3)
+    assert time.monotonic() - started < 0.3 + pv_client.GRACE
+    assert isinstance(info.value.__cause__, PVNotFound)
+
+
+async def test_blocking_calls_refused_on_an_event_loop(client: Any) -> None:
+    with pytest.raises(RuntimeError, match=r"get_async"):
+        client.get("ANY:PV")
+    with pytest.raises(RuntimeError, match=r"put_async"):
+        client.put("ANY:PV", 1)
+    client.init(pva=False)
+    with pytest.raises(TimeoutError):  # the async form works on the loop
+        await client.get_async(f"{random_prefix()}:NOBODY", timeout=0.2)
+
+
+# -- pv_client against a real soft IOC (loopback) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def soft_ioc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ExternalIoc, str]]:
+    """One soft IOC for the module; this process's PVA clients are pointed at it while it runs."""
+    p = random_prefix()
+    ioc = ExternalIoc(
+        tmp_path_factory.mktemp("ioc"),
+        {
+            f"{p}:AO": ("ao", 1.5),
+            f"{p}:TXT": ("stringout", "hi"),
+            f"{p}:VALVE": ("bo", 0, {"ZNAM": "CLOSED", "ONAM": "OPEN"}),
+        },
+    )
+    with pytest.MonkeyPatch.context() as mp, ioc:
+        # The CA client already searches the IOC's port (conftest's pool); p4p reads its
+        # address list when pv_client creates its context, after this.
+        import os
+
+        mp.setenv("EPICS_PVA_ADDR_LIST", merge_link_env(os.environ, ioc)["EPICS_PVA_ADDR_LIST"])
+        try:
+            yield ioc, p
+        finally:
+            pv_client.close()  # before the IOC goes (its channels would call into a closed loop)
+
+
+@pytest.mark.parametrize("pva", [False, True], ids=["ca", "pva"])
+def test_get_put_round_trip(soft_ioc: tuple[ExternalIoc, str], client: Any, pva: bool) -> None:
+    _, p = soft_ioc
+    client.init(pva=pva)
+    client.put(f"{p}:AO", 2.25)
+    assert client.get(f"{p}:AO") == 2.25
+    client.put(f"{p}:TXT", "bye")
+    assert client.get(f"{p}:TXT") == "bye"
+    client.put(f"{p}:VALVE", "OPEN")  # a choice, or its index
+    assert client.get(f"{p}:VALVE") == 1
+    client.put(f"{p}:VALVE", 0)
+    assert client.get(f"{p}:VALVE") == 0
+    with pytest.raises(ValueError, match="finite"):
+        client.put(f"{p}:AO", math.nan)
+    with pytest.raises(ValueError, match="not a number"):
+        client.put(f"{p}:AO", "high")
+
+
+@pytest.mark.parametrize("pva", [False, True], ids=["ca", "pva"])
+def test_monitor_calls_back_in_its_thread(
+    soft_ioc: tuple[ExternalIoc, str], client: Any, pva: bool
+) -> None:
+    _, p = soft_ioc
+    client.init(pva=pva)
+    client.put(f"{p}:AO", 10.0)
+    seen: list[Any] = []
+    events: list[Any] = []
+    threads: set[str] = set()
+
+    def on_value(value: Any) -> None:
+        threads.add(threading.current_thread().name)
+        seen.append(value)
+        if value == 11.0:  # a callback may use the blocking API
+            seen.append(client.get(f"{p}:TXT"))
+
+    key = client.monitor(f"{p}:AO", on_value, conn_callback=events.append)
+    wait_for_sync(lambda: 10.0 in seen, timeout=10, what="the first value")
+    client.put(f"{p}:TXT", "from-callback")
+    client.put(f"{p}:AO", 11.0)
+    wait_for_sync(
+        lambda: "from-callback" in seen, timeout=10, what="the update and the get in the callback"
+    )
+    assert events[0] is True
+    assert all(t.startswith("iocmng-pv-callbacks") for t in threads)
+    assert client.unmonitor(key) is True
+    count = len(seen)
+    client.put(f"{p}:AO", 12.0)
+    time.sleep(0.3)
+    assert len(seen) == count
+
+
+def test_conn_callback_on_connect_and_loss(tmp_path: Path, client: Any) -> None:
+    p = random_prefix()
+    ioc = ExternalIoc(tmp_path, {f"{p}:AO": ("ao", 3.0)})
+    events: dict[str, list[bool]] = {"ca": [], "pva": []}
+    with pytest.MonkeyPatch.context() as mp, ioc:
+        import os
+
+        mp.setenv("EPICS_PVA_ADDR_LIST", merge_link_env(os.environ, ioc)["EPICS_PVA_ADDR_LIST"])
+        for provider in ("ca", "pva"):  # a monitor keeps the protocol chosen when it started
+            client.init(pva=provider == "pva")
+            client.monitor(
+                f"{p}:AO", lambda v: None, name=provider, conn_callback=events[provider].append
+            )
+        wait_for_sync(
+            lambda: events["ca"] == [True] and events["pva"] == [True], timeout=10, what="connects"
+        )
+        ioc.stop()
+        wait_for_sync(
+            lambda: events["ca"] == [True, False] and events["pva"] == [True, False],
+            timeout=20,
+            what="disconnects",
+        )
+        client.close()  # before leaving the IOC's `with` (which purges every CA channel of this process)
+
+
+async def test_async_forms_on_the_loop(soft_ioc: tuple[ExternalIoc, str], client: Any) -> None:
+    _, p = soft_ioc
+    client.init(pva=False)
+    await client.put_async(f"{p}:AO", 7.5)
+    assert await client.get_async(f"{p}:AO") == 7.5
+
+
+# -- run_ioc: a 2.7.9 script, unchanged --------------------------------------------------------------
+SCRIPT = textwrap.dedent("""
+    import sys
+
+    from iocmng import TaskBase, pv_client, run_ioc
+
+
+    class Counter(TaskBase):
+        def initialize(self):
+            self.n = 0
+
+        def execute(self):
+            self.n += 1
+            self.set_pv("COUNT", self.n)
+            if self.n == 3:  # pv_client from a sync method (a worker thread), over CA (pva=False)
+                self.set_pv("ECHO", pv_client.get(sys.argv[1] + ":COUNT"))
+            self.set_pv("VIA_CA", not self.parameters["pva"])
+
+        def cleanup(self):
+            print("cleanup ran", flush=True)
+
+
+    if __name__ == "__main__":
+        run_ioc(Counter, prefix=sys.argv[1], pva=False, pvout=sys.argv[2], config={
+            "parameters": {"mode": "continuous", "interval": 0.1},
+            "pvs": {"outputs": {"COUNT": {"type": "int", "value": 0}, "ECHO": {"type": "int", "value": 0},
+                                "VIA_CA": {"type": "bool", "value": 0}}},
+        })
+""")
+
+
+@pytest.mark.timeout(90)
+def test_run_ioc_script(tmp_path: Path, client: Any) -> None:
+    script = tmp_path / "counter.py"
+    script.write_text(SCRIPT)
+    prefix, pvout = random_prefix(), tmp_path / "pvs.txt"
+    ports = EpicsPorts.allocate()
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), prefix, str(pvout)],
+            env=ports.env(),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        client.init(pva=False)
+
+        def echoed() -> Any:
+            if proc.poll() is not None:
+                pytest.fail(f"the script exited with {proc.returncode}:\n{log.read_text()}")
+            return client.get(f"{prefix}:ECHO", timeout=1.0)
+
+        assert wait_for_sync(echoed, timeout=30, interval=0.2, what="ECHO") >= 2
+        assert client.get(f"{prefix}:VIA_CA") == 1
+        assert client.get(f"{prefix}:COUNT") >= 3
+        client.close()  # before the IOC goes
+        assert f"{prefix}:COUNT" in pvout.read_text().split()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, log.read_text()
+    assert "cleanup ran" in log.read_text()

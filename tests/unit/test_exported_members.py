@@ -11,7 +11,22 @@ from iocmng.base.task import TaskBase as TaskBaseAtOriginalPath
 
 
 def test_top_level_exports() -> None:
-    assert sorted(iocmng.__all__) == ["DeclarativeTask", "JobBase", "JobResult", "TaskBase", "__version__"]
+    assert sorted(iocmng.__all__) == ["DeclarativeTask", "JobBase", "JobResult", "TaskBase", "__version__",
+                                      "pv_client", "run_ioc"]
+
+
+def test_names_of_iocmng_2_7_9() -> None:
+    """2.7.9 exported ``pv_client`` (a module) and ``run_ioc``; ours are aliases in iocmng.core."""
+    import iocmng.core.pv_client
+    import iocmng.core.runner
+
+    assert iocmng.pv_client is iocmng.core.pv_client
+    assert iocmng.run_ioc is iocmng.core.runner.run_ioc
+    assert list(inspect.signature(iocmng.run_ioc).parameters) == [
+        "plugin_class", "config", "parameters", "prefix", "pva", "name", "pvout"]
+    for name in ("init", "get_provider", "get", "put", "monitor", "unmonitor", "unmonitor_all",
+                 "active_monitors", "close"):
+        assert name in iocmng.pv_client.__all__, name
 
 
 def test_declarative_task_shim_of_iocmng_2_7_9() -> None:
