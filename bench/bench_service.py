@@ -532,7 +532,7 @@ async def bench_load(session: Any, n: int, seconds: float, clients: int) -> dict
     took = await populate(session, server, items, n)
     print(f"  load: {n} tasks registered in {took:.1f} s", file=sys.stderr)
     await asyncio.sleep(5)  # warm-up
-    overruns_before = sum(x.get("overruns", 0) for x in await get_json(session, f"{server.url}/tasks"))
+    overruns_before = sum(x.get("overruns", 0) for x in (await get_json(session, f"{server.url}/tasks"))["plugins"])
     windows = []
     t = time.monotonic()
     windows.append((t, t + seconds))
@@ -571,7 +571,7 @@ async def bench_load(session: Any, n: int, seconds: float, clients: int) -> dict
     t = time.monotonic()
     windows.append((t, t + seconds))
     await asyncio.sleep(seconds)
-    tasks = await get_json(session, f"{server.url}/tasks")
+    tasks = (await get_json(session, f"{server.url}/tasks"))["plugins"]
     overruns = sum(x.get("overruns", 0) for x in tasks)
     errors = sum(x.get("error_count", 0) for x in tasks)
     await server.stop()  # cleanup() writes each task's start times

@@ -495,6 +495,8 @@ class Churn:
             end_fds = fd_targets(pid)
             elapsed = time.monotonic() - t_start
             st, tasks = await self.http.call(session, "loop", "GET", "/tasks", "tasks")
+            if isinstance(tasks, dict):  # {"plugins": [...], "count": N}
+                tasks = tasks.get("plugins")
             stop.set()
             await asyncio.gather(*pollers)
             for s in subs:

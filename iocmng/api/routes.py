@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -120,7 +121,10 @@ async def run_job(request: web.Request) -> web.Response:
     # iocmng 2.7.9's answer is {ok: the job's success, result: the JobResult}; this
     # service's (the JobResult's success/data/message, job, timing) stays beside
     # it: `message` is the job's own, and `job` names the plugin (decision 0011).
-    return reply({**out, "ok": out["success"], "result": {k: out[k] for k in ("success", "data", "message")}})
+    result = {k: out[k] for k in ("success", "data", "message")}
+    # 2.7.9's JobResult also said when it finished (local ISO 8601, as its datetime.now().isoformat())
+    result["timestamp"] = datetime.fromtimestamp(out["started_at"] + out["duration_s"]).isoformat()
+    return reply({**out, "ok": out["success"], "result": result})
 
 
 @routes.post("/api/v1/tasks/{name}/trigger")

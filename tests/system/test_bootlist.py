@@ -81,7 +81,7 @@ def test_boot_list(setup: tuple[Server, Path, dict[str, Any]]) -> None:
                  "plugins[8] (monitor): the name is already used"):
         assert text in errors, errors
     assert SECRET not in errors
-    names = sorted(p["name"] for p in http_json("GET", f"{srv.url}/plugins"))
+    names = sorted(p["name"] for p in http_json("GET", f"{srv.url}/plugins")["plugins"])
     assert names == ["diag", "monitor", "wave"]
     wait_for_sync(lambda: state(srv, "monitor") == "running" and state(srv, "diag") == "idle", timeout=30)
     assert state(srv, "wave") == "stopped"  # auto_start: false

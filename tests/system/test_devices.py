@@ -276,7 +276,7 @@ async def test_devices(tmp_path: Path, device_ioc: tuple[str, EpicsPorts], serve
 
     health = srv.health()
     assert health["status"] == "ok" and health["plugins"].get("failed", 0) == 0, health
-    tasks = {t["name"]: t for t in get_json(f"{srv.url}/tasks")}
+    tasks = {t["name"]: t for t in get_json(f"{srv.url}/tasks")["plugins"]}
     assert all(t["error_count"] == 0 for t in tasks.values()), tasks
     purge_channel_caches()
     assert srv.stop() == 0

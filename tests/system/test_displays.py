@@ -105,7 +105,7 @@ def check_structure(raw: bytes) -> tuple[list[str], list[ET.Element]]:
 
 
 async def test_plugin_screens(server: Server) -> None:
-    plugins = json.loads(get(f"{server.url}/plugins")[2])
+    plugins = json.loads(get(f"{server.url}/plugins")[2])["plugins"]
     assert {"sync_monitor", "triggered_scan", "diagnostics_job"} <= {p["name"] for p in plugins}
     for p in plugins:
         if p["state"] == "failed":

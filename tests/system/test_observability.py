@@ -714,7 +714,7 @@ async def test_read_auth(locked: Server, http: aiohttp.ClientSession) -> None:
     assert registry.read_bytes() != before
     await wait_generation(http, srv, r.body["generation"])
     r = await call(http, "GET", f"{srv.url}/plugins", headers=AUTH)
-    assert r.body == []
+    assert r.body == {"plugins": [], "count": 0}
 
 
 # ================================================================================================

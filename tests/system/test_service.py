@@ -773,7 +773,7 @@ def bad_ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
     h = srv.start()
     assert h["plugins"].get("failed", 0) == 0, h
     with urllib.request.urlopen(f"{srv.url}/plugins", timeout=5) as resp:
-        listing = json.loads(resp.read())
+        listing = json.loads(resp.read())["plugins"]
     demo_task = next(p["name"] for p in listing if p["kind"] == "task")
     demo_job = next(p["name"] for p in listing if p["kind"] == "job")
     ctx = Ctx(srv, repos, canary, demo_task, demo_job, closed_port())
