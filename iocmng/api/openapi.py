@@ -21,8 +21,9 @@ def _json(schema: dict[str, Any] | None = None, description: str = "OK") -> dict
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    names = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 409: "Conflict", 413: "Too large",
-             422: "Validation failed", 507: "Data directory full or read-only"}
+    names = {400: "Bad request (not JSON, bad query or path parameter)", 401: "Unauthorized", 403: "Forbidden",
+             404: "Not found", 409: "Conflict", 413: "Too large",
+             422: "A body field is wrong, or the plugin failed validation", 507: "Data directory full or read-only"}
     return {str(c): {"description": names[c], **PROBLEM} for c in codes}
 
 
@@ -46,7 +47,9 @@ def document() -> dict[str, Any]:
     }
     for coll in ("tasks", "jobs", "plugins"):
         paths[f"/api/v1/{coll}"] = {
-            "get": {"operationId": f"list_{coll}", "responses": {"200": _json({"type": "array", "items": info})}},
+            "get": {"operationId": f"list_{coll}", "parameters": [
+                {"name": "type", "in": "query", "required": False, "schema": {"enum": ["task", "job"]}}],
+                "responses": {"200": _json({"$ref": "#/components/schemas/PluginList"}), **_errors(400)}},
             "post": {"operationId": f"add_{coll}", "requestBody": _body("AddPlugin"),
                      "responses": {"201": _json({"type": "object"}, "Validated and committed"),
                                    **_errors(400, 401, 409, 413, 422, 507)}},
@@ -74,11 +77,13 @@ def document() -> dict[str, Any]:
             "post": {"operationId": f"restart_{coll}", "requestBody": _body("Restart", False),
                      "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 404, 409, 413, 422, 507)}},
         }
-    paths["/api/v1/jobs/{name}/run"] = {
-        "parameters": [name_param],
-        "post": {"operationId": "run_job", "requestBody": _body("RunJob", False),
-                 "responses": {"200": _json({"$ref": "#/components/schemas/JobRun"}), **_errors(400, 401, 404, 409, 413)}},
-    }
+    for coll in ("jobs", "plugins"):  # /plugins/{name}/run: iocmng 2.7.9's (400 for a task)
+        paths[f"/api/v1/{coll}/{{name}}/run"] = {
+            "parameters": [name_param],
+            "post": {"operationId": f"run_{coll[:-1]}", "requestBody": _body("RunJob", False),
+                     "responses": {"200": _json({"$ref": "#/components/schemas/JobRun"}),
+                                   **_errors(400, 401, 404, 409, 413, 422)}},
+        }
     paths["/api/v1/tasks/{name}/trigger"] = {
         "parameters": [name_param],
         "post": {"operationId": "trigger_task", "responses": {"200": _json({"type": "object"}),
@@ -92,17 +97,33 @@ def document() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    schemas["Problem"] = {"type": "object", "required": ["title", "status", "detail"], "properties": {
+    schemas["Problem"] = {"type": "object", "required": ["title", "status", "detail", "ok", "message"], "properties": {
         "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-        "detail": {"type": "string"}}}
+        "detail": {"type": "string"}, "ok": {"const": False}, "message": {"type": "string"}}}
+    schemas["PluginList"] = {"type": "object", "required": ["plugins", "count"], "properties": {
+        "plugins": {"type": "array", "items": info}, "count": {"type": "integer", "minimum": 0}}}
     schemas["PluginInfo"] = {"type": "object", "required": ["name", "kind", "state"], "properties": {
         "name": {"type": "string"}, "kind": {"enum": ["task", "job"]},
         "state": {"enum": ["pending", "starting", "running", "paused", "idle", "failed", "stopped"]},
         "mode": {"type": ["string", "null"]}, "source": {"type": "object"}, "parameters": {"type": "object"},
         "pvs": {"type": "array", "items": {"type": "string"}}, "cycle_count": {"type": "integer"},
-        "error_count": {"type": "integer"}, "last_error": {"type": ["string", "null"]}}}
-    schemas["JobRun"] = {"type": "object", "required": ["success", "data", "message"], "properties": {
+        "error_count": {"type": "integer"}, "last_error": {"type": ["string", "null"]},
+        # iocmng 2.7.9's fields (iocmng/views.py)
+        "status": {"enum": ["loaded", "running", "error", "stopped", "available", "invalid"]},
+        "running": {"type": "boolean"}, "plugin_type": {"enum": ["task", "job"]},
+        "class_name": {"type": ["string", "null"]}, "git_url": {"type": "string"},
+        "branch": {"type": ["string", "null"]}, "path": {"type": "string"}, "pv_prefix": {"type": "string"},
+        "plugin_prefix": {"type": "string"}, "start_parameters": {"type": "object"},
+        "auto_start": {"type": "boolean"}, "auto_start_on_boot": {"type": "boolean"},
+        "autostart_order": {"type": ["integer", "null"]},
+        "pv_definitions": {"type": "object", "properties": {"inputs": {"type": "object"}, "outputs": {"type": "object"}}},
+        "base_control_pvs": {"type": "array", "items": {"type": "string"}},
+        "built_pvs": {"type": "array", "items": {"type": "string"}},
+        "validation": {"type": "object", "properties": {"ok": {"type": "boolean"}, "errors": {
+            "type": "array", "items": {"type": "string"}}}}}}
+    schemas["JobRun"] = {"type": "object", "required": ["success", "data", "message", "ok", "result"], "properties": {
         "success": {"type": "boolean"}, "data": {"type": "object"}, "message": {"type": "string"},
+        "ok": {"type": "boolean"}, "result": {"type": "object"},
         "job": {"type": "string"}, "started_at": {"type": "number"}, "duration_s": {"type": "number"}}}
     schemas["Devices"] = {"type": "object", "required": ["enabled", "devices"], "properties": {
         "enabled": {"type": "boolean"}, "reason": {"type": ["string", "null"]}, "config": {"type": ["string", "null"]},
