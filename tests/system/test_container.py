@@ -13,6 +13,8 @@ it. The test skips, saying why, only where podman cannot run at all.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -54,22 +56,28 @@ def podman_unusable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def image() -> Iterator[dict[str, Any]]:
-    reason = podman_unusable()
-    if reason:
-        pytest.skip(reason)
+@functools.cache
+def built_image() -> dict[str, Any]:
+    """Build the image once per test session (test_chart_pod.py uses it too)."""
     t0 = time.monotonic()
     build = podman("build", "--format", "docker", *RUN_FLAGS, "--network=host",
                    "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", IMAGE, str(REPO), check=False, timeout=900)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     inspect = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
-    yield {"build_s": time.monotonic() - t0, "inspect": inspect}
+    return {"build_s": time.monotonic() - t0, "inspect": inspect}
+
+
+@pytest.fixture(scope="module")
+def image() -> dict[str, Any]:
+    reason = podman_unusable()
+    if reason:
+        pytest.skip(reason)
+    return built_image()
 
 
 def test_image_metadata(image: dict[str, Any]) -> None:
     cfg = image["inspect"]["Config"]
-    assert cfg["User"] == "iocmng"
+    assert cfg["User"] == "1000"  # numeric (runAsNonRoot can check it): the epik8s charts' runAsUser
     assert cfg["Entrypoint"] == ["iocmng-server"]  # exec form: SIGTERM reaches it, the reload keeps PID 1
     assert "/data" in cfg["Volumes"]
     assert "IOCMNG_PLUGINS_DIR=/data/plugins" in cfg["Env"]
@@ -84,26 +92,47 @@ async def _equal(value: Any, expected: Any) -> bool:
 
 
 class Container:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, user: str | None = None) -> None:
         self.name = f"iocmng-test-{uuid.uuid4().hex[:8]}"
         self.volume = f"{self.name}-data"
         self.ports = EpicsPorts.allocate()
         self.http = free_port()
         self.prefix = random_prefix()
         self.repo_dir = tmp
+        self.user = user  # --user UID:GID (default: the image's USER)
+
+    def epics_env(self) -> dict[str, str]:
+        """Loopback-only EPICS on this container's ports."""
+        return {k: v for k, v in self.ports.env().items() if k.startswith("EPICS_")}
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http}/api/v1"
 
-    def run(self) -> None:
-        env = {k: v for k, v in self.ports.env().items() if k.startswith("EPICS_")}
-        env.update(IOCMNG_HOST="127.0.0.1", IOCMNG_PORT=str(self.http), IOCMNG_PREFIX=self.prefix)
+    def run(self, *command: str, env: dict[str, str] | None = None, mounts: tuple[str, ...] = (),
+            entrypoint: str | None = None) -> None:
+        """``podman run -d``: the service by default; ``entrypoint``/``command`` replace it (as a chart does)."""
+        full = self.epics_env()
+        full.update(IOCMNG_HOST="127.0.0.1", IOCMNG_PORT=str(self.http), IOCMNG_PREFIX=self.prefix)
+        full.update(env or {})
         args = ["run", "-d", "--name", self.name, "--network=host", *RUN_FLAGS,
                 "-v", f"{self.volume}:/data", "-v", f"{self.repo_dir}:/repos:ro"]
-        for k, v in env.items():
+        for mount in mounts:
+            args += ["-v", mount]
+        if self.user:
+            args += ["--user", self.user]
+        if entrypoint:
+            args += ["--entrypoint", entrypoint]
+        for k, v in full.items():
             args += ["-e", f"{k}={v}"]
-        podman(*args, IMAGE)
+        podman(*args, IMAGE, *command)
+
+    def running(self) -> bool:
+        out = podman("inspect", "--format", "{{.State.Running}}", self.name, check=False)
+        return out.stdout.strip() == "true"
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        return int(podman("wait", self.name, timeout=timeout).stdout.strip())
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
@@ -135,8 +164,9 @@ class Container:
         podman("volume", "rm", "-f", self.volume, check=False)
 
 
-@pytest.fixture
-def repo() -> Iterator[Path]:
+@contextlib.contextmanager
+def plugin_repos() -> Iterator[Path]:
+    """A directory (mounted as /repos) with the git repository ``plugins``: a task, and a job under jobs/diag."""
     # Not under pytest's tmp_path (0700): the container's non-root user must read it.
     base = Path(tempfile.mkdtemp(prefix="iocmng-ctr-"))
     try:
@@ -148,6 +178,12 @@ def repo() -> Iterator[Path]:
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def repo() -> Iterator[Path]:
+    with plugin_repos() as base:
+        yield base
 
 
 async def test_container_end_to_end(image: dict[str, Any], repo: Path) -> None:
@@ -186,7 +222,7 @@ async def test_container_end_to_end(image: dict[str, Any], repo: Path) -> None:
                       timeout=10, what="SETPOINT autosaved in the /data volume")
         podman("restart", "-t", "20", c.name, timeout=120)
         wait_for_sync(c.health, timeout=90, interval=0.2, what="/health after podman restart")
-        listing = {p["name"]: p for p in c.request("GET", "/plugins")[1]}
+        listing = {p["name"]: p for p in c.request("GET", "/plugins")[1]["plugins"]}
         assert set(listing) == {"mon", "diag"}, listing
         wait_for_sync(lambda: c.request("GET", "/tasks/mon")[1]["state"] == "running", timeout=30,
                       what="mon running again")
