@@ -38,3 +38,60 @@ def test_a_typo_is_caught() -> None:
     doc["spec"]["portz"] = doc["spec"].pop("ports")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+# -- deploy/epik8s: the entries for epik8s-chart (Helm values, not manifests) ------------------
+EPIK8S = MANIFESTS[0].parents[1] / "epik8s"
+CONTAINERFILE = (MANIFESTS[0].parents[2] / "Containerfile").read_text()
+
+
+def _softioc() -> dict:
+    return yaml.safe_load((EPIK8S / "values-softioc.yaml").read_text())["softiocs"][0]
+
+
+def _service() -> dict:
+    return yaml.safe_load((EPIK8S / "values-service.yaml").read_text())["epicsConfiguration"]["services"]["iocmng"]
+
+
+def test_the_image_user_is_the_charts() -> None:
+    deploy = yaml.safe_load((MANIFESTS[0].parent / "deployment.yaml").read_text())
+    ctx = deploy["spec"]["template"]["spec"]["securityContext"]
+    assert "\nUSER 1000\n" in CONTAINERFILE  # numeric, as runAsNonRoot needs
+    assert ctx["runAsUser"] == ctx["fsGroup"] == 1000  # also ioc-chart's default runAsUser/runAsGroup
+
+
+def test_softioc_entry_has_what_epik8s_chart_and_ioc_chart_use() -> None:
+    entry = _softioc()
+    assert entry["name"] == entry["name"].lower() and entry["iocprefix"]  # release name; IOC_PREFIX
+    assert entry["gitinit"] and entry["gitpath"]  # the init container clones it into /epics/ioc/config
+    assert all({"name", "value"} <= set(p) for p in entry["iocparam"])
+    # start/stop name the scripts the Containerfile installs under /epics/ioc
+    for key in ("start", "stop"):
+        script = entry[key]
+        assert script.startswith("/epics/ioc/") and (EPIK8S / "image" / script.rsplit("/", 1)[1]).is_file()
+        assert f"deploy/epik8s/image/{script.rsplit('/', 1)[1]}" in CONTAINERFILE
+
+
+def test_start_sh_j2_is_executable_and_runs_iocmng_run() -> None:
+    import os
+
+    template = EPIK8S / "softioc" / "start.sh.j2"
+    assert os.access(template, os.X_OK), "jnjrender gives start.sh the template's mode; the chart needs -x"
+    text = template.read_text()
+    assert text.startswith("#!/bin/sh\n") and "exec iocmng-run --config config.yaml" in text
+    for script in ("start.sh", "stop.sh"):
+        assert os.access(EPIK8S / "image" / script, os.X_OK), script
+
+
+def test_service_entry_sets_only_known_settings() -> None:
+    from iocmng.settings import Settings, load_settings
+
+    entry = _service()
+    assert entry["start"] == "exec iocmng-server"  # exec: the service is PID 1 and gets SIGTERM
+    env = {e["name"]: str(e["value"]) for e in entry["env"]}
+    known = {f"IOCMNG_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= known, set(env) - known
+    settings = load_settings(env)
+    assert settings.plugins_dir.is_relative_to(entry["dataVolume"]["hostPath"])  # on the PVC
+    assert f"{entry['service']['http']['port']}/tcp" in CONTAINERFILE
+    assert settings.port == entry["service"]["http"]["port"]
