@@ -388,28 +388,47 @@ class Service:
         if self.demo:
             for d in sorted(p for p in examples_dir().iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
                 wanted.append(StartupPlugin(name=d.name, local_path=str(d)))
-        from .sources import check_git_url, check_subpath
-
         for sp in wanted:
             if sp.name in self.registry.plugins:
                 log.info("startup plugin %s: already registered; the registry's entry is used", sp.name)
                 continue
             pat = os.environ.get(sp.pat_env) if sp.pat_env else None
-            try:
-                if sp.pat_env and not pat:
-                    raise SettingsError(f"pat_env: the variable {sp.pat_env} is not set (or empty)")
-                git_url = check_git_url(sp.git_url, pat) if sp.git_url else None
-                check_subpath(sp.path)
-                req = Request(name=sp.name, git_url=git_url, local_path=sp.local_path, branch=sp.branch, pat=pat,
-                              path=sp.path, parameters=sp.parameters, expect_kind=sp.kind)
-                cand = await self.pipeline.run(req)
-            except IocmngError as exc:
-                self.boot_errors.append(f"{sp.name}: {exc.detail}")
-                log.error("startup plugin %s refused: %s", sp.name, exc.detail)
+            if sp.pat_env and not pat:
+                self._boot_refused(sp.name, f"pat_env: the variable {sp.pat_env} is not set (or empty)")
                 continue
-            entry = self._entry(cand).model_copy(update={"auto_start": sp.auto_start,
-                                                         "autostart_order": sp.autostart_order})
-            self.registry.commit(add=entry)
+            await self._register_startup_plugin(sp, pat)
+        # iocmng 2.7.9's persisted plugins (the site swapped the image, the volume stayed)
+        from .legacy_registry import mark_imported, read_legacy
+
+        legacy, errors = await asyncio.to_thread(read_legacy, self.data_dir)
+        for message in errors:
+            self._boot_refused("2.7.9 registry", message)
+        for sp, pat in legacy:
+            if sp.name in self.registry.plugins or await self._register_startup_plugin(sp, pat, "iocmng 2.7.9's"):
+                mark_imported(self.data_dir, sp.name)
+                log.info("plugin %s taken over from iocmng 2.7.9's autostart_plugins.yaml", sp.name)
+
+    async def _register_startup_plugin(self, sp: StartupPlugin, pat: str | None, what: str = "startup") -> bool:
+        """Validate and register one entry; a refusal goes to boot_errors (the others go on)."""
+        from .sources import check_git_url, check_subpath
+
+        try:
+            git_url = check_git_url(sp.git_url, pat) if sp.git_url else None
+            check_subpath(sp.path)
+            req = Request(name=sp.name, git_url=git_url, local_path=sp.local_path, branch=sp.branch, pat=pat,
+                          path=sp.path, parameters=sp.parameters, expect_kind=sp.kind)
+            cand = await self.pipeline.run(req)
+        except IocmngError as exc:
+            self._boot_refused(sp.name, exc.detail, what)
+            return False
+        entry = self._entry(cand).model_copy(update={"auto_start": sp.auto_start,
+                                                     "autostart_order": sp.autostart_order})
+        self.registry.commit(add=entry)
+        return True
+
+    def _boot_refused(self, name: str, detail: str, what: str = "startup") -> None:
+        self.boot_errors.append(f"{name}: {detail}")
+        log.error("%s plugin %s refused: %s", what, name, detail)
 
     def _on_stall(self, plugin: str | None, seconds: float, where: str) -> None:
         """The watchdog caught the loop stalled: blame the plugin on the stack."""

@@ -1253,6 +1253,59 @@ def test_startup_fields_persist_across_restart(compat: Compat, restarted: dict[s
     assert _startup(compat, "/plugins/idle_task/startup")["auto_start"] is False
 
 
+def test_boot_held_plugin_starts_with_restart(compat: Compat, restarted: dict[str, Any]) -> None:
+    """Held at boot (auto_start_on_boot: false): it stays stopped through reloads (auto_start
+    now reads false) until an operator's restart starts it, as 2.7.9's dashboard does."""
+    assert _startup(compat, "/plugins/no_boot/startup")["auto_start"] is False, (
+        "held at boot: later reloads must not start it behind the operator's back"
+    )
+    r = compat.post("/plugins/no_boot/restart")
+    assert_mutation_ok(r, "no_boot")
+    wait_for_sync(lambda: compat.entry("no_boot")["state"] == "running", timeout=30,
+                  what="no_boot running after POST /plugins/no_boot/restart")
+    assert compat.entry("no_boot")["status"] == "running"
+
+
+# ================================================================================================
+# A 2.7.9 data volume: its autostart_plugins.yaml is taken over once
+# ================================================================================================
+def test_2_7_9_autostart_registry_is_taken_over(tmp_path: Path) -> None:
+    """A site swaps the image and keeps /data: 2.7.9's persisted plugins come back, once."""
+    repo = make_repo(tmp_path / "git" / "plain",
+                     {"task/plugin.py": TASK_CODE, "task/config.yaml": yaml.dump(PLAIN_CONFIG)})
+    data = tmp_path / "data"
+    data.mkdir()
+    legacy = {"plugins": [
+        # what 2.7.9's _upsert_autostart_registry_entry writes
+        {"name": "Old_Monitor", "git_url": repo, "local_path": None, "path": "task", "branch": "main",
+         "pat": None, "auto_start": True, "auto_start_on_boot": True, "autostart_order": 1,
+         "parameters": {"threshold": 12.5}},
+        {"name": "broken", "git_url": "ftp://example.invalid/x.git", "path": "", "branch": "main"},
+    ]}
+    (data / "autostart_plugins.yaml").write_text(yaml.safe_dump(legacy, sort_keys=False))
+    srv = Server(data_dir=data, log_path=tmp_path / "server.log")
+    try:
+        h = srv.start()
+        assert any(e.startswith("broken:") for e in h["boot_errors"]), h["boot_errors"]
+        settle(srv)
+        r = call("GET", srv.url + "/plugins/Old_Monitor")
+        assert r.status == 200, r.text
+        assert r.body["state"] == "running" and r.body["autostart_order"] == 1, r.body
+        assert r.body["start_parameters"]["threshold"] == 12.5 and r.body["git_url"] == repo
+        # removed through the API: gone for good, even though 2.7.9's file still names it
+        assert call("DELETE", srv.url + "/plugins/Old_Monitor").status == 200
+        settle(srv)
+        assert srv.stop(signal.SIGTERM) == 0, srv.log()[-4000:]
+        srv.start()
+        settle(srv)
+        assert call("GET", srv.url + "/plugins/Old_Monitor").status == 404
+        assert (data / "autostart_plugins.yaml").read_text() == yaml.safe_dump(legacy, sort_keys=False), (
+            "2.7.9's file is left as it was (a rollback still works)"
+        )
+    finally:
+        srv.kill()
+
+
 # ================================================================================================
 # 8. CORS
 # ================================================================================================
