@@ -456,7 +456,10 @@ class Service:
             if held and h is not None and h.state == State.PENDING:
                 h.set_state(State.STOPPED)
                 if e.auto_start:  # held at boot: later reloads keep it stopped too, until a restart starts it
-                    self.registry.commit(add=e.model_copy(update={"auto_start": False}))
+                    try:
+                        self.registry.commit(add=e.model_copy(update={"auto_start": False}))
+                    except IocmngError as exc:  # a read-only data directory must not stop the start
+                        log.warning("%s: held at boot, but the registry could not say so: %s", name, exc.detail)
         if self.safe_mode:
             self._hold_plugins()
         self.bridge.start(asyncio.get_running_loop())
