@@ -31,7 +31,8 @@ trailing ``:`` is dropped, ``SPARC:TASK:`` names ``SPARC:TASK:STATUS``).
 Without either: ``<IOCMNG_PREFIX or IOCMNG>:<NAME>:<PV>`` as ``iocmng run``.
 ``--name``, else ``IOC_NAME``, else the class name in lower case (the
 config's directory name for a declarative task), names the plugin.
-``--pva false`` becomes the parameter ``pva: false`` (CA for links). ``-p``
+``--pva false`` becomes the parameter ``pva: false`` (CA for links) and
+the protocol of :mod:`iocmng.core.pv_client`. ``-p``
 values are read as the reference does: int, then float, then
 ``true``/``false``, else the string.
 
@@ -105,21 +106,30 @@ def import_module(spec: str) -> Any:
     return importlib.import_module(spec)
 
 
-def resolve_class(module: Any, class_name: str | None) -> type:
-    """``-c CLASS``, else the one concrete TaskBase/JobBase subclass the module defines."""
+def resolve_class(module: Any, class_name: str | None, label: str | None = None) -> type:
+    """``-c CLASS``, else the one concrete TaskBase/JobBase subclass the module defines.
+
+    ``label`` names the module in messages (default: ``-m <module name>``).
+    """
     from .base.job import JobBase
     from .base.task import TaskBase
 
+    label = label or f"-m {module.__name__}"
     if class_name:
         cls = getattr(module, class_name, None)
         if not (inspect.isclass(cls) and issubclass(cls, (TaskBase, JobBase))):
             raise UsageError(f"-c {class_name}: no TaskBase/JobBase subclass of that name in {module.__name__}")
         return cls
-    found = [c for _, c in inspect.getmembers(module, inspect.isclass)
-             if issubclass(c, (TaskBase, JobBase)) and not inspect.isabstract(c) and c.__module__ == module.__name__]
+    defined = [c for _, c in inspect.getmembers(module, inspect.isclass)
+               if issubclass(c, (TaskBase, JobBase)) and c.__module__ == module.__name__]
+    found = [c for c in defined if not inspect.isabstract(c)]
+    if not found and defined:  # say what is missing rather than "none"
+        missing = "; ".join(f"{c.__name__} does not implement {', '.join(sorted(c.__abstractmethods__))}"
+                            for c in defined)
+        raise UsageError(f"{label}: {missing}")
     if len(found) != 1:
         what = ", ".join(c.__name__ for c in found) or "none"
-        raise UsageError(f"-m {module.__name__}: expected one plugin class defined in it (found: {what}); use -c CLASS")
+        raise UsageError(f"{label}: expected one plugin class defined in it (found: {what}); use -c CLASS")
     return found[0]
 
 
@@ -198,11 +208,11 @@ def resolve(args: argparse.Namespace) -> Plan:
         prefix = prefix.removesuffix(":")
         if not PREFIX_RE.match(prefix):
             raise UsageError(f"{flag} {prefix!r}: use 1-40 letters, digits, '_', '-' or ':'")
-    module = args.module
+    module, label = args.module, f"-m {args.module}"
     if module is None:
         assert config is not None
         beside = plugin_file_beside(config)
-        module = str(beside) if beside is not None else None
+        module, label = (str(beside), str(beside)) if beside is not None else (None, "")
     if module is None:
         assert config is not None
         check_declarative(config)
@@ -215,8 +225,8 @@ def resolve(args: argparse.Namespace) -> Plan:
         except ImportError as exc:
             raise UsageError(str(exc)) from exc
         except (Exception, SystemExit) as exc:  # the plugin's own code failed at import
-            raise UsageError(f"-m {module}: import failed: {type(exc).__name__}: {exc}") from exc
-        cls = resolve_class(imported, args.class_name)
+            raise UsageError(f"{label}: import failed: {type(exc).__name__}: {exc}") from exc
+        cls = resolve_class(imported, args.class_name, label)
         source, default_name = Path(inspect.getfile(cls)).resolve().parent, cls.__name__.lower()
     name = name_from_dir(Path(args.name or _env("IOC_NAME") or default_name))
     return Plan(cls, config, name, prefix, source)
@@ -264,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"iocmng-run: {exc.detail}", file=sys.stderr)
         return 2
+    if args.pva is not None:  # 2.7.9's pv_client follows --pva too, as under its iocmng-run
+        from .core import pv_client
+
+        pv_client.init(pva=args.pva == "true")
     what = f"class {plan.cls.__name__} from {plan.source}" if plan.cls else f"declarative task {plan.config}"
     log.info("%s: %s; %s", plan.name, what, f"PVs {prefix}:<PV>" if plan.prefix else f"PV prefix {prefix}")
     with tempfile.TemporaryDirectory(prefix="iocmng-run-") as tmp:

@@ -139,6 +139,9 @@ rule_defaults: {big: 0}
 """
 
 HELPER = "SCALE = 2.0  # a helper module beside the plugin, imported by nobody here\n"
+MONITOR = (EXAMPLES / "sync_monitor" / "monitor.py").read_text()
+ABSTRACT = "from iocmng import TaskBase\n\n\nclass Half(TaskBase):\n    def execute(self):\n        pass\n"
+BROKEN = "from iocmng import TaskBase\n\nraise RuntimeError('boom')\n"
 
 
 def chart_env(prefix: str, name: str) -> dict[str, str]:
@@ -219,23 +222,25 @@ async def test_chart_form_declarative_config_alone(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("files, args, message", [
-    ({"a.py": "sync_monitor", "b.py": "sync_monitor"}, ["--config", "config.yaml"],
+    ({"a.py": MONITOR, "b.py": MONITOR, "util.py": HELPER}, ["--config", "config.yaml"],
      "2 candidate plugin files beside config.yaml: a.py, b.py; choose one with -m FILE"),
+    ({"half.py": ABSTRACT}, [], "half.py: Half does not implement cleanup, initialize"),
+    ({"bad.py": BROKEN}, [], "bad.py: import failed: RuntimeError: boom"),
     ({}, ["--config", "config.yaml"], "declares no links, rules or transforms"),
     ({}, [], "declares no links, rules or transforms"),  # ./config.yaml by default
     ({"config.yaml": None}, [], "no -m MODULE and no config.yaml here"),
     ({}, ["--config", "nope.yaml"], "--config nope.yaml: no such file"),
     ({}, ["-c", "SyncMonitor"], "-c CLASS needs -m MODULE"),
-], ids=["two-candidates", "no-logic", "no-logic-default-config", "nothing", "missing-config", "class-alone"])
+], ids=["two-candidates", "abstract", "import-fails", "no-logic", "no-logic-default-config", "nothing", "missing-config", "class-alone"])
 def test_chart_form_refusals(tmp_path: Path, files: dict[str, str | None], args: list[str], message: str) -> None:
     cfg = tmp_path / "config"
     cfg.mkdir()
     shutil.copy(EXAMPLES / "sync_monitor" / "config.yaml", cfg / "config.yaml")
-    for name, example in files.items():
-        if example is None:
+    for name, text in files.items():
+        if text is None:
             (cfg / name).unlink()
         else:
-            shutil.copy(EXAMPLES / example / "monitor.py", cfg / name)
+            (cfg / name).write_text(text)
     proc, _, log = start(args, cfg)
     assert proc.wait(30) == 2
     assert message in log.read_text(), log.read_text()
