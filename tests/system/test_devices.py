@@ -253,6 +253,11 @@ async def test_devices(tmp_path: Path, device_ioc: tuple[str, EpicsPorts], serve
     assert devs["noprefix"]["reason"] == "IOC 'noprefix': missing key 'iocprefix'"
     assert devs["parked"]["state"] == "disabled"
     assert "plainioc" not in devs and "NOTADEVICE" not in json.dumps(listing)
+    # iocmng 2.7.9's fields: every configured device is available, the connected ones created
+    assert listing["available"] == [d["name"] for d in listing["devices"]]
+    assert listing["available_count"] == len(listing["devices"])
+    assert set(listing["created"]) == {n for n, d in devs.items() if d["state"] == "ok"}
+    assert listing["created_count"] == len(listing["created"]) >= 6
     log = srv.log()
     assert "dead1" in log and "unknown devgroup 'foo'" in log
 
@@ -325,7 +330,9 @@ async def test_disabled(tmp_path: Path, servers: list[Server]) -> None:
     srv.start()
     listing = get_json(f"{srv.url}/devices")
     assert listing == {"enabled": False, "reason": "IOCMNG_DISABLE_OPHYD=true", "config": None,
-                       "control_layer": None, "error": None, "devices": []}
+                       "control_layer": None, "error": None, "devices": [],
+                       # iocmng 2.7.9's fields
+                       "available": [], "available_count": 0, "created": [], "created_count": 0}
     assert await wait_for(lambda: _message(srv), timeout=20) == "m1: devices off or not built"
     plugin = wait_for_sync(lambda: (p := get_json(f"{srv.url}/tasks/device_monitor"))["cycle_count"] > 0 and p,
                            timeout=20, what="device_monitor cycles")
