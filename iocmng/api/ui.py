@@ -265,7 +265,7 @@ async def dashboard(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     if _locked(request):
         return _page(request, "list", "", _locked_note())
-    items = json.loads(await svc.list_json())
+    items = json.loads(await svc.list_json())["plugins"]
     rows = "".join(_plugin_row(svc, p) for p in items)
     empty = "" if items else '<tr class="empty"><td colspan="9">no plugins yet</td></tr>'
     body = f"""<section><h2>Plugins</h2>

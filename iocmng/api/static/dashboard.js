@@ -277,7 +277,7 @@
       const button = $("button[type=submit]", form); button.disabled = true;
       const r = await api("POST", `/api/v1/${f.coll.value}`, data);
       button.disabled = false;
-      const report = r.ok ? r.data.validation : r.data && r.data.steps;
+      const report = r.data && r.data.steps;  // the pipeline's steps, on success and refusal alike
       if (report) {
         steps.hidden = false;
         steps.innerHTML = report.map((s) => `<li class="${s.ok ? "ok" : "bad"}"><b>${esc(s.step)}</b> ${esc(s.detail)}</li>`).join("");
