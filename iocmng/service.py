@@ -421,7 +421,8 @@ class Service:
         except IocmngError as exc:
             self._boot_refused(sp.name, exc.detail, what)
             return False
-        entry = self._entry(cand).model_copy(update={"auto_start": sp.auto_start,
+        # a job waits idle whatever auto_start says (a stopped job could not run), as for REST adds
+        entry = self._entry(cand).model_copy(update={"auto_start": sp.auto_start or cand.kind == "job",
                                                      "autostart_order": sp.autostart_order})
         self.registry.commit(add=entry)
         return True

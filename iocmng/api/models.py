@@ -45,6 +45,11 @@ class AddPlugin(BaseModel):
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _null_parameters(cls, v: Any) -> Any:
+        return {} if v is None else v  # iocmng 2.7.9's clients send "parameters": null
+
     @model_validator(mode="after")
     def _one_source(self) -> AddPlugin:
         if bool(self.git_url) == bool(self.local_path):

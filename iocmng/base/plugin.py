@@ -77,7 +77,7 @@ class PluginBase(ChannelFinderHelpers):
     expression_functions: ClassVar[dict[str, Callable[..., Any]]] = {}
 
     def __init__(self, name: str = "", parameters: dict[str, Any] | None = None, **_: Any) -> None:
-        #: The plugin's name as registered (lower case).
+        #: The plugin's name as registered (``^[A-Za-z0-9_-]{1,128}$``).
         self.name = name or type(self).__name__.lower()
         #: config.yaml ``parameters`` deep-merged with REST/CLI overrides.
         self.parameters: dict[str, Any] = dict(parameters or {})

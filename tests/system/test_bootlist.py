@@ -50,7 +50,8 @@ def setup(tmp_path: Path) -> Iterator[tuple[Server, Path, dict[str, Any]]]:
         {"name": "monitor", "git_url": monitor, "branch": "main", "autostart_order": 2,
          "parameters": {"threshold": 10.0}},
         {"name": "wave", "local_path": str(EXAMPLES / "async_monitor"), "auto_start": False},
-        {"name": "diag", "git_url": diag, "path": "jobs/diagnostics", "autostart_order": 1},
+        # auto_start means nothing for a job: it waits idle (a stopped job could not run)
+        {"name": "diag", "git_url": diag, "path": "jobs/diagnostics", "autostart_order": 1, "auto_start": False},
         # https with a token named by pat_env: the clone fails (nothing listens), the token stays secret
         {"name": "private", "git_url": f"https://127.0.0.1:{closed_port()}/group/private.git",
          "pat_env": "BOOT_TEST_TOKEN"},

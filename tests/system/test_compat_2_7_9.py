@@ -423,7 +423,8 @@ def batch(c: Compat) -> list[tuple[str, dict[str, Any]]]:
         ("tasks", {"name": "example_task", "git_url": r["example_task"], "branch": "main"}),
         ("jobs", {"name": "example_job", "git_url": r["example_job"], "branch": "main"}),
         # 2.7.9's test_add_local_task_plugin
-        ("plugins", {"name": "local-task", "local_path": str(c.local_root), "path": "task"}),
+        # ... and "parameters": null, as 2.7.9's clients may send it
+        ("plugins", {"name": "local-task", "local_path": str(c.local_root), "path": "task", "parameters": None}),
         # removed by test_delete_answers
         ("tasks", {"name": "remove_task", "git_url": r["plain"], "branch": "main", "path": "task"}),
         ("jobs", {"name": "remove_job", "git_url": r["example_job"], "branch": "main"}),
