@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .plugin import PluginBase
+from .plugin import PluginBase, PluginContext, _compat
 
 
 @dataclass
@@ -40,3 +42,59 @@ class JobBase(PluginBase, ABC):
 
     def cleanup(self) -> Any:
         """Release resources when the job is removed (optional)."""
+
+    # -- iocmng 2.7.9's job members (see docs/plugins.md) --------------------------------------
+    def _attach(self, ctx: PluginContext) -> None:
+        super()._attach(ctx)
+        # Keep the outcome of each run for `last_result`: wrap this instance's
+        # execute (same call, same result or exception).
+        execute = self.execute
+
+        def keep(result: Any) -> None:
+            from ..runtime import normalize_result
+
+            self.__dict__["_iocmng_last_result"] = normalize_result(result)
+
+        def failed(exc: BaseException) -> None:
+            from ..handle import describe
+
+            self.__dict__["_iocmng_last_result"] = JobResult(False, {}, describe(exc))
+
+        if inspect.iscoroutinefunction(execute):
+            @functools.wraps(execute)
+            async def recorded_async() -> Any:
+                try:
+                    result = await execute()
+                except BaseException as exc:
+                    failed(exc)
+                    raise
+                keep(result)
+                return result
+
+            self.__dict__["execute"] = recorded_async
+        else:
+            @functools.wraps(execute)
+            def recorded() -> Any:
+                try:
+                    result = execute()
+                except BaseException as exc:
+                    failed(exc)
+                    raise
+                keep(result)
+                return result
+
+            self.__dict__["execute"] = recorded
+
+    @_compat
+    def last_result(self) -> JobResult | None:
+        """iocmng 2.7.9's ``self.last_result``: the :class:`JobResult` of the last
+        completed run (``None`` before the first): what ``execute()`` returned, as
+        the REST answer reports it (a dict or ``None`` wrapped), or a failure
+        with the exception (``"RuntimeError: ..."``; 2.7.9: its text only).
+
+        Inside ``execute()`` it is the previous run's result, as in 2.7.9. A run
+        that timed out is recorded when its ``execute()`` ends (a sync one keeps
+        its thread; an async one is cancelled: ``CancelledError``). Our
+        ``JobResult`` has no ``timestamp`` (2.7.9's had one).
+        """
+        return self.__dict__.get("_iocmng_last_result")

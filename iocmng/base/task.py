@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from .plugin import PluginBase
+from .plugin import PluginBase, PluginContext, _compat
 
 
 class TaskBase(PluginBase, ABC):
@@ -34,3 +36,52 @@ class TaskBase(PluginBase, ABC):
     def triggered(self) -> Any:
         """One triggered run (RUN=1); defaults to :meth:`execute`."""
         return self.execute()
+
+    # -- iocmng 2.7.9's task members (see docs/plugins.md) -------------------------------------
+    def _attach(self, ctx: PluginContext) -> None:
+        super()._attach(ctx)
+        # `running` turns False when the runtime starts cleanup(), as 2.7.9's stop()
+        # did before calling it: wrap this instance's cleanup (same call, same result).
+        cleanup = self.cleanup
+        if inspect.iscoroutinefunction(cleanup):
+            @functools.wraps(cleanup)
+            async def stopping_async() -> Any:
+                self.__dict__["_iocmng_stopping"] = True
+                return await cleanup()
+
+            self.__dict__["cleanup"] = stopping_async
+        else:
+            @functools.wraps(cleanup)
+            def stopping() -> Any:
+                self.__dict__["_iocmng_stopping"] = True
+                return cleanup()
+
+            self.__dict__["cleanup"] = stopping
+
+    @_compat
+    def running(self) -> bool:
+        """iocmng 2.7.9's ``self.running``: True from the end of ``initialize()``
+        until the task is stopped, paused or not (``while self.running:`` loops
+        in the plugin's own threads end when the task stops).
+
+        False during ``initialize()`` (as in 2.7.9), once a continuous task's
+        loop is being cancelled, when ``cleanup()`` starts, and after a failed
+        ``initialize()``. 2.7.9 also set it False when ``execute()`` raised
+        (its loop ended); here an error does not stop the task, so it stays
+        True. Read-only: assigning ``self.running`` makes it the plugin's own
+        attribute and does not stop anything (set ENABLE to 0 to pause).
+        """
+        ctx = self._ctx
+        if self.__dict__.get("_iocmng_stopping") or str(getattr(ctx, "state", "")) not in ("running", "paused"):
+            return False
+        loop_task = getattr(ctx, "task", None)
+        if self.mode == "continuous" and (loop_task is None or loop_task.done() or loop_task.cancelling()):
+            return False
+        return True
+
+    @_compat
+    def enabled(self) -> bool:
+        """iocmng 2.7.9's ``self.enabled``: the ENABLE PV (True while not paused).
+        Read-only: assigning it makes it the plugin's own attribute and does
+        not pause the task (in 2.7.9 the ENABLE PV overrode it at the next cycle)."""
+        return bool(getattr(self._ctx, "enabled", True))

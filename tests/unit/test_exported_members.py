@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import iocmng
 from iocmng.base.job import JobBase as JobBaseAtOriginalPath
@@ -62,3 +63,97 @@ def test_what_plugins_get_on_self() -> None:
 def test_job_result_shape() -> None:
     r = iocmng.JobResult(success=True, data={"a": 1}, message="OK")
     assert r.to_dict() == {"success": True, "data": {"a": 1}, "message": "OK"}
+
+
+def test_members_of_iocmng_2_7_9() -> None:
+    """What 2.7.9's base classes and docs (README/HOWTO/MANUAL/QUICKSTART/examples) give plugin authors."""
+    both = ("set_output", "get_output", "set_input", "get_input", "pvs", "pv_definitions", "beamline_config",
+            "get_datetime", "get_timems", "create_device", "_link_buffers", "link_values", "link_put",
+            "on_input_changed", "cf_search", "cf_discover_devices", "cf_create_device")
+    task_members = {name for name, _ in inspect.getmembers(iocmng.TaskBase)}
+    job_members = {name for name, _ in inspect.getmembers(iocmng.JobBase)}
+    for name in (*both, "running", "enabled"):
+        assert name in task_members, name
+    for name in (*both, "last_result"):
+        assert name in job_members, name
+
+
+def test_2_7_9_members_detached_and_assignable() -> None:
+    from iocmng.base.plugin import _Detached
+
+    task = type("T", (iocmng.TaskBase,), {"initialize": lambda s: None, "execute": lambda s: None,
+                                          "cleanup": lambda s: "done"})(name="demo")
+    task._attach(_Detached())
+    assert task.running is False and task.enabled is True
+    assert dict(task.pvs) == {} and task.pv_definitions == {"inputs": {}, "outputs": {}}
+    assert task.beamline_config == {} and task._link_buffers == {}
+    assert abs(task.get_timems() - __import__("time").time() * 1000) < 5000
+    assert len(task.get_datetime()) == len("2024-01-01 00:00:00.000")
+    assert task.cleanup() == "done" and task.running is False
+    # a plugin's own attribute of the same name wins (no AttributeError, as before)
+    task.running, task.pvs, task.enabled = "mine", {"A": 1}, 0
+    assert (task.running, task.pvs, task.enabled) == ("mine", {"A": 1}, 0)
+
+
+def test_job_last_result() -> None:
+    from iocmng.base.plugin import _Detached
+
+    def execute(self: Any) -> Any:
+        seen.append(self.last_result)
+        if self.parameters.get("fail"):
+            raise RuntimeError("boom")
+        return {"n": len(seen)}
+
+    seen: list[Any] = []
+    job = type("J", (iocmng.JobBase,), {"initialize": lambda s: None, "execute": execute})(name="j")
+    assert job.last_result is None
+    job._attach(_Detached())
+    job.execute()
+    assert job.last_result == iocmng.JobResult(True, {"n": 1}, "") and seen == [None]
+    job.parameters["fail"] = True
+    try:
+        job.execute()
+    except RuntimeError:
+        pass
+    assert job.last_result == iocmng.JobResult(False, {}, "RuntimeError: boom")
+    assert seen[1] == iocmng.JobResult(True, {"n": 1}, "")
+
+
+def test_output_aliases_follow_2_7_9_on_unknown_names() -> None:
+    """set_* ignore and get_* answer None for a name that is not a PV (2.7.9); known names are set_pv/get_pv."""
+
+    class Records:
+        def __init__(self) -> None:
+            self.records = {"OUT": 0.0, "STATUS": 0}
+
+    class Ctx:
+        pv_prefix = "P:DEMO"
+        records = Records()
+        written: dict[str, Any] = {}
+
+        def set_pv(self, name: str, value: Any) -> None:
+            if name == "STATUS":
+                raise KeyError(name)
+            self.written[name] = value
+
+        def get_pv(self, name: str) -> Any:
+            return self.written.get(name, self.records.records[name])
+
+    task = type("T", (iocmng.TaskBase,), {"initialize": lambda s: None, "execute": lambda s: None,
+                                          "cleanup": lambda s: None})(name="demo")
+    ctx = Ctx()
+    task._attach(ctx)  # type: ignore[arg-type]
+    task.set_output("OUT", 2.5)
+    assert task.get_output("OUT") == 2.5 and task.get_input("OUT") == 2.5
+    task.set_output("NOPE", 1)
+    task.set_input("NOPE", 1)
+    assert task.get_output("NOPE") is None and "NOPE" not in ctx.written
+    assert sorted(task.pvs) == ["OUT", "STATUS"] and task.pvs["OUT"].name == "P:DEMO:OUT"
+    task.pvs["OUT"].set(4)
+    assert task.pvs["OUT"].get() == 4
+    try:
+        task.set_output("STATUS", 1)
+    except KeyError:
+        pass
+    else:
+        raise AssertionError("managed PVs stay refused")
