@@ -20,6 +20,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .base.job import JobResult
@@ -252,10 +253,13 @@ class Runtime:
             self._pva.close()
             self._pva = None
 
-    async def restart(self, name: str, parameters: dict[str, Any] | None = None) -> PluginHandle:
-        """Re-import the code and restart the plugin live (same records)."""
+    async def restart(self, name: str, parameters: dict[str, Any] | None = None, directory: Path | None = None,
+                      extra_paths: list[Path] | None = None) -> PluginHandle:
+        """Re-import the code (from ``directory``, e.g. a new clone) and restart the plugin live (same records)."""
         h = self.get(name)
-        spec = h.spec if parameters is None else PluginSpec(h.spec.name, h.spec.directory, parameters, h.spec.extra_paths)
+        old = h.spec
+        spec = PluginSpec(old.name, directory or old.directory, old.parameters if parameters is None else parameters,
+                          old.extra_paths if extra_paths is None else extra_paths)
         cls, config, params = self.load_code(spec)  # raises before anything is stopped
         logic = self.compile_logic(cls, config, params)
         if h.records is None:

@@ -35,7 +35,7 @@ from .autosave import AutosaveStore
 from .bootlist import read_boot_list
 from .config import deep_merge, load_config, merged_parameters
 from .devices import Devices
-from .errors import Conflict, IocmngError, NotFound, SettingsError
+from .errors import Conflict, IocmngError, NotFound, SettingsError, ValidationFailed
 from .events import EventBus, PluginLogs
 from .ioc import IocBridge, base_of, plan_records, plugin_prefix
 from .metrics import make_registry
@@ -267,9 +267,14 @@ class Service:
         }
 
     def _check_record_clash(self, cand: Candidate) -> None:
+        self._check_records_free(cand.records, cand.request.name)
+
+    def _check_records_free(self, records: list[str], name: str) -> None:
         """Two plugins may not build the same record (config.yaml ``prefix:`` can make them meet)."""
-        mine = set(cand.records)
+        mine = set(records)
         for other in self.registry.plugins.values():
+            if other.name == name:
+                continue
             clash = sorted(mine & set(other.records))
             if clash:
                 raise Conflict(f"PV {clash[0]} is already served by plugin {other.name!r}; give this plugin "
@@ -317,35 +322,87 @@ class Service:
             else:
                 log.error("refusing to delete %s: outside the data directory", path)
 
-    async def restart(self, name: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Re-import the code and restart live; a changed record set goes through a reload."""
+    async def restart(self, name: str, parameters: dict[str, Any] | None = None,
+                      pat: str | None = None) -> dict[str, Any]:
+        """Fetch (git sources), re-import the code and restart live; a changed record set goes through a reload.
+
+        A git plugin is cloned again first (iocmng 2.7.9's "re-fetch,
+        validate, hot-reload"): new code is validated like an add before
+        anything stops, and refused with 422 leaving the running plugin as it
+        is. If the repository cannot be reached (e.g. a private one and no
+        ``pat``), the registered commit restarts and the answer says so.
+        """
         async with self.lock:
             entry = self.get_kind(name, None)
             h = self.runtime.handles.get(name)
             if h is None:
                 raise Conflict(f"{name!r} is waiting for the reload to generation {self.registry.state.generation}")
             params = entry.parameters if parameters is None else parameters
-            # The code may have changed on disk (local sources): check it in a
-            # child process before this process imports it.
-            await self.pipeline.check_code(name, Path(entry.plugin_dir), Path(entry.deps_dir) if entry.deps_dir else None,
-                                           entry.kind)
-            config = await asyncio.to_thread(load_config, Path(entry.plugin_dir))
-            p = merged_parameters(config, params)
-            mode = p.mode if entry.kind == "task" else "job"
-            base = plugin_prefix(self.prefix, name, config)
-            records = [f"{base}:{s.short}" for s in plan_records(self.prefix, name, entry.kind, mode, config)]
-            # auto_start: an operator's restart starts it in later generations too
-            new_entry = entry.model_copy(update={"parameters": params, "records": records, "auto_start": True})
-            if h.records is not None and sorted(records) == sorted(h.records.names()):
-                await self.runtime.restart(name, params)
-                self.registry.commit(add=new_entry)
-                return {"ok": True, "message": f"{entry.kind} {name!r} restarted", "plugin": self.info(name),
-                        "reload_pending": False, "generation": self.generation}
-            self.registry.commit(add=new_entry, bump=not self.reload_pending)
+            cand, note = (await self._refetch(entry, params, pat)) if entry.source.type == "git" else (None, "")
+            try:
+                if cand is not None:  # new commit, validated in a child process like an add
+                    new_entry = entry.model_copy(update={
+                        "source": cand.source, "plugin_dir": str(cand.plugin_dir), "records": cand.records,
+                        "owned_dir": str(cand.owned_dir) if cand.owned_dir else None,
+                        "deps_dir": str(cand.deps_dir) if cand.deps_dir else None,
+                        "class_name": cand.class_name or entry.class_name})
+                else:
+                    # The code may have changed on disk (local sources): check it in a
+                    # child process before this process imports it.
+                    await self.pipeline.check_code(name, Path(entry.plugin_dir),
+                                                   Path(entry.deps_dir) if entry.deps_dir else None, entry.kind)
+                    new_entry = entry
+                config = await asyncio.to_thread(load_config, Path(new_entry.plugin_dir))
+                p = merged_parameters(config, params)
+                mode = p.mode if entry.kind == "task" else "job"
+                base = plugin_prefix(self.prefix, name, config)
+                records = [f"{base}:{s.short}" for s in plan_records(self.prefix, name, entry.kind, mode, config)]
+                self._check_records_free(records, name)
+                # auto_start: an operator's restart starts it in later generations too
+                new_entry = new_entry.model_copy(update={"parameters": params, "records": records, "auto_start": True})
+                live = h.records is not None and sorted(records) == sorted(h.records.names())
+                if live:
+                    extra = [Path(new_entry.deps_dir)] if new_entry.deps_dir else []
+                    await self.runtime.restart(name, params, Path(new_entry.plugin_dir), extra)
+                self.registry.commit(add=new_entry, bump=not live and not self.reload_pending)
+            except BaseException:
+                if cand is not None:
+                    await asyncio.to_thread(cand.discard)
+                raise
+        if cand is not None:  # the old clone is no longer used (a reload's next start would remove it too)
+            old = entry.model_copy(update={"owned_dir": entry.owned_dir if entry.owned_dir != new_entry.owned_dir
+                                           else None, "deps_dir": entry.deps_dir if entry.deps_dir != new_entry.deps_dir
+                                           else None})
+            if live:
+                await asyncio.to_thread(self._delete_files, old)
+        if live:
+            return {"ok": True, "message": f"{entry.kind} {name!r} restarted{note}", "plugin": self.info(name),
+                    "reload_pending": False, "generation": self.generation}
         self.schedule_reload()
         generation = self.registry.state.generation
-        return {"ok": True, "message": f"{entry.kind} {name!r} restarts with generation {generation} (its PVs change)",
-                "plugin": self.info(name), "reload_pending": True, "generation": generation}
+        return {"ok": True, "message": f"{entry.kind} {name!r} restarts with generation {generation} (its PVs "
+                f"change){note}", "plugin": self.info(name), "reload_pending": True, "generation": generation}
+
+    async def _refetch(self, entry: Entry, params: dict[str, Any], pat: str | None) -> tuple[Candidate | None, str]:
+        """Clone the plugin's repository again: a validated candidate if the commit moved, else None; and a note."""
+        src = entry.source
+        assert src.url is not None
+        req = Request(name=entry.name, git_url=src.url, branch=src.branch, pat=pat, path=src.path,
+                      parameters=params, expect_kind=entry.kind)
+        try:
+            cand = await self.pipeline.run(req)
+        except ValidationFailed as exc:
+            steps = exc.extra.get("steps") or []
+            if steps and steps[-1]["step"] == "clone":  # unreachable: restart what is registered
+                log.warning("restart %s: could not fetch %s (%s); restarting the registered commit",
+                            entry.name, src.url, steps[-1]["detail"])
+                return None, f" at its registered commit {(src.commit or '?')[:12]} (could not fetch: {steps[-1]['detail']})"
+            raise
+        if cand.source.commit == src.commit:
+            await asyncio.to_thread(cand.discard)
+            return None, f" (no new commit: {(src.commit or '?')[:12]})"
+        log.info("restart %s: %s moved from %s to %s", entry.name, src.url, (src.commit or "?")[:12], cand.source.commit)
+        return cand, f" at the new commit {(cand.source.commit or '?')[:12]} (was {(src.commit or '?')[:12]})"
 
     # -- reload ------------------------------------------------------------------------------
     def schedule_reload(self) -> None:

@@ -72,3 +72,5 @@ class Restart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     parameters: dict[str, Any] | None = Field(None, description="New parameter overrides (persisted)")
+    pat: str | None = Field(None, repr=False, description="Token for fetching a private https repository again "
+                            "(used for this fetch only: never stored, logged or returned)")

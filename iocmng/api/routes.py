@@ -100,7 +100,16 @@ async def restart_plugin(request: web.Request) -> web.Response:
     svc = service(request)
     svc.get_kind(name, collection_kind(request))
     body: Restart = await json_body(request, Restart, optional=True)
-    return reply(await svc.restart(name, body.parameters))
+    entry = svc.get_kind(name, None)
+    if body.pat:
+        from ..sources import check_git_url
+
+        if entry.source.type != "git":
+            from ..errors import InvalidRequest
+
+            raise InvalidRequest(f"pat: {name!r} comes from a local directory; there is nothing to fetch", field="pat")
+        check_git_url(entry.source.url or "", body.pat)  # a token goes over https only
+    return reply(await svc.restart(name, body.parameters, body.pat))
 
 
 @routes.post("/api/v1/{collection:jobs|plugins}/{name}/run")

@@ -32,6 +32,7 @@ import json
 import re
 import signal
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +46,7 @@ import pytest
 import yaml
 from aioca import caget, purge_channel_caches
 from conftest import wait_for, wait_for_sync
-from service_support import Server, closed_port, make_repo
+from service_support import Server, closed_port, git, make_repo
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -93,6 +94,24 @@ JOB_CONFIG = {
     "parameters": {"mode": "job"},
     "arguments": {"outputs": {"SYSTEM_NAME": {"type": "string", "value": ""}}},
 }
+
+#: A task whose code says which commit it is (restart fetches the repository again).
+REFETCH_CODE = """\
+from iocmng import TaskBase
+
+COMMIT_VALUE = {value}
+
+
+class Refetch(TaskBase):
+    def initialize(self):
+        pass
+
+    def execute(self):
+        self.set_pv("VALUE", COMMIT_VALUE)
+
+    def cleanup(self):
+        pass
+"""
 
 #: TASK_CONFIG without ``prefix:``, so a plugin's PV segment is its name; and a triggered twin.
 PLAIN_CONFIG = {
@@ -425,6 +444,8 @@ def batch(c: Compat) -> list[tuple[str, dict[str, Any]]]:
         # 2.7.9's test_add_local_task_plugin
         # ... and "parameters": null, as 2.7.9's clients may send it
         ("plugins", {"name": "local-task", "local_path": str(c.local_root), "path": "task", "parameters": None}),
+        # restarted by test_restart_fetches_the_new_commit after new commits
+        ("tasks", {"name": "refetch", "git_url": r["refetch"], "branch": "main"}),
         # removed by test_delete_answers
         ("tasks", {"name": "remove_task", "git_url": r["plain"], "branch": "main", "path": "task"}),
         ("jobs", {"name": "remove_job", "git_url": r["example_job"], "branch": "main"}),
@@ -467,6 +488,10 @@ def compat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compat]:
         "example_job": make_repo(
             git / "example_job",
             {"example_job.py": EXAMPLE_JOB_PY, "config.yaml": EXAMPLE_JOB_CONFIG},
+        ),
+        "refetch": make_repo(
+            git / "refetch",
+            {"plugin.py": REFETCH_CODE.format(value=1.0), "config.yaml": yaml.dump(PLAIN_CONFIG)},
         ),
     }
     local_root = tmp / "local-plugin"
@@ -553,6 +578,39 @@ def test_restart_answer(compat: Compat) -> None:
     body = assert_mutation_ok(r, "Beam_Monitor")
     assert body["reload_pending"] is False and body["plugin"]["name"] == "Beam_Monitor", body
     settle(compat.srv)
+
+
+async def test_restart_fetches_the_new_commit(compat: Compat, tmp_path: Path) -> None:
+    """2.7.9's restart is "re-fetch, validate, hot-reload": push, then restart, runs the new code."""
+    compat.added("refetch")
+    srv, pv = compat.srv, compat.srv.pv("refetch", "VALUE")
+
+    async def value_is(v: float) -> bool:
+        return await caget(pv, timeout=5) == v
+
+    await wait_for(lambda: value_is(1.0), timeout=20, what="the first commit's VALUE")
+    before = compat.entry("refetch")["source"]["commit"]
+    r = compat.post("/plugins/refetch/restart")
+    assert_mutation_ok(r, "refetch")
+    assert "no new commit" in r.body["message"], r.body["message"]
+    repo = Path(urllib.parse.urlsplit(compat.repos["refetch"]).path)
+    # a commit that does not validate: refused, the running plugin untouched, no clone left behind
+    (repo / "plugin.py").write_text("from iocmng import TaskBase\nclass Broken(TaskBase:\n")
+    git(repo, "commit", "-qam", "broken")
+    r = compat.post("/plugins/refetch/restart")
+    assert_problem(r, 422, "syntax")
+    assert compat.entry("refetch")["source"]["commit"] == before and compat.entry("refetch")["state"] == "running"
+    # a good commit: fetched, validated and restarted live (same PVs: no reload)
+    (repo / "plugin.py").write_text(REFETCH_CODE.format(value=2.0))
+    git(repo, "commit", "-qam", "two")
+    r = compat.post("/plugins/refetch/restart")
+    body = assert_mutation_ok(r, "refetch")
+    assert body["reload_pending"] is False and "new commit" in body["message"], body
+    after = compat.entry("refetch")["source"]["commit"]
+    assert after != before and after == git(repo, "rev-parse", "HEAD")
+    await wait_for(lambda: value_is(2.0), timeout=20, what="the new commit's VALUE")
+    clones = [d.name for d in (srv.data_dir / "repos").iterdir() if d.name.startswith("refetch-")]
+    assert len(clones) == 1, f"the old clone and the refused one are removed: {clones}"
 
 
 def test_trigger_answer(compat: Compat) -> None:
