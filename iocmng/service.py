@@ -35,7 +35,7 @@ from .autosave import AutosaveStore
 from .bootlist import read_boot_list
 from .config import deep_merge, load_config, merged_parameters
 from .devices import Devices
-from .errors import Conflict, IocmngError, NotFound, SettingsError, ValidationFailed
+from .errors import Conflict, IocmngError, NotFound, SettingsError, SourceError, ValidationFailed
 from .events import EventBus, PluginLogs
 from .ioc import IocBridge, base_of, plan_records, plugin_prefix
 from .metrics import make_registry
@@ -387,6 +387,17 @@ class Service:
         """Clone the plugin's repository again: a validated candidate if the commit moved, else None; and a note."""
         src = entry.source
         assert src.url is not None
+        from .sources import remote_head
+
+        registered = f"at its registered commit {(src.commit or '?')[:12]}"
+        # Asking the remote first makes a restart without a new commit cost no clone.
+        try:
+            head = await remote_head(src.url, src.branch, pat, self.settings.git_timeout)
+        except SourceError as exc:  # unreachable: restart what is registered
+            log.warning("restart %s: %s; restarting the registered commit", entry.name, exc.detail)
+            return None, f" {registered} (could not fetch: {exc.detail})"
+        if head is not None and head == src.commit:
+            return None, f" (no new commit: {head[:12]})"
         req = Request(name=entry.name, git_url=src.url, branch=src.branch, pat=pat, path=src.path,
                       parameters=params, expect_kind=entry.kind)
         try:
@@ -396,7 +407,7 @@ class Service:
             if steps and steps[-1]["step"] == "clone":  # unreachable: restart what is registered
                 log.warning("restart %s: could not fetch %s (%s); restarting the registered commit",
                             entry.name, src.url, steps[-1]["detail"])
-                return None, f" at its registered commit {(src.commit or '?')[:12]} (could not fetch: {steps[-1]['detail']})"
+                return None, f" {registered} (could not fetch: {steps[-1]['detail']})"
             raise
         if cand.source.commit == src.commit:
             await asyncio.to_thread(cand.discard)

@@ -13,13 +13,17 @@ import io
 import logging
 import re
 import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import STORAGE_ERRNOS, BadRequest, InvalidRequest, SourceError
 
 log = logging.getLogger("iocmng.sources")
+T = TypeVar("T")
 
 SCHEMES = ("https", "http", "file")
 
@@ -116,12 +120,54 @@ def _clone_sync(url: str, dest: Path, branch: str | None, pat: str | None) -> Cl
     return CloneResult(commit=commit, branch=branch)
 
 
+#: Threads of their own for git network I/O (a clone may take minutes): it never holds
+#: the loop's default executor, which serves quick file work (config reads, autosave).
+_GIT_POOL: ThreadPoolExecutor | None = None
+
+
+def _in_git_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    global _GIT_POOL
+    if _GIT_POOL is None:
+        _GIT_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="iocmng-git")
+    return asyncio.get_running_loop().run_in_executor(_GIT_POOL, fn, *args)
+
+
 async def clone(url: str, dest: Path, branch: str | None, pat: str | None, timeout: float) -> CloneResult:
     """Clone ``url`` into ``dest`` in a thread, within ``timeout`` seconds."""
     try:
-        return await asyncio.wait_for(asyncio.to_thread(_clone_sync, url, dest, branch, pat), timeout)
+        return await asyncio.wait_for(_in_git_thread(_clone_sync, url, dest, branch, pat), timeout)
     except TimeoutError:
         raise SourceError(f"cloning {strip_credentials(url)} took longer than {timeout:.0f}s") from None
+
+
+def _remote_head_sync(url: str, branch: str | None, pat: str | None) -> str | None:
+    from dulwich import porcelain
+
+    kwargs = {"username": "oauth2", "password": pat} if pat else {}
+    result = porcelain.ls_remote(url, **kwargs)
+    refs: dict[bytes, bytes] = getattr(result, "refs", result)  # dulwich < 0.23 returned the dict
+    if branch is None:
+        names = [b"HEAD"]
+    else:
+        b = branch.encode()
+        names = [b"refs/heads/" + b, b"refs/tags/" + b + b"^{}", b"refs/tags/" + b]
+    for name in names:
+        if refs.get(name):
+            return refs[name].decode()
+    return None
+
+
+async def remote_head(url: str, branch: str | None, pat: str | None, timeout: float) -> str | None:
+    """The commit ``branch`` (or HEAD) points to in the repository at ``url``, without
+    cloning it; None if the repository has no such ref. Raises SourceError (token
+    redacted) if the repository cannot be reached or refuses within ``timeout``."""
+    try:
+        return await asyncio.wait_for(_in_git_thread(_remote_head_sync, url, branch, pat), timeout)
+    except TimeoutError:
+        raise SourceError(f"asking {strip_credentials(url)} for its commits took longer than {timeout:.0f}s") from None
+    except Exception as exc:
+        text = str(exc) or type(exc).__name__
+        raise SourceError(redact(f"cannot reach {strip_credentials(url)}: {text}", pat)) from None
 
 
 def local_commit(directory: Path) -> str | None:

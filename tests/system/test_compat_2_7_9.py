@@ -611,6 +611,17 @@ async def test_restart_fetches_the_new_commit(compat: Compat, tmp_path: Path) ->
     await wait_for(lambda: value_is(2.0), timeout=20, what="the new commit's VALUE")
     clones = [d.name for d in (srv.data_dir / "repos").iterdir() if d.name.startswith("refetch-")]
     assert len(clones) == 1, f"the old clone and the refused one are removed: {clones}"
+    # the repository gone: the registered commit restarts, and the answer says why
+    moved = repo.with_name("refetch-moved")
+    repo.rename(moved)
+    try:
+        r = compat.post("/plugins/refetch/restart")
+    finally:
+        moved.rename(repo)
+    body = assert_mutation_ok(r, "refetch")
+    assert "could not fetch" in body["message"] and after[:12] in body["message"], body["message"]
+    assert compat.entry("refetch")["source"]["commit"] == after
+    await wait_for(lambda: value_is(2.0), timeout=20, what="the registered commit running again")
 
 
 def test_trigger_answer(compat: Compat) -> None:
