@@ -28,6 +28,7 @@ refused plugin where 2.7.9 answered 200 with ``ok: false``), ours are kept.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -613,11 +614,11 @@ async def test_restart_fetches_the_new_commit(compat: Compat, tmp_path: Path) ->
     assert len(clones) == 1, f"the old clone and the refused one are removed: {clones}"
     # the repository gone: the registered commit restarts, and the answer says why
     moved = repo.with_name("refetch-moved")
-    repo.rename(moved)
+    await asyncio.to_thread(repo.rename, moved)
     try:
         r = compat.post("/plugins/refetch/restart")
     finally:
-        moved.rename(repo)
+        await asyncio.to_thread(moved.rename, repo)
     body = assert_mutation_ok(r, "refetch")
     assert "could not fetch" in body["message"] and after[:12] in body["message"], body["message"]
     assert compat.entry("refetch")["source"]["commit"] == after
