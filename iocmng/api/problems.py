@@ -96,6 +96,25 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
+#: Deepest nesting of arrays and objects accepted in a request body. Real bodies
+#: are a few levels deep; the limit keeps every recursive walk of a body
+#: (pydantic, deep_merge, JSON encoding) far from Python's recursion limit.
+MAX_BODY_DEPTH = 64
+
+
+def _too_deep(data: Any, limit: int = MAX_BODY_DEPTH) -> bool:
+    """Whether ``data`` nests arrays/objects deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
 async def json_body(request: web.Request, model: type[Any], optional: bool = False) -> Any:
     """Parse and validate the JSON body into ``model``: 400 if it is not a JSON
     object, 422 naming the field if it does not fit the model."""
@@ -108,8 +127,12 @@ async def json_body(request: web.Request, model: type[Any], optional: bool = Fal
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # json's C decoder gives up on very deep nesting
+        raise BadRequest(f"the body nests arrays or objects deeper than {MAX_BODY_DEPTH} levels") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
+    if _too_deep(data):
+        raise BadRequest(f"the body nests arrays or objects deeper than {MAX_BODY_DEPTH} levels")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -96,3 +96,32 @@ def test_pat_never_on_disk_and_schemes(server: Server, tmp_path: Path) -> None:
     assert call(srv, "POST", "/tasks", {"name": "viafile", "git_url": repo}, TOKEN)[0] == 201
     assert call(srv, "POST", "/tasks", {"name": "vialocal", "local_path": str(EXAMPLES / "sync_monitor")},
                 TOKEN)[0] == 201
+
+
+def test_deeply_nested_bodies_are_400(server: Server) -> None:
+    """Issue 14, item 7: a body nested too deeply is a 400 naming the limit, never a 500
+    (json's decoder and every recursive walk of a body would hit Python's recursion limit)."""
+    srv = server
+    deep = "[" * 100_000 + "]" * 100_000  # past json's own recursion limit
+    medium = "[" * 100 + "]" * 100  # parses, but deeper than any real body
+    targets = [
+        ("POST", "/tasks", '{{"name": "deep", "local_path": "/x", "parameters": {{"a": {}}}}}'),
+        ("POST", "/plugins/sync_monitor/restart", '{{"parameters": {{"a": {}}}}}'),
+        ("POST", "/pvs/put", '{{"pv_name": "X:Y", "value": {}}}'),
+        ("PUT", "/pvs/X:Y", '{{"value": {}}}'),
+        ("POST", "/jobs/diagnostics_job/run", '{{"parameters": {{"a": {}}}}}'),
+    ]
+    for method, path, template in targets:
+        for nested in (deep, medium):
+            body = template.format(nested).encode()
+            req = urllib.request.Request(f"{srv.url}{path}", data=body, method=method, headers={
+                "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    status, text = resp.status, resp.read()
+            except urllib.error.HTTPError as exc:
+                status, text = exc.code, exc.read()
+            assert status == 400 and b"deeper than 64 levels" in text, (method, path, len(nested), status, text[:300])
+    status, _, body = call(srv, "GET", "/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    assert "RecursionError" not in srv.log()
