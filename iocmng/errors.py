@@ -10,10 +10,11 @@
     ├── BadRequest (400)             a request cannot be read (not JSON, bad query/path parameter)
     │   └── InvalidRequest (422)     a JSON body that does not fit the endpoint's schema (names the field)
     ├── Unauthorized (401)
-    ├── Forbidden (403)              a browser page's origin is not allowed (IOCMNG_CORS_ORIGINS)
+    ├── Forbidden (403)              a browser page of another origin (IOCMNG_CORS_ORIGINS)
     ├── NotFound (404)
     ├── Conflict (409)               duplicate name, job already running
     ├── PayloadTooLarge (413)
+    ├── UnsupportedMediaType (415)   a body that is not JSON (cross-site forms cannot drive the API)
     ├── InsufficientStorage (507)    the data directory is full or read-only
     ├── ChannelFinderError (502)     a ChannelFinder look-up failed (raised into plugin code)
     ├── PVNotFound (404)             PV gateway: no server answered the name
@@ -129,6 +130,11 @@ class Conflict(IocmngError):
 class PayloadTooLarge(IocmngError):
     status = 413
     title = "Payload too large"
+
+
+class UnsupportedMediaType(IocmngError):
+    status = 415
+    title = "Unsupported media type"
 
 
 class InsufficientStorage(IocmngError):

@@ -1,4 +1,4 @@
-"""CORS: browser pages on other origins (a beamline dashboard) may call the API.
+"""CORS, and no cross-site driving: which browser pages may call the API.
 
 ``IOCMNG_CORS_ORIGINS`` lists the origins allowed (``https://dash.example.org``,
 comma-separated) or ``*``; unset, none is (a page served by this service is
@@ -15,6 +15,14 @@ is a bearer token that the page sets itself, which CORS does not count as a
 credential, and cookies are not used. A preflight from an origin not allowed
 is a 403 problem naming the setting.
 
+What no page may do (issue 14, :func:`guard`): a request whose ``Origin``
+is neither this service's own (same host and port) nor allowed above is
+refused with 403, and a mutating request that carries a body must say
+``Content-Type: application/json`` (415 otherwise): a cross-site form or a
+``text/plain`` fetch, which browsers send without asking, can no longer
+pass JSON to the API. A request without a body needs no type, so ``curl -X
+POST .../run`` and iocmng 2.7.9's clients keep working.
+
 Written here rather than with aiohttp-cors: that library wants every route
 registered with it one by one and answers preflights outside our
 problem+json error path; the whole policy is the two functions below.
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import Forbidden
+from ..errors import Forbidden, UnsupportedMediaType
 from .keys import CORS_ORIGINS
 from .problems import Handler
 
@@ -63,6 +71,36 @@ async def preflight(request: web.Request, handler: Handler) -> web.StreamRespons
                 "Access-Control-Max-Age": MAX_AGE,
                 "Vary": "Origin",
             })
+    return await handler(request)
+
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _json_type(content_type: str) -> bool:
+    return content_type == "application/json" or (content_type.startswith("application/")
+                                                   and content_type.endswith("+json"))
+
+
+def same_origin(request: web.Request, origin: str) -> bool:
+    """``origin`` names this service as the request reached it (host and port; the scheme
+    is not compared, so a dashboard behind a TLS-terminating proxy stays same-origin)."""
+    _, sep, netloc = origin.partition("://")
+    return bool(sep) and netloc.rstrip("/").lower() == (request.host or "").lower()
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """403 for a page of another origin (not in IOCMNG_CORS_ORIGINS); 415 for a body that is not JSON."""
+    origin = request.headers.get("Origin")
+    if origin is not None and request.method != "OPTIONS" and not same_origin(request, origin) \
+            and allow_origin(request.app[CORS_ORIGINS], origin) is None:
+        raise Forbidden(f"requests from the page at {origin[:100]!r} are refused: it is not this service's own "
+                        "origin; to let a dashboard there call the API, add it to IOCMNG_CORS_ORIGINS",
+                        setting="IOCMNG_CORS_ORIGINS")
+    if request.method in MUTATING and request.body_exists and not _json_type(request.content_type):
+        raise UnsupportedMediaType(f"the body is {request.content_type!r}; send JSON with 'Content-Type: "
+                                   "application/json' (a request without a body needs no type)")
     return await handler(request)
 
 

@@ -23,6 +23,7 @@ def _json(schema: dict[str, Any] | None = None, description: str = "OK") -> dict
 def _errors(*codes: int) -> dict[str, Any]:
     names = {400: "Bad request (not JSON, bad query or path parameter)", 401: "Unauthorized", 403: "Forbidden",
              404: "Not found", 409: "Conflict", 413: "Too large",
+             415: "A body that is not application/json",
              422: "A body field is wrong, or the plugin failed validation", 507: "Data directory full or read-only"}
     return {str(c): {"description": names[c], **PROBLEM} for c in codes}
 
@@ -52,7 +53,7 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json({"$ref": "#/components/schemas/PluginList"}), **_errors(400)}},
             "post": {"operationId": f"add_{coll}", "requestBody": _body("AddPlugin"),
                      "responses": {"201": _json({"type": "object"}, "Validated and committed"),
-                                   **_errors(400, 401, 409, 413, 422, 507)}},
+                                   **_errors(400, 401, 409, 413, 415, 422, 507)}},
         }
         paths[f"/api/v1/{coll}/{{name}}"] = {
             "parameters": [name_param],
@@ -75,14 +76,14 @@ def document() -> dict[str, Any]:
         paths[f"/api/v1/{coll}/{{name}}/restart"] = {
             "parameters": [name_param],
             "post": {"operationId": f"restart_{coll}", "requestBody": _body("Restart", False),
-                     "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 404, 409, 413, 422, 507)}},
+                     "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 404, 409, 413, 415, 422, 507)}},
         }
     for coll in ("jobs", "plugins"):  # /plugins/{name}/run: iocmng 2.7.9's (400 for a task)
         paths[f"/api/v1/{coll}/{{name}}/run"] = {
             "parameters": [name_param],
             "post": {"operationId": f"run_{coll[:-1]}", "requestBody": _body("RunJob", False),
                      "responses": {"200": _json({"$ref": "#/components/schemas/JobRun"}),
-                                   **_errors(400, 401, 404, 409, 413, 422)}},
+                                   **_errors(400, 401, 404, 409, 413, 415, 422)}},
         }
     paths["/api/v1/tasks/{name}/trigger"] = {
         "parameters": [name_param],

@@ -292,6 +292,7 @@ def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any],
         404: "No server answered for the PV (or no such monitor)",
         409: "Too many monitors",
         413: "Too large",
+        415: "A body that is not application/json",
         422: "A body field is wrong (unknown key, wrong type)",
         502: "The PV's server answered with an error",
         504: "The PV is connected but did not answer in time",
@@ -335,7 +336,7 @@ def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any],
                 "requestBody": body("PutPV"),
                 "responses": {
                     "200": json_({"type": "object"}),
-                    **errors(400, 401, 403, 404, 413, 422, 502, 504),
+                    **errors(400, 401, 403, 404, 413, 415, 422, 502, 504),
                 },
             },
         },
@@ -376,7 +377,7 @@ def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any],
                 "requestBody": body("RefGet"),
                 "responses": {
                     "200": json_({"type": "object"}),
-                    **errors(400, 401, 403, 404, 413, 422, 502, 504),
+                    **errors(400, 401, 403, 404, 413, 415, 422, 502, 504),
                 },
             }
         },
@@ -386,7 +387,7 @@ def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any],
                 "requestBody": body("RefPut"),
                 "responses": {
                     "200": json_({"type": "object"}),
-                    **errors(400, 401, 403, 404, 413, 422, 502, 504),
+                    **errors(400, 401, 403, 404, 413, 415, 422, 502, 504),
                 },
             }
         },
@@ -394,7 +395,7 @@ def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any],
             "post": {
                 "operationId": "ref_pv_monitor",
                 "requestBody": body("RefMonitor"),
-                "responses": {"200": json_({"type": "object"}), **errors(400, 401, 404, 409, 413, 422)},
+                "responses": {"200": json_({"type": "object"}), **errors(400, 401, 404, 409, 413, 415, 422)},
             }
         },
         "/api/v1/pvs/monitor/{key}": {

@@ -455,7 +455,7 @@ def openapi_parts(name_param: dict[str, Any], json_: Any, errors: Any, body: Any
                                                        **errors(400, 404, 409)}}}
         paths[f"/api/v1/{coll}/{{name}}/pvs/{{pv}}"] = {"parameters": [name_param, pv_param], "put": {
             "operationId": f"put_pv_{coll}", "requestBody": body("PutPV"),
-            "responses": {"200": json_({"type": "object"}), **errors(400, 401, 404, 409, 413, 422)}}}
+            "responses": {"200": json_({"type": "object"}), **errors(400, 401, 404, 409, 413, 415, 422)}}}
         paths[f"/api/v1/{coll}/{{name}}/display.bob"] = {"parameters": [name_param], "get": {
             "operationId": f"display_{coll}", "responses": {"200": bob, **errors(400, 404, 409)}}}
     row = {"type": "object", "required": ["name", "pv", "role", "type", "record", "writable", "value"], "properties": {

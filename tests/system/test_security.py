@@ -125,3 +125,44 @@ def test_deeply_nested_bodies_are_400(server: Server) -> None:
     status, _, body = call(srv, "GET", "/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
     assert "RecursionError" not in srv.log()
+
+
+def _raw(srv: Server, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+    req = urllib.request.Request(f"{srv.url}{path}", data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_no_cross_site_driving(server: Server, tmp_path: Path) -> None:
+    """Issue 14, item 2: what a browser page elsewhere can send without asking (a form, a
+    text/plain fetch) cannot drive the API; a foreign Origin is refused; curl and the
+    service's own pages keep working."""
+    srv = server
+    canary = tmp_path / "canary-plugin"
+    canary.mkdir()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    add = json.dumps({"name": "xsite", "local_path": str(canary)}).encode()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, body = _raw(srv, "POST", "/tasks", add, {**auth, "Content-Type": ctype})
+        assert status == 415 and b"application/json" in body, (ctype, status, body[:200])
+        status, body = _raw(srv, "POST", "/pvs/put", json.dumps({"pv_name": "X:Y", "value": 1}).encode(),
+                            {**auth, "Content-Type": ctype})
+        assert status == 415, (ctype, status, body[:200])
+    # a page of another origin: refused even with a well-formed JSON request (and its token)
+    for method, path, body in (("POST", "/tasks", add), ("POST", "/jobs/diagnostics_job/run", None),
+                               ("GET", "/plugins", None)):
+        headers = {**auth, "Origin": "http://evil.example"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        status, text = _raw(srv, method, path, body, headers)
+        assert status == 403 and b"IOCMNG_CORS_ORIGINS" in text, (method, path, status, text[:200])
+    assert call(srv, "GET", "/plugins/xsite")[0] == 404 and list(canary.iterdir()) == []
+    # curl -X POST .../run (no body, no type) and the service's own origin keep working
+    status, body = _raw(srv, "POST", "/jobs/diagnostics_job/run", None, auth)
+    assert status == 200 and json.loads(body)["success"] is True, body[:200]
+    own = f"http://127.0.0.1:{srv.http_port}"
+    status, body = _raw(srv, "POST", "/jobs/diagnostics_job/run", None, {**auth, "Origin": own})
+    assert status == 200, body[:200]
