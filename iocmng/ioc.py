@@ -161,6 +161,8 @@ class PluginRecords:
     records: dict[str, Any] = field(default_factory=dict)
     types: dict[str, str] = field(default_factory=dict)
     live: bool = False  # attached to a running IOC
+    #: Short names of the records clients may write (inputs, ENABLE, RUN, CLEAR, RESET).
+    writable: set[str] = field(default_factory=set)
 
     def names(self) -> list[str]:
         return [f"{self.prefix}:{short}" for short in self.records]
@@ -434,6 +436,7 @@ class IocBridge:
                 out.records[rec.short] = FastRecord(full, "enum", 0)
                 continue
             if rec.writable:
+                out.writable.add(rec.short)
                 record = self._out_record(full, spec, value, fields, rec, name, on_input, on_run)
             else:
                 record = self._in_record(full, spec, value, fields)

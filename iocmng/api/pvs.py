@@ -53,7 +53,8 @@ class PutPV(BaseModel):
 class Gateway:
     """The clients, the server-side monitors of the reference routes, and the limits."""
 
-    def __init__(self, settings: Any, prefix: str) -> None:
+    def __init__(self, settings: Any, prefix: str, runtime: Any = None) -> None:
+        self.runtime = runtime  # this service's plugins: which of its own records are writable
         self.default_provider: str = getattr(settings, "pv_provider", "ca")
         self.default_timeout: float = getattr(settings, "pv_timeout", 5.0)
         self.max_timeout: float = getattr(settings, "pv_max_timeout", 30.0)
@@ -88,7 +89,32 @@ class Gateway:
             )
         return value
 
+    def own_record(self, record: str) -> tuple[str, bool, list[str]] | None:
+        """(plugin, writable, its writable PVs) if ``record`` is one of this service's, else None."""
+        for h in list(getattr(self.runtime, "handles", {}).values()):
+            recs = h.records
+            if recs is not None and record.startswith(recs.prefix + ":"):
+                short = record[len(recs.prefix) + 1:]
+                if short in recs.records:
+                    return h.name, short in recs.writable, sorted(recs.writable)
+        return None
+
     def check_write(self, name: str) -> None:
+        """IOCMNG_PV_WRITE_PATTERN, then: a record's value only (a field such as .DISP or .SCAN
+        only if a pattern names fields), and of this service's records only the writable ones."""
+        record, dot, fld = name.partition(".")
+        if dot and fld.upper() != "VAL" and not any(
+                "." in p and fnmatch.fnmatchcase(name, p) for p in self.write_patterns):
+            raise PVForbidden(
+                f"writing the field {fld!r} of {record!r} is refused: the gateway writes record values "
+                f"(VAL); to allow a field, name it in IOCMNG_PV_WRITE_PATTERN (e.g. '{record}.{fld}')",
+                pv=name, setting="IOCMNG_PV_WRITE_PATTERN")
+        own = self.own_record(record)
+        if own is not None and not own[1]:
+            plugin, _, writable = own
+            raise PVForbidden(
+                f"{record} is read-only: an output of plugin {plugin!r} or a PV iocmng manages; its writable "
+                f"PVs: {', '.join(writable) or '(none)'}", pv=name)
         if not any(fnmatch.fnmatchcase(name, p) for p in self.write_patterns):
             shown = " ".join(self.write_patterns) or "(none: writes disabled)"
             raise PVForbidden(
@@ -110,7 +136,7 @@ GATEWAY = web.AppKey("pv_gateway", Gateway)
 
 def install(app: web.Application, service: Any) -> None:
     """Add the gateway's routes and state to the REST app."""
-    gateway = Gateway(service.settings, service.prefix)
+    gateway = Gateway(service.settings, service.prefix, service.runtime)
     app[GATEWAY] = gateway
 
     async def cleanup(app: web.Application) -> None:

@@ -166,3 +166,28 @@ def test_no_cross_site_driving(server: Server, tmp_path: Path) -> None:
     own = f"http://127.0.0.1:{srv.http_port}"
     status, body = _raw(srv, "POST", "/jobs/diagnostics_job/run", None, {**auth, "Origin": own})
     assert status == 200, body[:200]
+
+
+async def test_record_fields_and_read_only_records(server: Server) -> None:
+    """Issue 14, item 6 (the gateway's part): PUT .../STATUS.DISP then .../STATUS forged an
+    ERROR status; fields and the service's read-only records are not writable any more."""
+    from aioca import caget, purge_channel_caches
+
+    srv = server
+    status_pv = srv.pv("sync_monitor", "STATUS")
+    before = await caget(status_pv, datatype=str, timeout=20)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    for pv, value in ((f"{status_pv}.DISP", 0), (status_pv, 4), (f"{status_pv}.SCAN", 1),
+                      (f"{status_pv}.FLNK", "X"), (srv.pv("sync_monitor", "READING"), 1.0),
+                      (srv.pv("sync_monitor", "CYCLE_COUNT"), 0), (srv.pv("sync_monitor", "SETPOINT") + ".DESC", "x")):
+        status, body = _raw(srv, "PUT", f"/pvs/{pv}", json.dumps({"value": value}).encode(), headers)
+        assert status == 403, (pv, status, body[:300])
+        status, body = _raw(srv, "POST", "/pvs/put", json.dumps({"pv_name": pv, "value": value}).encode(), headers)
+        assert status == 403, ("reference route", pv, status, body[:300])
+    assert await caget(status_pv, datatype=str, timeout=20) == before
+    # what operators may write still works, through the record (VAL, with or without the field)
+    for pv in (srv.pv("sync_monitor", "SETPOINT"), srv.pv("sync_monitor", "SETPOINT") + ".VAL"):
+        status, body = _raw(srv, "PUT", f"/pvs/{pv}", json.dumps({"value": 61.5}).encode(), headers)
+        assert status == 200, (pv, status, body[:300])
+    assert await caget(srv.pv("sync_monitor", "SETPOINT"), timeout=20) == 61.5
+    purge_channel_caches()  # the test's loop closes before the server stops

@@ -102,6 +102,36 @@ def test_write_pattern() -> None:
     Gateway(settings(pv_write_pattern="*"), "X").check_write("ANY:PV")
 
 
+def test_fields_only_when_a_pattern_names_them() -> None:
+    """Issue 14, item 6: .DISP, .SCAN, .FLNK... are not writable through the gateway by default."""
+    own = Gateway(settings(), "BL01:IOCMNG")
+    own.check_write("BL01:IOCMNG:TASK:SETPOINT.VAL")
+    for fld in ("DISP", "SCAN", "FLNK", "DESC", "disp"):
+        with pytest.raises(IocmngError) as err:
+            own.check_write(f"BL01:IOCMNG:TASK:STATUS.{fld}")
+        assert err.value.status == 403 and "IOCMNG_PV_WRITE_PATTERN" in err.value.detail
+    named = Gateway(settings(pv_write_pattern="BL01:*, BL02:MOT1.VELO"), "X")
+    named.check_write("BL02:MOT1.VELO")
+    with pytest.raises(IocmngError):
+        named.check_write("BL01:A.SCAN")  # '*' alone does not name fields
+
+
+def test_own_records_only_when_writable() -> None:
+    from types import SimpleNamespace
+
+    recs = SimpleNamespace(prefix="P:MON", records={"SETPOINT": 0, "STATUS": 0, "READING": 0, "ENABLE": 0},
+                           writable={"SETPOINT", "ENABLE"})
+    runtime = SimpleNamespace(handles={"mon": SimpleNamespace(name="mon", records=recs)})
+    gw = Gateway(settings(), "P", runtime)
+    gw.check_write("P:MON:SETPOINT")
+    gw.check_write("P:MON:ENABLE")
+    for short in ("STATUS", "READING"):
+        with pytest.raises(IocmngError) as err:
+            gw.check_write(f"P:MON:{short}")
+        assert err.value.status == 403 and "read-only" in err.value.detail and "ENABLE, SETPOINT" in err.value.detail
+    gw.check_write("P:OTHER:X")  # not a record of ours: the pattern decides
+
+
 def test_pv_names() -> None:
     assert pv_name("SR:DCCT:CURRENT.SEVR") == "SR:DCCT:CURRENT.SEVR"
     for bad in ("", "a b", "a/b", "é", "a\x00", "x" * 201, "{x}"):
