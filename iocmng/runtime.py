@@ -310,7 +310,10 @@ class Runtime:
                 continue
             start = loop.time()
             h.lateness.append(start - next_t)
-            errors = h.wiring.cycle() if h.wiring is not None else ()
+            try:  # a failure of the rules is a failed cycle, never the end of the loop
+                errors = h.wiring.cycle() if h.wiring is not None else ()
+            except PLUGIN_ERRORS as exc:
+                errors = [("rules", exc)]
             try:
                 if is_async:
                     await execute()

@@ -110,7 +110,10 @@ class Wiring:
         h = self.h
         if not h.enabled or h.records is None or self.links.closed:
             return
-        errors = self.apply(self.logic.evaluate(self.env(), changed=names))
+        try:
+            errors = self.apply(self.logic.evaluate(self.env(), changed=names))
+        except Exception as exc:  # a loop callback: an error here must become the plugin's, not the loop's
+            errors = [("rules", exc)]
         if errors:
             where, exc = errors[0]
             h.fail(exc, where)
@@ -127,7 +130,7 @@ class Wiring:
                 if records.get(name) != coerce_value(records.types[name], value):
                     records.set(name, value)
                     self.note_local(name, value)
-            except (TypeError, ValueError) as exc:
+            except Exception as exc:  # OverflowError too (pow(2, 2000) into a float): a failed cycle, not a dead task
                 outcome.errors.append((f"output {name}", exc))
         for rule, text, pv in outcome.messages:
             h.runtime.plugin_logger(h.name).warning("rule %s fired: %s", rule, text)

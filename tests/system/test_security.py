@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, wait_for_sync
 from service_support import Server, closed_port, make_repo
 
 pytestmark = pytest.mark.timeout(120)
@@ -191,3 +191,35 @@ async def test_record_fields_and_read_only_records(server: Server) -> None:
         assert status == 200, (pv, status, body[:300])
     assert await caget(srv.pv("sync_monitor", "SETPOINT"), timeout=20) == 61.5
     purge_channel_caches()  # the test's loop closes before the server stops
+
+
+async def test_a_transform_that_overflows_is_a_failed_cycle(server: Server, tmp_path: Path) -> None:
+    """Issue 14, item 3 (its last point): pow(2, 2000) into a float output killed the task
+    silently (still `running`, STATUS RUN, CYCLE_COUNT 0, nothing logged). Now each cycle fails
+    with STATUS ERROR and the message, and the loop goes on."""
+    from aioca import caget, purge_channel_caches
+
+    srv = server
+    plugin = tmp_path / "overflow"
+    plugin.mkdir()
+    (plugin / "config.yaml").write_text(
+        "parameters: {mode: continuous, interval: 0.1}\n"
+        "pvs:\n  outputs:\n    BIG: {type: float, value: 0}\n"
+        "transforms:\n  - output: BIG\n    expression: \"pow(2, 2000)\"\n")
+    status, _, body = call(srv, "POST", "/tasks", {"name": "overflow", "local_path": str(plugin)}, TOKEN)
+    assert status == 201, body
+    generation = json.loads(body)["generation"]
+    wait_for_sync(lambda: json.loads(call(srv, "GET", "/health")[2])["generation"] >= generation, timeout=60,
+                  what="the reload")
+
+    def failing() -> dict[str, Any] | None:
+        s, _, b = call(srv, "GET", "/tasks/overflow")
+        info = json.loads(b) if s == 200 else {}
+        return info if info.get("error_count", 0) >= 2 else None
+
+    info = wait_for_sync(failing, timeout=30, what="overflow's cycles to fail, again and again")
+    assert info["state"] == "running" and "OverflowError" in (info["last_error"] or ""), info
+    assert await caget(srv.pv("overflow", "STATUS"), datatype=str, timeout=20) == "ERROR"
+    assert "OverflowError" in await caget(srv.pv("overflow", "MESSAGE"), datatype=str, timeout=20)
+    assert "OverflowError" in srv.log()
+    purge_channel_caches()
