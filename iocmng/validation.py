@@ -32,6 +32,7 @@ from .errors import ConfigError, InsufficientStorage, IocmngError, ValidationFai
 from .ioc import plan_records, plugin_prefix
 from .loader import plugin_files
 from .registry import Source
+from .requirements import RequirementsError, parse_requirements
 from .sources import check_subpath, clone, local_commit, resolve_inside
 
 log = logging.getLogger("iocmng.validation")
@@ -207,20 +208,30 @@ class Pipeline:
         req_file = next((p for p in (c.plugin_dir / "requirements.txt", root / "requirements.txt") if p.is_file()), None)
         if req_file is None:
             return "no requirements.txt"
-        lines = [ln.strip() for ln in req_file.read_text(encoding="utf-8").splitlines()]
-        if not any(ln and not ln.startswith("#") for ln in lines):
+        if not req_file.resolve().is_relative_to(root.resolve()):  # a symlink out of the clone
+            raise _StepFailed(f"{req_file.name} leads outside the repository")
+        try:
+            wanted = parse_requirements(req_file.read_text(encoding="utf-8", errors="replace"))
+        except RequirementsError as exc:
+            raise _StepFailed(f"{req_file.name} {exc}") from None
+        if not wanted:
             return f"{req_file.name}: nothing to install"
         if not self.opt.allow_requirements:
             raise _StepFailed(f"{req_file.name} asks for packages, but this service refuses requirements "
                               "(IOCMNG_ALLOW_REQUIREMENTS=false); vendor them into the plugin or ask the operator")
         target = self.opt.data_dir / "deps" / f"{c.request.name}-{uuid.uuid4().hex[:8]}"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True)
         c.deps_dir = target
+        # pip gets the checked specifiers only, from a file of ours, --isolated
+        # (no pip.conf, no PIP_* variables), working inside the deps directory.
         # --target: a directory of the plugin's own, appended to sys.path after
         # the service's packages, so nothing the service imports is replaced.
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
-               "--target", str(target), "-r", str(req_file)]
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        wanted_file = target / ".requirements.txt"
+        wanted_file.write_text("\n".join(wanted) + "\n", encoding="utf-8")
+        cmd = [sys.executable, "-m", "pip", "install", "--isolated", "--quiet", "--disable-pip-version-check",
+               "--no-input", "--target", str(target), "--src", str(target / ".src"), "-r", str(wanted_file)]
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT, cwd=target)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), self.opt.pip_timeout)
         except TimeoutError:

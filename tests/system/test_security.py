@@ -223,3 +223,28 @@ async def test_a_transform_that_overflows_is_a_failed_cycle(server: Server, tmp_
     assert "OverflowError" in await caget(srv.pv("overflow", "MESSAGE"), datatype=str, timeout=20)
     assert "OverflowError" in srv.log()
     purge_channel_caches()
+
+
+def test_requirements_cannot_leave_the_data_directory(server: Server, tmp_path: Path) -> None:
+    """Issue 14, item 5: `-r FILE` / `-c FILE` read any file and the 422 quoted its first line;
+    `-e git+file://` checked out into the service's own venv. Each is now refused at validation,
+    by line number, before pip runs; the canary file is not quoted, nothing is left behind."""
+    srv = server
+    canary = tmp_path / "canary-secret.txt"
+    canary.write_text("CANARY-FIRST-LINE-do-not-quote\n")
+    other = make_repo(tmp_path / "git" / "other", {"setup.py": "raise SystemExit('must not run')\n"})
+    lines = [f"-r {canary}", f"-c {canary}", f"-e git+{other}#egg=other", f"other @ {other}",
+             "--index-url https://127.0.0.1:1/simple", f"{canary}"]
+    for i, line in enumerate(lines):
+        root = tmp_path / f"plugin{i}"
+        make_repo(root, {".": EXAMPLES / "sync_monitor"})
+        (root / "requirements.txt").write_text(f"numpy>=1\n{line}\n")
+        status, ctype, body = call(srv, "POST", "/tasks", {"name": f"req{i}", "local_path": str(root)}, TOKEN)
+        assert status == 422 and ctype == "application/problem+json", (line, status, body[:300])
+        problem = json.loads(body)
+        assert "requirements.txt line 2" in problem["detail"], (line, problem["detail"])
+        assert b"CANARY-FIRST-LINE" not in body and str(canary).encode() not in body, (line, body[:300])
+    assert canary.read_text() == "CANARY-FIRST-LINE-do-not-quote\n"
+    deps = srv.data_dir / "deps"
+    assert not deps.exists() or list(deps.iterdir()) == [], "nothing installed, nothing left behind"
+    assert json.loads(call(srv, "GET", "/health")[2])["status"] == "ok"
