@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TASK_MODES, PluginConfig, load_config, merged_parameters
+from .config import CONFIG_NAMES, TASK_MODES, PluginConfig, load_config, merged_parameters
 from .errors import ConfigError, InsufficientStorage, IocmngError, ValidationFailed, storage_error
 from .ioc import plan_records, plugin_prefix
 from .loader import plugin_files
@@ -243,7 +243,16 @@ class Pipeline:
             raise _StepFailed(f"pip could not install {req_file.name}: {' | '.join(tail)}")
         return f"installed {req_file.name} into the plugin's own directory"
 
+    def _inside_source(self, c: Candidate, files: list[Path]) -> None:
+        """Every file the plugin is made of resolves inside its clone (or local directory):
+        a symlink to a file elsewhere on the server is refused, naming the link only."""
+        root = (c.owned_dir or Path(c.source.local_path or c.plugin_dir)).resolve()
+        for f in files:
+            if f.exists() and not f.resolve().is_relative_to(root):
+                raise _StepFailed(f"{f.name} leads outside the repository (a symlink?); plugin files must be in it")
+
     async def step_config(self, c: Candidate) -> str:
+        self._inside_source(c, [c.plugin_dir / n for n in CONFIG_NAMES])
         try:
             c.config = load_config(c.plugin_dir)
         except ConfigError as exc:
@@ -259,6 +268,7 @@ class Pipeline:
 
     async def step_syntax(self, c: Candidate) -> str:
         files = plugin_files(c.plugin_dir)
+        self._inside_source(c, files)
         if not files:
             if c.config is not None and c.config.has_logic:
                 return "no .py file: a declarative task (config.yaml only)"

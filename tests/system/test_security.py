@@ -248,3 +248,23 @@ def test_requirements_cannot_leave_the_data_directory(server: Server, tmp_path: 
     deps = srv.data_dir / "deps"
     assert not deps.exists() or list(deps.iterdir()) == [], "nothing installed, nothing left behind"
     assert json.loads(call(srv, "GET", "/health")[2])["status"] == "ok"
+
+
+def test_plugin_files_must_be_in_the_repository(server: Server, tmp_path: Path) -> None:
+    """Issue 14, item 5 (last point): config.yaml, requirements.txt and the .py files must
+    resolve inside the clone: a symlink to a file elsewhere is refused, its content not read back."""
+    srv = server
+    canary = tmp_path / "canary-outside.yaml"
+    canary.write_text("CANARY: outside the repository\n")
+    outside_py = tmp_path / "outside.py"
+    outside_py.write_text("raise SystemExit('CANARY: must not be imported')\n")
+    cases = {"config.yaml": canary, "evil.py": outside_py, "requirements.txt": canary}
+    for i, (link, target) in enumerate(cases.items()):
+        root = tmp_path / f"linked{i}"
+        make_repo(root, {".": EXAMPLES / "sync_monitor"})
+        (root / link).unlink(missing_ok=True)
+        (root / link).symlink_to(target)
+        status, _, body = call(srv, "POST", "/tasks", {"name": f"linked{i}", "local_path": str(root)}, TOKEN)
+        assert status == 422 and b"leads outside the repository" in body, (link, status, body[:300])
+        assert b"CANARY" not in body and str(target).encode() not in body, (link, body[:300])
+    assert canary.read_text() == "CANARY: outside the repository\n"
