@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import bounded
 from .config import CONFIG_NAMES, TASK_MODES, PluginConfig, load_config, merged_parameters
 from .errors import ConfigError, InsufficientStorage, IocmngError, ValidationFailed, storage_error
 from .ioc import plan_records, plugin_prefix
@@ -230,16 +231,11 @@ class Pipeline:
         wanted_file.write_text("\n".join(wanted) + "\n", encoding="utf-8")
         cmd = [sys.executable, "-m", "pip", "install", "--isolated", "--quiet", "--disable-pip-version-check",
                "--no-input", "--target", str(target), "--src", str(target / ".src"), "-r", str(wanted_file)]
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT, cwd=target)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.opt.pip_timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise _StepFailed(f"installing {req_file.name} took longer than {self.opt.pip_timeout:.0f}s") from None
-        if proc.returncode != 0:
-            tail = out.decode(errors="replace").strip().splitlines()[-3:]
+        done = await bounded.run(cmd, self.opt.pip_timeout, cwd=target, merge_stderr=True)
+        if done.timed_out:
+            raise _StepFailed(f"installing {req_file.name} took longer than {self.opt.pip_timeout:.0f}s")
+        if done.returncode != 0:
+            tail = done.stdout.decode(errors="replace").strip().splitlines()[-3:]
             raise _StepFailed(f"pip could not install {req_file.name}: {' | '.join(tail)}")
         return f"installed {req_file.name} into the plugin's own directory"
 
@@ -292,15 +288,11 @@ class Pipeline:
         extra = [str(c.deps_dir)] if c.deps_dir else []
         cmd = [sys.executable, "-c", "from iocmng.validation import child_check; child_check()",
                str(c.plugin_dir), c.request.name, *extra]
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                                                    stdin=asyncio.subprocess.DEVNULL)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.opt.import_timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        done = await bounded.run(cmd, self.opt.import_timeout)  # own process group, output capped
+        if done.timed_out:
             raise _StepFailed(f"importing the plugin did not finish within {self.opt.import_timeout:.0f}s "
-                              "(does a module block or loop at import time?)") from None
+                              "(does a module block or loop at import time?)")
+        out, err = done.stdout, done.stderr
         lines = out.decode(errors="replace").strip().splitlines()
         try:
             self._child = json.loads(lines[-1]) if lines else {}
@@ -308,7 +300,7 @@ class Pipeline:
             self._child = {}
         if "stage" not in self._child:
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise _StepFailed(f"the import exited with code {proc.returncode} before reporting "
+            raise _StepFailed(f"the import exited with code {done.returncode} before reporting "
                               f"(does a module call sys.exit/os._exit or crash?) {tail[0]}".strip())
         if self._child["stage"] == "import":
             raise _StepFailed(self._child["error"])

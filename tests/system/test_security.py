@@ -14,12 +14,16 @@ The rest of the document points at the tests that pin it
 from __future__ import annotations
 
 import json
+import os
+import textwrap
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import EXAMPLES, wait_for_sync
 from service_support import Server, closed_port, make_repo
@@ -268,3 +272,61 @@ def test_plugin_files_must_be_in_the_repository(server: Server, tmp_path: Path) 
         assert status == 422 and b"leads outside the repository" in body, (link, status, body[:300])
         assert b"CANARY" not in body and str(target).encode() not in body, (link, body[:300])
     assert canary.read_text() == "CANARY: outside the repository\n"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purpose
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_import_check_is_bounded(server: Server, tmp_path: Path) -> None:
+    """Issue 14, item 4: an import that forks a child keeping stdout open held the add (and
+    the API with it) for the whole import limit; one printing gigabytes grew the service without
+    bound. Now the child's process group is ended when the child is done, and only the tail of
+    its output is kept."""
+    srv = server
+    pidfile = tmp_path / "grandchild.pid"
+    forker = tmp_path / "forker"
+    make_repo(forker, {".": EXAMPLES / "sync_monitor"})
+    (forker / "monitor.py").write_text(
+        (forker / "monitor.py").read_text() + textwrap.dedent(f"""
+        import os as _os, time as _time
+        if _os.fork() == 0:  # a daemon that keeps the inherited stdout open
+            open({str(pidfile)!r}, "w").write(str(_os.getpid()))
+            _time.sleep(300)
+            _os._exit(0)
+        raise RuntimeError("refused after forking")
+        """))
+    proc = psutil.Process(srv.pid)
+    rss_before = proc.memory_info().rss
+    t0 = time.monotonic()
+    status, _, body = call(srv, "POST", "/tasks", {"name": "forker", "local_path": str(forker)}, TOKEN)
+    took = time.monotonic() - t0
+    assert pidfile.exists(), "the import's fork ran (the test is meaningful)"
+    grandchild = int(pidfile.read_text())
+    wait_for_sync(lambda: not _alive(grandchild), timeout=10, what="the grandchild killed with its group")
+    assert took < 15, f"the add waited {took:.1f}s on a pipe a grandchild kept open"
+    # the child's own report was read although the grandchild held the pipe
+    assert status == 422 and b"refused after forking" in body, body[:300]
+
+    loud = tmp_path / "loud"
+    make_repo(loud, {".": EXAMPLES / "sync_monitor"})
+    (loud / "monitor.py").write_text((loud / "monitor.py").read_text() + textwrap.dedent("""
+        import sys as _sys
+        _chunk = "x" * (1 << 20) + "\\n"
+        for _ in range(200):  # 200 MB on stdout, then a failure
+            _sys.stdout.write(_chunk)
+        raise RuntimeError("loud import")
+        """))
+    status, _, body = call(srv, "POST", "/tasks", {"name": "loud", "local_path": str(loud)}, TOKEN)
+    assert status == 422 and len(body) < 100_000, (status, len(body))
+    grown = proc.memory_info().rss - rss_before
+    assert grown < 150 * (1 << 20), f"the service grew by {grown >> 20} MB reading a child's output"
+    assert json.loads(call(srv, "GET", "/health")[2])["status"] == "ok"
