@@ -15,6 +15,7 @@
     ├── Conflict (409)               duplicate name, job already running
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)   a body that is not JSON (cross-site forms cannot drive the API)
+    ├── Abandoned (503)              an add in flight when a reload came: nothing registered, try again
     ├── InsufficientStorage (507)    the data directory is full or read-only
     ├── ChannelFinderError (502)     a ChannelFinder look-up failed (raised into plugin code)
     ├── PVNotFound (404)             PV gateway: no server answered the name
@@ -135,6 +136,14 @@ class PayloadTooLarge(IocmngError):
 class UnsupportedMediaType(IocmngError):
     status = 415
     title = "Unsupported media type"
+
+
+class Abandoned(IocmngError):
+    """An add still validating when the service reloads for another change: abandoned (nothing
+    registered, nothing left behind) rather than holding the reload, and every client, for it."""
+
+    status = 503
+    title = "Service reloading"
 
 
 class InsufficientStorage(IocmngError):

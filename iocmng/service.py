@@ -35,7 +35,15 @@ from .autosave import AutosaveStore
 from .bootlist import read_boot_list
 from .config import deep_merge, load_config, merged_parameters
 from .devices import Devices
-from .errors import Conflict, IocmngError, NotFound, SettingsError, SourceError, ValidationFailed
+from .errors import (
+    Abandoned,
+    Conflict,
+    IocmngError,
+    NotFound,
+    SettingsError,
+    SourceError,
+    ValidationFailed,
+)
 from .events import EventBus, PluginLogs
 from .ioc import IocBridge, base_of, plan_records, plugin_prefix
 from .metrics import make_registry
@@ -55,6 +63,11 @@ LISTING_TTL = 0.2
 #: Seconds a reload / a stop waits for requests in progress (e.g. a job run).
 RELOAD_GRACE = 60.0
 STOP_GRACE = 5.0
+#: Seconds a due reload is put off while adds are in flight (HTTP answers meanwhile, and
+#: the adds join the reload), then seconds it waits for them once stopping, before
+#: abandoning them (each answers 503; nothing registered).
+RELOAD_DEFER = 8.0
+ADD_GRACE = 2.0
 
 def examples_dir() -> Path:
     """plugins_examples/ of a source checkout, or of the installation prefix (container)."""
@@ -97,10 +110,12 @@ class Service:
         self._adding: set[str] = set()
         self._no_adds = asyncio.Event()
         self._no_adds.set()
+        self._abandon = asyncio.Event()  # set when a reload stops waiting for adds in flight
         self._stop = asyncio.Event()
         self._reload_requested = False
         self._shutdown_requested = False
         self._reload_timer: asyncio.TimerHandle | None = None
+        self._reload_deadline = 0.0
         self.boot_errors: list[str] = []
         self._static_cache: dict[str, tuple[Entry, Any, dict[str, Any], dict[str, Any]]] = {}
         self._listings: dict[str | None, tuple[Any, asyncio.Task[bytes], float]] = {}
@@ -234,10 +249,12 @@ class Service:
         if req.name in self.registry.plugins or req.name in self._adding:
             raise Conflict(f"a plugin named {req.name!r} already exists; remove it first or choose another name",
                            field="name")
+        if self._abandon.is_set():  # the reload is under way: the next generation takes it
+            raise Abandoned(f"the service is reloading; {req.name!r} was not added: send the request again")
         self._adding.add(req.name)
         self._no_adds.clear()
         try:
-            cand = await self.pipeline.run(req)
+            cand = await self._validate_or_abandon(req)
             try:
                 async with self.lock:
                     self._check_record_clash(cand)
@@ -265,6 +282,26 @@ class Service:
             "validation": {"ok": True, "class_name": cand.class_name or None, "plugin_type": cand.kind, "errors": []},
             "steps": [s.to_dict() for s in cand.steps],
         }
+
+    async def _validate_or_abandon(self, req: Request) -> Candidate:
+        """The pipeline, unless a reload abandons it (see ``run``): then 503, nothing left
+        behind (a half-made clone is an orphan, removed as the next generation starts)."""
+        work = asyncio.ensure_future(self.pipeline.run(req))
+        abandon = asyncio.ensure_future(self._abandon.wait())
+        try:
+            await asyncio.wait({work, abandon}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            abandon.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            log.warning("add of %s abandoned: the service reloads for another change", req.name)
+            raise Abandoned(f"the service reloaded for another change while {req.name!r} was being validated; "
+                            "nothing was added: send the request again")
+        return work.result()
 
     def _check_record_clash(self, cand: Candidate) -> None:
         self._check_records_free(cand.records, cand.request.name)
@@ -420,10 +457,16 @@ class Service:
         """Coalesce: one reload ``reload_delay`` after the first pending change."""
         if self._reload_timer is None and not self._reload_requested:
             loop = asyncio.get_running_loop()
+            self._reload_deadline = loop.time() + self.settings.reload_delay + RELOAD_DEFER
             self._reload_timer = loop.call_later(self.settings.reload_delay, self._request_reload)
 
     def _request_reload(self) -> None:
         self._reload_timer = None
+        loop = asyncio.get_running_loop()
+        if self._adding and loop.time() < self._reload_deadline:
+            # Adds in flight commit into this same reload; HTTP keeps answering meanwhile.
+            self._reload_timer = loop.call_later(0.1, self._request_reload)
+            return
         self._reload_requested = True
         self._stop.set()
 
@@ -595,13 +638,20 @@ class Service:
         # On a reload, let adds in flight (clone, validation) commit first; a
         # stop does not wait for them (their half-made clone is an orphan,
         # removed at the next start).
+        # Adds still in flight (past RELOAD_DEFER): a moment only, as the clients waiting
+        # in the backlog wait for this too; then abandoned (each answers 503).
         if self._adding and not self._shutdown_requested:
-            log.info("waiting for %d add(s) in flight before stopping", len(self._adding))
-            limit = self.settings.git_timeout + self.settings.pip_timeout + self.settings.import_timeout
+            log.info("waiting up to %.0f s for %d add(s) in flight before stopping", ADD_GRACE, len(self._adding))
             try:
-                await asyncio.wait_for(self._no_adds.wait(), limit)
+                await asyncio.wait_for(self._no_adds.wait(), ADD_GRACE)
             except TimeoutError:
-                log.error("adds still in flight after %.0fs: %s", limit, ", ".join(self._adding))
+                log.warning("abandoning the add(s) still in flight: %s", ", ".join(sorted(self._adding)))
+                self._abandon.set()
+                try:
+                    await asyncio.wait_for(self._no_adds.wait(), ADD_GRACE)
+                except TimeoutError:
+                    log.error("adds still in flight after abandoning them: %s", ", ".join(self._adding))
+        self._abandon.set()  # an add arriving on a kept-alive connection now: the next generation takes it
         log.info("%s: stopping plugins", "reload" if reload else "shutdown")
         self.runtime.emit("reload" if reload else "shutdown", generation=self.generation,
                           next_generation=self.registry.state.generation if reload else None)

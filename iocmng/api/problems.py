@@ -38,6 +38,8 @@ def from_error(err: IocmngError) -> web.Response:
     resp = web.Response(status=err.status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE)
     if err.status == 401:  # RFC 9110 §15.5.2: a 401 names the scheme it wants
         resp.headers["WWW-Authenticate"] = 'Bearer realm="iocmng"'
+    if err.status == 503:  # RFC 9110 §10.2.3: when to try again (the next generation is seconds away)
+        resp.headers["Retry-After"] = "2"
     return resp
 
 

@@ -330,3 +330,46 @@ def test_import_check_is_bounded(server: Server, tmp_path: Path) -> None:
     grown = proc.memory_info().rss - rss_before
     assert grown < 150 * (1 << 20), f"the service grew by {grown >> 20} MB reading a child's output"
     assert json.loads(call(srv, "GET", "/health")[2])["status"] == "ok"
+
+
+def test_a_reload_does_not_wait_for_a_slow_add(server: Server, tmp_path: Path) -> None:
+    """Issue 14, item 4 (last point): with an add in flight (an import that sleeps) and another
+    change due, HTTP stopped answering for the add's whole limit. Now the due reload is put
+    off while HTTP keeps answering (adds finishing meanwhile join it), for a few seconds; then
+    the add is abandoned: it answers 503 (nothing registered, nothing left behind) and the
+    next generation serves everyone else."""
+    import threading
+
+    srv = server
+    slow = tmp_path / "slow"
+    make_repo(slow, {".": EXAMPLES / "sync_monitor"})
+    (slow / "monitor.py").write_text((slow / "monitor.py").read_text() + "\nimport time as _t\n_t.sleep(25)\n")
+    answer: dict[str, Any] = {}
+
+    def add_slow() -> None:
+        t0 = time.monotonic()
+        answer["status"], _, answer["body"] = call(srv, "POST", "/tasks", {"name": "slow", "local_path": str(slow)},
+                                                   TOKEN)
+        answer["took"] = time.monotonic() - t0
+
+    h0 = json.loads(call(srv, "GET", "/health")[2])["generation"]
+    adder = threading.Thread(target=add_slow)
+    adder.start()
+    time.sleep(1.0)  # the slow import is running
+    t0 = time.monotonic()
+    status, _, body = call(srv, "DELETE", "/tasks/async_monitor", token=TOKEN)  # another change: a reload
+    assert status == 200, body
+    time.sleep(2.0)  # the reload is due and put off for the add: HTTP answers meanwhile
+    t1 = time.monotonic()
+    assert call(srv, "GET", "/health")[0] == 200 and time.monotonic() - t1 < 2.0
+    wait_for_sync(lambda: json.loads(call(srv, "GET", "/health")[2])["generation"] > h0, timeout=60, interval=0.2,
+                  what="the next generation")
+    served = time.monotonic() - t0
+    adder.join(60)
+    assert served < 20, f"the reload waited {served:.1f}s for the add in flight"
+    assert answer["status"] == 503 and b"send the request again" in answer["body"], answer
+    assert answer["took"] < 20, answer["took"]
+    assert call(srv, "GET", "/tasks/slow")[0] == 404
+    for sub in ("repos", "deps"):
+        d = srv.data_dir / sub
+        assert not d.exists() or not [p for p in d.iterdir() if p.name.startswith("slow")], sub
