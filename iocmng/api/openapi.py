@@ -24,6 +24,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     names = {400: "Bad request (not JSON, bad query or path parameter)", 401: "Unauthorized", 403: "Forbidden",
              404: "Not found", 409: "Conflict", 413: "Too large",
              415: "A body that is not application/json",
+             503: "The service reloaded while the add was validating: nothing added, send it again",
              422: "A body field is wrong, or the plugin failed validation", 507: "Data directory full or read-only"}
     return {str(c): {"description": names[c], **PROBLEM} for c in codes}
 
@@ -53,7 +54,7 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json({"$ref": "#/components/schemas/PluginList"}), **_errors(400)}},
             "post": {"operationId": f"add_{coll}", "requestBody": _body("AddPlugin"),
                      "responses": {"201": _json({"type": "object"}, "Validated and committed"),
-                                   **_errors(400, 401, 409, 413, 415, 422, 507)}},
+                                   **_errors(400, 401, 409, 413, 415, 422, 503, 507)}},
         }
         paths[f"/api/v1/{coll}/{{name}}"] = {
             "parameters": [name_param],
