@@ -57,6 +57,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,27 @@ def resolve(args: argparse.Namespace) -> Plan:
     return Plan(cls, config, name, prefix, source)
 
 
+def run_staged(cls: type | None, write_config: Callable[[Path], None], name: str, prefix: str,
+               params: dict[str, Any], *, exact_prefix: bool, extra_paths: list[Path], pvout: Path | None) -> int:
+    """Run one plugin through ``iocmng run``'s machinery, staged in a throw-away directory:
+    its config.yaml (``write_config(path)``) and, for a class, a one-line module deriving
+    from it (``cls`` None: a declarative task). Used by ``iocmng-run`` and ``run_ioc()``."""
+    from .cli import _run_plugins
+
+    with tempfile.TemporaryDirectory(prefix="iocmng-run-") as tmp:
+        staged = Path(tmp) / name
+        staged.mkdir()
+        write_config(staged / "config.yaml")
+        if cls is not None:
+            # set on the imported module (under `python -m` this file is also __main__)
+            importlib.import_module("iocmng.run_alias")._TARGET = cls
+            (staged / "plugin.py").write_text(
+                "from iocmng.run_alias import target\n\n\n"
+                f"class {cls.__name__}(target()):  # the class chosen by iocmng-run / run_ioc\n    pass\n")
+        return asyncio.run(_run_plugins([staged], prefix, params, name, exact_prefix=exact_prefix,
+                                        extra_paths=extra_paths, pvout=pvout))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iocmng-run", description="Run one plugin as a soft IOC (alias of `iocmng run`).")
     p.add_argument("-m", "--module", help="plugin file (x.py) or module path (pkg.mod); default: the one .py beside "
@@ -248,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import _run_plugins, setup_logging
+    from .cli import setup_logging
     from .errors import IocmngError, SettingsError
     from .settings import load_settings, read_service_config, resolve_prefix
 
@@ -280,25 +302,18 @@ def main(argv: list[str] | None = None) -> int:
         pv_client.init(pva=args.pva == "true")
     what = f"class {plan.cls.__name__} from {plan.source}" if plan.cls else f"declarative task {plan.config}"
     log.info("%s: %s; %s", plan.name, what, f"PVs {prefix}:<PV>" if plan.prefix else f"PV prefix {prefix}")
-    with tempfile.TemporaryDirectory(prefix="iocmng-run-") as tmp:
-        staged = Path(tmp) / plan.name
-        staged.mkdir()
+    def copy_config(dest: Path) -> None:
         if plan.config is not None:
-            shutil.copyfile(plan.config, staged / "config.yaml")
+            shutil.copyfile(plan.config, dest)
         else:
-            (staged / "config.yaml").write_text("parameters: {}\n")
-        if plan.cls is not None:
-            # set on the imported module (under `python -m` this file is also __main__)
-            importlib.import_module("iocmng.run_alias")._TARGET = plan.cls
-            (staged / "plugin.py").write_text(
-                "from iocmng.run_alias import target\n\n\n"
-                f"class {plan.cls.__name__}(target()):  # the class chosen by iocmng-run\n    pass\n")
-        try:
-            return asyncio.run(_run_plugins([staged], prefix, params, plan.name, exact_prefix=plan.prefix is not None,
-                                            extra_paths=[plan.source] if plan.source else [], pvout=args.pvout))
-        except IocmngError as exc:
-            print(f"iocmng-run: {exc.detail}", file=sys.stderr)
-            return 2
+            dest.write_text("parameters: {}\n")
+
+    try:
+        return run_staged(plan.cls, copy_config, plan.name, prefix, params, exact_prefix=plan.prefix is not None,
+                          extra_paths=[plan.source] if plan.source else [], pvout=args.pvout)
+    except IocmngError as exc:
+        print(f"iocmng-run: {exc.detail}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

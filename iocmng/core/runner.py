@@ -30,10 +30,8 @@ What differs from 2.7.9:
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,7 +60,7 @@ def run_ioc(
     from .. import run_alias
     from ..base.job import JobBase
     from ..base.task import TaskBase
-    from ..cli import _run_plugins, name_from_dir
+    from ..cli import name_from_dir
     from ..settings import PREFIX_RE, load_settings, read_service_config, resolve_prefix
     from . import pv_client
 
@@ -79,28 +77,11 @@ def run_ioc(
         extra_paths.append(Path(inspect.getfile(plugin_class)).resolve().parent)
     except (TypeError, OSError):  # a class without a source file
         pass
-    run_alias._TARGET = plugin_class  # what the staged module's target() returns
     pv_client.init(pva=pva)
     try:
-        with tempfile.TemporaryDirectory(prefix="iocmng-run-") as tmp:
-            staged = Path(tmp) / plugin
-            staged.mkdir()
-            _write_config(staged / "config.yaml", config)
-            (staged / "plugin.py").write_text(
-                "from iocmng.run_alias import target\n\n\n"
-                f"class {plugin_class.__name__}(target()):  # the class given to run_ioc()\n    pass\n"
-            )
-            code = asyncio.run(
-                _run_plugins(
-                    [staged],
-                    whole_prefix,
-                    params,
-                    plugin,
-                    exact_prefix=prefix is not None,
-                    extra_paths=extra_paths,
-                    pvout=Path(pvout) if pvout else None,
-                )
-            )
+        code = run_alias.run_staged(plugin_class, lambda dest: _write_config(dest, config), plugin, whole_prefix,
+                                    params, exact_prefix=prefix is not None, extra_paths=extra_paths,
+                                    pvout=Path(pvout) if pvout else None)
     finally:
         pv_client.close()
     if code != 0:
