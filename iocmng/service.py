@@ -527,15 +527,13 @@ class Service:
             git_url = check_git_url(sp.git_url, pat) if sp.git_url else None
             check_subpath(sp.path)
             req = Request(name=sp.name, git_url=git_url, local_path=sp.local_path, branch=sp.branch, pat=pat,
-                          path=sp.path, parameters=sp.parameters, expect_kind=sp.kind)
+                          path=sp.path, parameters=sp.parameters, expect_kind=sp.kind, auto_start=sp.auto_start,
+                          autostart_order=sp.autostart_order)
             cand = await self.pipeline.run(req)
         except IocmngError as exc:
             self._boot_refused(sp.name, exc.detail, what)
             return False
-        # a job waits idle whatever auto_start says (a stopped job could not run), as for REST adds
-        entry = self._entry(cand).model_copy(update={"auto_start": sp.auto_start or cand.kind == "job",
-                                                     "autostart_order": sp.autostart_order})
-        self.registry.commit(add=entry)
+        self.registry.commit(add=self._entry(cand))
         return True
 
     def _boot_refused(self, name: str, detail: str, what: str = "startup") -> None:
