@@ -83,6 +83,11 @@ def get_registry() -> dict[str, Callable[..., Any]]:
     return {**BUILTIN_FUNCTIONS, **_registered}
 
 
+def version() -> int:
+    """Bumped by every :func:`register` (the key of safe_eval's cache)."""
+    return _version
+
+
 def registered() -> tuple[int, dict[str, Callable[..., Any]]]:
     """``(version, copy of the registered functions)``, without the library (for safe_eval)."""
     return _version, dict(_registered)

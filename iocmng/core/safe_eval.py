@@ -58,11 +58,10 @@ def safe_eval(
     (unsafe or unregistered), ``NameError`` (undefined variable) or the
     evaluation's own exception, as 2.7.9 did.
     """
-    version, table = _functions.registered()
     if extra_functions:
-        compiled = _compile(expression, {**table, **extra_functions})
-    else:
-        compiled = _compile_cached(expression, version)
+        compiled = _compile(expression, {**_functions.registered()[1], **extra_functions})
+    else:  # the registry is copied only when the cache misses
+        compiled = _compile_cached(expression, _functions.version())
     missing = sorted(compiled.names - variables.keys())
     if missing:
         raise NameError(f"name {missing[0]!r} is not defined", name=missing[0])
