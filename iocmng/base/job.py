@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .plugin import PluginBase, PluginContext, _compat
+from .plugin import PluginBase, PluginContext, _compat, _observed
 
 
 @dataclass
@@ -60,30 +58,7 @@ class JobBase(PluginBase, ABC):
 
             self.__dict__["_iocmng_last_result"] = JobResult(False, {}, describe(exc))
 
-        if inspect.iscoroutinefunction(execute):
-            @functools.wraps(execute)
-            async def recorded_async() -> Any:
-                try:
-                    result = await execute()
-                except BaseException as exc:
-                    failed(exc)
-                    raise
-                keep(result)
-                return result
-
-            self.__dict__["execute"] = recorded_async
-        else:
-            @functools.wraps(execute)
-            def recorded() -> Any:
-                try:
-                    result = execute()
-                except BaseException as exc:
-                    failed(exc)
-                    raise
-                keep(result)
-                return result
-
-            self.__dict__["execute"] = recorded
+        self.__dict__["execute"] = _observed(execute, after=keep, failed=failed)
 
     @_compat
     def last_result(self) -> JobResult | None:

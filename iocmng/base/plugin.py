@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
+import inspect
 import logging
 import os
 import time
@@ -131,6 +133,45 @@ class _PVs(Mapping[str, _PV]):
 
     def __len__(self) -> int:
         return len(self._names)
+
+
+def _observed(fn: Callable[[], Any], before: Callable[[], None] | None = None,
+              after: Callable[[Any], None] | None = None,
+              failed: Callable[[BaseException], None] | None = None) -> Callable[[], Any]:
+    """``fn`` (a plugin's bound method, ``def`` or ``async def``) with the same call, result and
+    exceptions, telling ``before()`` it starts, ``after(result)`` it returned, ``failed(exc)`` it raised."""
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def observed_async() -> Any:
+            if before is not None:
+                before()
+            try:
+                result = await fn()
+            except BaseException as exc:
+                if failed is not None:
+                    failed(exc)
+                raise
+            if after is not None:
+                after(result)
+            return result
+
+        return observed_async
+
+    @functools.wraps(fn)
+    def observed() -> Any:
+        if before is not None:
+            before()
+        try:
+            result = fn()
+        except BaseException as exc:
+            if failed is not None:
+                failed(exc)
+            raise
+        if after is not None:
+            after(result)
+        return result
+
+    return observed
 
 
 def _read_beamline_config(ctx: Any, logger: logging.Logger) -> dict[str, Any]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from .plugin import PluginBase, PluginContext, _compat
+from .plugin import PluginBase, PluginContext, _compat, _observed
 
 
 class TaskBase(PluginBase, ABC):
@@ -42,21 +40,8 @@ class TaskBase(PluginBase, ABC):
         super()._attach(ctx)
         # `running` turns False when the runtime starts cleanup(), as 2.7.9's stop()
         # did before calling it: wrap this instance's cleanup (same call, same result).
-        cleanup = self.cleanup
-        if inspect.iscoroutinefunction(cleanup):
-            @functools.wraps(cleanup)
-            async def stopping_async() -> Any:
-                self.__dict__["_iocmng_stopping"] = True
-                return await cleanup()
-
-            self.__dict__["cleanup"] = stopping_async
-        else:
-            @functools.wraps(cleanup)
-            def stopping() -> Any:
-                self.__dict__["_iocmng_stopping"] = True
-                return cleanup()
-
-            self.__dict__["cleanup"] = stopping
+        self.__dict__["cleanup"] = _observed(
+            self.cleanup, before=lambda: self.__dict__.__setitem__("_iocmng_stopping", True))
 
     @_compat
     def running(self) -> bool:
