@@ -9,9 +9,11 @@ generation declares its records (:meth:`IocBridge.add_plugin`); then
 callbacks run as coroutines on that same loop. Any change to the record set
 after that is the reload's job (see :mod:`iocmng.reload`).
 
-Records of a plugin ``NAME`` are ``<prefix>:<NAME>:<PV>``. Client writes to
-read-only records (outputs, STATUS, MESSAGE, CYCLE_COUNT) are refused by the
-record itself (``DISP=1``), which is how EPICS disables puts.
+Records of a plugin ``NAME`` are ``<prefix>:<NAME>:<PV>``. Clients (CA and
+PVA) may write the VAL of the writable records (inputs, ENABLE, RUN, CLEAR,
+RESET) and nothing else: EPICS access security, loaded before ``iocInit``
+(:mod:`iocmng.access_security`). Read-only records keep ``DISP=1`` as a second
+layer: the database itself refuses puts to them (clients can no longer clear it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .access_security import WRITABLE, access_security_file, check_active
 from .config import PluginConfig, PVSpec, coerce_value
 from .errors import ConfigError
 
@@ -274,7 +277,7 @@ class FastRecord:
     updated the way EPICS's own database code does it: lock, ``dbPut`` VAL,
     ``dbProcess`` (timestamp, alarms, monitors), unlock, all in the calling
     thread; measured here about 3 % of a core for 10 000 updates/s. Clients
-    cannot write them (``DISP=1``; ``dbPut`` is below that check).
+    cannot write them (access security, and ``DISP=1``; ``dbPut`` is below both).
     """
 
     __slots__ = ("name", "kind", "value", "_addr", "_dbr", "_ctype", "forced", "_nsta", "_nsev")
@@ -482,6 +485,7 @@ class IocBridge:
     ) -> Any:
         from softioc import builder
 
+        fields["ASG"] = WRITABLE  # clients may write VAL (access security), no other field
         if rec.short == "RUN":
             assert on_run is not None, "triggered tasks need a run handler"
 
@@ -519,8 +523,10 @@ class IocBridge:
         # Never call its close(): with loop= it raises AttributeError (softioc 4.7).
         self._dispatcher = asyncio_dispatcher.AsyncioDispatcher(loop=loop)
         builder.LoadDatabase()
-        softioc.iocInit(self._dispatcher)
+        with access_security_file():  # iocInit's asInit reads it
+            softioc.iocInit(self._dispatcher)
         self.started = True
+        check_active()
         for records in self.plugins.values():
             records.attach()
         log.info("IOC started: %d plugin(s), %d record(s)", len(self.plugins),
