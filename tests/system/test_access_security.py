@@ -1,0 +1,172 @@
+"""EPICS access security of the service's own records (issue 14, item 6, CA and PVA).
+
+``DISP=1`` alone never made a record read-only: EPICS lets a client write
+``.DISP`` itself, so ``caput P:X:STATUS.DISP 0`` then ``caput P:X:STATUS 4``
+forged an ERROR (MAJOR) status, and every field of an input (DESC, SCAN,
+FLNK...) was writable. The bridge now loads an access security file before
+iocInit (iocmng/access_security.py): outputs, STATUS, MESSAGE, CYCLE_COUNT
+and every field but VAL are read-only to CA and PVA clients; an input's and
+ENABLE's / RUN's VAL stay writable.
+
+A real ``iocmng run`` (sync_monitor: inputs and outputs; triggered_scan: RUN),
+driven with aioca and p4p over loopback only (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aioca import CANothing, caget, cainfo, caput
+from conftest import EXAMPLES, Runner, pva_context, start_runner, stop_and_check, wait_for
+from epicscorelibs.ca.cadef import CAException
+from p4p.client.asyncio import RemoteError
+
+pytestmark = pytest.mark.timeout(120)
+SYNC, SCAN = "sync_monitor", "triggered_scan"
+
+#: (PV of sync_monitor, a value a client would forge): every put must be refused.
+REFUSED_VALUES = [
+    ("STATUS", 4),
+    ("READING", 99.0),
+    ("ALARM", 1),
+    ("CYCLE_COUNT", 0),
+    ("MESSAGE", "forged"),
+    ("LAST_INPUT", "forged"),
+]
+#: Fields of sync_monitor's records: refused, and each keeps its value.
+REFUSED_FIELDS = [
+    ("STATUS.DISP", 0),
+    ("STATUS.DESC", "forged"),
+    ("READING.DISP", 0),
+    ("SETPOINT.DESC", "forged"),
+    ("SETPOINT.SCAN", 1),
+    ("SETPOINT.FLNK", "forged"),
+    ("SETPOINT.DISP", 1),
+    ("SETPOINT.PROC", 1),
+    ("SETPOINT.ASG", ""),
+    ("SETPOINT.DRVH", 1e9),
+    ("ENABLE.DESC", "forged"),
+]
+
+
+@pytest.fixture(scope="module")
+def ioc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runner, Path]]:
+    """The runner, and the TMPDIR it was started with (the ACF file must not stay there)."""
+    tmp = tmp_path_factory.mktemp("tmpdir")
+    with pytest.MonkeyPatch.context() as mp:
+        # the runner's environment is this process's (tests/conftest.py)
+        mp.setenv("TMPDIR", str(tmp))
+        runner = start_runner([EXAMPLES / SYNC, EXAMPLES / SCAN], tmp_path_factory.mktemp("ioc"))
+    yield runner, tmp
+    stop_and_check(runner)
+
+
+@pytest.fixture(autouse=True)
+def _purge_ca() -> Iterator[None]:
+    yield
+    import aioca
+
+    aioca.purge_channel_caches()  # the test's loop closes now: no callbacks into it later
+
+
+@pytest.fixture
+async def pva(ioc: tuple[Runner, Path]) -> Any:
+    ctx = pva_context(ioc[0].ports)
+    yield ctx
+    ctx.close()
+
+
+async def put(protocol: str, pva: Any, pv: str, value: Any) -> None:
+    if protocol == "ca":
+        await caput(pv, value, wait=True, timeout=5)
+    else:
+        await asyncio.wait_for(pva.put(pv, value), 5)
+
+
+async def refused(protocol: str, pva: Any, pv: str, value: Any) -> None:
+    """The put fails; over CA the channel also reports no write access (what DISP never did), so
+    libca refuses the put itself (CAException "Write access denied")."""
+    if protocol == "ca":
+        info = await cainfo(pv, timeout=5)
+        assert info.read and not info.write, (
+            f"CA access rights of {pv}: read={info.read} write={info.write}"
+        )
+        with pytest.raises((CAException, CANothing)) as caught:
+            await put(protocol, pva, pv, value)
+        assert not isinstance(caught.value, CANothing) or not caught.value.ok, (
+            f"CA put to {pv} was accepted"
+        )
+    else:
+        with pytest.raises(RemoteError):
+            await put(protocol, pva, pv, value)
+
+
+@pytest.mark.parametrize("protocol", ["ca", "pva"])
+async def test_disp_cannot_be_cleared_to_forge_a_status(
+    ioc: tuple[Runner, Path], pva: Any, protocol: str
+) -> None:
+    runner = ioc[0]
+    status = runner.pv(SYNC, "STATUS")
+    await refused(protocol, pva, f"{status}.DISP", 0)
+    await refused(protocol, pva, status, 4)
+    assert await caget(f"{status}.DISP", timeout=5) == 1
+    assert await caget(status, datatype=str, timeout=5) == "RUN"
+
+
+@pytest.mark.parametrize("protocol", ["ca", "pva"])
+async def test_outputs_and_service_records_refuse_puts(
+    ioc: tuple[Runner, Path], pva: Any, protocol: str
+) -> None:
+    runner = ioc[0]
+    for short, value in REFUSED_VALUES:
+        await refused(protocol, pva, runner.pv(SYNC, short), value)
+    assert await caget(runner.pv(SYNC, "MESSAGE"), timeout=5) != "forged"
+
+
+@pytest.mark.parametrize("protocol", ["ca", "pva"])
+async def test_fields_other_than_val_refuse_puts(
+    ioc: tuple[Runner, Path], pva: Any, protocol: str
+) -> None:
+    runner = ioc[0]
+    for short, value in REFUSED_FIELDS:
+        pv = runner.pv(SYNC, short)
+        before = await caget(pv, datatype=str, timeout=5)
+        await refused(protocol, pva, pv, value)
+        assert await caget(pv, datatype=str, timeout=5) == before, pv
+
+
+@pytest.mark.parametrize("protocol", ["ca", "pva"])
+async def test_inputs_enable_and_run_stay_writable(
+    ioc: tuple[Runner, Path], pva: Any, protocol: str
+) -> None:
+    runner = ioc[0]
+    setpoint, enable = runner.pv(SYNC, "SETPOINT"), runner.pv(SYNC, "ENABLE")
+    for pv, value in ((setpoint, 61.5), (f"{setpoint}.VAL", 62.5)):
+        await put(protocol, pva, pv, value)
+        assert await caget(setpoint, timeout=5) == value
+    await put(protocol, pva, enable, 0)
+    assert await caget(enable, timeout=5) == 0
+    await put(protocol, pva, enable, 1)
+    assert await caget(enable, timeout=5) == 1
+    scans = await caget(runner.pv(SCAN, "SCANS"), timeout=5)
+    await put(protocol, pva, runner.pv(SCAN, "RUN"), 1)
+    if protocol == "ca":  # a CA put-callback to RUN completes when the cycle ends
+        assert await caget(runner.pv(SCAN, "SCANS"), timeout=5) == scans + 1
+    # the service's own updates are below access security: the task keeps counting
+    count_pv = runner.pv(SYNC, "CYCLE_COUNT")
+    count = await caget(count_pv, timeout=5)
+
+    async def counting() -> bool:
+        return await caget(count_pv, timeout=5) > count
+
+    await wait_for(counting, what="CYCLE_COUNT to go on counting")
+
+
+def test_the_access_security_file_is_not_left_behind(ioc: tuple[Runner, Path]) -> None:
+    runner, tmp = ioc
+    assert runner.alive()
+    assert list(tmp.glob("*.acf")) == []
