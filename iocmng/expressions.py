@@ -28,12 +28,36 @@ a variable named like a function, huge constants, and expressions longer than
 :data:`MAX_LENGTH` characters, :data:`MAX_NODES` syntax nodes or
 :data:`MAX_DEPTH` levels of nesting.
 
-Cost is bounded at run time too: ``**`` and ``pow()`` refuse an integer result
-over :data:`MAX_POW_BITS` bits, ``*`` refuses a repeated string or list over
-:data:`MAX_SEQUENCE_LENGTH` items, ``%`` refuses string formatting, and
-``round()`` refuses more than 100 digits. A failure while evaluating (a
-division by zero, ``sqrt(-1)``, a missing value) raises
-:class:`ExpressionEvaluationError`.
+Cost is bounded by construction, for every value an expression builds, as it
+is built (the limits are constants of :mod:`iocmng.expression_library`):
+
+- an integer has at most ``MAX_POW_BITS`` (4096) bits: ``*`` and ``**`` check the
+  operands' sizes *before* computing, ``+`` the result (``%`` cannot grow one);
+- a string has at most ``MAX_STRING_CHARS`` (10 000) characters, checked before
+  ``+`` concatenates or ``*`` repeats; ``%`` refuses string formatting;
+- a list or tuple holds at most ``MAX_ELEMENTS`` (100 000) elements counted
+  through nested lists (a long string or integer inside counts one more per
+  ``BYTES_PER_ELEMENT`` bytes, a numpy array its ``size``) and nests at most
+  ``MAX_NESTING`` (32) levels; one ``*`` repeats at most ``MAX_SEQUENCE_LENGTH``
+  (10 000) items. Counting stops as soon as the limit is passed (a list shared
+  by reference counts each time it appears), so the count is bounded too;
+- checked: the results of ``+ * ** %`` and ``pow()``, list and tuple literals
+  (except flat ones of constants), and the result of every function call (the
+  plugin's extra functions too; the library functions that return a number,
+  :data:`~iocmng.expression_library.SCALAR_FUNCTIONS`, excepted). ``- / //``
+  are left as they are: they build no string or list and add one bit at most;
+- nested list repetition (``[[0] * n] * m``: a repeated list literal holding a
+  repetition of a list) is refused when the expression is compiled;
+- ``round()`` refuses more than 100 digits.
+
+Values coming in (inputs, buffers, parameters) are not checked when read, only
+when operated on, by the same rules: ``buf + [x]`` on a buffer past the bounds
+is an evaluation error, not a crash. A value over a bound raises
+:class:`ExpressionEvaluationError` (``ValueError: ... exceeds the limit ...``),
+as does any failure while evaluating (a division by zero, ``sqrt(-1)``, a
+missing value). A plugin's evaluation of all its transforms and rules together
+has a time budget (:class:`iocmng.logic.Logic`); the helpers above check it on
+their costly paths, and raise :class:`EvaluationBudgetExceeded` past it.
 
 The function library is the one of iocmng 2.7.9's ``core/functions.py``, with
 these differences, each fixing a trap of the original:
@@ -63,16 +87,22 @@ from .expression_library import (
     MAX_LENGTH,
     MAX_NODES,
     MAX_STRING_LENGTH,
+    SCALAR_FUNCTIONS,
+    EvaluationBudgetExceeded,
     ExpressionError,
     ExpressionEvaluationError,
+    OverBudget,
+    _safe_add,
     _safe_mod,
     _safe_mul,
     _safe_pow,
+    check_value,
     derivative,
 )
 
 __all__ = [
     "BUILTIN_FUNCTIONS",
+    "EvaluationBudgetExceeded",
     "Expression",
     "ExpressionError",
     "ExpressionEvaluationError",
@@ -88,11 +118,15 @@ __all__ = [
 # helpers. Their names (like the "fn:" names of library functions) contain a
 # colon, so no expression name and no key of the evaluated mapping can shadow them.
 _OP_HELPERS: dict[type[ast.operator], tuple[str, Callable[..., Any]]] = {
+    ast.Add: ("op:add", _safe_add),
     ast.Mult: ("op:mul", _safe_mul),
     ast.Mod: ("op:mod", _safe_mod),
     ast.Pow: ("op:pow", _safe_pow),
 }
-_PLAIN_BINOPS = (ast.Add, ast.Sub, ast.Div, ast.FloorDiv)
+# The value check of list/tuple literals and function results.
+_CHECK = "op:value"
+# ``- / //`` build no sequence or string, and grow an integer by one bit at most.
+_PLAIN_BINOPS = (ast.Sub, ast.Div, ast.FloorDiv)
 _UNARYOPS = (ast.Not, ast.USub, ast.UAdd)
 _CMPOPS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn)
 
@@ -202,7 +236,9 @@ class _Checker(ast.NodeTransformer):
         for kw in node.keywords:
             kw.value = self.visit(kw.value)
         node.func = ast.copy_location(ast.Name(id=f"fn:{func.id}", ctx=ast.Load()), func)
-        return node
+        if func.id in SCALAR_FUNCTIONS and self.functions[func.id] is BUILTIN_FUNCTIONS[func.id]:
+            return node
+        return _checked(node)
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         helper = _OP_HELPERS.get(type(node.op))
@@ -218,8 +254,11 @@ class _Checker(ast.NodeTransformer):
             # compile time rather than on every evaluation.
             try:
                 folded = helper[1](left.value, right.value)
-            except (ValueError, TypeError) as exc:
+            except ValueError as exc:
                 raise self.fail(str(exc)) from exc
+            except TypeError as exc:
+                if not isinstance(node.op, ast.Add):  # 'a' + 1 stays an evaluation error, as in Python
+                    raise self.fail(str(exc)) from exc
             except ArithmeticError:
                 pass  # e.g. 1 % 0: an evaluation error, reported when evaluated
             else:
@@ -245,10 +284,16 @@ class _Checker(ast.NodeTransformer):
         return self._children(node)
 
     def visit_Tuple(self, node: ast.Tuple) -> ast.AST:
-        return self._children(node)
+        return self._literal(node)
 
     def visit_List(self, node: ast.List) -> ast.AST:
-        return self._children(node)
+        return self._literal(node)
+
+    def _literal(self, node: ast.List | ast.Tuple) -> ast.AST:
+        self._children(node)  # visits the elements in place
+        if all(isinstance(e, ast.Constant) for e in node.elts):
+            return node  # flat, and no longer than the expression
+        return _checked(node)
 
     # Leaves of the allowed nodes (operators, Load) are passed through unchanged.
     def visit_Load(self, node: ast.AST) -> ast.AST:
@@ -259,6 +304,40 @@ class _Checker(ast.NodeTransformer):
     visit_Not = visit_USub = visit_UAdd = visit_Load
     visit_Eq = visit_NotEq = visit_Lt = visit_LtE = visit_Gt = visit_GtE = visit_Load
     visit_In = visit_NotIn = visit_Load
+
+
+def _checked(node: ast.expr) -> ast.expr:
+    """``node`` wrapped in the value check."""
+    return ast.copy_location(ast.Call(func=ast.Name(id=_CHECK, ctx=ast.Load()), args=[node], keywords=[]), node)
+
+
+def _refuse_nested_repetition(text: str, tree: ast.AST) -> None:
+    """Refuse ``[[0] * n] * m``: a repetition of a list literal holding a repetition of a list.
+
+    Each ``*`` is bounded alone, but together they multiply: refused when the
+    expression is compiled, since no such value could pass the bounds anyway.
+    ``[0] * n`` and ``[[0]] * n`` stay allowed. One pass, bottom-up.
+    """
+    # per node: (holds a list/tuple literal, holds a repetition of one, holds a literal holding one)
+    memo: dict[int, tuple[bool, bool, bool]] = {}
+    stack: list[tuple[ast.AST, bool]] = [(tree, False)]
+    while stack:
+        node, done = stack.pop()
+        children = list(ast.iter_child_nodes(node))
+        if not done:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+            continue
+        kids = [memo[id(c)] for c in children]
+        literal = isinstance(node, ast.List | ast.Tuple)
+        has_lit = literal or any(k[0] for k in kids)
+        sides = (node.left, node.right) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) else ()
+        if any(memo[id(side)][2] for side in sides):
+            raise ExpressionError(text, "nested list repetition (a repeated list holding a repeated list, "
+                                        "as [[0] * n] * m) is not allowed: the sizes multiply")
+        has_rep = any(memo[id(side)][0] for side in sides) or any(k[1] for k in kids)
+        lit_rep = (literal and any(k[1] for k in kids)) or any(k[2] for k in kids)
+        memo[id(node)] = (has_lit, has_rep, lit_rep)
 
 
 class Expression:
@@ -294,6 +373,9 @@ class Expression:
             raise ExpressionEvaluationError(self.text, f"no value for {exc.args[0]!r}") from exc
         try:
             return self._function(*args)
+        except OverBudget:
+            raise EvaluationBudgetExceeded(self.text, "the evaluation budget of the plugin's transforms and "
+                                                      "rules ran out in this expression") from None
         except Exception as exc:
             raise ExpressionEvaluationError(self.text, f"{type(exc).__name__}: {exc}") from exc
 
@@ -362,6 +444,7 @@ def compile_expression(text: str, names: Iterable[str],
         raise ExpressionError(text, f"too complex: {count} syntax nodes (limit {MAX_NODES})")
     if depth > MAX_DEPTH:
         raise ExpressionError(text, f"too deeply nested: depth {depth} (limit {MAX_DEPTH})")
+    _refuse_nested_repetition(text, tree)
     checker = _Checker(text, known, table)
     tree = checker.visit(tree)
     # The checked body becomes ``lambda <names>: body``: names are fast locals
@@ -381,6 +464,7 @@ def compile_expression(text: str, names: Iterable[str],
         globals_[f"fn:{fname}"] = table[fname]
     for helper_name, helper in _OP_HELPERS.values():
         globals_[helper_name] = helper
+    globals_[_CHECK] = check_value
     function = eval(code, globals_)  # noqa: S307 - checked, builtins-free code
     return Expression(text, frozenset(checker.used_names), frozenset(checker.used_functions),
                       order, function)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import math
+import time
 from collections import deque
 from unittest import mock
 
@@ -32,7 +33,8 @@ VALUES = {
 
 
 def ev(text: str, values: dict | None = None, **kw):
-    return compile_expression(text, NAMES, **kw).evaluate(VALUES if values is None else values)
+    names = NAMES if values is None else NAMES | set(values)
+    return compile_expression(text, names, **kw).evaluate(VALUES if values is None else values)
 
 
 def refused(text: str, match: str, names=NAMES, **kw) -> ExpressionError:
@@ -404,3 +406,205 @@ def test_constants_are_folded_within_the_bounds():
 def test_evaluation_has_no_builtins():
     expr = compile_expression("a", {"a"})
     assert expr._function.__globals__["__builtins__"] == {}
+
+
+# --- value bounds (issue 14, item 3): every value an expression builds is checked as it is built ---
+
+
+def failed(text: str, values: dict, match: str, names=None, **kw) -> ExpressionEvaluationError:
+    expr = compile_expression(text, set(values) if names is None else names, **kw)
+    with pytest.raises(ExpressionEvaluationError, match=match) as info:
+        expr.evaluate(values)
+    assert info.value.expression == text
+    return info.value
+
+
+BIG = 1 << 3000  # 3001 bits: under the 4096-bit limit alone
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("x * x", {"x": BIG}),  # 6002 bits: refused before multiplying
+        ("x * y", {"x": 1 << 10_000_000, "y": 1 << 10_000_000}),  # would take seconds to multiply
+        ("x ** 2", {"x": BIG}),
+        ("pow(x, 2)", {"x": BIG}),
+        ("x + x", {"x": (1 << 4096) - 1}),  # 4097 bits
+        ("x + 1", {"x": 1 << 5000}),  # an input past the bound, operated on
+    ],
+)
+def test_integers_are_bounded_in_bits(text, values):
+    failed(text, values, "4096-bit limit")
+
+
+def test_a_squaring_chain_stops_at_the_bit_limit():
+    square = compile_expression("x * x", {"x"})
+    x, steps = 3, 0
+    with pytest.raises(ExpressionEvaluationError, match="4096-bit limit"):
+        while True:
+            x = square.evaluate({"x": x})
+            steps += 1
+    assert 10 <= steps <= 12 and x.bit_length() <= 4096
+
+
+@pytest.mark.parametrize(
+    ("text", "values", "match"),
+    [
+        ("s + s", {"s": "x" * 6000}, "12000 characters exceeds the limit of 10000"),
+        ("s + 'y'", {"s": "x" * 10_000}, "10001 characters"),
+        ("s * 3", {"s": "x" * 4000}, "exceeds 10000 items"),
+        ("s + s", {"s": "x" * 10**7}, "characters exceeds"),  # a huge input: refused, no crash
+    ],
+)
+def test_strings_are_bounded(text, values, match):
+    failed(text, values, match)
+
+
+def test_a_doubling_string_chain_stops_at_the_limit():
+    double = compile_expression("s + s", {"s"})
+    s = "ab"
+    with pytest.raises(ExpressionEvaluationError, match="limit of 10000"):
+        while True:
+            s = double.evaluate({"s": s})
+    assert len(s) <= 10_000
+
+
+L10K = [0.5] * 10_000
+
+
+@pytest.mark.parametrize(
+    ("text", "values", "match"),
+    [
+        ("l + l", {"l": [0] * 60_000}, "limit of 100000 elements"),
+        ("l * 2", {"l": [0] * 6000}, "exceeds 10000 items"),
+        ("[l] * 20", {"l": L10K}, "limit of 100000 elements"),  # 20 x 10 001: counted through
+        ("[l, l, l, l, l, l, l, l, l, l, l]", {"l": L10K}, "limit of 100000 elements"),  # shared refs count
+        ("(l,) + (l,) * 10", {"l": L10K}, "limit of 100000 elements"),
+        ("buf + [1]", {"buf": [0.0] * 10**6}, "limit of 100000 elements"),  # a huge input, operated on
+        ("[buf]", {"buf": [0.0] * 10**6}, "limit of 100000 elements"),
+        # a long string inside weighs one element per 100 characters: 1000 x (1 + 100)
+        ("[s] * 1000", {"s": "x" * 10_000}, "limit of 100000 elements"),
+        ("[x] * 10000 + [x] * 10000", {"x": 1 << 4000}, "limit of 100000 elements"),  # 4000 bits: 1 + 5 each
+    ],
+)
+def test_lists_are_bounded_in_elements(text, values, match):
+    failed(text, values, match)
+
+
+def nested(depth: int) -> list:
+    value: list = [0]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_lists_are_bounded_in_nesting():
+    assert len(ev("[[[[[[[[[[a]]]]]]]]]]")) == 1  # 10 levels
+    text = "[" * 33 + "a" + "]" * 33
+    failed(text, {"a": 1}, "nested more than 32 levels", names=NAMES)
+    assert ev("[x]", {"x": nested(31)}) == [nested(31)]
+    failed("[x]", {"x": nested(32)}, "nested more than 32 levels")
+    failed("x + x", {"x": nested(40)}, "nested more than 32 levels")
+
+
+def test_counting_a_value_is_bounded():
+    # 10**6 references to a list of 10**6: 10**12 elements if walked, refused after ~10**5
+    inner = [0.0] * 10**6
+    failed("x + x", {"x": [inner] * 10**6}, "limit of 100000 elements")
+    loop: list = []
+    loop.append(loop)  # a cycle (a plugin function could return one): refused, not walked forever
+    failed("f()", {}, "nested more than 32 levels", names=set(), functions={"f": lambda: loop})
+
+
+@pytest.mark.parametrize(
+    ("result", "match"),
+    [
+        ("x" * 20_000, "20000 characters"),
+        (1 << 5000, "4096-bit limit"),
+        ([0] * 200_000, "limit of 100000 elements"),
+        ([[0] * 1000] * 1000, "limit of 100000 elements"),
+        (nested(40), "nested more than 32 levels"),
+    ],
+)
+def test_function_results_are_bounded(result, match):
+    failed("f(a)", {"a": 1}, match, functions={"f": lambda _: result})
+
+
+def test_library_function_results_are_bounded():
+    huge = list(range(200_000))
+    failed("diff(buf)", {"buf": huge}, "limit of 100000 elements")
+    failed("last(buf, 150000)", {"buf": huge}, "limit of 100000 elements")
+    # functions returning a number need no check, and read a huge input as it is
+    assert compile_expression("length(buf) + mean(buf)", {"buf"}).evaluate({"buf": huge}) == 200_000 + 99_999.5
+
+
+def test_numpy_results_and_broadcasts_are_bounded():
+    np = pytest.importorskip("numpy")
+    failed("f()", {}, "limit of 100000 elements", names=set(), functions={"f": lambda: np.zeros(200_000)})
+    # (1000,) + (1000, 1): a 10**6 broadcast, refused before numpy builds it
+    failed("f() + [[0]] * 1000", {}, "shape \\(1000, 1000\\)", names=set(), functions={"f": lambda: np.zeros(1000)})
+    assert ev("f() * 2 + 1", {}, functions={"f": lambda: np.ones(3)}).tolist() == [3.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[[[0]*10000]*10000]*10000 == [[[0]*10000]*10000]*10000",
+        "[[0] * 10] * 10",
+        "3 * [[0] * 10]",
+        "((0,) * 10,) * 10",
+        "[[a] * b] * c",
+        "([[0] * 10] + [1]) * 3",
+        "[0, [1, [a * [2]]]] * 2",
+    ],
+)
+def test_nested_list_repetition_is_refused_at_compile_time(text):
+    refused(text, "nested list repetition")
+
+
+def test_list_literals_and_repetition_still_work():
+    assert ev("[0] * 10") == [0] * 10
+    assert ev("[[0]] * 3") == [[0], [0], [0]]
+    assert ev("[[0] * 3, [1] * 2]") == [[0, 0, 0], [1, 1]]
+    assert ev("[a * 2] * 3") == [4, 4, 4]
+    assert ev("([0] * 10) * 10") == [0] * 100
+    assert ev("[a, b] + [c]") == [2, 3, 0]
+    assert ev("(a, b)") == (2, 3)
+    assert ev("b in (a, b)") is True
+    assert ev("buf + [a]") == [1.0, 2.0, 4.0, 7.0, 2]
+    assert ev("s + 'X'") == "ONX"
+    assert ev("a + 0.5") == 2.5
+    assert ev("[0] * 0") == [] and ev("[] * 10**9") == []
+    assert ev("x * x", {"x": (1 << 2048) - 1}).bit_length() == 4096  # the limit itself passes
+    assert ev("'x' * 10000") == "x" * 10_000
+    assert len(ev("x + x", {"x": [0] * 50_000})) == 100_000
+    assert len(ev("[s] * 1000", {"s": "x" * 9000})) == 1000  # 1000 x (1 + 90)
+    assert len(ev("[x] * 10000 + [0] * 10000", {"x": 1 << 4000})) == 20_000
+
+
+def test_add_of_constants_is_folded_within_the_bounds():
+    assert "ab" in compile_expression("'a' + 'b' == s", NAMES)._function.__code__.co_consts
+    refused("'x' * 6000 + 'y' * 6000", "12000 characters")
+    # 'a' + 1 stays an evaluation error (a TypeError), as it was
+    with pytest.raises(ExpressionEvaluationError, match="TypeError"):
+        ev("'a' + 1")
+
+
+# --- the evaluation budget: the helpers check it on their costly paths ---
+
+
+def test_budget_past_raises_naming_the_expression():
+    from iocmng.expression_library import reset_deadline, set_deadline
+
+    expr = compile_expression("buf + [a]", NAMES)
+    token = set_deadline(time.perf_counter() - 1)
+    try:
+        with pytest.raises(expressions.EvaluationBudgetExceeded, match="budget") as info:
+            expr.evaluate(VALUES)
+        # cheap operations on numbers do not look at the clock
+        assert compile_expression("a + b * 2", NAMES).evaluate(VALUES) == 8
+    finally:
+        reset_deadline(token)
+    assert info.value.expression == "buf + [a]"
+    assert isinstance(info.value, ExpressionEvaluationError) and info.value.status == 422
+    assert expr.evaluate(VALUES)[-1] == 2  # no deadline outside an evaluation budget
