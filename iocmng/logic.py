@@ -16,19 +16,33 @@ Expressions see every input, output, parameter, ``<name>_buf`` ring buffer and
 transform result. A partial evaluation (``changed=...``, used by reactive
 tasks) re-evaluates only what depends on the changed names, and gives the same
 values for what it touches as a full one.
+
+Cost is bounded: a chain of transforms each reading the one before may be at
+most :data:`~iocmng.expression_library.MAX_TRANSFORM_CHAIN` long (refused when
+the config is compiled), and one evaluation of all the transforms and rules
+together may take at most ``budget`` seconds
+(:data:`~iocmng.expression_library.EVALUATION_BUDGET`): past it the evaluation
+stops with :class:`~iocmng.expressions.EvaluationBudgetExceeded`, a failed cycle.
 """
 
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import PluginConfig
 from .errors import ConfigError
-from .expression_library import BUILTIN_FUNCTIONS
-from .expressions import Expression, ExpressionError, compile_expression
+from .expression_library import (
+    BUILTIN_FUNCTIONS,
+    EVALUATION_BUDGET,
+    MAX_TRANSFORM_CHAIN,
+    reset_deadline,
+    set_deadline,
+)
+from .expressions import EvaluationBudgetExceeded, Expression, ExpressionError, compile_expression
 
 BUFFER_SUFFIX = "_buf"
 
@@ -67,11 +81,16 @@ class _Rule:
 
 
 class Logic:
-    """The compiled logic of one plugin, with its latch state."""
+    """The compiled logic of one plugin, with its latch state.
+
+    ``budget`` is the most seconds one :meth:`evaluate` may take.
+    """
 
     def __init__(self, config: PluginConfig, parameters: Mapping[str, Any],
-                 functions: Mapping[str, Callable[..., Any]] | None = None) -> None:
+                 functions: Mapping[str, Callable[..., Any]] | None = None, *,
+                 budget: float = EVALUATION_BUDGET) -> None:
         self.config = config
+        self.budget = budget
         names = expression_names(config, parameters, functions or {})
         errors: list[dict[str, str]] = []
 
@@ -84,9 +103,22 @@ class Logic:
 
         self.transforms: list[tuple[str, Expression, frozenset[str]]] = []
         closure: dict[str, frozenset[str]] = {}  # transform output -> base names it reads
+        # transform output -> the longest chain of transforms ending in it (each reading the one
+        # before): each step may double a value's size, so a long chain is refused up front
+        chain: dict[str, tuple[str, ...]] = {}
         for i, t in enumerate(config.transforms):
             expr = compile_at(f"transforms.{i}.expression", t.expression)
             if expr is not None:
+                longest = max((chain[n] for n in expr.names if n in chain), key=len, default=())
+                chain[t.output] = (*longest, t.output)
+                if len(chain[t.output]) > MAX_TRANSFORM_CHAIN:
+                    links = chain[t.output]
+                    path = " -> ".join((*links[:3], "...", *links[-2:]))
+                    errors.append({"loc": f"transforms.{i}.expression", "msg": ExpressionError(
+                        t.expression, f"a chain of {len(links)} transforms each reading the one before "
+                                      f"({path}) is longer than the limit of {MAX_TRANSFORM_CHAIN}").detail})
+                    chain[t.output] = ()  # reported once: what reads it further is not refused again
+                    continue
                 deps = _expand(expr.names, closure)
                 closure[t.output] = deps
                 self.transforms.append((t.output, expr, deps))
@@ -129,15 +161,40 @@ class Logic:
 
         ``changed=None`` evaluates everything; otherwise only the transforms and
         rules that read a changed name (and the other rules writing the same outputs).
+        An expression that fails is an error of the outcome; the others go on.
+
+        Raises :class:`~iocmng.expressions.EvaluationBudgetExceeded` (naming the
+        expression under way) when the evaluation takes more than ``budget``
+        seconds; it stops there, and the latch and firing state are left as
+        they were (rules are all evaluated before any of that state changes).
         """
+        deadline = time.perf_counter() + self.budget
+        token = set_deadline(deadline)  # the operator helpers check it on their costly paths
+        try:
+            return self._evaluate(env, changed, deadline)
+        finally:
+            reset_deadline(token)
+
+    def _over_budget(self, expr: Expression, deadline: float) -> EvaluationBudgetExceeded:
+        spent = time.perf_counter() - deadline + self.budget
+        return EvaluationBudgetExceeded(expr.text, f"the evaluation of the plugin's transforms and rules "
+                                                   f"took {spent:.2f} s, more than its budget of {self.budget:g} s; "
+                                                   "stopped after this expression")
+
+    def _evaluate(self, env: dict[str, Any], changed: set[str] | None, deadline: float) -> Outcome:
         out = Outcome()
+        clock = time.perf_counter
         for name, expr, deps in self.transforms:
             if changed is not None and not (deps & changed or name in changed):
                 continue
             try:
                 env[name] = out.outputs[name] = expr.evaluate(env)
+            except EvaluationBudgetExceeded:
+                raise
             except ExpressionError as exc:
                 out.errors.append((f"transform {name}", exc))
+            if clock() > deadline:
+                raise self._over_budget(expr, deadline)
         if not self.rules:
             return out
         if changed is None:
@@ -160,13 +217,18 @@ class Logic:
         for name in touched:
             if name in self.defaults and name not in self.latched:
                 out.outputs[name] = self.defaults[name]
-        fired_outputs: set[str] = set()
+        verdicts: list[tuple[_Rule, bool]] = []  # all conditions first: the budget may stop them
         for rule in rules:
             try:
-                fire = bool(rule.condition.evaluate(env))
+                verdicts.append((rule, bool(rule.condition.evaluate(env))))
+            except EvaluationBudgetExceeded:
+                raise
             except ExpressionError as exc:
                 out.errors.append((f"rule {rule.id}", exc))
-                continue
+            if clock() > deadline:
+                raise self._over_budget(rule.condition, deadline)
+        fired_outputs: set[str] = set()
+        for rule, fire in verdicts:
             if not fire:
                 if rule.id in self.firing:
                     self.firing.discard(rule.id)

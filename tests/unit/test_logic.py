@@ -15,7 +15,7 @@ from conftest import REFERENCE_2_7_9
 
 from iocmng.config import PluginConfig, parse_config
 from iocmng.errors import ConfigError
-from iocmng.expressions import ExpressionEvaluationError
+from iocmng.expressions import EvaluationBudgetExceeded, ExpressionEvaluationError
 from iocmng.logic import Logic, Outcome
 
 #: The declarative example of the iocmng 2.7.9 README, verbatim (tests/reference_2_7_9/README.md).
@@ -654,3 +654,115 @@ def test_partial_evaluation_matches_full_for_every_output_it_writes() -> None:
     assert full == {"fa": 2, "fc": 3}
     for name, value in part.items():
         assert value == full[name], (name, value, full[name])
+
+
+# -- cost bounds (issue 14, item 3): transform chains, the per-evaluation budget ----------------------------------
+def chain_config(length: int, step: str = "t{p} * t{p}", first: str = "x") -> str:
+    outputs = ", ".join(f"t{i}: {{}}" for i in range(1, length + 1))
+    transforms = [f"{{output: t1, expression: '{first}'}}"]
+    transforms += [f"{{output: t{i}, expression: '{step.format(p=i - 1)}'}}" for i in range(2, length + 1)]
+    return f"arguments: {{inputs: {{x: {{}}}}, outputs: {{{outputs}}}}}\ntransforms: [{', '.join(transforms)}]\n"
+
+
+def test_a_transform_chain_longer_than_the_limit_is_refused() -> None:
+    logic_of(chain_config(32))  # the limit itself is accepted
+    errs = compile_errors(chain_config(40))
+    assert set(errs) == {"transforms.32.expression"}  # reported once, at the transform past the limit
+    msg = errs["transforms.32.expression"]
+    assert "'t32 * t32'" in msg and "chain of 33 transforms" in msg and "limit of 32" in msg
+    assert "t1 -> t2 -> t3 -> ... -> t32 -> t33" in msg
+
+
+def test_independent_transforms_are_no_chain() -> None:
+    cfg = ("arguments: {inputs: {x: {}}, outputs: {" + ", ".join(f"o{i}: {{}}" for i in range(60)) + "}}\n"
+           "transforms: [" + ", ".join(f"{{output: o{i}, expression: 'x + {i}'}}" for i in range(60)) + "]\n")
+    assert logic_of(cfg).evaluate({"x": 1}).outputs["o59"] == 60
+
+
+def test_a_transform_reading_its_own_output_is_no_chain() -> None:
+    # t reads the record's value (the previous cycle's), not a transform of this evaluation
+    cfg = "arguments: {inputs: {x: {}}, outputs: {t: {}}}\ntransforms: [{output: t, expression: 't * 2 + x'}]\n"
+    assert logic_of(cfg).evaluate({"x": 1, "t": 3}).outputs == {"t": 7}
+
+
+@pytest.mark.parametrize(
+    ("step", "first", "x", "match"),
+    [
+        ("t{p} * t{p}", "x", 3, "4096-bit limit"),  # squaring: 16 s at step 21 before
+        ("t{p} + t{p}", "x", "ab", "limit of 10000"),  # doubling a string
+        ("t{p} + t{p}", "[x]", 1.0, "limit of 100000 elements"),  # doubling a list
+        ("[t{p}]", "[[x]]", 1.0, "nested more than 32 levels"),  # nesting a list
+    ],
+)
+def test_a_doubling_transform_chain_fails_at_the_caps(step: str, first: str, x: Any, match: str) -> None:
+    logic = logic_of(chain_config(32, step, first))
+    env = {"x": x, **{f"t{i}": 0 for i in range(1, 33)}}
+    out = logic.evaluate(env)
+    assert out.errors, "the chain should hit a cap"
+    where, exc = out.errors[0]
+    assert where.startswith("transform t") and isinstance(exc, ExpressionEvaluationError)
+    assert re.search(match, str(exc)), exc
+
+
+def slow(seconds: float) -> Any:
+    def fn(x: Any) -> Any:
+        import time
+
+        time.sleep(seconds)
+        return x
+
+    return fn
+
+
+BUDGET = """\
+arguments:
+  inputs: {x: {}}
+  outputs: {t1: {}, t2: {}, t3: {}, t4: {}, flag: {type: bool}, alarm: {type: bool, latch: true}}
+rule_defaults: {flag: 0, alarm: 0}
+transforms:
+  - {output: t1, expression: "x + 1"}
+  - {output: t2, expression: "wait(t1)"}
+  - {output: t3, expression: "wait(t2)"}
+  - {output: t4, expression: "wait(t3)"}
+rules:
+  - {id: HIGH, condition: "x > 0", outputs: {alarm: 1}, message: "high"}
+  - {id: SLOW, condition: "wait(x) > 0", outputs: {flag: 1}}
+"""
+
+
+def test_the_budget_covers_all_transforms_and_rules_together() -> None:
+    cfg = parse_config(BUDGET)
+    logic = Logic(cfg, {}, {"wait": slow(0.05)}, budget=0.12)  # 3 x 0.05 s in transforms, 0.05 s in a rule
+    with pytest.raises(EvaluationBudgetExceeded, match="more than its budget of 0.12 s") as info:
+        logic.evaluate({"x": 1})
+    # where it ran out: one of the slow ones (the 3rd, unless the machine is slow)
+    assert info.value.expression in {"wait(t1)", "wait(t2)", "wait(t3)"}
+    assert isinstance(info.value, ExpressionEvaluationError) and info.value.status == 422
+    assert logic.firing == set() and logic.latched == set()
+
+
+def test_a_budget_run_out_in_the_rules_changes_no_latch() -> None:
+    cfg = parse_config(BUDGET[:BUDGET.index("transforms:")] + BUDGET[BUDGET.index("rules:"):])
+    logic = Logic(cfg, {}, {"wait": slow(0.06)}, budget=0.05)
+    with pytest.raises(ExpressionEvaluationError, match="budget") as info:
+        logic.evaluate({"x": 1})
+    assert info.value.expression == "wait(x) > 0"
+    assert logic.latched == set() and logic.firing == set()  # HIGH was true, but nothing of it applied
+    out = Logic(cfg, {}, {"wait": slow(0.0)}).evaluate({"x": 1})
+    assert out.fired == ["HIGH", "SLOW"] and out.outputs["alarm"] == 1
+
+
+def test_the_helpers_stop_an_expression_past_the_budget() -> None:
+    # one transform that is slow by itself (a bounded list op repeated): the helpers see the deadline
+    text = " + ".join(["l"] * 30)
+    cfg = parse_config("arguments: {inputs: {l: {}}, outputs: {t: {}}}\n"
+                       f"transforms: [{{output: t, expression: '{text} == []'}}]\n")
+    with pytest.raises(ExpressionEvaluationError, match="budget of the plugin.s transforms and rules ran out in this expression"):
+        Logic(cfg, {}, budget=0.0).evaluate({"l": [0.0] * 400})
+
+
+def test_ordinary_evaluations_are_far_under_the_budget() -> None:
+    p = Plant(README_DECLARATIVE)
+    for i in range(100):
+        assert p.step(temp=20.0 + i, pressure=1.0).errors == []  # never raises; the default budget
+    assert p.logic.budget == 0.5
