@@ -611,7 +611,7 @@ class Service:
         from .api.app import create_app
         from .api.keys import IDLE
 
-        sock = listen_socket(self.settings.host, self.settings.port)
+        sock = listen_socket(self.settings.bind_host, self.settings.port)
         loop = asyncio.get_running_loop()
         # Handlers first: a SIGTERM that arrives while this generation boots
         # is honoured as soon as it can be (no default kill mid-start).
@@ -627,6 +627,10 @@ class Service:
         site = web.SockSite(runner, sock.dup())
         await site.start()
         log.info("HTTP on %s:%d (generation %d)", *sock.getsockname()[:2], self.generation)
+        if self.settings.insecure:
+            log.warning("IOCMNG_ALLOW_INSECURE=true: the API on %s:%d has no token; anyone who can reach this "
+                        "port can load and run code in this service (set IOCMNG_API_TOKEN)",
+                        *sock.getsockname()[:2])
         await self._stop.wait()
         reload = self._reload_requested
         # Stop accepting at once: from here new connections wait in the
@@ -694,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        settings.check_exposure()
     except SettingsError as exc:
         print(f"iocmng-server: invalid setting: {exc.detail}", file=sys.stderr)
         return 2
@@ -702,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         from .supervisor import supervise
 
         try:
-            return supervise(settings.host, settings.port, ["--demo"] if args.demo else [])
+            return supervise(settings.bind_host, settings.port, ["--demo"] if args.demo else [])
         except OSError as exc:
             print(f"iocmng-server: cannot start: {exc}", file=sys.stderr)
             return 1

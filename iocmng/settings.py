@@ -6,13 +6,14 @@ A bad value is a :class:`~iocmng.errors.SettingsError` naming the variable;
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import SettingsError
@@ -60,12 +61,19 @@ class Settings(BaseSettings):
     config: Path | None = Field(None, description="Service config.yaml (prefix, startup plugins)")
     beamline_config: Path | None = Field(None, description="epik8s values.yaml (beamline, namespace, devices)")
     plugins_dir: Path = Field(default_factory=default_data_dir, description="Clones, registry, autosave")
-    host: str = Field("0.0.0.0", description="HTTP bind address")
+    host: str | None = Field(None, description="HTTP bind address; unset: 0.0.0.0 with a token, else 127.0.0.1")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port")
     prefix: str | None = Field(None, description="PV prefix")
     disable_ophyd: bool = Field(True, description="Skip ophyd device creation")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field("info")
     api_token: str | None = Field(None, description="Bearer token for mutating endpoints", repr=False)
+    api_token_file: Path | None = Field(None, description="File holding the API token (a mounted Secret), "
+                                        "instead of IOCMNG_API_TOKEN")
+    allow_insecure: bool = Field(False, description="Serve a non-loopback address without a token "
+                                 "(anyone who reaches the port can load code: a warning at every start)")
+    allowed_hosts: str | None = Field(None, description="Host names the API answers to besides IP addresses, "
+                                      "loopback names, the bind address and this machine's names (comma-separated; "
+                                      "*.domain for a domain's names; * for any name) (iocmng/api/cors.py)")
     allow_requirements: bool = Field(True, description="Install a plugin's requirements.txt (false: refuse such plugins)")
     git_timeout: float = Field(120.0, gt=0, description="Seconds allowed for a clone")
     pip_timeout: float = Field(300.0, gt=0, description="Seconds allowed for installing requirements")
@@ -126,12 +134,76 @@ class Settings(BaseSettings):
             raise ValueError("empty: set a token, or unset the variable to run without one")
         return v
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: str | None) -> str | None:
+        for host in (h.strip() for h in (v or "").split(",") if h.strip()):
+            if host != "*" and not re.match(r"^(\*\.)?[A-Za-z0-9_.\-\[\]:]+$", host):
+                raise ValueError(f"{host!r} is not a host name: use names (iocmng.example.org), "
+                                 "*.example.org for a domain, or *")
+        return v
+
+    @property
+    def allowed_host_list(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in (self.allowed_hosts or "").split(",") if h.strip())
+
+    @property
+    def bind_host(self) -> str:
+        """The HTTP bind address (IOCMNG_HOST, or the secure default chosen at load)."""
+        return self.host or "127.0.0.1"
+
+    @property
+    def insecure(self) -> bool:
+        """True when the API is served beyond this machine with no token (IOCMNG_ALLOW_INSECURE)."""
+        return not self.api_token and not is_loopback(self.host or "")
+
+    def check_exposure(self) -> None:
+        """Refuse to serve the API beyond this machine without a token, unless told to (issue 14).
+
+        Called by the server only: ``iocmng run`` and ``iocmng-run`` read the
+        same settings but serve no API.
+        """
+        if self.insecure and not self.allow_insecure:
+            raise SettingsError(
+                f"IOCMNG_HOST={self.host!r} serves the API beyond this machine, and without IOCMNG_API_TOKEN "
+                "anyone who reaches the port can load and run code in this service. Set IOCMNG_API_TOKEN (e.g. "
+                "$(openssl rand -hex 24)) or IOCMNG_API_TOKEN_FILE, or bind IOCMNG_HOST=127.0.0.1, or set "
+                "IOCMNG_ALLOW_INSECURE=true to accept the risk (docs/security.md)")
+
+    @model_validator(mode="after")
+    def _secure_default(self) -> Settings:
+        """The token from its file; the bind address: everywhere with a token, else loopback."""
+        if self.api_token_file is not None:
+            if self.api_token:
+                raise ValueError("IOCMNG_API_TOKEN and IOCMNG_API_TOKEN_FILE are both set: keep one")
+            try:
+                token = self.api_token_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"IOCMNG_API_TOKEN_FILE={str(self.api_token_file)!r} cannot be read "
+                                 f"({type(exc).__name__}); mount the Secret there or unset it") from None
+            if not token:
+                raise ValueError(f"IOCMNG_API_TOKEN_FILE={str(self.api_token_file)!r} is empty; put the token in it")
+            self.api_token = token
+        if self.host is None:
+            self.host = "0.0.0.0" if self.api_token else "127.0.0.1"
+        return self
+
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str | None) -> str | None:
         if v is not None and not PREFIX_RE.match(v):
             raise ValueError("use 1-40 letters, digits, '_', '-' or ':'")
         return v
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (a bind address or name) reaches this machine only."""
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any address
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -146,6 +218,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
+            if not err["loc"]:  # a rule over several settings: its message names them
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
             var = "IOCMNG_" + "_".join(str(p) for p in err["loc"]).upper()
             shown = "" if "TOKEN" in var else f"={err.get('input')!r}"  # never echo a secret
             problems.append(f"{var}{shown}: {err['msg']}")
