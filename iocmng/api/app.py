@@ -9,7 +9,7 @@ from aiohttp import web
 
 from . import cors
 from .devices import routes as device_routes
-from .keys import ACTIVE, API_TOKEN, CORS_ORIGINS, IDLE, MAX_BODY, READ_AUTH, SERVICE
+from .keys import ACTIVE, ALLOWED_HOSTS, API_TOKEN, CORS_ORIGINS, IDLE, MAX_BODY, READ_AUTH, SERVICE
 from .problems import Handler, auth, problems
 from .pvs import install as install_pv_gateway
 from .routes import routes
@@ -34,7 +34,7 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
 def create_app(service: Any) -> web.Application:
     """The REST app for one service generation (problem+json errors, auth, body limit)."""
     max_body = service.settings.max_body
-    app = web.Application(middlewares=[count_requests, problems, cors.preflight, cors.guard, auth], client_max_size=max_body)
+    app = web.Application(middlewares=[count_requests, problems, cors.hosts, cors.preflight, cors.guard, auth], client_max_size=max_body)
     app[IDLE] = asyncio.Event()
     app[IDLE].set()
     app[ACTIVE] = [0]
@@ -43,6 +43,7 @@ def create_app(service: Any) -> web.Application:
     app[READ_AUTH] = service.settings.read_auth
     app[MAX_BODY] = max_body
     app[CORS_ORIGINS] = service.settings.cors_origin_list
+    app[ALLOWED_HOSTS] = cors.host_policy(service.settings)
 
     async def connection_close(request: web.Request, response: web.StreamResponse) -> None:
         # While a reload is pending, ask clients to reconnect: their next

@@ -23,6 +23,14 @@ refused with 403, and a mutating request that carries a body must say
 pass JSON to the API. A request without a body needs no type, so ``curl -X
 POST .../run`` and iocmng 2.7.9's clients keep working.
 
+Nor may a page reach the API through DNS rebinding (its own name made to
+resolve to this machine, so that the browser sees one origin): the ``Host``
+header must be an IP address, a loopback name, the bind address, one of
+this machine's names, or one listed in ``IOCMNG_ALLOWED_HOSTS`` (``*.domain``
+for a domain's names, ``*`` for any); anything else is 403 (:func:`hosts`).
+A rebinding page always sends its own *name*, never an address, so IP
+addresses stay open for clients that call by address (probes included).
+
 Written here rather than with aiohttp-cors: that library wants every route
 registered with it one by one and answers preflights outside our
 problem+json error path; the whole policy is the two functions below.
@@ -30,10 +38,14 @@ problem+json error path; the whole policy is the two functions below.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 from aiohttp import web
 
 from ..errors import Forbidden, UnsupportedMediaType
-from .keys import CORS_ORIGINS
+from ..settings import Settings
+from .keys import ALLOWED_HOSTS, CORS_ORIGINS
 from .problems import Handler
 
 ALLOW_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
@@ -71,6 +83,58 @@ async def preflight(request: web.Request, handler: Handler) -> web.StreamRespons
                 "Access-Control-Max-Age": MAX_AGE,
                 "Vary": "Origin",
             })
+    return await handler(request)
+
+
+LOOPBACK_NAMES = ("localhost", "*.localhost", "localhost.localdomain")
+
+
+def host_policy(settings: Settings) -> tuple[str, ...]:
+    """The host names accepted in ``Host`` (besides IP addresses); empty: any.
+
+    Loopback names, the bind address and this machine's names, plus those
+    listed in IOCMNG_ALLOWED_HOSTS (a Service's DNS name, an ingress host).
+    """
+    listed = settings.allowed_host_list
+    if "*" in listed:
+        return ()
+    names = {*LOOPBACK_NAMES, *listed, settings.bind_host.lower()}
+    for name in (socket.gethostname(), socket.getfqdn()):
+        if name:
+            names |= {name.lower(), name.lower().split(".")[0]}
+    return tuple(sorted(names))
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, without port or brackets, lower case."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    if header.count(":") == 1:
+        header = header.partition(":")[0]
+    return header.rstrip(".")
+
+
+def host_allowed(policy: tuple[str, ...], header: str) -> bool:
+    if not policy:
+        return True
+    name = host_name(header)
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return any(name == p or (p.startswith("*.") and name.endswith(p[1:])) for p in policy)
+
+
+@web.middleware
+async def hosts(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """403 unless the ``Host`` header names this service (DNS rebinding)."""
+    header = request.headers.get("Host")
+    if header is not None and not host_allowed(request.app[ALLOWED_HOSTS], header):
+        raise Forbidden(f"the host name {host_name(header)[:100]!r} is not one this service answers to; add it "
+                        "to IOCMNG_ALLOWED_HOSTS (comma-separated names, *.domain, or *)",
+                        setting="IOCMNG_ALLOWED_HOSTS")
     return await handler(request)
 
 
