@@ -73,7 +73,7 @@ class Server:
     ports: EpicsPorts = field(default_factory=EpicsPorts.allocate)
     prefix: str = field(default_factory=random_prefix)
     http_port: int = field(default_factory=free_port)
-    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str | None] = field(default_factory=dict)  # None: unset the variable
     args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
@@ -100,8 +100,8 @@ class Server:
                 "IOCMNG_LOG_LEVEL": "info",
             }
         )
-        env.update(self.extra_env)
-        return env
+        env.update(self.extra_env)  # type: ignore[arg-type]
+        return {k: v for k, v in env.items() if v is not None}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -13,8 +13,12 @@ The rest of the document points at the tests that pin it
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
+import subprocess
+import sys
 import textwrap
 import time
 import urllib.error
@@ -25,7 +29,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import EXAMPLES, wait_for_sync
+from conftest import EXAMPLES, REPO, wait_for_sync
 from service_support import Server, closed_port, make_repo
 
 pytestmark = pytest.mark.timeout(120)
@@ -373,3 +377,94 @@ def test_a_reload_does_not_wait_for_a_slow_add(server: Server, tmp_path: Path) -
     for sub in ("repos", "deps"):
         d = srv.data_dir / sub
         assert not d.exists() or not [p for p in d.iterdir() if p.name.startswith("slow")], sub
+
+
+def _hostile_plugin(root: Path, marker: Path) -> Path:
+    """A plugin whose import writes ``marker``: if it exists, the service ran the code."""
+    make_repo(root, {".": EXAMPLES / "sync_monitor"})
+    (root / "monitor.py").write_text((root / "monitor.py").read_text()
+                                     + f"\nopen({str(marker)!r}, 'w').write('imported')\n")
+    return root
+
+
+def test_secure_default_bind_address(tmp_path: Path) -> None:
+    """Issue 14, item 1: with no settings the API listens on loopback only; a non-loopback
+    address without a token refuses to start, unless IOCMNG_ALLOW_INSECURE says so (and then
+    each start logs a warning); the token can come from a file (a mounted Secret)."""
+    # defaults: no IOCMNG_HOST, no token -> 127.0.0.1
+    srv = Server(data_dir=tmp_path / "d1", log_path=tmp_path / "d1.log", extra_env={"IOCMNG_HOST": None})
+    srv.start()
+    try:
+        listening = {c.laddr for c in psutil.Process(srv.pid).net_connections("tcp") if c.status == "LISTEN"}
+        assert ("127.0.0.1", srv.http_port) in listening, listening
+        assert f"HTTP on 127.0.0.1:{srv.http_port}" in srv.log()
+        assert "IOCMNG_ALLOW_INSECURE" not in srv.log()
+    finally:
+        srv.kill()
+    # all interfaces, no token: refused before anything listens (exit 2, the fix named)
+    srv = Server(data_dir=tmp_path / "d2", log_path=tmp_path / "d2.log", extra_env={"IOCMNG_HOST": "0.0.0.0"})
+    srv.log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "iocmng"], env=srv.env(), cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    for fix in ("IOCMNG_API_TOKEN", "IOCMNG_API_TOKEN_FILE", "IOCMNG_HOST=127.0.0.1", "IOCMNG_ALLOW_INSECURE"):
+        assert fix in proc.stderr, (fix, proc.stderr)
+    assert not (tmp_path / "d2").exists(), "nothing was set up"
+    # IOCMNG_ALLOW_INSECURE=true on a non-loopback *name*: serves, and says so at the start.
+    # (The machine's host name, when it resolves to a loopback address here: no test binds
+    # an interface other machines could reach.)
+    name = socket.gethostname()
+    try:
+        resolves_to_loopback = ipaddress.ip_address(socket.gethostbyname(name)).is_loopback
+    except OSError:
+        resolves_to_loopback = False
+    if resolves_to_loopback:
+        srv = Server(data_dir=tmp_path / "d3", log_path=tmp_path / "d3.log",
+                     extra_env={"IOCMNG_HOST": name, "IOCMNG_ALLOW_INSECURE": "true"})
+        srv.start()
+        try:
+            assert "IOCMNG_ALLOW_INSECURE=true: the API on" in srv.log() and "has no token" in srv.log()
+        finally:
+            srv.kill()
+    # the token from a file: the API is guarded by it, and it never reaches the log
+    token_file = tmp_path / "secret" / "token"
+    token_file.parent.mkdir()
+    token_file.write_text(TOKEN + "\n")
+    srv = Server(data_dir=tmp_path / "d4", log_path=tmp_path / "d4.log",
+                 extra_env={"IOCMNG_API_TOKEN_FILE": str(token_file)})
+    srv.start()
+    try:
+        assert call(srv, "POST", "/jobs/nothing/run")[0] == 401
+        assert call(srv, "POST", "/jobs/nothing/run", token=TOKEN)[0] == 404
+        assert TOKEN not in srv.log()
+    finally:
+        srv.kill()
+    assert TOKEN not in "".join(p.read_text(errors="replace") for p in (tmp_path / "d4").rglob("*") if p.is_file())
+
+
+def test_dns_rebinding_is_refused(tmp_path: Path) -> None:
+    """Issue 14, item 2: a page whose own name was made to resolve to this machine (DNS
+    rebinding) sends its name as Host; with the defaults (loopback, no token) it could add
+    code. Only IP addresses, loopback names, this machine's names and IOCMNG_ALLOWED_HOSTS pass."""
+    srv = Server(data_dir=tmp_path / "data", log_path=tmp_path / "server.log",
+                 extra_env={"IOCMNG_HOST": None, "IOCMNG_ALLOWED_HOSTS": "iocmng.example.org, *.lab.example"})
+    srv.start()
+    try:
+        marker = tmp_path / "imported.marker"
+        plugin = _hostile_plugin(tmp_path / "hostile", marker)
+        add = json.dumps({"name": "rebound", "local_path": str(plugin)}).encode()
+        port = srv.http_port
+        for host in (f"attacker.example:{port}", "attacker.example", f"lab.example.attacker.example:{port}",
+                     f"iocmng.example.org.attacker.example:{port}"):
+            status, body = _raw(srv, "POST", "/tasks", add, {"Host": host, "Content-Type": "application/json"})
+            assert status == 403 and b"IOCMNG_ALLOWED_HOSTS" in body, (host, status, body[:300])
+            status, body = _raw(srv, "GET", "/plugins", None, {"Host": host})
+            assert status == 403, (host, status, body[:200])
+        assert not marker.exists(), "the plugin's code ran"
+        assert call(srv, "GET", "/plugins/rebound")[0] == 404
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"{socket.gethostname()}:{port}",
+                     f"iocmng.example.org:{port}", "a.lab.example", f"[::1]:{port}", "10.1.2.3"):
+            status, body = _raw(srv, "GET", "/plugins", None, {"Host": host})
+            assert status == 200, (host, status, body[:200])
+    finally:
+        srv.kill()
