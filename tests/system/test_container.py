@@ -87,6 +87,34 @@ def test_image_metadata(image: dict[str, Any]) -> None:
     assert health and "/api/v1/health" in " ".join(health["Test"])  # kept by --format docker
 
 
+def test_image_requires_a_token(image: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 14, item 1: the image listens on every interface, so without a token it refuses
+    to start (exit 2, the fix named); with one from a mounted file (a Secret) it serves.
+    --network=none: whatever happens, nothing is reachable beyond the container."""
+    run = podman("run", "--rm", "--network=none", *RUN_FLAGS, IMAGE, check=False, timeout=120)
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    for fix in ("IOCMNG_API_TOKEN", "IOCMNG_ALLOW_INSECURE"):
+        assert fix in run.stderr, run.stderr
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    secret.chmod(0o755)
+    (secret / "token").write_text("image-token-" + uuid.uuid4().hex)
+    (secret / "token").chmod(0o644)
+    name = f"iocmng-test-{uuid.uuid4().hex[:8]}"
+    try:
+        podman("run", "-d", "--name", name, "--network=none", *RUN_FLAGS, "-v", f"{secret}:/run/secrets/iocmng:ro",
+               "-e", "IOCMNG_API_TOKEN_FILE=/run/secrets/iocmng/token", IMAGE)
+        def logs() -> str:
+            out = podman("logs", name, check=False)
+            return out.stdout + out.stderr
+
+        wait_for_sync(lambda: "HTTP on 0.0.0.0:8080" in logs(), timeout=90, interval=0.2,
+                      what="the service serving with the token from the file")
+        assert (secret / "token").read_text() not in logs()
+    finally:
+        podman("rm", "-f", "-t", "2", name, check=False)
+
+
 async def _equal(value: Any, expected: Any) -> bool:
     return await value == expected
 

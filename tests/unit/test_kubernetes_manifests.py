@@ -95,3 +95,29 @@ def test_service_entry_sets_only_known_settings() -> None:
     assert settings.plugins_dir.is_relative_to(entry["dataVolume"]["hostPath"])  # on the PVC
     assert f"{entry['service']['http']['port']}/tcp" in CONTAINERFILE
     assert settings.port == entry["service"]["http"]["port"]
+
+
+def test_manifests_pass_the_secure_default() -> None:
+    """Issue 14, item 1: the Deployment requires the token from the Secret (left empty there,
+    the service refuses to start); the epik8s entry, which cannot carry a Secret, says
+    IOCMNG_ALLOW_INSECURE out loud; both list the names clients use."""
+    from iocmng.errors import SettingsError
+    from iocmng.settings import load_settings
+
+    deploy = yaml.safe_load((MANIFESTS[0].parent / "deployment.yaml").read_text())
+    env = deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    token = next(e for e in env if e["name"] == "IOCMNG_API_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "iocmng-api", "key": "token"}
+    assert "optional" not in token["valueFrom"]["secretKeyRef"]  # no Secret: the pod does not start
+    secret = yaml.safe_load((MANIFESTS[0].parent / "secret.yaml").read_text())
+    with pytest.raises(SettingsError, match="IOCMNG_API_TOKEN"):
+        load_settings({"IOCMNG_API_TOKEN": secret["stringData"]["token"]})
+    literal = {e["name"]: e["value"] for e in env if "value" in e}
+    hosts = literal["IOCMNG_ALLOWED_HOSTS"].replace("$(POD_NAMESPACE)", "ns")
+    s = load_settings({**literal, "IOCMNG_ALLOWED_HOSTS": hosts, "IOCMNG_API_TOKEN": "t", "IOCMNG_HOST": "0.0.0.0"})
+    s.check_exposure()
+    assert "iocmng.ns.svc" in s.allowed_host_list
+    entry = {e["name"]: str(e["value"]) for e in _service()["env"]}
+    s = load_settings({**entry, "IOCMNG_HOST": "0.0.0.0"})  # the image's IOCMNG_HOST
+    assert s.insecure and s.allow_insecure
+    s.check_exposure()
