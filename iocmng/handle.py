@@ -29,9 +29,25 @@ if TYPE_CHECKING:
 #: changes every cycle would double the record updates and the monitor
 #: traffic of a fast task for little use. Pause, stop and errors always publish.
 COUNTER_PERIOD = 0.5
+class PluginStalled(BaseException):
+    """Raised into a plugin's code that held the event loop past the watchdog's limit.
+
+    A ``BaseException`` (like ``asyncio.CancelledError``): a plugin's own
+    ``except Exception`` does not swallow it; the runtime's boundaries do
+    (``PLUGIN_ERRORS``) and turn it into a failed call.
+    """
+
+    def __init__(self, plugin: str, reason: str) -> None:
+        super().__init__(reason)
+        self.plugin = plugin
+        self.reason = reason
+
+
 #: What a plugin may raise without stopping anything but its own cycle:
-#: ``sys.exit()`` in plugin code is a plugin error, never a service exit.
-PLUGIN_ERRORS = (Exception, SystemExit)
+#: ``sys.exit()`` in plugin code is a plugin error, never a service exit;
+#: the watchdog's :class:`PluginStalled` fails the call (the service then
+#: stops the plugin).
+PLUGIN_ERRORS = (Exception, SystemExit, PluginStalled)
 #: Bounded waits for plugin lifecycle calls.
 INIT_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -116,6 +132,7 @@ class PluginHandle:
         self.lateness: collections.deque[float] = collections.deque(maxlen=512)
         self.durations = Durations()  # cycles (tasks) or runs (jobs)
         self.stalls = 0  # times the loop watchdog caught this plugin hogging the loop
+        self.stalled: str | None = None  # set when the watchdog's limit stopped it: why
         self.job_failures = 0
         self.task: asyncio.Task[None] | None = None
         self.enabled = True

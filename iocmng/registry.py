@@ -54,6 +54,9 @@ class Entry(BaseModel):
     auto_start_on_boot: bool = True  # false: not started at a real start of the service (a reload keeps it)
     autostart_order: int | None = None  # start order of a generation: lower first, None last
     class_name: str = ""  # the plugin's class, as validation found it
+    #: why the watchdog stopped it (it held the event loop past the limit): it
+    #: stays ``failed`` at every start until a restart on purpose or a change
+    failed: str | None = None
 
 
 class State(BaseModel):

@@ -192,6 +192,7 @@ class Runtime:
 
     async def start_plugin(self, h: PluginHandle) -> None:
         assert h.cls is not None and h.records is not None
+        h.stalled = None
         h.set_state(State.STARTING)
         h._set_status(0)  # INIT / IDLE
         h.instance = h.cls(name=h.name, parameters=h.params)
@@ -243,6 +244,15 @@ class Runtime:
             h._set_status(3)  # END
         if h.state != State.FAILED:
             h.set_state(State.STOPPED)
+
+    async def hold_failed(self, h: PluginHandle, reason: str) -> None:
+        """Stop a plugin and leave it ``failed`` with ``reason`` (the watchdog's limit)."""
+        await self.stop_plugin(h)
+        h.last_error = reason
+        if h.records is not None:
+            h._set_status(4 if h.kind == "task" else 3)
+            h.set_message(reason)
+        h.set_state(State.FAILED)
 
     async def stop(self) -> None:
         """Stop every plugin (in parallel) and the worker pool."""
@@ -300,7 +310,7 @@ class Runtime:
         # do not all wake in the same instant (jitter), stable per name.
         phase = (zlib.crc32(h.name.encode()) % 1000) / 1000 * interval
         next_t = loop.time() + min(phase, 1.0)
-        while True:
+        while h.stalled is None:  # the watchdog's limit ends the loop (the service stops the plugin)
             delay = next_t - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)

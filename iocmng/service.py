@@ -49,12 +49,12 @@ from .ioc import IocBridge, base_of, plan_records, plugin_prefix
 from .metrics import make_registry
 from .registry import Entry, Registry
 from .reload import LISTEN_FD_ENV, exec_next_generation, listen_socket, unblock_stop_signals
-from .runtime import PluginSpec, Runtime, State
+from .runtime import PluginHandle, PluginSpec, Runtime, State
 from .settings import Settings, StartupPlugin, load_settings, read_service_config, resolve_prefix
 from .supervisor import FRESH_START_ENV, SAFE_MODE_ENV
 from .validation import Candidate, Options, Pipeline, Request
 from .views import legacy_fields, legacy_live
-from .watchdog import LoopWatchdog
+from .watchdog import LoopWatchdog, exit_after, stalled_plugin_in_trace
 
 log = logging.getLogger("iocmng.service")
 
@@ -68,6 +68,10 @@ STOP_GRACE = 5.0
 #: abandoning them (each answers 503; nothing registered).
 RELOAD_DEFER = 8.0
 ADD_GRACE = 2.0
+#: The C-level stall timer writes every thread's stack here as it ends the process
+#: (read and moved to STALL_TRACE_LAST by the next start).
+STALL_TRACE = "watchdog-trace.txt"
+STALL_TRACE_LAST = "watchdog-trace.last.txt"
 
 def examples_dir() -> Path:
     """plugins_examples/ of a source checkout, or of the installation prefix (container)."""
@@ -120,6 +124,7 @@ class Service:
         self._static_cache: dict[str, tuple[Entry, Any, dict[str, Any], dict[str, Any]]] = {}
         self._listings: dict[str | None, tuple[Any, asyncio.Task[bytes], float]] = {}
         self._starting: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # plugins being stopped by the watchdog
         # A reload is not a start: the startup/demo list is applied at a real
         # start only, so a demo plugin the user removed stays removed.
         # Under --supervise the socket is inherited at every start of the child:
@@ -396,7 +401,9 @@ class Service:
                 records = [f"{base}:{s.short}" for s in plan_records(self.prefix, name, entry.kind, mode, config)]
                 self._check_records_free(records, name)
                 # auto_start: an operator's restart starts it in later generations too
-                new_entry = new_entry.model_copy(update={"parameters": params, "records": records, "auto_start": True})
+                # and a restart on purpose lifts the watchdog's hold
+                new_entry = new_entry.model_copy(update={"parameters": params, "records": records, "auto_start": True,
+                                                         "failed": None})
                 live = h.records is not None and sorted(records) == sorted(h.records.names())
                 if live:
                     extra = [Path(new_entry.deps_dir)] if new_entry.deps_dir else []
@@ -540,6 +547,65 @@ class Service:
         self.boot_errors.append(f"{name}: {detail}")
         log.error("%s plugin %s refused: %s", what, name, detail)
 
+    def _on_limit(self, plugin: str, reason: str) -> None:
+        """Called by the watchdog's SIGALRM handler (in the loop's thread, between two
+        bytecodes of the plugin's code) just before it raises PluginStalled into it:
+        flag the plugin and stop it as soon as the loop turns."""
+        h = self.runtime.handles.get(plugin)
+        if h is None:
+            return
+        first = h.stalled is None
+        h.stalled = reason
+        if first:
+            asyncio.get_running_loop().call_soon(self._stop_stalled, h)
+
+    def _stop_stalled(self, h: PluginHandle) -> None:
+        reason = h.stalled or "stopped by the watchdog"
+        log.error("plugin %s %s", h.name, reason)
+        self.runtime.emit("stall", plugin=h.name, stopped=True, reason=reason)
+        self._keep_failed(h.name, reason)
+        task = asyncio.get_running_loop().create_task(self.runtime.hold_failed(h, reason), name=f"iocmng:stop:{h.name}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _keep_failed(self, name: str, reason: str) -> None:
+        """Persist the watchdog's verdict: the plugin stays failed at every start until restarted or changed."""
+        e = self.registry.plugins.get(name)
+        if e is None or e.failed == reason:
+            return
+        try:
+            self.registry.commit(add=e.model_copy(update={"failed": reason}))
+        except IocmngError as exc:  # a read-only data directory must not stop the stop
+            log.warning("%s: stopped by the watchdog, but the registry could not say so: %s", name, exc.detail)
+
+    def _read_stall_trace(self) -> None:
+        """The previous process ended on the C-level stall timer: hold the plugin on its loop stack failed."""
+        path = self.data_dir / STALL_TRACE
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            return
+        if not text.strip():
+            return
+        kept = path.with_name(STALL_TRACE_LAST)
+        try:
+            path.replace(kept)
+        except OSError:
+            kept = path
+        dirs = {n: Path(e.plugin_dir) for n, e in self.registry.plugins.items()}
+        plugin, where = stalled_plugin_in_trace(text, dirs)
+        limit = exit_after(self.settings.stall_limit)
+        log.error("the previous run ended on the watchdog's C-level timer (event loop held for %gs); stack:\n%s",
+                  limit, text)
+        if plugin is None:
+            self.boot_errors.append(f"the previous run ended on the watchdog: the event loop was held for {limit:g}s "
+                                    f"outside any plugin's code (stack in {kept})")
+            return
+        reason = (f"stopped by the watchdog: held the event loop for {limit:g}s (3 x IOCMNG_STALL_LIMIT) in code "
+                  f"Python could not interrupt at {where}; the service was restarted without it (stack in {kept})")
+        self.boot_errors.append(f"{plugin}: {reason}")
+        self._keep_failed(plugin, reason)
+
     def _on_stall(self, plugin: str | None, seconds: float, where: str) -> None:
         """The watchdog caught the loop stalled: blame the plugin on the stack."""
         h = self.runtime.handles.get(plugin) if plugin else None
@@ -553,6 +619,7 @@ class Service:
         self.logs.install()
         self.registry.load()
         self.generation = self.registry.state.generation
+        self._read_stall_trace()
         await asyncio.to_thread(self._clean_orphans)
         if self.fresh_start:
             await self._register_startup()
@@ -570,13 +637,24 @@ class Service:
                         self.registry.commit(add=e.model_copy(update={"auto_start": False}))
                     except IocmngError as exc:  # a read-only data directory must not stop the start
                         log.warning("%s: held at boot, but the registry could not say so: %s", name, exc.detail)
+        for name, e in self.registry.plugins.items():  # stopped by the watchdog: failed until restarted
+            h = self.runtime.handles.get(name)
+            if e.failed and h is not None and h.state == State.PENDING:
+                h.stalled = h.last_error = e.failed
+                h.set_state(State.FAILED)
         if self.safe_mode:
             self._hold_plugins()
         self.bridge.start(asyncio.get_running_loop())
+        for h in self.runtime.handles.values():
+            if h.stalled is not None:
+                h._set_status(4 if h.kind == "task" else 3)
+                h.set_message(h.stalled)
         self.devices.start()  # after iocInit: a device may use this process's own PVs
         if self.devices.error:
             self.boot_errors.append(f"devices: {self.devices.error}")
-        self.watchdog = LoopWatchdog(self.settings.stall_threshold, lambda: list(self.runtime.handles), self._on_stall)
+        self.watchdog = LoopWatchdog(self.settings.stall_threshold, lambda: list(self.runtime.handles), self._on_stall,
+                                     limit=self.settings.stall_limit, on_limit=self._on_limit,
+                                     trace_path=self.data_dir / STALL_TRACE)
         self.watchdog.start()
         # Plugins initialize while HTTP already answers (state `starting`): a
         # plugin whose initialize() hangs must not keep the API down.

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     max_body: int = Field(1 << 20, gt=0, description="Largest accepted request body, bytes")
     read_auth: bool = Field(False, description="Also require the API token for reads (except /api/v1/health)")
     stall_threshold: float = Field(0.5, gt=0, description="Seconds the event loop may stall before the watchdog reports it")
+    stall_limit: float = Field(5.0, gt=0, le=3600, description="Seconds a plugin may hold the event loop before the watchdog stops it (held failed until restarted); at 3x this the process ends and restarts without it")
     pv_provider: Literal["ca", "pva"] = Field("ca", description="PV gateway: default protocol (ca or pva)")
     pv_timeout: float = Field(5.0, gt=0, description="PV gateway: default timeout of a read/write, seconds")
     pv_max_timeout: float = Field(30.0, gt=0, le=3600, description="PV gateway: largest timeout a request may ask")
