@@ -16,7 +16,7 @@ the one before cannot:
   GIL (``while True: pass``): if a plugin's code is on the stack (or the
   running asyncio task is the plugin's), the handler raises
   :class:`PluginStalled` into it, and the service stops the plugin and
-  holds it ``failed`` (decision 0012). The timer repeats every second while
+  holds it ``failed`` (decision 0013). The timer repeats every second while
   the stall lasts, so a plugin that swallows the exception meets it again;
 * a C-level timer (``faulthandler.dump_traceback_later``: a C thread that
   needs no GIL), re-armed at every beat, for what no Python code can

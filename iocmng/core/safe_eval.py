@@ -21,7 +21,9 @@ What differs from 2.7.9 (iocmng's language is the stricter and the larger):
 
 - also allowed: ``** // in``, chained comparisons, keyword arguments;
 - refused: ``str % args``, a ``**``/``pow()`` result over 4096 bits, strings or
-  lists repeated past 10,000 items, a function used as a value (``abs``
+  lists repeated past 10,000 items, any value built past the caps of
+  :mod:`iocmng.expression_library` (strings of 10,000 characters, lists of
+  100,000 elements or 32 levels deep), a function used as a value (``abs``
   without a call), a variable read in the expression that is named like a
   function (2.7.9 let the variable hide the function), an ``extra_functions``
   entry replacing a library function, and expressions over 4000 characters;
