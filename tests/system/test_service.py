@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aioca import CANothing, caget, caput, purge_channel_caches
+from aioca import CANothing, caget, camonitor, caput, purge_channel_caches
 from conftest import EXAMPLES, loopback_env, pva_context, wait_for
 from service_support import Server, closed_port, git, make_repo
 
@@ -109,10 +109,6 @@ async def wait_generation(
 async def ca_value(pv: str, timeout: float = 20.0, **kw: Any) -> Any:
     """caget that waits for the channel (it may be reconnecting after a reload)."""
     return await caget(pv, timeout=timeout, **kw)
-
-
-async def _is(value: Any, expected: Any) -> bool:
-    return await value == expected
 
 
 async def ca_gone(pv: str) -> bool:
@@ -283,9 +279,17 @@ async def test_lifecycle(
     assert (await ca_value(srv.pv("scan", "RESULT"))).startswith("scan 1")
 
     # -- the REST twin of RUN=1: waits for the cycle; RUN reads 1 meanwhile --------------------
-    rest_run = asyncio.ensure_future(call(http, "POST", f"{base}/tasks/scan/trigger"))
-    await wait_for(lambda: _is(ca_value(srv.pv("scan", "RUN")), 1), timeout=10, what="RUN=1 during a REST trigger")
-    r = await rest_run
+    # A monitor, not polling: the scan (dwell 0.01 s) may end between two polls on a loaded machine.
+    run_values: list[int] = []
+    sub = camonitor(srv.pv("scan", "RUN"), lambda v: run_values.append(int(v)))
+    try:
+        await wait_for(lambda: run_values == [0], timeout=10, what="RUN's first monitor update (0)")
+        r = await call(http, "POST", f"{base}/tasks/scan/trigger")
+        await wait_for(lambda: run_values[-1:] == [0] and len(run_values) >= 3, timeout=10,
+                       what="RUN back to 0 after the REST trigger")
+    finally:
+        sub.close()
+    assert run_values[:3] == [0, 1, 0], run_values  # RUN read 1 while the REST trigger ran
     assert r.status == 200 and r.body["success"] is True and r.body["cycle_count"] == 2, r.text
     assert await ca_value(srv.pv("scan", "SCANS")) == 2
     assert await ca_value(srv.pv("scan", "RUN")) == 0
