@@ -15,13 +15,13 @@ per task per cycle):
              EPICS's ``cbLow`` thread processes the record by calling back
              into Python under the GIL.
 ``ffloor``   the same with N plain ``ai`` records (``builder.records.ai``)
-             written through :class:`iocmng.ioc.FastRecord` (attached after
+             written through :class:`iocmng.epics.ioc.FastRecord` (attached after
              iocInit): ``dbPut`` + ``dbProcess`` in the calling thread, the
              path iocmng's read-only records take since cb8298d.
 ``async``    N continuous plugins (``async def execute``: one ``set_pv`` on
              an output, i.e. a ``FastRecord``) through the real
-             :class:`~iocmng.runtime.Runtime` and
-             :class:`~iocmng.ioc.IocBridge` (all default records, iocInit).
+             :class:`~iocmng.runtime.runtime.Runtime` and
+             :class:`~iocmng.epics.ioc.IocBridge` (all default records, iocInit).
 ``sync``     the same with ``def execute`` (worker threads).
 ``threads``  the old iocmng's design: one thread per task doing
              ``time.sleep(interval)`` then ``record.set()`` (pythonSoftIOC
@@ -226,7 +226,7 @@ async def child_floor(n: int, warmup: float, seconds: float, prefix: str, fast: 
 
     names = [f"{prefix}:F{i:04d}:VALUE" for i in range(n)]
     if fast:
-        from iocmng.ioc import FastRecord
+        from iocmng.epics.ioc import FastRecord
 
         for name in names:  # as IocBridge._in_record builds a float output
             builder.records.ai(name, VAL=0.0, UDF=0, DISP=1)
@@ -323,8 +323,8 @@ def child_threads(n: int, warmup: float, seconds: float, prefix: str) -> dict:
 
 async def child_runtime(kind: str, n: int, warmup: float, seconds: float, prefix: str,
                         freeze: bool, trigger_count: int) -> dict:
-    from iocmng.ioc import IocBridge
-    from iocmng.runtime import PluginSpec, Runtime, State
+    from iocmng.epics.ioc import IocBridge
+    from iocmng.runtime.runtime import PluginSpec, Runtime, State
 
     root = Path(tempfile.mkdtemp(prefix="iocmng-bench-"))
     code = SYNC_PLUGIN if kind == "sync" else ASYNC_PLUGIN

@@ -10,11 +10,11 @@ and, for plugins and scripts written for iocmng 2.7.9, its two other names
     from iocmng import pv_client, run_ioc
 """
 
-from .base.job import JobBase, JobResult
-from .base.task import TaskBase
 from .core import pv_client
 from .core.runner import run_ioc
-from .declarative import DeclarativeTask
+from .plugin.declarative import DeclarativeTask
+from .plugin.job import JobBase, JobResult
+from .plugin.task import TaskBase
 
 __all__ = [
     "DeclarativeTask",

@@ -9,9 +9,9 @@ from aiohttp import web
 
 from . import cors
 from .devices import routes as device_routes
+from .gateway.pvs import install as install_pv_gateway
 from .keys import ACTIVE, ALLOWED_HOSTS, API_TOKEN, CORS_ORIGINS, IDLE, MAX_BODY, READ_AUTH, SERVICE
 from .problems import Handler, auth, problems
-from .pvs import install as install_pv_gateway
 from .routes import routes
 from .startup import routes as startup_routes
 from .ui import ui_routes

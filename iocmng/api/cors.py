@@ -43,8 +43,8 @@ import socket
 
 from aiohttp import web
 
+from ..config.settings import Settings
 from ..errors import Forbidden, UnsupportedMediaType
-from ..settings import Settings
 from .keys import ALLOWED_HOSTS, CORS_ORIGINS
 from .problems import Handler
 

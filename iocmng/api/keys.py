@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-SERVICE = web.AppKey("service", Any)  # iocmng.service.Service (Any: no import cycle)
+SERVICE = web.AppKey("service", Any)  # iocmng.service.service.Service (Any: no import cycle)
 API_TOKEN = web.AppKey("api_token", str | None)
 READ_AUTH = web.AppKey("read_auth", bool)
 MAX_BODY = web.AppKey("max_body", int)

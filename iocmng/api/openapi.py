@@ -110,7 +110,7 @@ def document() -> dict[str, Any]:
         "mode": {"type": ["string", "null"]}, "source": {"type": "object"}, "parameters": {"type": "object"},
         "pvs": {"type": "array", "items": {"type": "string"}}, "cycle_count": {"type": "integer"},
         "error_count": {"type": "integer"}, "last_error": {"type": ["string", "null"]},
-        # iocmng 2.7.9's fields (iocmng/views.py)
+        # iocmng 2.7.9's fields (iocmng/service/views.py)
         "status": {"enum": ["loaded", "running", "error", "stopped", "available", "invalid"]},
         "running": {"type": "boolean"}, "plugin_type": {"enum": ["task", "job"]},
         "class_name": {"type": ["string", "null"]}, "git_url": {"type": "string"},
@@ -140,7 +140,7 @@ def document() -> dict[str, Any]:
     ui_paths, ui_schemas = openapi_parts(name_param, _json, _errors, _body)
     paths.update(ui_paths)
     schemas.update(ui_schemas)
-    from .pvs import openapi_parts as pv_parts  # the REST PV gateway
+    from .gateway.pvs import openapi_parts as pv_parts  # the REST PV gateway
 
     pv_paths, pv_schemas = pv_parts(_json)
     paths.update(pv_paths)

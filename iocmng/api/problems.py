@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..config import format_errors
+from ..config.models import format_errors
 from ..errors import BadRequest, InvalidRequest, IocmngError, Unauthorized, storage_error
 from .keys import API_TOKEN, MAX_BODY, READ_AUTH
 

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest, Conflict
-from ..validation import Request
+from ..service.validation import Request
 from .keys import SERVICE
 from .models import AddPlugin, Restart, RunJob, check_name
 from .problems import json_body
@@ -72,10 +72,10 @@ async def add_plugin(request: web.Request) -> web.Response:
                   path=body.path, parameters=body.parameters, expect_kind=kind, auto_start=body.auto_start,
                   auto_start_on_boot=body.auto_start_on_boot, autostart_order=body.autostart_order)
     if body.git_url:
-        from ..sources import check_git_url
+        from ..service.sources import check_git_url
 
         req.git_url = check_git_url(body.git_url, body.pat)
-    from ..sources import check_subpath
+    from ..service.sources import check_subpath
 
     check_subpath(body.path)
     return reply(await service(request).add(req), status=201)
@@ -102,7 +102,7 @@ async def restart_plugin(request: web.Request) -> web.Response:
     body: Restart = await json_body(request, Restart, optional=True)
     entry = svc.get_kind(name, None)
     if body.pat:
-        from ..sources import check_git_url
+        from ..service.sources import check_git_url
 
         if entry.source.type != "git":
             from ..errors import InvalidRequest
@@ -176,7 +176,7 @@ def _number(request: web.Request, key: str, kind: type) -> Any:
 @routes.get("/api/v1/events")
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: state changes, errors, job results, reloads."""
-    from ..events import sse_frame
+    from ..service.events import sse_frame
 
     svc = service(request)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -216,7 +216,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    from ..metrics import CONTENT_TYPE, render
+    from ..service.metrics import CONTENT_TYPE, render
 
     body = render(service(request).metrics)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

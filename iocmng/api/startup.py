@@ -5,7 +5,7 @@ registered overrides), mode, source, ``auto_start`` / ``autostart_order``,
 the PVs (default, inputs, outputs, full record names) and the plugin's
 config sections as validated (PV definitions with any links or rules), and
 iocmng 2.7.9's fields (``auto_start_on_boot``, ``arguments``,
-``additional_input_pvs``... see :mod:`iocmng.views`).
+``additional_input_pvs``... see :mod:`iocmng.service.views`).
 For a plugin waiting for its reload, the same is computed from its files.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import deep_merge, load_config, merged_parameters
-from ..ioc import DEFAULT_PV_NAMES, base_of, plan_records, plugin_prefix
-from ..views import LEGACY_KEYS
+from ..config.models import deep_merge, load_config, merged_parameters
+from ..epics.ioc import DEFAULT_PV_NAMES, base_of, plan_records, plugin_prefix
+from ..service.views import LEGACY_KEYS
 from .keys import SERVICE
 from .routes import COLLECTION, collection_kind, path_name, reply
 
@@ -30,7 +30,7 @@ def _links(svc: Any, config: Any, params: dict[str, Any], h: Any) -> list[dict[s
     """Each wired PV: its external PV and mode, and (running plugins) whether it is connected."""
     if h is not None and h.wiring is not None:
         return h.wiring.links.describe()
-    from ..links import link_protocol, parse_link
+    from ..declarative.links import link_protocol, parse_link
 
     out = []
     default = link_protocol(params, svc.runtime.link_protocol)

@@ -9,7 +9,7 @@
   ``PUT .../pvs/{pv}`` writes an input or ENABLE through its record, exactly
   as a Channel Access put would (drive limits clamp, ``on_input`` runs).
 * ``GET /api/v1/{coll}/{name}/display.bob`` and ``GET /api/v1/display.bob``:
-  Phoebus screens (:mod:`iocmng.displays`).
+  Phoebus screens (:mod:`iocmng.epics.displays`).
 
 With ``IOCMNG_READ_AUTH`` the HTML pages are an empty shell (the browser
 cannot send a bearer token when it navigates): the script fetches the data
@@ -32,10 +32,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
-from ..config import coerce_value, load_config, merged_parameters
-from ..displays import Screen, overview_screen, plugin_screen
+from ..config.models import coerce_value, load_config, merged_parameters
+from ..epics.displays import Screen, overview_screen, plugin_screen
+from ..epics.ioc import JOB_STATES, MAX_STRING, TASK_STATES, plan_records, plugin_prefix
 from ..errors import BadRequest, Conflict, IocmngError, NotFound
-from ..ioc import JOB_STATES, MAX_STRING, TASK_STATES, plan_records, plugin_prefix
 from .keys import API_TOKEN, READ_AUTH, SERVICE
 from .problems import json_body
 from .routes import COLLECTION, KINDS, path_name

@@ -1,6 +1,6 @@
 """iocmng 2.7.9's ``iocmng.core.functions``: ``get_registry()`` and ``register(name, fn)``.
 
-Maps to iocmng's function library, :data:`iocmng.expression_library.BUILTIN_FUNCTIONS`
+Maps to iocmng's function library, :data:`iocmng.declarative.expression_library.BUILTIN_FUNCTIONS`
 (the same names as 2.7.9's: ``abs round sqrt log exp pow floor ceil clamp
 mean std variance median rms min max any_of all_of count_true length sum_of
 diff last moving_avg derivative``), plus the functions registered here::
@@ -13,7 +13,7 @@ diff last moving_avg derivative``), plus the functions registered here::
 What differs from 2.7.9:
 
 - The library functions are iocmng's, with the differences listed in
-  :mod:`iocmng.expressions` (``last(buf)`` is the last element, not a
+  :mod:`iocmng.declarative.expressions` (``last(buf)`` is the last element, not a
   one-element list; ``pow`` and ``round`` refuse huge results; ``any_of`` and
   friends look inside a list argument).
 - :func:`register` refuses what iocmng's expressions could never call, at once
@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..expression_library import BUILTIN_FUNCTIONS
+from ..declarative.expression_library import BUILTIN_FUNCTIONS
 
 __all__ = ["get_registry", "register"]
 

@@ -1,7 +1,7 @@
 """iocmng 2.7.9's ``iocmng.core.pv_client``: blocking get/put/monitor of any PV, over CA or PVA.
 
-Maps to iocmng's asynchronous clients, :class:`iocmng.pvclient.CAClient`
-(aioca) and :class:`iocmng.pvclient.PVAClient` (p4p), the clients of the
+Maps to iocmng's asynchronous clients, :class:`iocmng.epics.pvclient.CAClient`
+(aioca) and :class:`iocmng.epics.pvclient.PVAClient` (p4p), the clients of the
 REST PV gateway. They run on a **private event loop in a thread of this
 module** ("iocmng-pv-client", started at the first call, stopped by
 :func:`close`), so the blocking functions work from any thread without an
@@ -60,8 +60,8 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+from ..epics.pvclient import CAClient, PVAClient
 from ..errors import BadRequest, IocmngError, PVForbidden, PVNotFound, PVServerError, PVTimeout
-from ..pvclient import CAClient, PVAClient
 
 __all__ = [
     "active_monitors",
@@ -98,7 +98,7 @@ class _CA(CAClient):
     def _describe(
         self, name: str, value: Any, kind: str, count: int, choices: list[str] | None
     ) -> dict[str, Any]:
-        from ..links import plain_value  # (imports config: kept out of `import iocmng`)
+        from ..declarative.links import plain_value  # (imports config: kept out of `import iocmng`)
 
         out = super()._describe(name, value, kind, count, choices)
         # "raw" keeps NaN and inf, which "value" (JSON-ready, for the gateway) turns to None
@@ -110,7 +110,7 @@ class _PVA(PVAClient):
     """The PVA client, whose descriptions also carry ``raw``: the value as links deliver it."""
 
     def describe(self, name: str, value: Any) -> dict[str, Any]:
-        from ..links import is_pva_enum, pva_value
+        from ..declarative.links import is_pva_enum, pva_value
 
         out = super().describe(name, value)
         out["raw"] = pva_value(value, is_pva_enum(value))
@@ -179,7 +179,7 @@ def _purge_ca_channels(loop: asyncio.AbstractEventLoop) -> None:
     """Close the CA channels aioca opened for ``loop`` only (other loops keep theirs).
 
     aioca would otherwise deliver their events to a closed loop. Private aioca
-    state, as :func:`iocmng.pvclient._forget_channel` uses it.
+    state, as :func:`iocmng.epics.pvclient._forget_channel` uses it.
     """
     if "aioca" not in sys.modules:
         return
@@ -308,7 +308,7 @@ def get_provider() -> str:
     """``"pva"`` or ``"ca"``: :func:`init`'s choice, else the service's default for links."""
     global _provider
     if _provider is None:
-        from ..settings import load_settings
+        from ..config.settings import load_settings
 
         _provider = load_settings().default_link_protocol
     return _provider

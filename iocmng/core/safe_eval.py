@@ -1,8 +1,8 @@
 """iocmng 2.7.9's ``iocmng.core.safe_eval``: ``safe_eval(expression, variables, extra_functions=None)``.
 
-Maps to :func:`iocmng.expressions.compile_expression` (iocmng's expression
+Maps to :func:`iocmng.declarative.expressions.compile_expression` (iocmng's expression
 language, the one of config.yaml rules and transforms) and
-:meth:`~iocmng.expressions.Expression.evaluate`, with the functions of
+:meth:`~iocmng.declarative.expressions.Expression.evaluate`, with the functions of
 :mod:`iocmng.core.functions` (library + registered) and ``extra_functions``::
 
     from iocmng.core.safe_eval import safe_eval
@@ -22,7 +22,7 @@ What differs from 2.7.9 (iocmng's language is the stricter and the larger):
 - also allowed: ``** // in``, chained comparisons, keyword arguments;
 - refused: ``str % args``, a ``**``/``pow()`` result over 4096 bits, strings or
   lists repeated past 10,000 items, any value built past the caps of
-  :mod:`iocmng.expression_library` (strings of 10,000 characters, lists of
+  :mod:`iocmng.declarative.expression_library` (strings of 10,000 characters, lists of
   100,000 elements or 32 levels deep), a function used as a value (``abs``
   without a call), a variable read in the expression that is named like a
   function (2.7.9 let the variable hide the function), an ``extra_functions``
@@ -41,8 +41,12 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..expression_library import BUILTIN_FUNCTIONS, ExpressionError, ExpressionEvaluationError
-from ..expressions import Expression, compile_expression
+from ..declarative.expression_library import (
+    BUILTIN_FUNCTIONS,
+    ExpressionError,
+    ExpressionEvaluationError,
+)
+from ..declarative.expressions import Expression, compile_expression
 from . import functions as _functions
 
 __all__ = ["safe_eval"]

@@ -4,7 +4,7 @@
 ``.DISP`` itself, so ``caput P:X:STATUS.DISP 0`` then ``caput P:X:STATUS 4``
 forged an ERROR (MAJOR) status, and every field of an input (DESC, SCAN,
 FLNK...) was writable. The bridge now loads an access security file before
-iocInit (iocmng/access_security.py): outputs, STATUS, MESSAGE, CYCLE_COUNT
+iocInit (iocmng/epics/access_security.py): outputs, STATUS, MESSAGE, CYCLE_COUNT
 and every field but VAL are read-only to CA and PVA clients; an input's and
 ENABLE's / RUN's VAL stay writable.
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from conftest import free_port, wait_for_sync
 from service_support import Server, closed_port
 
-from iocmng.channelfinder import ChannelFinderClient, group_devices, search_params
+from iocmng.epics.channelfinder import ChannelFinderClient, group_devices, search_params
 from iocmng.errors import ChannelFinderError
 
 pytestmark = pytest.mark.timeout(120)
@@ -244,7 +244,7 @@ def test_plugin_sees_errors(cf_server: Server, fake_cf: FakeChannelFinder, job: 
 
 
 def test_no_url_is_an_error(tmp_path: Path) -> None:
-    from iocmng.base.job import JobBase
+    from iocmng.plugin.job import JobBase
 
     class Probe(JobBase):
         def initialize(self) -> None: ...
@@ -256,8 +256,8 @@ def test_no_url_is_an_error(tmp_path: Path) -> None:
 
 CREATE_DEVICE = '''
 import asyncio
-from iocmng.base.task import TaskBase
-from iocmng.channelfinder import group_devices
+from iocmng.plugin.task import TaskBase
+from iocmng.epics.channelfinder import group_devices
 
 class T(TaskBase):
     def initialize(self): ...

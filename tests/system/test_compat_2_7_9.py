@@ -75,7 +75,7 @@ class SimpleTask(TaskBase):
 
 JOB_CODE = """\
 from iocmng import JobBase
-from iocmng.base.job import JobResult
+from iocmng.plugin.job import JobResult
 
 class SimpleJob(JobBase):
     def initialize(self):
@@ -203,7 +203,7 @@ available for execution.
 """
 
 from iocmng import JobBase
-from iocmng.base.job import JobResult
+from iocmng.plugin.job import JobResult
 
 
 class ExampleDiagnostics(JobBase):

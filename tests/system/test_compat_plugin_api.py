@@ -73,7 +73,7 @@ arguments:
 
 JOB = '''
 from iocmng import JobBase
-from iocmng.base.job import JobResult
+from iocmng.plugin.job import JobResult
 
 
 class LegacyJob(JobBase):

@@ -284,7 +284,7 @@ def test_kill_anywhere(server: Server, sources: dict[str, Any], tmp_path: Path) 
 WRITER = """
 import sys, time
 from pathlib import Path
-from iocmng.registry import Entry, Registry, Source
+from iocmng.service.registry import Entry, Registry, Source
 reg = Registry(Path(sys.argv[1]))
 reg.load()
 i = len(reg.plugins)
@@ -302,7 +302,7 @@ while True:  # grow to 300 entries (a write of ~200 kB), then shrink, and again
 
 def test_kill_during_registry_writes(tmp_path: Path) -> None:
     """SIGKILL a process that only writes the registry: the file is always whole."""
-    from iocmng.registry import State
+    from iocmng.service.registry import State
 
     rng = random.Random(11)
     data = tmp_path / "data"

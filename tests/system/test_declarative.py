@@ -329,7 +329,7 @@ def ref_run(tmp_path: Path, ext: ExternalIoc) -> Iterator[Path]:
     env["PYTHONPATH"] = str(REPO)
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "iocmng.run_alias", "-m", "my_interlock", "--config",
+        proc = subprocess.Popen([sys.executable, "-m", "iocmng.runtime.run_alias", "-m", "my_interlock", "--config",
                                  "config.yaml", "--prefix", "MY:IOC", "--name", "interlock"], cwd=tmp_path, env=env,
                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:

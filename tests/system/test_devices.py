@@ -1,4 +1,4 @@
-"""System tests of the ophyd device bridge (SPEC §9, iocmng/devices.py).
+"""System tests of the ophyd device bridge (SPEC §9, iocmng/epics/devices.py).
 
 * ``test_devices``: one ``iocmng-server`` with a values.yaml holding
   infn_ophyd_hal simulated devices, two real EPICS devices (analog in/out)

@@ -45,7 +45,7 @@ def start(args: list[str], cwd: Path, env: dict[str, str] | None = None
     full.update(env or {})
     log = cwd.parent / f"run-{time.monotonic_ns()}.log"  # not among the plugin's files
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "iocmng.run_alias", *args], env=full, cwd=cwd,
+        proc = subprocess.Popen([sys.executable, "-m", "iocmng.runtime.run_alias", *args], env=full, cwd=cwd,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return proc, ports, log
 

@@ -1,6 +1,6 @@
 """Misbehaving plugins (issue 7, item 3) beside a well-behaved neighbour, on one supervised server.
 
-The server runs with ``--supervise`` (iocmng/supervisor.py) and loads, from
+The server runs with ``--supervise`` (iocmng/service/supervisor.py) and loads, from
 its config file:
 
 * ``neighbour``: an async task at 10 Hz whose rate is measured;

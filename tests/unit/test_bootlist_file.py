@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from iocmng.bootlist import read_boot_list
+from iocmng.config.bootlist import read_boot_list
 from iocmng.errors import SettingsError
 
 

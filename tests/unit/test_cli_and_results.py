@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from iocmng import JobResult as TopJobResult
-from iocmng.base.job import JobResult
-from iocmng.cli import build_parser, name_from_dir, params_dict, parse_param
-from iocmng.runtime import normalize_result
+from iocmng.client.cli import build_parser, name_from_dir, params_dict, parse_param
+from iocmng.plugin.job import JobResult
+from iocmng.runtime.runtime import normalize_result
 
 
 # -- cli -------------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from iocmng import client
-from iocmng.cli import build_parser, params_dict
-from iocmng.client import (
+from iocmng.client import http as client
+from iocmng.client.cli import build_parser, params_dict
+from iocmng.client.http import (
     ApiError,
     Client,
     Failed,

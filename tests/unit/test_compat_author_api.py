@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 from conftest import EpicsPorts, random_prefix, wait_for_sync
 
-from iocmng.config import PluginConfig
+from iocmng.config.models import PluginConfig
 from iocmng.core import functions, pv_client
 from iocmng.core.functions import get_registry, register
 from iocmng.core.safe_eval import safe_eval
-from iocmng.logic import Logic
+from iocmng.declarative.logic import Logic
 
 # the soft IOC helper of the system tests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "system"))
@@ -344,9 +344,9 @@ RULE_CONFIG = textwrap.dedent("""
 
 def test_registered_functions_are_not_known_to_rules_use_expression_functions() -> None:
     """The documented limit: the runtime compiles rules with the class's expression_functions only."""
-    from iocmng.config import parse_config
+    from iocmng.config.models import parse_config
     from iocmng.errors import ConfigError
-    from iocmng.runtime import Runtime
+    from iocmng.runtime.runtime import Runtime
 
     def peak_to_peak(values: list[float]) -> float:
         return max(values) - min(values)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from iocmng.config import (
+from iocmng.config.models import (
     PluginConfig,
     deep_merge,
     json_schema,
@@ -14,8 +14,14 @@ from iocmng.config import (
     merged_parameters,
     parse_config,
 )
+from iocmng.epics.ioc import (
+    DEFAULT_PV_NAMES,
+    MAX_RECORD_NAME,
+    default_records,
+    plan_records,
+    truncate,
+)
 from iocmng.errors import ConfigError
-from iocmng.ioc import DEFAULT_PV_NAMES, MAX_RECORD_NAME, default_records, plan_records, truncate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "plugins_examples"
 

@@ -16,10 +16,10 @@ import pytest
 from conftest import REFERENCE_2_7_9
 
 from iocmng import DeclarativeTask, TaskBase
-from iocmng.config import PluginConfig, parse_config
+from iocmng.config.models import PluginConfig, parse_config
+from iocmng.epics.ioc import plan_records, plugin_prefix
 from iocmng.errors import ConfigError, PluginLoadError
-from iocmng.ioc import plan_records, plugin_prefix
-from iocmng.loader import is_declarative, kind_of, load_class, unload
+from iocmng.runtime.loader import is_declarative, kind_of, load_class, unload
 
 _ids = itertools.count()
 

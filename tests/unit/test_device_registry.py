@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from iocmng.devices import Devices, plan
+from iocmng.epics.devices import Devices, plan
 
 
 def test_plan_names_each_problem() -> None:

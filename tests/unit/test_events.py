@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from iocmng import events
-from iocmng.events import EventBus, PluginLogs, sse_frame
+from iocmng.service import events
+from iocmng.service.events import EventBus, PluginLogs, sse_frame
 
 
 async def test_subscribed_at_once_even_before_iterating() -> None:

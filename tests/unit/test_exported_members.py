@@ -6,9 +6,9 @@ import inspect
 from typing import Any
 
 import iocmng
-from iocmng.base.job import JobBase as JobBaseAtOriginalPath
-from iocmng.base.job import JobResult as JobResultAtOriginalPath
-from iocmng.base.task import TaskBase as TaskBaseAtOriginalPath
+from iocmng.plugin.job import JobBase as JobBaseAtOriginalPath
+from iocmng.plugin.job import JobResult as JobResultAtOriginalPath
+from iocmng.plugin.task import TaskBase as TaskBaseAtOriginalPath
 
 
 def test_top_level_exports() -> None:
@@ -31,7 +31,7 @@ def test_names_of_iocmng_2_7_9() -> None:
 
 
 def test_declarative_task_shim_of_iocmng_2_7_9() -> None:
-    from iocmng.declarative import DeclarativeTask
+    from iocmng.plugin.declarative import DeclarativeTask
 
     assert iocmng.DeclarativeTask is DeclarativeTask
     assert issubclass(DeclarativeTask, iocmng.TaskBase)
@@ -79,7 +79,7 @@ def test_members_of_iocmng_2_7_9() -> None:
 
 
 def test_2_7_9_members_detached_and_assignable() -> None:
-    from iocmng.base.plugin import _Detached
+    from iocmng.plugin.base import _Detached
 
     task = type("T", (iocmng.TaskBase,), {"initialize": lambda s: None, "execute": lambda s: None,
                                           "cleanup": lambda s: "done"})(name="demo")
@@ -96,7 +96,7 @@ def test_2_7_9_members_detached_and_assignable() -> None:
 
 
 def test_job_last_result() -> None:
-    from iocmng.base.plugin import _Detached
+    from iocmng.plugin.base import _Detached
 
     def execute(self: Any) -> Any:
         seen.append(self.last_result)

@@ -10,14 +10,14 @@ from unittest import mock
 
 import pytest
 
-from iocmng import expressions
-from iocmng.errors import IocmngError
-from iocmng.expressions import (
+from iocmng.declarative import expressions
+from iocmng.declarative.expressions import (
     BUILTIN_FUNCTIONS,
     ExpressionError,
     ExpressionEvaluationError,
     compile_expression,
 )
+from iocmng.errors import IocmngError
 
 NAMES = {"a", "b", "c", "buf", "t_buf", "pairs", "flag", "s"}
 VALUES = {
@@ -594,7 +594,7 @@ def test_add_of_constants_is_folded_within_the_bounds():
 
 
 def test_budget_past_raises_naming_the_expression():
-    from iocmng.expression_library import reset_deadline, set_deadline
+    from iocmng.declarative.expression_library import reset_deadline, set_deadline
 
     expr = compile_expression("buf + [a]", NAMES)
     token = set_deadline(time.perf_counter() - 1)

@@ -84,7 +84,7 @@ def test_start_sh_j2_is_executable_and_runs_iocmng_run() -> None:
 
 
 def test_service_entry_sets_only_known_settings() -> None:
-    from iocmng.settings import Settings, load_settings
+    from iocmng.config.settings import Settings, load_settings
 
     entry = _service()
     assert entry["start"] == "exec iocmng-server"  # exec: the service is PID 1 and gets SIGTERM
@@ -101,8 +101,8 @@ def test_manifests_pass_the_secure_default() -> None:
     """Issue 14, item 1: the Deployment requires the token from the Secret (left empty there,
     the service refuses to start); the epik8s entry, which cannot carry a Secret, says
     IOCMNG_ALLOW_INSECURE out loud; both list the names clients use."""
+    from iocmng.config.settings import load_settings
     from iocmng.errors import SettingsError
-    from iocmng.settings import load_settings
 
     deploy = yaml.safe_load((MANIFESTS[0].parent / "deployment.yaml").read_text())
     env = deploy["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -12,7 +12,7 @@ import pytest
 
 from iocmng import JobBase, TaskBase
 from iocmng.errors import PluginLoadError
-from iocmng.loader import NAMESPACE, kind_of, load_class, plugin_files, unload
+from iocmng.runtime.loader import NAMESPACE, kind_of, load_class, plugin_files, unload
 
 _ids = itertools.count()
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from conftest import REFERENCE_2_7_9
 
-from iocmng.config import PluginConfig, parse_config
+from iocmng.config.models import PluginConfig, parse_config
+from iocmng.declarative.expressions import EvaluationBudgetExceeded, ExpressionEvaluationError
+from iocmng.declarative.logic import Logic, Outcome
 from iocmng.errors import ConfigError
-from iocmng.expressions import EvaluationBudgetExceeded, ExpressionEvaluationError
-from iocmng.logic import Logic, Outcome
 
 #: The declarative example of the iocmng 2.7.9 README, verbatim (tests/reference_2_7_9/README.md).
 README_DECLARATIVE = (REFERENCE_2_7_9 / "interlock" / "config.yaml").read_text()

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from iocmng.api.pvs import PV_NAME_RE, Gateway, pv_name
+from iocmng.api.gateway.pvs import PV_NAME_RE, Gateway, pv_name
+from iocmng.epics.pvclient import coerce, plain
 from iocmng.errors import BadRequest, IocmngError
-from iocmng.pvclient import coerce, plain
 
 
 def settings(**kw: object) -> SimpleNamespace:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iocmng.requirements import RequirementsError, parse_requirements
+from iocmng.service.requirements import RequirementsError, parse_requirements
 
 
 def test_specifiers_are_accepted() -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from iocmng.ioc import PluginRecords, RecordSpec, plugin_prefix
-from iocmng.runtime import PluginSpec, Runtime, State
+from iocmng.epics.ioc import PluginRecords, RecordSpec, plugin_prefix
+from iocmng.runtime.runtime import PluginSpec, Runtime, State
 
 _ids = itertools.count()
 

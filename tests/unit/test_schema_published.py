@@ -1,7 +1,7 @@
 """docs/config.schema.json is the JSON schema of config.yaml generated from the models.
 
 The published file is what users point their editors at; it must not drift
-from :func:`iocmng.config.json_schema` (the models in ``iocmng/config.py``).
+from :func:`iocmng.config.models.json_schema` (the models in ``iocmng/config/models.py``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from iocmng.config import json_schema
+from iocmng.config.models import json_schema
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "docs" / "config.schema.json"
 REGENERATE = "regenerate it with: iocmng schema > docs/config.schema.json"

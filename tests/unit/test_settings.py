@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from iocmng.config.settings import ServiceConfig, load_settings, resolve_prefix
 from iocmng.errors import SettingsError
-from iocmng.settings import ServiceConfig, load_settings, resolve_prefix
 
 
 def test_defaults_need_no_settings(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The C-level stall timer's trace names the plugin on the loop thread (iocmng/watchdog.py).
+"""The C-level stall timer's trace names the plugin on the loop thread (iocmng/runtime/watchdog.py).
 
 The trace is a real one: ``faulthandler`` dumps every thread while a
 function in a plugin-like directory runs inside an asyncio loop, with a
@@ -13,7 +13,7 @@ import importlib.util
 import threading
 from pathlib import Path
 
-from iocmng.watchdog import plugin_of_task, stalled_plugin_in_trace
+from iocmng.runtime.watchdog import plugin_of_task, stalled_plugin_in_trace
 
 
 def load(path: Path, name: str) -> object:

@@ -8,7 +8,7 @@ import threading
 import pytest
 from conftest import wait_for
 
-from iocmng.workers import WorkerPool
+from iocmng.runtime.workers import WorkerPool
 
 
 @pytest.fixture

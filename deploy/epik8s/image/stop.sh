@@ -11,7 +11,7 @@ for d in /proc/[0-9]*; do
     fi
     cmd=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null) || continue
     case "$cmd" in
-        *iocmng-run*|*iocmng-server*|*iocmng.run_alias*) kill -TERM "$pid" 2>/dev/null || true ;;
+        *iocmng-run*|*iocmng-server*|*iocmng.runtime.run_alias*) kill -TERM "$pid" 2>/dev/null || true ;;
     esac
 done
 exit 0

@@ -1,0 +1,1 @@
+"""The ``iocmng`` command and the HTTP client of a running service."""

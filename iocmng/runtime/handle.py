@@ -1,0 +1,298 @@
+"""The runtime's side of one plugin: its state, counters and records.
+
+:class:`PluginHandle` is also the context behind a plugin instance's
+``self.set_pv`` & co. (see :mod:`iocmng.plugin.base`). The loops that drive
+plugins are in :mod:`iocmng.runtime.runtime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config.models import PluginConfig, coerce_value
+from ..epics.ioc import JOB_STATES, TASK_STATES, PluginRecords, truncate
+from ..plugin.base import PluginBase
+
+if TYPE_CHECKING:
+    from ..declarative.logic import Logic
+    from .runtime import Runtime
+    from .wiring import Wiring
+
+#: CYCLE_COUNT is published at most this often per task: a counter that
+#: changes every cycle would double the record updates and the monitor
+#: traffic of a fast task for little use. Pause, stop and errors always publish.
+COUNTER_PERIOD = 0.5
+class PluginStalled(BaseException):
+    """Raised into a plugin's code that held the event loop past the watchdog's limit.
+
+    A ``BaseException`` (like ``asyncio.CancelledError``): a plugin's own
+    ``except Exception`` does not swallow it; the runtime's boundaries do
+    (``PLUGIN_ERRORS``) and turn it into a failed call.
+    """
+
+    def __init__(self, plugin: str, reason: str) -> None:
+        super().__init__(reason)
+        self.plugin = plugin
+        self.reason = reason
+
+
+#: What a plugin may raise without stopping anything but its own cycle:
+#: ``sys.exit()`` in plugin code is a plugin error, never a service exit;
+#: the watchdog's :class:`PluginStalled` fails the call (the service then
+#: stops the plugin).
+PLUGIN_ERRORS = (Exception, SystemExit, PluginStalled)
+#: Bounded waits for plugin lifecycle calls.
+INIT_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+
+
+#: Upper bounds (seconds) of the cycle/run duration histogram buckets.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Durations:
+    """A cumulative-ready duration histogram kept by the runtime (no metrics
+    library in the hot path: the metrics endpoint reads these at scrape time)."""
+
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    IDLE = "idle"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass
+class PluginSpec:
+    """What to load: a plugin directory with its parameter overrides."""
+
+    name: str
+    directory: Path
+    parameters: dict[str, Any] = field(default_factory=dict)
+    extra_paths: list[Path] = field(default_factory=list)
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _overridden(instance: object, method: str, base: type) -> bool:
+    return getattr(type(instance), method) is not getattr(base, method)
+
+
+class PluginHandle:
+    """The runtime's side of one plugin: state, counters, records. Also the
+    context behind ``self.set_pv`` & co. of the plugin instance."""
+
+    def __init__(self, runtime: Runtime, spec: PluginSpec) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.name = spec.name
+        self.kind = "task"
+        self.mode = "continuous"
+        self.interval = 1.0
+        self.params: dict[str, Any] = {}
+        self.config: PluginConfig | None = None
+        self.cls: type[PluginBase] | None = None
+        self.instance: PluginBase | None = None
+        self.records: PluginRecords | None = None
+        self.wiring: Wiring | None = None  # links and rules, when the config declares them
+        self.logic: Logic | None = None
+        self.last_inputs: dict[str, Any] = {}  # operator inputs: the value before a write ("old")
+        self.hooks: set[asyncio.Task[Any]] = set()  # running on_input_changed calls of trigger inputs
+        self.state = State.PENDING
+        self.last_error: str | None = None
+        self.error_count = 0
+        self.cycle_count = 0
+        self.overruns = 0
+        self.last_cycle_s = 0.0
+        self.lateness: collections.deque[float] = collections.deque(maxlen=512)
+        self.durations = Durations()  # cycles (tasks) or runs (jobs)
+        self.stalls = 0  # times the loop watchdog caught this plugin hogging the loop
+        self.stalled: str | None = None  # set when the watchdog's limit stopped it: why
+        self.job_failures = 0
+        self.task: asyncio.Task[None] | None = None
+        self.enabled = True
+        self._resume = asyncio.Event()
+        self._status = -1
+        self._message = ""
+        self._published_at = 0.0
+        self._published_count = -1
+        self.busy = False  # a job run or a triggered cycle in progress
+        self.echo: dict[str, Any] = {}  # inputs last written by the plugin itself
+        self._run_lock = asyncio.Lock()
+        self._last_logged: tuple[str, float] = ("", 0.0)
+
+    # -- the PluginContext protocol ------------------------------------------------
+    @property
+    def pv_prefix(self) -> str:
+        return self.records.prefix if self.records else ""
+
+    def set_pv(self, name: str, value: Any) -> None:
+        if self.records is None:
+            raise RuntimeError(f"plugin {self.name} has no records")
+        if name in ("STATUS", "CYCLE_COUNT", "RUN", "ENABLE"):
+            raise KeyError(f"{name} is managed by iocmng; use set_status()/set_message()")
+        pvs = self.config.pvs if self.config is not None else None
+        spec = pvs.inputs.get(name) if pvs is not None else None
+        if spec is not None and spec.link is None:
+            # An input written by the plugin itself is processed (so monitors
+            # see it) and its on_update comes back to _on_input; remember the
+            # value so that echo is not taken for an operator's write.
+            self.echo[name] = coerce_value(self.records.types[name], value)
+        self.records.set(name, value)
+        if self.wiring is not None:
+            out = pvs.outputs.get(name) if pvs is not None else None
+            if out is not None and out.link is not None:  # a wired output writes its external PV
+                if self._in_loop():
+                    self.wiring.links.put_soon(name, value)
+                else:
+                    self.runtime.loop.call_soon_threadsafe(self.wiring.links.put_soon, name, value)  # type: ignore[union-attr]
+            else:
+                self.wiring.note_local(name, value)
+
+    def _in_loop(self) -> bool:
+        """True in the service loop's thread (async plugin code), False in a worker thread."""
+        try:
+            return asyncio.get_running_loop() is self.runtime.loop
+        except RuntimeError:
+            return False
+
+    def link_put(self, name: str, value: Any) -> Any:
+        wiring = self.wiring
+        if wiring is None or name not in wiring.links.links:
+            wired = ", ".join(wiring.links.links) if wiring is not None else ""
+            raise KeyError(f"{name!r} is not a wired PV of {self.name} (wired: {wired or 'none'})")
+        if self._in_loop():
+            return wiring.links.put_soon(name, value)
+        # a worker thread (sync plugin code): wait for the write, raise its failure
+        loop = self.runtime.loop
+        assert loop is not None
+        return asyncio.run_coroutine_threadsafe(wiring.links.put(name, value), loop).result()
+
+    def link_values(self) -> dict[str, Any]:
+        if self.wiring is None:
+            return {}
+        return {n: lk.value for n, lk in self.wiring.links.links.items()}
+
+    def get_pv(self, name: str) -> Any:
+        if self.records is None:
+            raise RuntimeError(f"plugin {self.name} has no records")
+        return self.records.get(name)
+
+    def set_status(self, status: str) -> None:
+        states = JOB_STATES if self.kind == "job" else TASK_STATES
+        try:
+            index = states.index(str(status).upper())
+        except ValueError:
+            raise ValueError(f"status must be one of {', '.join(states)}") from None
+        self._set_status(index)
+
+    def set_message(self, message: str) -> None:
+        message = truncate(message)
+        if message != self._message and self.records is not None:
+            self._message = message
+            self.records.set("MESSAGE", message)
+
+    def get_device(self, name: str) -> Any:
+        return self.runtime.devices.get(name)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The service loop (sync plugin code reaches it with run_coroutine_threadsafe)."""
+        return self.runtime.loop
+
+    @property
+    def channelfinder_url(self) -> str | None:
+        return self.runtime.channelfinder_url
+
+    @property
+    def channelfinder_timeout(self) -> float | None:
+        return self.runtime.channelfinder_timeout
+
+    def list_devices(self) -> list[str]:
+        return sorted(self.runtime.devices)
+
+    # -- internal ----------------------------------------------------------------------
+    def _set_status(self, index: int) -> None:
+        if index != self._status and self.records is not None:
+            self._status = index
+            self.records.set("STATUS", index)
+
+    def set_state(self, state: State) -> None:
+        if state != self.state:
+            self.state = state
+            self.runtime.emit("state", plugin=self.name, state=str(state))
+
+    def publish_count(self, force: bool = False) -> None:
+        if self.records is None or "CYCLE_COUNT" not in self.records.records:
+            return
+        now = time.monotonic()
+        if self.cycle_count != self._published_count and (force or now - self._published_at >= COUNTER_PERIOD):
+            self._published_at = now
+            self._published_count = self.cycle_count
+            self.records.set("CYCLE_COUNT", self.cycle_count)
+
+    def cycle_ok(self) -> None:
+        self.cycle_count += 1
+        if self._status == 4:  # ERROR -> RUN: one success clears the error
+            self._set_status(1)
+            self.set_message("recovered")
+        self.publish_count()
+
+    def fail(self, exc: BaseException, where: str = "execute") -> None:
+        """Record a plugin error as data: STATUS, MESSAGE, last_error, counters."""
+        self.error_count += 1
+        text = f"{where}: {describe(exc)}"
+        self.last_error = text
+        self._set_status(4 if self.kind == "task" else 3)
+        self.set_message(text)
+        # The throttled CYCLE_COUNT may hold back the last successes; with no
+        # success to come it would stay stale. A no-op when nothing changed.
+        self.publish_count(force=True)
+        now = time.monotonic()
+        last_text, last_at = self._last_logged
+        if text != last_text or now - last_at > 60:  # do not flood the log at 10 Hz
+            self._last_logged = (text, now)
+            self.runtime.plugin_logger(self.name).error("%s failed (error #%d)", where, self.error_count,
+                                                        exc_info=(type(exc), exc, exc.__traceback__))
+        self.runtime.emit("error", plugin=self.name, error=text)
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready summary for listings."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "mode": self.mode if self.kind == "task" else None,
+            "state": str(self.state),
+            "parameters": self.params,
+            "pvs": self.records.names() if self.records else [],
+            "cycle_count": self.cycle_count,
+            "error_count": self.error_count,
+            "overruns": self.overruns,
+            "last_error": self.last_error,
+            "enabled": self.enabled if self.kind == "task" else None,
+        }

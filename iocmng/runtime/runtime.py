@@ -1,0 +1,551 @@
+"""The plugin runtime: every plugin's code on the one asyncio loop.
+
+Life of a plugin in a generation::
+
+    prepare()  import class, merge parameters, build records   (before iocInit)
+    start()    initialize(), then its owned task `plugin:<name>`
+    ...        cycles (continuous), RUN writes (triggered), run_job() (jobs)
+    stop()     cancel within a bounded time, then cleanup()
+
+Sync plugin methods run on :class:`~iocmng.runtime.workers.WorkerPool` threads, async
+ones on the loop. A plugin's exception is data: it becomes STATUS=ERROR,
+MESSAGE, ``last_error`` and ``error_count``; it never reaches the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config.models import TASK_MODES, PluginConfig, deep_merge, load_config, merged_parameters
+from ..declarative.links import link_protocol
+from ..declarative.logic import Logic
+from ..epics.ioc import IocBridge, plan_records, plugin_prefix
+from ..errors import ConfigError, Conflict, IocmngError, NotFound, PluginLoadError
+from ..plugin.base import PluginBase
+from ..plugin.job import JobResult
+from ..plugin.task import TaskBase
+from .handle import (
+    COUNTER_PERIOD,
+    DURATION_BUCKETS,
+    INIT_TIMEOUT,
+    PLUGIN_ERRORS,
+    STOP_TIMEOUT,
+    Durations,
+    PluginHandle,
+    PluginSpec,
+    State,
+    _overridden,
+    describe,
+)
+from .loader import kind_of, load_class, missing_abstract
+from .wiring import Wiring
+from .workers import WorkerPool
+
+__all__ = ["COUNTER_PERIOD", "DURATION_BUCKETS", "Durations", "PluginHandle", "PluginSpec", "Runtime", "State",
+           "describe", "normalize_result"]
+
+log = logging.getLogger("iocmng.runtime")
+
+class Runtime:
+    """Owns every plugin of this generation and the worker pool."""
+
+    def __init__(
+        self,
+        bridge: IocBridge,
+        *,
+        saved: dict[str, dict[str, Any]] | None = None,
+        on_save: Callable[[str, str, Any], None] | None = None,
+        devices: dict[str, Any] | None = None,
+    ) -> None:
+        self.bridge = bridge
+        self.handles: dict[str, PluginHandle] = {}
+        self.saved = saved or {}
+        self.on_save = on_save
+        self.devices = devices or {}
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.pool: WorkerPool | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: Service-wide ChannelFinder settings (a plugin parameter overrides them).
+        self.channelfinder_url: str | None = None
+        self.channelfinder_timeout: float | None = None
+        #: Protocol of links without ca:// or pva:// (a plugin's ``pva`` parameter overrides it).
+        self.link_protocol = "ca"
+        self._pva: Any = None
+
+    def pva_context(self) -> Any:
+        """The process's p4p asyncio client context for PVA links (created on first use, on the loop)."""
+        if self._pva is None:
+            from p4p.client.asyncio import Context
+
+            self._pva = Context("pva", nt=False)
+        return self._pva
+
+    # -- events / logging --------------------------------------------------------------
+    def emit(self, kind: str, **data: Any) -> None:
+        event = {"type": kind, "time": time.time(), **data}
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed")
+
+    @staticmethod
+    def plugin_logger(name: str) -> logging.Logger:
+        return logging.getLogger(f"iocmng.plugin.{name}")
+
+    def get(self, name: str) -> PluginHandle:
+        try:
+            return self.handles[name]
+        except KeyError:
+            raise NotFound(f"no plugin named {name!r}") from None
+
+    # -- prepare (before iocInit) ----------------------------------------------------------
+    def load_code(self, spec: PluginSpec) -> tuple[type[PluginBase], PluginConfig, dict[str, Any]]:
+        """Import the class and merge parameters; raises IocmngError on any problem."""
+        config = load_config(spec.directory)
+        params = merged_parameters(config, spec.parameters, where=str(spec.directory / "config.yaml"))
+        cls = load_class(spec.directory, spec.name, spec.extra_paths)
+        if missing_abstract(cls):
+            raise PluginLoadError(f"{cls.__name__} does not implement {', '.join(missing_abstract(cls))}")
+        if kind_of(cls) == "job":  # mode/interval are task scheduling keys
+            if config.rules or config.transforms:
+                raise PluginLoadError(f"{cls.__name__} is a job: rules and transforms need a task "
+                                      "(mode continuous, triggered or reactive)")
+            return cls, config, deep_merge(config.parameters, spec.parameters)
+        return cls, config, params.as_dict()
+
+    @staticmethod
+    def compile_logic(cls: type[PluginBase], config: PluginConfig, params: dict[str, Any]) -> Logic:
+        """The plugin's rules and transforms, compiled (raises ConfigError naming the rule)."""
+        return Logic(config, params, dict(getattr(cls, "expression_functions", {}) or {}))
+
+    def prepare(self, spec: PluginSpec) -> PluginHandle:
+        """Load a plugin and build its records. A failure leaves a `failed` handle."""
+        if spec.name in self.handles:
+            raise Conflict(f"a plugin named {spec.name!r} is already loaded")
+        h = PluginHandle(self, spec)
+        self.handles[spec.name] = h
+        if not spec.directory.is_dir():
+            h.last_error = (f"the plugin's files are missing ({spec.directory}); was the data directory "
+                            "restored without repos/? Remove the plugin and add it again")
+            h.set_state(State.FAILED)
+            log.error("plugin %s cannot be loaded: %s", spec.name, h.last_error)
+            return h
+        try:
+            cls, config, params = self.load_code(spec)
+            h.cls, h.config, h.params = cls, config, params
+            h.kind = kind_of(cls)
+            h.mode = params["mode"] if h.kind == "task" else "job"
+            if h.kind == "task" and h.mode not in TASK_MODES:  # 'job' (iocmng 2.7.9) is for jobs only
+                raise ConfigError("parameters", [{"loc": "parameters.mode", "msg": f"{h.mode!r} is not a task mode; "
+                                                  "use one of " + ", ".join(TASK_MODES)}])
+            h.interval = float(params.get("interval", 1.0))
+            specs = plan_records(self.bridge.prefix, spec.name, h.kind, h.mode, config)
+            h.logic = self.compile_logic(cls, config, params)
+            h.records = self.bridge.add_plugin(
+                spec.name, specs, kind=h.kind, base=plugin_prefix(self.bridge.prefix, spec.name, config),
+                on_input=lambda short, value, _h=h: self._on_input(_h, short, value),
+                on_run=(lambda _h=h: self._on_run(_h)) if h.mode == "triggered" else None,
+                restored=self.saved.get(spec.name),
+            )
+            if h.kind == "task":
+                h.enabled = bool(h.records.get("ENABLE"))
+        except IocmngError as exc:
+            h.last_error = exc.detail
+            h.set_state(State.FAILED)
+            log.error("plugin %s cannot be loaded: %s", spec.name, exc.detail)
+        except Exception as exc:  # a plugin's import-time bug is still data
+            h.last_error = describe(exc)
+            h.set_state(State.FAILED)
+            log.exception("plugin %s cannot be loaded", spec.name)
+        return h
+
+    # -- calling plugin code ---------------------------------------------------------------
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Await ``fn(*args)``: on the loop if async, on a worker thread if sync."""
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        assert self.pool is not None, "runtime not started"
+        result = await self.pool.submit(fn, *args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    # -- start / stop --------------------------------------------------------------------
+    async def start(self, groups: list[list[str]] | None = None) -> None:
+        """Start every prepared plugin (after the bridge ran iocInit): the plugins of
+        ``groups`` first, one group after the other (each waits for the previous
+        group's initialize()), then all the others together."""
+        self.loop = asyncio.get_running_loop()
+        if self.pool is None:
+            self.pool = WorkerPool(asyncio.get_running_loop())
+        for group in [*(groups or []), list(self.handles)]:
+            await asyncio.gather(*(self.start_plugin(self.handles[n]) for n in group
+                                   if n in self.handles and self.handles[n].state == State.PENDING))
+
+    async def start_plugin(self, h: PluginHandle) -> None:
+        assert h.cls is not None and h.records is not None
+        h.stalled = None
+        h.set_state(State.STARTING)
+        h._set_status(0)  # INIT / IDLE
+        h.instance = h.cls(name=h.name, parameters=h.params)
+        h.instance._attach(h)
+        if h.config is not None:
+            h.last_inputs = {n: h.records.get(n) for n, s in h.config.pvs.inputs.items() if s.link is None}
+        if "VERSION" in h.records.records and h.params.get("version") is not None:
+            h.records.set("VERSION", h.params["version"])
+        config, logic = h.config, h.logic
+        if config is not None and logic is not None and config.has_logic:
+            h.wiring = Wiring(h, config, logic, link_protocol(h.params, self.link_protocol))
+            h.wiring.start()  # subscriptions: values arrive while initialize() runs
+        try:
+            async with asyncio.timeout(INIT_TIMEOUT):
+                await self.call(h.instance.initialize)
+        except PLUGIN_ERRORS as exc:
+            h.fail(exc, "initialize")
+            h.set_state(State.FAILED)
+            return
+        if h.kind == "job":
+            h.set_state(State.IDLE)
+            h.set_message("ready")
+            return
+        if h.mode == "continuous":
+            h.task = asyncio.get_running_loop().create_task(self._continuous(h), name=f"plugin:{h.name}")
+        self._apply_enable(h)
+
+    async def stop_plugin(self, h: PluginHandle, timeout: float = STOP_TIMEOUT) -> None:
+        """Cancel the plugin's task within ``timeout``, then run cleanup()."""
+        if h.task is not None:
+            h.task.cancel()
+            done, _ = await asyncio.wait({h.task}, timeout=timeout)
+            if not done:
+                h.fail(TimeoutError(f"did not stop within {timeout}s"), "stop")
+            h.task = None
+        for hook in list(h.hooks):
+            hook.cancel()
+        if h.wiring is not None:
+            await h.wiring.close()
+            h.wiring = None
+        if h.instance is not None and h.state not in (State.STOPPED, State.FAILED, State.PENDING):
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.call(h.instance.cleanup)
+            except PLUGIN_ERRORS as exc:
+                h.fail(exc, "cleanup")
+        if h.records is not None and h.kind == "task":
+            h.publish_count(force=True)
+            h._set_status(3)  # END
+        if h.state != State.FAILED:
+            h.set_state(State.STOPPED)
+
+    async def hold_failed(self, h: PluginHandle, reason: str) -> None:
+        """Stop a plugin and leave it ``failed`` with ``reason`` (the watchdog's limit)."""
+        await self.stop_plugin(h)
+        h.last_error = reason
+        if h.records is not None:
+            h._set_status(4 if h.kind == "task" else 3)
+            h.set_message(reason)
+        h.set_state(State.FAILED)
+
+    async def stop(self) -> None:
+        """Stop every plugin (in parallel) and the worker pool."""
+        await asyncio.gather(*(self.stop_plugin(h) for h in self.handles.values()))
+        if self.pool is not None:
+            self.pool.close()
+        if self._pva is not None:
+            self._pva.close()
+            self._pva = None
+
+    async def restart(self, name: str, parameters: dict[str, Any] | None = None, directory: Path | None = None,
+                      extra_paths: list[Path] | None = None) -> PluginHandle:
+        """Re-import the code (from ``directory``, e.g. a new clone) and restart the plugin live (same records)."""
+        h = self.get(name)
+        old = h.spec
+        spec = PluginSpec(old.name, directory or old.directory, old.parameters if parameters is None else parameters,
+                          old.extra_paths if extra_paths is None else extra_paths)
+        cls, config, params = self.load_code(spec)  # raises before anything is stopped
+        logic = self.compile_logic(cls, config, params)
+        if h.records is None:
+            raise Conflict(f"plugin {name!r} has no records in this generation; it needs a reload")
+        await self.stop_plugin(h)
+        h.spec, h.cls, h.config, h.params, h.logic = spec, cls, config, params, logic
+        h.interval = float(params.get("interval", 1.0))
+        h.last_error = None
+        h.state = State.PENDING
+        await self.start_plugin(h)
+        return h
+
+    # -- tasks -----------------------------------------------------------------------------
+    def _apply_enable(self, h: PluginHandle) -> None:
+        if h.state in (State.FAILED, State.STOPPED, State.PENDING):
+            return
+        if h.enabled:
+            h._resume.set()
+            h._set_status(1)
+            h.set_state(State.RUNNING)
+        else:
+            h._resume.clear()
+            h._set_status(2)
+            h.publish_count(force=True)
+            h.set_state(State.PAUSED)
+
+    async def _continuous(self, h: PluginHandle) -> None:
+        """Fixed-rate loop: cycle starts on a grid of ``interval``; no drift."""
+        loop = asyncio.get_running_loop()
+        instance = h.instance
+        assert instance is not None
+        execute = instance.execute
+        is_async = inspect.iscoroutinefunction(execute)
+        pool = self.pool
+        assert pool is not None
+        interval = h.interval
+        # Spread the start phases over the period so that a generation's tasks
+        # do not all wake in the same instant (jitter), stable per name.
+        phase = (zlib.crc32(h.name.encode()) % 1000) / 1000 * interval
+        next_t = loop.time() + min(phase, 1.0)
+        while h.stalled is None:  # the watchdog's limit ends the loop (the service stops the plugin)
+            delay = next_t - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not h.enabled:
+                await h._resume.wait()
+                next_t = loop.time()
+                continue
+            start = loop.time()
+            h.lateness.append(start - next_t)
+            try:  # a failure of the rules is a failed cycle, never the end of the loop
+                errors = h.wiring.cycle() if h.wiring is not None else ()
+            except PLUGIN_ERRORS as exc:
+                errors = [("rules", exc)]
+            try:
+                if is_async:
+                    await execute()
+                else:
+                    await pool.submit(execute)
+            except PLUGIN_ERRORS as exc:
+                h.fail(exc)
+            else:
+                if errors:
+                    h.fail(errors[0][1], errors[0][0])
+                else:
+                    h.cycle_ok()
+            end = loop.time()
+            h.last_cycle_s = end - start
+            h.durations.observe(h.last_cycle_s)
+            next_t += interval
+            if end > next_t:  # overrun: start the next cycle at once, re-anchor the grid
+                h.overruns += 1
+                next_t = end
+
+    async def trigger(self, name: str) -> dict[str, Any]:
+        """Run one triggered cycle (the RUN PV and REST use this)."""
+        h = self.get(name)
+        if h.kind != "task":
+            raise Conflict(f"{name!r} is a job; run it with POST /api/v1/jobs/{name}/run")
+        if h.mode != "triggered":
+            raise Conflict(f"{name!r} is a {h.mode} task; only triggered tasks run on demand")
+        # The REST twin of RUN=1: RUN reads 1 while the cycle runs, as for a put.
+        if h.records is not None:
+            h.records.set_quiet("RUN", 1)
+        try:
+            return await self._run_cycle(h)
+        finally:
+            if h.records is not None:
+                h.records.set_quiet("RUN", 0)
+
+    async def _run_cycle(self, h: PluginHandle) -> dict[str, Any]:
+        if h.state in (State.FAILED, State.STOPPED, State.PENDING, State.STARTING):
+            raise Conflict(f"plugin {h.name!r} is {h.state}; it cannot run now")
+        if not h.enabled:
+            h.set_message("disabled: RUN ignored")
+            raise Conflict(f"plugin {h.name!r} is disabled (ENABLE=0)")
+        instance = h.instance
+        assert instance is not None
+        fn = instance.triggered if _overridden(instance, "triggered", TaskBase) else instance.execute
+        async with h._run_lock:
+            h.busy = True
+            t0 = time.monotonic()
+            ok, error = True, None
+            try:
+                errors = h.wiring.cycle() if h.wiring is not None else ()
+                if errors:
+                    raise errors[0][1]
+                await self.call(fn)
+            except PLUGIN_ERRORS as exc:
+                ok, error = False, describe(exc)
+                h.fail(exc, "triggered")
+            else:
+                h.cycle_ok()
+                h.publish_count(force=True)
+            finally:
+                h.busy = False
+            duration = time.monotonic() - t0
+            h.durations.observe(duration)
+            return {"success": ok, "error": error, "duration_s": duration, "cycle_count": h.cycle_count}
+
+    async def _on_run(self, h: PluginHandle) -> None:
+        # Called by the RUN record's on_update (blocking): the CA put-callback
+        # completes when this returns. RUN reads 1 until we reset it here.
+        try:
+            await self._run_cycle(h)
+        except IocmngError:
+            pass
+        finally:
+            if h.records is not None:
+                h.records.set_quiet("RUN", 0)
+
+    async def _on_input(self, h: PluginHandle, short: str, value: Any) -> None:
+        """An operator wrote an input PV (or ENABLE, CLEAR, RESET)."""
+        if short in ("CLEAR", "RESET"):  # pulses: nothing to autosave
+            if value and h.records is not None:
+                self._pulse(h, short)
+            return
+        if self.on_save is not None:
+            self.on_save(h.name, short, value)
+        if short in h.echo and h.echo[short] == value:
+            del h.echo[short]  # the plugin's own set_pv, not an operator's write
+            h.last_inputs[short] = value
+            return
+        if short == "ENABLE":
+            h.enabled = bool(value)
+            self._apply_enable(h)
+            self.emit("enable", plugin=h.name, enabled=h.enabled)
+            return
+        old = h.last_inputs.get(short, h.config.pvs.inputs[short].value if h.config else None)
+        h.last_inputs[short] = value
+        if h.wiring is not None:
+            h.wiring.note_local(short, value)
+            h.wiring.changed({short})
+        await self.dispatch_input(h, short, value, old)
+
+    def _pulse(self, h: PluginHandle, short: str) -> None:
+        """CLEAR: release latches; RESET: CLEAR, forget fired rules, CYCLE_COUNT to 0. Then back to 0."""
+        if h.wiring is not None:
+            if short == "CLEAR":
+                h.wiring.clear()
+            else:
+                h.wiring.reset()
+        if short == "RESET":
+            h.cycle_count = 0
+            h.publish_count(force=True)
+            h.set_message("reset")
+        self.emit(short.lower(), plugin=h.name)
+        assert h.records is not None
+        h.records.set_quiet(short, 0)
+
+    async def dispatch_input(self, h: PluginHandle, name: str, value: Any, old: Any) -> None:
+        """The one input hook: ``on_input_changed(name, value, old)`` if the plugin
+        overrides it, else ``on_input(name, value)``."""
+        instance = h.instance
+        if instance is None:
+            return
+        if _overridden(instance, "on_input_changed", PluginBase):
+            fn, args, where = instance.on_input_changed, (name, value, old), "on_input_changed"
+        elif _overridden(instance, "on_input", PluginBase):
+            fn, args, where = instance.on_input, (name, value), "on_input"
+        else:
+            return
+        try:
+            await self.call(fn, *args)
+        except PLUGIN_ERRORS as exc:
+            h.fail(exc, where)
+
+    def dispatch_input_soon(self, h: PluginHandle, name: str, value: Any, old: Any) -> None:
+        """A wired input with ``trigger: true`` changed: run the hook in a task of the plugin's."""
+        instance = h.instance
+        if instance is None or h.state not in (State.RUNNING, State.STARTING):
+            return
+        if not (_overridden(instance, "on_input_changed", PluginBase) or _overridden(instance, "on_input", PluginBase)):
+            return  # no hook to call (a declarative task): no task per change
+        task = asyncio.get_running_loop().create_task(self.dispatch_input(h, name, value, old),
+                                                      name=f"plugin:{h.name}:input")
+        h.hooks.add(task)
+        task.add_done_callback(h.hooks.discard)
+
+    # -- jobs --------------------------------------------------------------------------------
+    async def run_job(self, name: str, parameters: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Run a job once; a raising or timed-out execute is a failed result, not an error."""
+        h = self.get(name)
+        if h.kind != "job":
+            raise Conflict(f"{name!r} is a task, not a job")
+        if h.state != State.IDLE or h.busy:
+            raise Conflict(f"job {name!r} is {'running' if h.busy else h.state}; try again when it is idle")
+        instance = h.instance
+        assert instance is not None and self.pool is not None
+        h.busy = True
+        h.set_state(State.RUNNING)
+        h._set_status(1)
+        h.set_message("running")
+        base_params = instance.parameters
+        instance.parameters = deep_merge(base_params, parameters or {})
+        started = time.time()
+        t0 = time.monotonic()
+        execute = instance.execute
+        if inspect.iscoroutinefunction(execute):
+            work: asyncio.Future[Any] = asyncio.get_running_loop().create_task(
+                _guarded(execute()), name=f"plugin:{name}:run")
+        else:
+            work = self.pool.submit(execute)
+
+        def finished(_: Any) -> None:
+            instance.parameters = base_params
+            h.busy = False
+            if h.state == State.RUNNING:
+                h.set_state(State.IDLE)
+
+        try:
+            async with asyncio.timeout(timeout):
+                result = normalize_result(await asyncio.shield(work))
+        except TimeoutError:
+            if inspect.iscoroutinefunction(execute):
+                work.cancel()
+            result = JobResult(False, {}, f"timed out after {timeout}s")
+            h.fail(TimeoutError(result.message), "execute")
+        except PLUGIN_ERRORS as exc:
+            result = JobResult(False, {}, describe(exc))
+            h.fail(exc, "execute")
+        h.cycle_count += 1
+        h._set_status(2 if result.success else 3)
+        h.set_message(result.message or ("success" if result.success else "failed"))
+        if work.done():
+            finished(None)
+        else:  # a sync execute that timed out keeps its thread: busy until it ends
+            work.add_done_callback(finished)
+            work.add_done_callback(lambda f: f.cancelled() or f.exception())
+        duration = time.monotonic() - t0
+        h.durations.observe(duration)
+        if not result.success:
+            h.job_failures += 1
+        out = {**result.to_dict(), "job": name, "started_at": started, "duration_s": duration}
+        self.emit("job", plugin=name, success=result.success, duration_s=duration)
+        return out
+
+
+async def _guarded(coro: Any) -> Any:
+    """Await plugin code in a task of its own: SystemExit must not reach the loop."""
+    try:
+        return await coro
+    except SystemExit as exc:
+        raise RuntimeError(f"plugin called sys.exit({exc.code!r})") from None
+
+
+def normalize_result(value: Any) -> JobResult:
+    """Accept a JobResult, a dict shaped like one, or None (success)."""
+    if isinstance(value, JobResult):
+        return value
+    if value is None:
+        return JobResult(True, {}, "")
+    if isinstance(value, dict):
+        if "success" in value:
+            return JobResult(bool(value["success"]), dict(value.get("data") or {}), str(value.get("message", "")))
+        return JobResult(True, value, "")
+    if isinstance(value, bool):
+        return JobResult(value, {}, "")
+    return JobResult(True, {"result": value}, "")

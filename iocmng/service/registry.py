@@ -1,0 +1,134 @@
+"""The registry: the persisted desired state of the service.
+
+One JSON file, ``<data>/registry.json``, holds every plugin (source,
+commit, parameters, where its files are) and the generation that serves
+it. Writes are atomic (temp file, fsync, rename, fsync of the directory),
+so a kill -9 at any instant leaves either the old or the new state, never a
+mix. The service rebuilds everything from this file at start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import storage_error
+
+REGISTRY_FILE = "registry.json"
+
+
+class Source(BaseModel):
+    """Where a plugin comes from (never holds a token)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["git", "local"]
+    url: str | None = None  # git URL without credentials
+    branch: str | None = None
+    path: str = ""
+    commit: str | None = None
+    local_path: str | None = None
+
+
+class Entry(BaseModel):
+    """One registered plugin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["task", "job"]
+    source: Source
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    plugin_dir: str  # the directory holding config.yaml and the .py files
+    owned_dir: str | None = None  # a clone we made and will delete on removal
+    deps_dir: str | None = None  # requirements installed for this plugin only
+    records: list[str] = Field(default_factory=list)  # planned record names
+    added_at: float = Field(default_factory=time.time)
+    auto_start: bool = True  # false: records built, the task not started (until a restart)
+    auto_start_on_boot: bool = True  # false: not started at a real start of the service (a reload keeps it)
+    autostart_order: int | None = None  # start order of a generation: lower first, None last
+    class_name: str = ""  # the plugin's class, as validation found it
+    #: why the watchdog stopped it (it held the event loop past the limit): it
+    #: stays ``failed`` at every start until a restart on purpose or a change
+    failed: str | None = None
+
+
+class State(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    generation: int = 1
+    plugins: dict[str, Entry] = Field(default_factory=dict)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Registry:
+    """Load/save the desired state; callers hold the service's lock around changes."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / REGISTRY_FILE
+        self.state = State()
+
+    def load(self) -> State:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            self.state = State()
+            return self.state
+        self.state = State.model_validate_json(raw)
+        return self.state
+
+    def save(self) -> None:
+        atomic_write(self.path, self.state.model_dump_json(indent=2).encode())
+
+    @property
+    def plugins(self) -> dict[str, Entry]:
+        return self.state.plugins
+
+    def commit(self, *, add: Entry | None = None, remove: str | None = None, bump: bool = False) -> None:
+        """Apply one change and persist it; ``bump`` moves to the next generation."""
+        new = self.state.model_copy(deep=True)
+        if add is not None:
+            new.plugins[add.name] = add
+        if remove is not None:
+            new.plugins.pop(remove, None)
+        if bump:
+            new.generation += 1
+        old, self.state = self.state, new
+        try:
+            self.save()
+        except BaseException as exc:
+            self.state = old
+            storage = storage_error(exc, f"cannot write {self.path.name}")
+            if storage is not None:
+                raise storage from None
+            raise
+
+
+def dump_json(data: Any) -> bytes:
+    return json.dumps(data, indent=1, sort_keys=True).encode()
