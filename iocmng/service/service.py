@@ -81,7 +81,7 @@ STALL_TRACE_LAST = "watchdog-trace.last.txt"
 
 def examples_dir() -> Path:
     """plugins_examples/ of a source checkout, or of the installation prefix (container)."""
-    for candidate in (Path(__file__).resolve().parent.parent / "plugins_examples", Path(sys.prefix) / "plugins_examples"):
+    for candidate in (Path(__file__).resolve().parents[2] / "plugins_examples", Path(sys.prefix) / "plugins_examples"):
         if candidate.is_dir():
             return candidate
     raise SettingsError("--demo: no plugins_examples directory next to the package or under sys.prefix")
