@@ -499,7 +499,7 @@ async def run_config(config: str, args: argparse.Namespace, ext_proc: subprocess
     t_start = time.monotonic()
     # --iocmng-no-rt: iocmng without CAP_SYS_NICE, so EPICS cannot give its threads SCHED_FIFO
     wrap = ["setpriv", "--bounding-set=-sys_nice"] if args.iocmng_no_rt else []
-    proc = spawn([*wrap, sys.executable, "-m", "iocmng.client.cli", "run", *map(str, dirs), "--prefix", prefix,
+    proc = spawn([*wrap, sys.executable, "-m", "iocmng.cli", "run", *map(str, dirs), "--prefix", prefix,
                   "--log-level", args.log_level], env, log)
     try:
         await asyncio.to_thread(wait_line, proc, log, "iocmng run: serving", 180, f"iocmng run ({config})")

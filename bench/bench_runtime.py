@@ -346,7 +346,7 @@ async def child_runtime(kind: str, n: int, warmup: float, seconds: float, prefix
     bridge.start(loop)
     await runtime.start()
     load_s = time.monotonic() - t_load
-    if freeze:  # what the runner does after start-up (iocmng.cli._run_plugins)
+    if freeze:  # what the runner does after start-up (iocmng.runtime.local.run_plugins)
         gc.freeze()
     await asyncio.sleep(warmup)
     handles = [runtime.handles[name] for name in names]

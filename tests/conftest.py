@@ -210,7 +210,7 @@ def random_prefix() -> str:
 
 def plugin_pv_name(directory: Path) -> str:
     """The upper-cased plugin name the runner derives from a directory."""
-    from iocmng.client.cli import name_from_dir
+    from iocmng.runtime.local import name_from_dir
 
     return name_from_dir(directory).upper()
 
@@ -218,7 +218,7 @@ def plugin_pv_name(directory: Path) -> str:
 def runner_command(
     dirs: list[Path], prefix: str | None, params: list[str], extra: list[str] | None = None
 ) -> list[str]:
-    cmd = [sys.executable, "-m", "iocmng.client.cli", "run", *map(str, dirs)]
+    cmd = [sys.executable, "-m", "iocmng.cli", "run", *map(str, dirs)]
     if prefix is not None:
         cmd += ["--prefix", prefix]
     for p in params:

@@ -3,7 +3,7 @@
 Built on :mod:`urllib.request` rather than aiohttp: a CLI makes one request
 at a time, so a blocking call is the simplest correct shape, it needs no
 event loop, and it keeps ``iocmng task ls`` fast to start (no aiohttp
-import). The command tree itself lives in :mod:`iocmng.client.cli`.
+import). The command tree itself lives in :mod:`iocmng.client.cli` and :mod:`iocmng.cli`.
 
 Failures are two exceptions the CLI turns into one line each:
 

@@ -1,7 +1,7 @@
 """iocmng 2.7.9's ``run_ioc()``: one plugin class as a soft IOC, without the REST service.
 
 Maps to ``iocmng-run`` (:mod:`iocmng.runtime.run_alias`), that is to ``iocmng run``'s
-machinery (:func:`iocmng.client.cli._run_plugins`): the class is staged in a
+machinery (:func:`iocmng.runtime.local.run_plugins`): the class is staged in a
 throw-away plugin directory beside its config, as ``iocmng-run -m`` does,
 and runs until SIGINT or SIGTERM::
 
@@ -57,11 +57,11 @@ def run_ioc(
     links; ``name``: the plugin's name (default: the class name, lower case);
     ``pvout``: a file to write the PV names to, one a line.
     """
-    from ..client.cli import name_from_dir
     from ..config.settings import PREFIX_RE, load_settings, read_service_config, resolve_prefix
     from ..plugin.job import JobBase
     from ..plugin.task import TaskBase
     from ..runtime import run_alias
+    from ..runtime.local import name_from_dir
     from . import pv_client
 
     if not (inspect.isclass(plugin_class) and issubclass(plugin_class, TaskBase | JobBase)):

@@ -39,7 +39,7 @@ values are read as the reference does: int, then float, then
 How it maps onto the runner: a throw-away plugin directory holds the config
 as ``config.yaml`` and, for a Python plugin, a one-line module defining a
 subclass of the chosen class; ``iocmng run``'s machinery
-(:func:`iocmng.client.cli._run_plugins`) runs it with the module's own directory on
+(:func:`iocmng.runtime.local.run_plugins`) runs it with the module's own directory on
 the plugin's import path.
 """
 
@@ -192,9 +192,9 @@ class Plan:
 
 
 def resolve(args: argparse.Namespace) -> Plan:
-    from ..client.cli import name_from_dir
     from ..config.models import find_config
     from ..config.settings import PREFIX_RE
+    from .local import name_from_dir
 
     config: Path | None = args.config
     if config is not None and not config.is_file():
@@ -238,7 +238,7 @@ def run_staged(cls: type | None, write_config: Callable[[Path], None], name: str
     """Run one plugin through ``iocmng run``'s machinery, staged in a throw-away directory:
     its config.yaml (``write_config(path)``) and, for a class, a one-line module deriving
     from it (``cls`` None: a declarative task). Used by ``iocmng-run`` and ``run_ioc()``."""
-    from ..client.cli import _run_plugins
+    from .local import run_plugins
 
     with tempfile.TemporaryDirectory(prefix="iocmng-run-") as tmp:
         staged = Path(tmp) / name
@@ -250,7 +250,7 @@ def run_staged(cls: type | None, write_config: Callable[[Path], None], name: str
             (staged / "plugin.py").write_text(
                 "from iocmng.runtime.run_alias import target\n\n\n"
                 f"class {cls.__name__}(target()):  # the class chosen by iocmng-run / run_ioc\n    pass\n")
-        return asyncio.run(_run_plugins([staged], prefix, params, name, exact_prefix=exact_prefix,
+        return asyncio.run(run_plugins([staged], prefix, params, name, exact_prefix=exact_prefix,
                                         extra_paths=extra_paths, pvout=pvout))
 
 
@@ -270,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..client.cli import setup_logging
     from ..config.settings import load_settings, read_service_config, resolve_prefix
     from ..errors import IocmngError, SettingsError
+    from ..logs import setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)

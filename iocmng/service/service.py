@@ -773,7 +773,7 @@ class Service:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..client.cli import setup_logging
+    from ..logs import setup_logging
 
     parser = argparse.ArgumentParser(prog="iocmng-server", description="iocmng service (settings: IOCMNG_* variables)")
     parser.add_argument("--demo", action="store_true", help="also load the example plugins (plugins_examples/)")

@@ -40,7 +40,7 @@ def cli(
         full["IOCMNG_URL"] = url
     full.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "iocmng.client.cli", *args],
+        [sys.executable, "-m", "iocmng.cli", *args],
         env=full,
         cwd=REPO,
         capture_output=True,

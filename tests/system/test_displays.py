@@ -159,7 +159,7 @@ def test_unknown_plugin_is_a_404_problem(server: Server) -> None:
 
 
 def test_cli_screen(server: Server, tmp_path: Path) -> None:
-    from iocmng.client.cli import main
+    from iocmng.cli import main
 
     out = tmp_path / "scan.bob"
     base = f"http://127.0.0.1:{server.http_port}"

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from iocmng import JobResult as TopJobResult
-from iocmng.client.cli import build_parser, name_from_dir, params_dict, parse_param
+from iocmng.cli import build_parser
+from iocmng.client.cli import params_dict, parse_param
 from iocmng.plugin.job import JobResult
+from iocmng.runtime.local import name_from_dir
 from iocmng.runtime.runtime import normalize_result
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from iocmng.cli import build_parser
 from iocmng.client import http as client
-from iocmng.client.cli import build_parser, params_dict
+from iocmng.client.cli import params_dict
 from iocmng.client.http import (
     ApiError,
     Client,
