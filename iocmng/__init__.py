@@ -10,6 +10,7 @@ and, for plugins and scripts written for iocmng 2.7.9, its two other names
     from iocmng import pv_client, run_ioc
 """
 
+from ._version import __version__
 from .core import pv_client
 from .core.runner import run_ioc
 from .plugin.declarative import DeclarativeTask
@@ -25,5 +26,3 @@ __all__ = [
     "pv_client",
     "run_ioc",
 ]
-
-__version__ = "3.0.0.dev0"

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import __version__
+from .._version import __version__
 from ..config.bootlist import read_boot_list
 from ..config.models import deep_merge, load_config, merged_parameters
 from ..config.settings import (
