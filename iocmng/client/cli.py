@@ -195,12 +195,12 @@ def client_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
 def add_client_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     client_options(common, defaults=False)
-    param = {"action": "append", "type": parse_param, "metavar": "KEY=VALUE",
+    param: dict[str, Any] = {"action": "append", "type": parse_param, "metavar": "KEY=VALUE",
              "help": "parameter override (repeatable; dotted keys for nested values)"}
     wait = argparse.ArgumentParser(add_help=False)
     wait.add_argument("--wait", action="store_true", help="follow the reload until the change is live")
     wait.add_argument("--wait-timeout", type=float, default=60.0, metavar="S", help="give up after S seconds (60)")
-    http = {"type": float, "default": 3600.0, "dest": "http_timeout", "help": argparse.SUPPRESS}
+    http: dict[str, Any] = {"type": float, "default": 3600.0, "dest": "http_timeout", "help": argparse.SUPPRESS}
 
     def verb(verbs: Any, name: str, handler: Any, help: str, *parents: argparse.ArgumentParser,
              named: bool = True) -> argparse.ArgumentParser:

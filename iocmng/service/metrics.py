@@ -27,7 +27,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _buckets(d: Durations) -> list[tuple[str, float]]:
-    out, total = [], 0
+    out: list[tuple[str, float]] = []
+    total = 0
     for bound, n in zip((*DURATION_BUCKETS, float("inf")), d.counts, strict=True):
         total += n
         out.append(("+Inf" if bound == float("inf") else repr(bound), total))

@@ -96,7 +96,7 @@ def resolve_inside(root: Path, sub: PurePosixPath) -> Path:
 def _clone_sync(url: str, dest: Path, branch: str | None, pat: str | None) -> CloneResult:
     from dulwich import porcelain
 
-    kwargs: dict[str, str] = {}
+    kwargs: dict[str, Any] = {}
     if pat:
         kwargs = {"username": "oauth2", "password": pat}
     err = io.BytesIO()
@@ -143,8 +143,8 @@ async def clone(url: str, dest: Path, branch: str | None, pat: str | None, timeo
 def _remote_head_sync(url: str, branch: str | None, pat: str | None) -> str | None:
     from dulwich import porcelain
 
-    kwargs = {"username": "oauth2", "password": pat} if pat else {}
-    result = porcelain.ls_remote(url, **kwargs)
+    kwargs: dict[str, Any] = {"username": "oauth2", "password": pat} if pat else {}
+    result: Any = porcelain.ls_remote(url, **kwargs)
     refs: dict[bytes, bytes] = getattr(result, "refs", result)  # dulwich < 0.23 returned the dict
     if branch is None:
         names = [b"HEAD"]
