@@ -2,12 +2,18 @@
 
 EPICS keeps its record database in process-global state that is frozen at
 ``iocInit``: records can be created only before it, never after, and never
-deleted. So the bridge works in two phases. First every plugin of a
-generation declares its records (:meth:`IocBridge.add_plugin`); then
+deleted. So the bridge works in two phases. First the records of every
+plugin's :class:`~iocmng.epics.plan.RecordPlan` of a generation are built
+(:meth:`IocBridge.create`, the :class:`~iocmng.epics.backend.RecordBackend`
+protocol; :meth:`IocBridge.add_plugin` is its older form); then
 :meth:`IocBridge.start` runs ``iocInit`` exactly once, with pythonSoftIOC's
 ``AsyncioDispatcher`` built on the service's running loop so record
 callbacks run as coroutines on that same loop. Any change to the record set
 after that is the reload's job (see :mod:`iocmng.service.reload`).
+
+What the records are (names, types, fields) is the plan's business
+(:mod:`iocmng.epics.plan`, pure); the names consumers used to import from
+here (``plan_records``, ``RecordSpec``, ``TASK_STATES``...) are re-exported.
 
 Records of a plugin ``NAME`` are ``<prefix>:<NAME>:<PV>``. Clients (CA and
 PVA) may write the VAL of the writable records (inputs, ENABLE, RUN, CLEAR,
@@ -21,144 +27,46 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config.models import PluginConfig, PVSpec, coerce_value
-from ..errors import ConfigError
+from ..config.models import PVSpec, coerce_value
 from .access_security import WRITABLE, access_security_file, check_active
+from .backend import InputHandler, RunHandler
+from .plan import (  # re-exported: the names consumers import from here
+    DEFAULT_PV_NAMES,
+    JOB_STATES,
+    LINK_ALARM,
+    MAX_RECORD_NAME,
+    MAX_STRING,
+    TASK_STATES,
+    Alarm,
+    RecordPlan,
+    RecordSpec,
+    Severity,
+    base_of,
+    default_records,
+    logic_records,
+    plan_records,
+    plugin_prefix,
+    record_value,
+    status_fields,
+    truncate,
+)
 
 log = logging.getLogger("iocmng.ioc")
 
-#: EPICS record names are at most 60 characters (PVNAME_STRINGSZ - 1).
-MAX_RECORD_NAME = 60
-#: A stringin/stringout holds 39 characters plus the terminating NUL.
-MAX_STRING = 39
-
-TASK_STATES = ("INIT", "RUN", "PAUSED", "END", "ERROR")
-JOB_STATES = ("IDLE", "RUNNING", "SUCCESS", "FAILED")
-_MBB = ("ZR", "ON", "TW", "TH", "FR", "FV", "SX", "SV")
-#: menuAlarmStat LINK_ALARM and menuAlarmSevr INVALID_ALARM: a value computed from a disconnected link.
-LINK_ALARM = (14, 3)
-
-InputHandler = Callable[[str, Any], Awaitable[None] | None]
-RunHandler = Callable[[], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class RecordSpec:
-    """One record to build: its short name, direction and field values."""
-
-    short: str
-    writable: bool  # an EPICS output record (operators write it)
-    spec: PVSpec
-    autosave: bool = False
-    #: "" (a plain PV), "conn" (a 0/1 waveform, one element per link), "names"
-    #: (a long string: the links' names, in full) or "pulse" (CLEAR/RESET: back to 0 after each write)
-    special: str = ""
-    count: int = 1  # elements of a "conn" waveform
-
-
-def default_records(kind: str, mode: str) -> list[RecordSpec]:
-    """The default PVs of SPEC §5 for a plugin of ``kind`` and ``mode``."""
-    if kind == "job":
-        return [
-            RecordSpec("STATUS", False, PVSpec(type="int")),
-            RecordSpec("MESSAGE", False, PVSpec(type="string")),
-        ]
-    recs = [
-        RecordSpec("ENABLE", True, PVSpec(type="bool", value=1, znam="Disabled", onam="Enabled"), autosave=True),
-        RecordSpec("STATUS", False, PVSpec(type="int")),
-        RecordSpec("MESSAGE", False, PVSpec(type="string")),
-    ]
-    if mode == "triggered":
-        recs.append(RecordSpec("RUN", True, PVSpec(type="bool", value=0, znam="Idle", onam="Run")))
-    else:
-        recs.append(RecordSpec("CYCLE_COUNT", False, PVSpec(type="int")))
-    return recs
-
-
-#: Records iocmng adds: the defaults of SPEC §5, VERSION, and those of plugins with logic or links.
-DEFAULT_PV_NAMES = frozenset({"ENABLE", "STATUS", "MESSAGE", "CYCLE_COUNT", "RUN", "VERSION", "CLEAR", "RESET",
-                              "CONN_INP", "CONN_OUT", "CONN_INP_NAMES", "CONN_OUT_NAMES"})
-
-
-def plugin_prefix(prefix: str, name: str, config: PluginConfig | None = None) -> str:
-    """``<prefix>:<segment>``: the segment is config.yaml's ``prefix:``, else the name in upper case."""
-    segment = config.prefix if config is not None and config.prefix else name.upper()
-    return f"{prefix}:{segment}"
-
-
-def base_of(records: list[str]) -> str | None:
-    """The ``<prefix>:<segment>`` of a plugin's full record names (every plugin has STATUS)."""
-    for rec in records:
-        if rec.endswith(":STATUS"):
-            return rec[: -len(":STATUS")]
-    return None
-
-
-def logic_records(kind: str, config: PluginConfig) -> list[RecordSpec]:
-    """VERSION, CLEAR/RESET and the CONN_* records a config asks for."""
-    recs = []
-    version = config.parameters.get("version")
-    if version is not None:
-        recs.append(RecordSpec("VERSION", False, PVSpec(type="string", value=str(version))))
-    if kind == "task" and config.has_logic:
-        recs.append(RecordSpec("CLEAR", True, PVSpec(type="bool", znam="Idle", onam="Clear"), special="pulse"))
-        recs.append(RecordSpec("RESET", True, PVSpec(type="bool", znam="Idle", onam="Reset"), special="pulse"))
-    for tag, section in (("INP", config.pvs.inputs), ("OUT", config.pvs.outputs)):
-        wired = [n for n, s in section.items() if s.link is not None]
-        if wired:
-            recs.append(RecordSpec(f"CONN_{tag}", False, PVSpec(type="int"), special="conn", count=len(wired)))
-            recs.append(RecordSpec(f"CONN_{tag}_NAMES", False, PVSpec(type="string", value=" ".join(wired)),
-                                   special="names"))
-    return recs
-
-
-def plan_records(prefix: str, name: str, kind: str, mode: str, config: PluginConfig) -> list[RecordSpec]:
-    """All records of one plugin, checked: no collision with defaults, names fit EPICS.
-
-    Raises ConfigError naming the PV and the fix. Pure: usable by the
-    validation pipeline without touching EPICS. A wired input is a read-only
-    mirror of its external PV (operators write the external PV itself).
-    """
-    errors = []
-    for section, pvs in (("inputs", config.pvs.inputs), ("outputs", config.pvs.outputs)):
-        for pv in pvs:
-            if pv in DEFAULT_PV_NAMES:
-                errors.append({"loc": f"pvs.{section}.{pv}", "msg": f"collides with the default PV {pv}; choose another name"})
-    recs = default_records(kind, mode)
-    recs += logic_records(kind, config)
-    recs += [RecordSpec(k, v.link is None, v, autosave=v.link is None) for k, v in config.pvs.inputs.items()]
-    recs += [RecordSpec(k, False, v) for k, v in config.pvs.outputs.items()]
-    base = plugin_prefix(prefix, name, config)
-    for rec in recs:
-        full = f"{base}:{rec.short}"
-        if len(full) > MAX_RECORD_NAME:
-            section = "inputs" if rec.short in config.pvs.inputs else "outputs"
-            loc = f"pvs.{section}.{rec.short}" if rec.short not in DEFAULT_PV_NAMES else "name"
-            errors.append({
-                "loc": loc,
-                "msg": f"PV name {full!r} is {len(full)} characters, over the EPICS limit of {MAX_RECORD_NAME}; "
-                "shorten the PV, plugin name or prefix",
-            })
-    if errors:
-        raise ConfigError("config.yaml", errors)
-    return recs
-
-
-def truncate(text: str, limit: int = MAX_STRING) -> str:
-    """Cut ``text`` to at most ``limit`` UTF-8 bytes without splitting a character."""
-    raw = str(text).replace("\n", " ").encode("utf-8")
-    if len(raw) <= limit:
-        return str(text).replace("\n", " ")
-    return raw[:limit].decode("utf-8", errors="ignore")
+__all__ = [
+    "DEFAULT_PV_NAMES", "JOB_STATES", "LINK_ALARM", "MAX_RECORD_NAME", "MAX_STRING", "TASK_STATES", "ArrayRecord",
+    "FastRecord", "InputHandler", "IocBridge", "PluginRecords", "RecordSpec", "RunHandler", "base_of",
+    "default_records", "logic_records", "plan_records", "plugin_prefix", "post_monitor", "truncate",
+]
 
 
 @dataclass
 class PluginRecords:
-    """The live records of one plugin, addressed by short name."""
+    """The live records of one plugin, addressed by short name (a :class:`~iocmng.epics.backend.Records`)."""
 
     prefix: str  # <prefix>:<NAME>
     records: dict[str, Any] = field(default_factory=dict)
@@ -170,19 +78,22 @@ class PluginRecords:
     def names(self) -> list[str]:
         return [f"{self.prefix}:{short}" for short in self.records]
 
-    def set(self, short: str, value: Any) -> None:
+    def __contains__(self, short: object) -> bool:
+        return short in self.records
+
+    def _record(self, short: str) -> Any:
         try:
-            rec = self.records[short]
+            return self.records[short]
         except KeyError:
             raise KeyError(f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})") from None
-        kind = self.types[short]
-        if kind == "string":
-            value = truncate(value)
-        elif kind == "array":
-            pass
-        else:
-            value = coerce_value(kind, value)
-        rec.set(value)
+
+    def type_of(self, short: str) -> str:
+        self._record(short)
+        return self.types[short]
+
+    def set(self, short: str, value: Any) -> None:
+        rec = self._record(short)
+        rec.set(record_value(self.types[short], value))
 
     def attach(self) -> None:
         """Bind to the live database (after iocInit)."""
@@ -198,10 +109,14 @@ class PluginRecords:
             post_monitor(f"{self.prefix}:{short}")
 
     def get(self, short: str) -> Any:
-        try:
-            return self.records[short].get()
-        except KeyError:
-            raise KeyError(f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})") from None
+        return self._record(short).get()
+
+    def force_alarm(self, short: str, alarm: Alarm | None) -> None:
+        """Raise ``alarm`` on a read-only record at every processing (None: stop).
+        Records that are not iocmng's own fast records (writable ones, CONN_*) are left as they are."""
+        rec = self._record(short)
+        if isinstance(rec, FastRecord):
+            rec.force_alarm(alarm)
 
 
 class _DbAddr(ctypes.Structure):
@@ -286,9 +201,9 @@ class FastRecord:
         self.name, self.kind, self.value = name, kind, value
         self._dbr, self._ctype = _DBR[kind]
         self._addr: _DbAddr | None = None
-        #: (status, severity) raised at every processing, e.g. (LINK, INVALID)
+        #: (status, severity) raised at every processing, e.g. LINK_ALARM (LINK, INVALID)
         #: while a value this record shows depends on a disconnected link
-        self.forced: tuple[int, int] | None = None
+        self.forced: Alarm | tuple[int, int] | None = None
         self._nsta: Any = None
         self._nsev: Any = None
 
@@ -297,7 +212,7 @@ class FastRecord:
         self._addr = _addr(self.name)
         self.set(self.value)
 
-    def force_alarm(self, alarm: tuple[int, int] | None) -> None:
+    def force_alarm(self, alarm: Alarm | tuple[int, int] | None) -> None:
         """Raise (status, severity) on this record from now on (None: stop), and process it."""
         if alarm == self.forced:
             return
@@ -340,7 +255,7 @@ def _alarm_fields(spec: PVSpec) -> dict[str, Any]:
     if spec.alarm_on is None:
         return {}
     if spec.type == "bool":
-        return {"ZSV": "NO_ALARM", "OSV": spec.alarm_on}
+        return {"ZSV": Severity.NO_ALARM.name, "OSV": spec.alarm_on}
     fields: dict[str, Any] = {}
     if spec.alarm_high is not None:
         fields.update(HIGH=spec.alarm_high, HSV=spec.alarm_on)
@@ -392,32 +307,60 @@ class IocBridge:
         self.plugins: dict[str, PluginRecords] = {}
         self._dispatcher: Any = None
 
+    def create(
+        self,
+        plan: RecordPlan,
+        *,
+        on_input: InputHandler,
+        on_run: RunHandler | None = None,
+        restored: Mapping[str, Any] | None = None,
+    ) -> PluginRecords:
+        """Create the records of ``plan`` (:class:`~iocmng.epics.backend.RecordBackend`).
+        Only possible before :meth:`start`."""
+        if plan.prefix != self.prefix or (self.exact and plan.base != self.prefix):
+            raise ValueError(f"the plan of {plan.name} is for records under {plan.base}, not this bridge's "
+                             f"{self.prefix}{'' if self.exact else ':<NAME>'}")
+        return self._build(plan.name, plan.base, plan.kind, plan.records, on_input, on_run, restored)
+
     def add_plugin(
         self,
         name: str,
-        specs: list[RecordSpec],
+        specs: Sequence[RecordSpec],
         *,
         kind: str,
         on_input: InputHandler,
         on_run: RunHandler | None = None,
-        restored: dict[str, Any] | None = None,
+        restored: Mapping[str, Any] | None = None,
         base: str | None = None,
     ) -> PluginRecords:
         """Create the records of one plugin under ``base`` (default ``<prefix>:<NAME>``).
-        Only possible before :meth:`start`."""
+        Only possible before :meth:`start`. The older form of :meth:`create`."""
+        return self._build(name, self.prefix if self.exact else (base or plugin_prefix(self.prefix, name)), kind,
+                           specs, on_input, on_run, restored)
+
+    def _build(
+        self,
+        name: str,
+        base: str,
+        kind: str,
+        specs: Sequence[RecordSpec],
+        on_input: InputHandler,
+        on_run: RunHandler | None,
+        restored: Mapping[str, Any] | None,
+    ) -> PluginRecords:
         if self.started:
             raise RuntimeError("the record set is frozen after iocInit; a reload is needed to add records")
         from softioc import builder
 
         restored = restored or {}
-        out = PluginRecords(self.prefix if self.exact else (base or plugin_prefix(self.prefix, name)))
+        out = PluginRecords(base)
         for rec in specs:
             full = f"{out.prefix}:{rec.short}"
             spec = rec.spec
             value = spec.value
             if rec.special in ("conn", "names"):
                 out.records[rec.short] = _special_record(full, rec)
-                out.types[rec.short] = "array" if rec.special == "conn" else "string"
+                out.types[rec.short] = rec.value_type
                 continue
             if rec.autosave and rec.short in restored:
                 try:
@@ -427,15 +370,9 @@ class IocBridge:
             fields: dict[str, Any] = {}
             if spec.description:
                 fields["DESC"] = spec.description
-            if rec.short == "STATUS":
-                states = JOB_STATES if kind == "job" else TASK_STATES
-                mbb = {}
-                for i, state in enumerate(states):
-                    mbb[_MBB[i] + "ST"] = state
-                    if state in ("ERROR", "FAILED"):
-                        mbb[_MBB[i] + "SV"] = "MAJOR"
-                builder.records.mbbi(full, VAL=0, UDF=0, DISP=1, **mbb)
-                out.types[rec.short] = "int"
+            if rec.short == "STATUS":  # states and severities from TaskStatus / JobStatus
+                builder.records.mbbi(full, VAL=0, UDF=0, DISP=1, **status_fields(kind))
+                out.types[rec.short] = rec.value_type
                 out.records[rec.short] = FastRecord(full, "enum", 0)
                 continue
             if rec.writable:
@@ -444,7 +381,7 @@ class IocBridge:
             else:
                 record = self._in_record(full, spec, value, fields)
             out.records[rec.short] = record
-            out.types[rec.short] = spec.type
+            out.types[rec.short] = rec.value_type
         self.plugins[name] = out
         return out
 

@@ -1,0 +1,92 @@
+"""The record backend: what the runtime needs of the records of a plan.
+
+Two implementations: the softioc bridge (:class:`iocmng.epics.ioc.IocBridge`,
+real EPICS records served over CA and PVA) and an in-memory fake for tests
+(:class:`iocmng.testing.FakeBackend`, no EPICS). Both build the records of a
+:class:`~iocmng.epics.plan.RecordPlan` and hand back a :class:`Records`
+addressed by short name. Pure: protocols only, no softioc import, so a module
+can be typed against the backend without pulling EPICS in.
+
+Life of a backend: :meth:`RecordBackend.create` for every plugin of a
+generation, then :meth:`RecordBackend.start` once (the softioc bridge runs
+``iocInit`` there; records cannot be created after it). A client's write to a
+writable record calls ``on_input(short, value)``; a write of 1 to RUN (a
+triggered task) awaits ``on_run()`` and completes when that returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from .plan import Alarm, RecordPlan
+
+#: Called with (short name, new value) when a client writes a writable record.
+InputHandler = Callable[[str, Any], Awaitable[None] | None]
+#: Awaited when a client writes 1 to RUN; the write completes when it returns.
+RunHandler = Callable[[], Awaitable[None]]
+
+
+@runtime_checkable
+class Records(Protocol):
+    """The live records of one plugin, addressed by short name."""
+
+    #: ``<prefix>:<segment>``: every record is ``<prefix>:<short>``.
+    prefix: str
+    #: True once the backend has started (the records are served).
+    live: bool
+
+    def names(self) -> list[str]:
+        """The full record names, in plan order."""
+        ...
+
+    def __contains__(self, short: object) -> bool:
+        """Whether ``short`` is a record of this plugin."""
+        ...
+
+    def type_of(self, short: str) -> str:
+        """How ``short`` holds its value: float, int, bool, string or array."""
+        ...
+
+    def set(self, short: str, value: Any) -> None:
+        """Write and process a record, as the plugin or iocmng does (converted to its type)."""
+        ...
+
+    def set_quiet(self, short: str, value: Any) -> None:
+        """Set a writable record's value without processing it (RUN, CLEAR, RESET back to 0)."""
+        ...
+
+    def get(self, short: str) -> Any:
+        """The record's current value."""
+        ...
+
+    def force_alarm(self, short: str, alarm: Alarm | None) -> None:
+        """Raise ``alarm`` on a read-only record from now on (None: stop), e.g. LINK/INVALID."""
+        ...
+
+
+@runtime_checkable
+class RecordBackend(Protocol):
+    """Builds the records of each plugin's plan, then serves them."""
+
+    #: The service's PV prefix.
+    prefix: str
+    #: True after :meth:`start`: the record set is frozen.
+    started: bool
+
+    def create(
+        self,
+        plan: RecordPlan,
+        *,
+        on_input: InputHandler,
+        on_run: RunHandler | None = None,
+        restored: Mapping[str, Any] | None = None,
+    ) -> Records:
+        """Build the records of ``plan`` (before :meth:`start` only). ``restored``
+        holds saved values of the autosaved records (inputs, ENABLE) by short name."""
+        ...
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve every record created so far (once); record callbacks run on ``loop``."""
+        ...
