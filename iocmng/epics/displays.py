@@ -13,7 +13,8 @@ used (``label``, ``textupdate``, ``textentry``, ``led``, ``multi_state_led``,
 ``bool_button``, ``action_button``, ``group``), with their current XML
 versions; tests/system/test_displays.py checks that list.
 
-Pure: no EPICS, no HTTP; :mod:`iocmng.api.ui` feeds it from the service.
+Pure: no EPICS, no HTTP; :mod:`iocmng.api.ui` feeds it from the service,
+a :class:`Screen` per plugin built from its record plan (:meth:`Screen.of`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .ioc import JOB_STATES, TASK_STATES, RecordSpec
+from .plan import JobStatus, RecordPlan, RecordSpec, TaskStatus, status_enum
 
 #: Widget XML versions of Phoebus's Display Builder (2.0.0 unless listed).
 WIDGET_VERSIONS = {"textentry": "3.0.0", "action_button": "3.0.0"}
@@ -34,10 +36,13 @@ WIDTH = COL_INFO + W_INFO + 20
 
 # Colors of the STATUS states (Phoebus's named alarm colors where one fits).
 _GREY = ("Off", 60, 100, 60)
-_STATE_COLORS = {
-    "INIT": ("INIT", 0, 128, 255), "RUN": ("OK", 0, 255, 0), "PAUSED": ("MINOR", 255, 128, 0),
-    "END": _GREY, "ERROR": ("MAJOR", 255, 0, 0), "IDLE": _GREY, "RUNNING": ("RUNNING", 0, 128, 255),
-    "SUCCESS": ("OK", 0, 255, 0), "FAILED": ("MAJOR", 255, 0, 0),
+# (TaskStatus.INIT == JobStatus.IDLE == 0 as ints: one table per enum.)
+_STATE_COLORS: dict[type[TaskStatus] | type[JobStatus], dict[Any, tuple[str, int, int, int]]] = {
+    TaskStatus: {TaskStatus.INIT: ("INIT", 0, 128, 255), TaskStatus.RUN: ("OK", 0, 255, 0),
+                 TaskStatus.PAUSED: ("MINOR", 255, 128, 0), TaskStatus.END: _GREY,
+                 TaskStatus.ERROR: ("MAJOR", 255, 0, 0)},
+    JobStatus: {JobStatus.IDLE: _GREY, JobStatus.RUNNING: ("RUNNING", 0, 128, 255),
+                JobStatus.SUCCESS: ("OK", 0, 255, 0), JobStatus.FAILED: ("MAJOR", 255, 0, 0)},
 }
 
 
@@ -51,6 +56,11 @@ class Screen:
     pv_prefix: str  # <prefix>:<NAME>
     records: Sequence[RecordSpec]
     state: str = ""
+
+    @classmethod
+    def of(cls, plan: RecordPlan, state: str = "") -> Screen:
+        """The screen of a plugin's record plan, in ``state`` (``pending``: not served yet)."""
+        return cls(plan.name, plan.kind, plan.mode, plan.base, plan.records, state)
 
 
 def _sub(parent: ET.Element, tag: str, text: object = None, **attrs: str) -> ET.Element:
@@ -89,14 +99,15 @@ def _label(parent: ET.Element, text: str, x: int, y: int, width: int = W_LABEL, 
     return _widget(parent, "label", f"label {text}", x, y, width, height, text=text, **props)
 
 
-def _status_led(parent: ET.Element, pv: str, states: Sequence[str], x: int, y: int, size: int = 20) -> None:
+def _status_led(parent: ET.Element, pv: str, kind: str, x: int, y: int, size: int = 20) -> None:
     w = _widget(parent, "multi_state_led", "STATUS led", x, y, size, size, pv_name=pv)
     st = _sub(w, "states")
-    for i, label in enumerate(states):
+    states = status_enum(kind)
+    for state in states:
         s = _sub(st, "state")
-        _sub(s, "value", i)
-        _sub(s, "label", label)
-        _color(s, "color", _STATE_COLORS.get(label, _GREY))
+        _sub(s, "value", int(state))
+        _sub(s, "label", state.label)
+        _color(s, "color", _STATE_COLORS[states].get(state, _GREY))
     _sub(w, "fallback_label", "?")
     _color(w, "fallback_color", ("Invalid", 255, 0, 255))
 
@@ -163,9 +174,8 @@ def plugin_screen(screen: Screen) -> bytes:
         y += ROW
 
     section("State")
-    states = JOB_STATES if screen.kind == "job" else TASK_STATES
     row_label("STATUS")
-    _status_led(root, f"{base}:STATUS", states, COL_WIDGET, y + 2)
+    _status_led(root, f"{base}:STATUS", screen.kind, COL_WIDGET, y + 2)
     _widget(root, "textupdate", "STATUS text", COL_WIDGET + 30, y, W_WIDGET - 30, pv_name=f"{base}:STATUS")
     y += ROW
     row_label("MESSAGE")
@@ -252,7 +262,7 @@ def overview_screen(screens: Sequence[Screen], prefix: str, link: dict[str, str]
         if s.state == "pending":
             _label(root, "pending: waiting for its reload", 300, y, 300)
         else:
-            _status_led(root, f"{base}:STATUS", JOB_STATES if s.kind == "job" else TASK_STATES, 300, y + 2)
+            _status_led(root, f"{base}:STATUS", s.kind, 300, y + 2)
             _widget(root, "textupdate", f"{s.name} STATUS", 330, y, 100, pv_name=f"{base}:STATUS")
             _widget(root, "textupdate", f"{s.name} MESSAGE", 440, y, 210, pv_name=f"{base}:MESSAGE")
         button = _widget(root, "action_button", f"open {s.name}", 660, y, 90, text="Open…")
