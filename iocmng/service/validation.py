@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.models import CONFIG_NAMES, TASK_MODES, PluginConfig, load_config, merged_parameters
-from ..epics.ioc import plan_records, plugin_prefix
+from ..epics.plan import RecordPlan, plan
 from ..errors import ConfigError, InsufficientStorage, IocmngError, ValidationFailed, storage_error
 from ..runtime.loader import plugin_files
 from . import bounded
@@ -81,7 +81,9 @@ class Candidate:
     kind: str = ""
     mode: str = ""
     class_name: str = ""
-    records: list[str] = field(default_factory=list)
+    records: list[str] = field(default_factory=list)  # plan.names, as the registry keeps them
+    #: The record plan (base, mode, merged parameters, records), from the pvs step on.
+    plan: RecordPlan | None = None
     steps: list[Step] = field(default_factory=list)
 
     def discard(self) -> None:
@@ -328,10 +330,9 @@ class Pipeline:
 
     async def step_pvs(self, c: Candidate) -> str:
         assert c.config is not None
-        specs = plan_records(self.opt.prefix, c.request.name, c.kind, c.mode if c.kind == "task" else "job", c.config)
-        base = plugin_prefix(self.opt.prefix, c.request.name, c.config)
-        c.records = [f"{base}:{s.short}" for s in specs]
-        return f"{len(c.records)} record(s) under {base}:"
+        c.plan = plan(self.opt.prefix, c.request.name, c.kind, c.config, c.request.parameters)
+        c.records = list(c.plan.names)
+        return f"{len(c.records)} record(s) under {c.plan.base}:"
 
 
     async def step_logic(self, c: Candidate) -> str:
@@ -345,7 +346,8 @@ class Pipeline:
         if c.kind == "job":
             raise _StepFailed("rules and transforms need a task (mode continuous, triggered or reactive), "
                               f"but {c.class_name} is a job")
-        params = merged_parameters(cfg, c.request.parameters).as_dict()  # as the runtime compiles them
+        assert c.plan is not None
+        params = c.plan.parameters_dict()  # as the runtime compiles them
         # The plugin's own functions are known by name here (the code ran in the child).
         functions = {f: _placeholder for f in self._child.get("functions", [])}
         try:
