@@ -22,10 +22,16 @@ from ..epics.channelfinder import ChannelFinderHelpers
 
 
 class PluginContext(Protocol):
-    """What the runtime provides behind a plugin (see iocmng.runtime.handle.PluginHandle)."""
+    """What the runtime provides behind a plugin (see iocmng.runtime.handle.PluginHandle).
 
-    pv_prefix: str
+    The 2.7.9 members and the ChannelFinder helpers also read, when the context
+    has them (``getattr`` with a default: a detached plugin has none), ``records``,
+    ``config``, ``wiring`` (its ``buffers``), ``state``, ``task``, ``enabled``,
+    ``beamline_config_path``, ``loop``, ``channelfinder_url`` and ``channelfinder_timeout``.
+    """
 
+    @property
+    def pv_prefix(self) -> str: ...
     def set_pv(self, name: str, value: Any) -> None: ...
     def get_pv(self, name: str) -> Any: ...
     def set_status(self, status: str) -> None: ...
@@ -36,6 +42,12 @@ class PluginContext(Protocol):
     def link_values(self) -> dict[str, Any]: ...
     @property
     def cycle_count(self) -> int: ...
+
+
+def attach_context(plugin: PluginBase, ctx: PluginContext) -> None:
+    """Put ``ctx`` (the runtime's handle) behind ``plugin``'s ``self.set_pv`` & co.; the runtime
+    calls this before ``initialize()``."""
+    plugin._attach(ctx)
 
 
 class _Detached:
@@ -72,7 +84,7 @@ class _Detached:
         return {}
 
 
-class _compat:  # noqa: N801 - used as a decorator, like property
+class compat_member:  # noqa: N801 - used as a decorator, like property
     """A computed, read-only attribute of iocmng 2.7.9's API that a plugin may still
     assign: a non-data descriptor, so ``self.x = ...`` makes ``x`` the plugin's own
     attribute (as it was before this name existed here) instead of raising."""
@@ -135,7 +147,7 @@ class _PVs(Mapping[str, _PV]):
         return len(self._names)
 
 
-def _observed(fn: Callable[[], Any], before: Callable[[], None] | None = None,
+def observed(fn: Callable[[], Any], before: Callable[[], None] | None = None,
               after: Callable[[Any], None] | None = None,
               failed: Callable[[BaseException], None] | None = None) -> Callable[[], Any]:
     """``fn`` (a plugin's bound method, ``def`` or ``async def``) with the same call, result and
@@ -158,7 +170,7 @@ def _observed(fn: Callable[[], Any], before: Callable[[], None] | None = None,
         return observed_async
 
     @functools.wraps(fn)
-    def observed() -> Any:
+    def observed_sync() -> Any:
         if before is not None:
             before()
         try:
@@ -171,13 +183,12 @@ def _observed(fn: Callable[[], Any], before: Callable[[], None] | None = None,
             after(result)
         return result
 
-    return observed
+    return observed_sync
 
 
 def _read_beamline_config(ctx: Any, logger: logging.Logger) -> dict[str, Any]:
     """The values.yaml the service's devices come from, else ``IOCMNG_BEAMLINE_CONFIG``'s."""
-    devices = getattr(getattr(ctx, "runtime", None), "devices", None)
-    path = getattr(devices, "config", None) or os.environ.get("IOCMNG_BEAMLINE_CONFIG")
+    path = getattr(ctx, "beamline_config_path", None) or os.environ.get("IOCMNG_BEAMLINE_CONFIG")
     if not path:
         return {}
     import yaml
@@ -317,7 +328,7 @@ class PluginBase(ChannelFinderHelpers):
         """iocmng 2.7.9's alias of :meth:`get_pv`; ``None`` for an unknown name, as in 2.7.9."""
         return self.get_output(name)
 
-    @_compat
+    @compat_member
     def pvs(self) -> Mapping[str, Any]:
         """iocmng 2.7.9's ``self.pvs`` (short name -> record), read-only.
 
@@ -334,7 +345,7 @@ class PluginBase(ChannelFinderHelpers):
         records = getattr(self._ctx, "records", None)
         return _PVs(self, list(records.records) if records is not None else [])
 
-    @_compat
+    @compat_member
     def pv_definitions(self) -> dict[str, dict[str, dict[str, Any]]]:
         """iocmng 2.7.9's ``self.pv_definitions``: ``{"inputs": {name: fields}, "outputs": {...}}``
         from config.yaml (``pvs:`` and ``arguments:`` merged), each PV's fields as
@@ -347,7 +358,7 @@ class PluginBase(ChannelFinderHelpers):
         return {side: {n: s.model_dump(exclude_none=True, exclude_defaults=True) | {"type": s.type}
                        for n, s in getattr(config.pvs, side).items()} for side in ("inputs", "outputs")}
 
-    @_compat
+    @compat_member
     def beamline_config(self) -> dict[str, Any]:
         """iocmng 2.7.9's ``self.beamline_config``: the epik8s values.yaml of
         ``IOCMNG_BEAMLINE_CONFIG`` as a dict (``{}`` when it is not set or not
@@ -358,7 +369,7 @@ class PluginBase(ChannelFinderHelpers):
             cached = self.__dict__["_iocmng_beamline_config"] = _read_beamline_config(self._ctx, self.logger)
         return cached
 
-    @_compat
+    @compat_member
     def _link_buffers(self) -> dict[str, Any]:
         """iocmng 2.7.9's ``self._link_buffers`` (HOWTO): the ring buffer (a deque)
         of each input or output with ``buffer_size``, by name. Read the deques,

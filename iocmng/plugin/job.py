@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .base import PluginBase, PluginContext, _compat, _observed
+from .base import PluginBase, PluginContext, compat_member, observed
 
 
 @dataclass
@@ -19,6 +19,29 @@ class JobResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"success": self.success, "data": self.data, "message": self.message}
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a failed run's message and a plugin's ``last_error`` read it: ``"Type: text"``."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def normalize_result(value: Any) -> JobResult:
+    """What ``execute()`` returned as a :class:`JobResult`: a JobResult, a dict shaped like
+    one (``success``, ``data``, ``message``), another dict (the data of a success),
+    a bool, ``None`` (success) or any other value (``{"result": value}``)."""
+    if isinstance(value, JobResult):
+        return value
+    if value is None:
+        return JobResult(True, {}, "")
+    if isinstance(value, dict):
+        if "success" in value:
+            return JobResult(bool(value["success"]), dict(value.get("data") or {}), str(value.get("message", "")))
+        return JobResult(True, value, "")
+    if isinstance(value, bool):
+        return JobResult(value, {}, "")
+    return JobResult(True, {"result": value}, "")
 
 
 class JobBase(PluginBase, ABC):
@@ -49,18 +72,14 @@ class JobBase(PluginBase, ABC):
         execute = self.execute
 
         def keep(result: Any) -> None:
-            from ..runtime.runtime import normalize_result
-
             self.__dict__["_iocmng_last_result"] = normalize_result(result)
 
         def failed(exc: BaseException) -> None:
-            from ..runtime.handle import describe
-
             self.__dict__["_iocmng_last_result"] = JobResult(False, {}, describe(exc))
 
-        self.__dict__["execute"] = _observed(execute, after=keep, failed=failed)
+        self.__dict__["execute"] = observed(execute, after=keep, failed=failed)
 
-    @_compat
+    @compat_member
     def last_result(self) -> JobResult | None:
         """iocmng 2.7.9's ``self.last_result``: the :class:`JobResult` of the last
         completed run (``None`` before the first): what ``execute()`` returned, as

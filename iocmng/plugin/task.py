@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from .base import PluginBase, PluginContext, _compat, _observed
+from .base import PluginBase, PluginContext, compat_member, observed
 
 
 class TaskBase(PluginBase, ABC):
@@ -40,10 +40,10 @@ class TaskBase(PluginBase, ABC):
         super()._attach(ctx)
         # `running` turns False when the runtime starts cleanup(), as 2.7.9's stop()
         # did before calling it: wrap this instance's cleanup (same call, same result).
-        self.__dict__["cleanup"] = _observed(
+        self.__dict__["cleanup"] = observed(
             self.cleanup, before=lambda: self.__dict__.__setitem__("_iocmng_stopping", True))
 
-    @_compat
+    @compat_member
     def running(self) -> bool:
         """iocmng 2.7.9's ``self.running``: True from the end of ``initialize()``
         until the task is stopped, paused or not (``while self.running:`` loops
@@ -64,7 +64,7 @@ class TaskBase(PluginBase, ABC):
             return False
         return True
 
-    @_compat
+    @compat_member
     def enabled(self) -> bool:
         """iocmng 2.7.9's ``self.enabled``: the ENABLE PV (True while not paused).
         Read-only: assigning it makes it the plugin's own attribute and does

@@ -10,20 +10,23 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config.models import PluginConfig, coerce_value
 from ..epics.ioc import JOB_STATES, TASK_STATES, PluginRecords, truncate
 from ..plugin.base import PluginBase
+from ..plugin.job import JobResult, describe
+from .services import RuntimeServices
 
 if TYPE_CHECKING:
+    from ..declarative.links import LinkSet
     from ..declarative.logic import Logic
-    from .runtime import Runtime
-    from .wiring import Wiring
 
 #: CYCLE_COUNT is published at most this often per task: a counter that
 #: changes every cycle would double the record updates and the monitor
@@ -94,21 +97,36 @@ class PluginSpec:
     extra_paths: list[Path] = field(default_factory=list)
 
 
-def describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+class PluginWiring(Protocol):
+    """What the handle and the runtime use of a plugin's wiring (:class:`~iocmng.runtime.wiring.Wiring`)."""
+
+    links: LinkSet
+    buffers: dict[str, Any]
+
+    def note_local(self, name: str, value: Any) -> None: ...
+    def cycle(self) -> list[tuple[str, Exception]]: ...
+    def changed(self, names: set[str]) -> None: ...
+    def clear(self) -> None: ...
+    def reset(self) -> None: ...
+    async def close(self) -> None: ...
 
 
-def _overridden(instance: object, method: str, base: type) -> bool:
-    return getattr(type(instance), method) is not getattr(base, method)
+#: STATUS indexes (TASK_STATES, JOB_STATES) the runtime sets.
+TASK_INIT, TASK_RUN, TASK_PAUSED, TASK_END, TASK_ERROR = range(5)
+JOB_IDLE, JOB_RUNNING, JOB_SUCCESS, JOB_FAILED = range(4)
 
 
 class PluginHandle:
     """The runtime's side of one plugin: state, counters, records. Also the
-    context behind ``self.set_pv`` & co. of the plugin instance."""
+    context behind ``self.set_pv`` & co. of the plugin instance.
 
-    def __init__(self, runtime: Runtime, spec: PluginSpec) -> None:
-        self.runtime = runtime
+    Built with the runtime's :class:`~iocmng.runtime.services.RuntimeServices`
+    (loop, events, devices); every change of state, STATUS, MESSAGE or counter
+    is one of its methods, so the runtime and the service never touch its
+    private members."""
+
+    def __init__(self, spec: PluginSpec, services: RuntimeServices) -> None:
+        self.services = services
         self.spec = spec
         self.name = spec.name
         self.kind = "task"
@@ -119,7 +137,7 @@ class PluginHandle:
         self.cls: type[PluginBase] | None = None
         self.instance: PluginBase | None = None
         self.records: PluginRecords | None = None
-        self.wiring: Wiring | None = None  # links and rules, when the config declares them
+        self.wiring: PluginWiring | None = None  # links and rules, when the config declares them
         self.logic: Logic | None = None
         self.last_inputs: dict[str, Any] = {}  # operator inputs: the value before a write ("old")
         self.hooks: set[asyncio.Task[Any]] = set()  # running on_input_changed calls of trigger inputs
@@ -160,8 +178,9 @@ class PluginHandle:
         spec = pvs.inputs.get(name) if pvs is not None else None
         if spec is not None and spec.link is None:
             # An input written by the plugin itself is processed (so monitors
-            # see it) and its on_update comes back to _on_input; remember the
-            # value so that echo is not taken for an operator's write.
+            # see it) and its on_update comes back to the runtime's input
+            # callback; remember the value so that echo is not taken for an
+            # operator's write (see take_echo).
             self.echo[name] = coerce_value(self.records.types[name], value)
         self.records.set(name, value)
         if self.wiring is not None:
@@ -170,14 +189,14 @@ class PluginHandle:
                 if self._in_loop():
                     self.wiring.links.put_soon(name, value)
                 else:
-                    self.runtime.loop.call_soon_threadsafe(self.wiring.links.put_soon, name, value)  # type: ignore[union-attr]
+                    self.services.loop.call_soon_threadsafe(self.wiring.links.put_soon, name, value)  # type: ignore[union-attr]
             else:
                 self.wiring.note_local(name, value)
 
     def _in_loop(self) -> bool:
         """True in the service loop's thread (async plugin code), False in a worker thread."""
         try:
-            return asyncio.get_running_loop() is self.runtime.loop
+            return asyncio.get_running_loop() is self.services.loop
         except RuntimeError:
             return False
 
@@ -189,7 +208,7 @@ class PluginHandle:
         if self._in_loop():
             return wiring.links.put_soon(name, value)
         # a worker thread (sync plugin code): wait for the write, raise its failure
-        loop = self.runtime.loop
+        loop = self.services.loop
         assert loop is not None
         return asyncio.run_coroutine_threadsafe(wiring.links.put(name, value), loop).result()
 
@@ -209,7 +228,7 @@ class PluginHandle:
             index = states.index(str(status).upper())
         except ValueError:
             raise ValueError(f"status must be one of {', '.join(states)}") from None
-        self._set_status(index)
+        self.set_status_index(index)
 
     def set_message(self, message: str) -> None:
         message = truncate(message)
@@ -218,35 +237,128 @@ class PluginHandle:
             self.records.set("MESSAGE", message)
 
     def get_device(self, name: str) -> Any:
-        return self.runtime.devices.get(name)
+        return self.services.devices.get(name)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The service loop (sync plugin code reaches it with run_coroutine_threadsafe)."""
-        return self.runtime.loop
+        return self.services.loop
 
     @property
     def channelfinder_url(self) -> str | None:
-        return self.runtime.channelfinder_url
+        return self.services.channelfinder_url
 
     @property
     def channelfinder_timeout(self) -> float | None:
-        return self.runtime.channelfinder_timeout
+        return self.services.channelfinder_timeout
+
+    @property
+    def beamline_config_path(self) -> Any:
+        """The values.yaml the service's devices come from (the 2.7.9 member ``beamline_config``)."""
+        return self.services.beamline_config_path
 
     def list_devices(self) -> list[str]:
-        return sorted(self.runtime.devices)
+        return sorted(self.services.devices)
 
-    # -- internal ----------------------------------------------------------------------
-    def _set_status(self, index: int) -> None:
+    # -- STATUS and state ------------------------------------------------------------------
+    def set_status_index(self, index: int) -> None:
+        """STATUS by its index in TASK_STATES / JOB_STATES (written only when it changes)."""
         if index != self._status and self.records is not None:
             self._status = index
             self.records.set("STATUS", index)
 
+    # The service's old spelling; the lead switches iocmng/service/service.py to show_error().
+    _set_status = set_status_index
+
+    @property
+    def status_index(self) -> int:
+        """The STATUS index last written (-1: none yet)."""
+        return self._status
+
     def set_state(self, state: State) -> None:
         if state != self.state:
             self.state = state
-            self.runtime.emit("state", plugin=self.name, state=str(state))
+            self.services.emit("state", plugin=self.name, state=str(state))
 
+    def show_error(self, message: str) -> None:
+        """STATUS to ERROR (a task) or FAILED (a job), MESSAGE to ``message``."""
+        self.set_status_index(TASK_ERROR if self.kind == "task" else JOB_FAILED)
+        self.set_message(message)
+
+    def starting(self) -> None:
+        """A (re)start begins: no watchdog verdict, state ``starting``, STATUS INIT (tasks) / IDLE (jobs)."""
+        self.stalled = None
+        self.set_state(State.STARTING)
+        self.set_status_index(TASK_INIT)  # JOB_IDLE too
+
+    def set_enabled(self, enabled: bool) -> None:
+        """ENABLE was written: pause or resume."""
+        self.enabled = enabled
+        self.apply_enable()
+
+    def apply_enable(self) -> None:
+        """Pause (ENABLE=0: STATUS PAUSED, the count published) or resume (STATUS RUN) a started task."""
+        if self.state in (State.FAILED, State.STOPPED, State.PENDING):
+            return
+        if self.enabled:
+            self._resume.set()
+            self.set_status_index(TASK_RUN)
+            self.set_state(State.RUNNING)
+        else:
+            self._resume.clear()
+            self.set_status_index(TASK_PAUSED)
+            self.publish_count(force=True)
+            self.set_state(State.PAUSED)
+
+    async def wait_resumed(self) -> None:
+        """Until ENABLE is 1 again."""
+        await self._resume.wait()
+
+    def ended(self) -> None:
+        """A task stopped: the last count published, STATUS END."""
+        if self.records is not None and self.kind == "task":
+            self.publish_count(force=True)
+            self.set_status_index(TASK_END)
+
+    def refuse(self, reason: str) -> None:
+        """Not loaded, or not to be started: ``failed`` with ``reason`` (its records, if any, untouched)."""
+        self.last_error = reason
+        self.set_state(State.FAILED)
+
+    def hold_failed(self, reason: str) -> None:
+        """A stopped plugin held ``failed`` with ``reason`` (the watchdog's limit): REST, STATUS, MESSAGE."""
+        self.last_error = reason
+        if self.records is not None:
+            self.show_error(reason)
+        self.set_state(State.FAILED)
+
+    def mark_stalled(self, reason: str) -> bool:
+        """The watchdog's limit hit this plugin: its loop ends; True the first time."""
+        first = self.stalled is None
+        self.stalled = reason
+        return first
+
+    def note_stall(self, seconds: float, where: str) -> None:
+        """The watchdog caught this plugin holding the loop (below the limit)."""
+        self.stalls += 1
+        self.last_error = f"held the event loop for {seconds:.2f}s at {where} (use async I/O or a sync method)"
+
+    def reload(self, spec: PluginSpec, cls: type[PluginBase], config: PluginConfig, params: dict[str, Any],
+               logic: Logic) -> None:
+        """New code for a stopped plugin (same records): back to ``pending``, no error."""
+        self.spec, self.cls, self.config, self.params, self.logic = spec, cls, config, params, logic
+        self.interval = float(params.get("interval", 1.0))
+        self.last_error = None
+        self.state = State.PENDING  # quietly: the start that follows says `starting`
+
+    def take_echo(self, name: str, value: Any) -> bool:
+        """True if ``value`` written to input ``name`` is the plugin's own set_pv coming back."""
+        if name in self.echo and self.echo[name] == value:
+            del self.echo[name]
+            return True
+        return False
+
+    # -- counters ---------------------------------------------------------------------------------
     def publish_count(self, force: bool = False) -> None:
         if self.records is None or "CYCLE_COUNT" not in self.records.records:
             return
@@ -258,18 +370,65 @@ class PluginHandle:
 
     def cycle_ok(self) -> None:
         self.cycle_count += 1
-        if self._status == 4:  # ERROR -> RUN: one success clears the error
-            self._set_status(1)
+        if self._status == TASK_ERROR:  # ERROR -> RUN: one success clears the error
+            self.set_status_index(TASK_RUN)
             self.set_message("recovered")
         self.publish_count()
+
+    def reset_count(self) -> None:
+        """RESET: CYCLE_COUNT back to 0."""
+        self.cycle_count = 0
+        self.publish_count(force=True)
+        self.set_message("reset")
+
+    def note_cycle(self, lateness: float, seconds: float, overrun: bool) -> None:
+        """A continuous cycle ran ``seconds``, starting ``lateness`` after its slot."""
+        self.lateness.append(lateness)
+        self.last_cycle_s = seconds
+        self.durations.observe(seconds)
+        if overrun:
+            self.overruns += 1
+
+    def observe(self, seconds: float) -> None:
+        """A triggered cycle or a job run took ``seconds``."""
+        self.durations.observe(seconds)
+
+    @contextlib.asynccontextmanager
+    async def run_exclusive(self) -> AsyncIterator[None]:
+        """One triggered cycle at a time; ``busy`` while it runs."""
+        async with self._run_lock:
+            self.busy = True
+            try:
+                yield
+            finally:
+                self.busy = False
+
+    def job_started(self) -> None:
+        self.busy = True
+        self.set_state(State.RUNNING)
+        self.set_status_index(JOB_RUNNING)
+        self.set_message("running")
+
+    def job_result(self, result: JobResult) -> None:
+        """A run's outcome: count, STATUS SUCCESS/FAILED, MESSAGE."""
+        self.cycle_count += 1
+        self.set_status_index(JOB_SUCCESS if result.success else JOB_FAILED)
+        self.set_message(result.message or ("success" if result.success else "failed"))
+        if not result.success:
+            self.job_failures += 1
+
+    def job_done(self) -> None:
+        """The run's code returned (a timed-out sync run: later): idle again."""
+        self.busy = False
+        if self.state == State.RUNNING:
+            self.set_state(State.IDLE)
 
     def fail(self, exc: BaseException, where: str = "execute") -> None:
         """Record a plugin error as data: STATUS, MESSAGE, last_error, counters."""
         self.error_count += 1
         text = f"{where}: {describe(exc)}"
         self.last_error = text
-        self._set_status(4 if self.kind == "task" else 3)
-        self.set_message(text)
+        self.show_error(text)
         # The throttled CYCLE_COUNT may hold back the last successes; with no
         # success to come it would stay stale. A no-op when nothing changed.
         self.publish_count(force=True)
@@ -277,9 +436,9 @@ class PluginHandle:
         last_text, last_at = self._last_logged
         if text != last_text or now - last_at > 60:  # do not flood the log at 10 Hz
             self._last_logged = (text, now)
-            self.runtime.plugin_logger(self.name).error("%s failed (error #%d)", where, self.error_count,
-                                                        exc_info=(type(exc), exc, exc.__traceback__))
-        self.runtime.emit("error", plugin=self.name, error=text)
+            self.services.plugin_logger(self.name).error("%s failed (error #%d)", where, self.error_count,
+                                                         exc_info=(type(exc), exc, exc.__traceback__))
+        self.services.emit("error", plugin=self.name, error=text)
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary for listings."""

@@ -28,8 +28,8 @@ from ..declarative.links import link_protocol
 from ..declarative.logic import Logic
 from ..epics.ioc import IocBridge, plan_records, plugin_prefix
 from ..errors import ConfigError, Conflict, IocmngError, NotFound, PluginLoadError
-from ..plugin.base import PluginBase
-from ..plugin.job import JobResult
+from ..plugin.base import PluginBase, attach_context
+from ..plugin.job import JobResult, describe, normalize_result
 from ..plugin.task import TaskBase
 from .handle import (
     COUNTER_PERIOD,
@@ -41,10 +41,9 @@ from .handle import (
     PluginHandle,
     PluginSpec,
     State,
-    _overridden,
-    describe,
 )
 from .loader import kind_of, load_class, missing_abstract
+from .services import RuntimeServices, plugin_logger
 from .wiring import Wiring
 from .workers import WorkerPool
 
@@ -52,6 +51,11 @@ __all__ = ["COUNTER_PERIOD", "DURATION_BUCKETS", "Durations", "PluginHandle", "P
            "describe", "normalize_result"]
 
 log = logging.getLogger("iocmng.runtime")
+
+
+def _overridden(instance: object, method: str, base: type) -> bool:
+    return getattr(type(instance), method) is not getattr(base, method)
+
 
 class Runtime:
     """Owns every plugin of this generation and the worker pool."""
@@ -71,13 +75,38 @@ class Runtime:
         self.devices = devices or {}
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.pool: WorkerPool | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        #: Service-wide ChannelFinder settings (a plugin parameter overrides them).
-        self.channelfinder_url: str | None = None
-        self.channelfinder_timeout: float | None = None
+        #: What every handle and wiring of this runtime uses of it (loop, events, devices, PVA).
+        self.services = RuntimeServices(emit=self.emit, pva_context=self.pva_context, devices=self.devices)
         #: Protocol of links without ca:// or pva:// (a plugin's ``pva`` parameter overrides it).
         self.link_protocol = "ca"
         self._pva: Any = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The service loop, once started."""
+        return self.services.loop
+
+    @loop.setter
+    def loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.services.loop = loop
+
+    @property
+    def channelfinder_url(self) -> str | None:
+        """Service-wide ChannelFinder URL (a plugin parameter overrides it)."""
+        return self.services.channelfinder_url
+
+    @channelfinder_url.setter
+    def channelfinder_url(self, url: str | None) -> None:
+        self.services.channelfinder_url = url
+
+    @property
+    def channelfinder_timeout(self) -> float | None:
+        """Service-wide ChannelFinder timeout (a plugin parameter overrides it)."""
+        return self.services.channelfinder_timeout
+
+    @channelfinder_timeout.setter
+    def channelfinder_timeout(self, timeout: float | None) -> None:
+        self.services.channelfinder_timeout = timeout
 
     def pva_context(self) -> Any:
         """The process's p4p asyncio client context for PVA links (created on first use, on the loop)."""
@@ -96,9 +125,7 @@ class Runtime:
             except Exception:
                 log.exception("event listener failed")
 
-    @staticmethod
-    def plugin_logger(name: str) -> logging.Logger:
-        return logging.getLogger(f"iocmng.plugin.{name}")
+    plugin_logger = staticmethod(plugin_logger)
 
     def get(self, name: str) -> PluginHandle:
         try:
@@ -130,12 +157,11 @@ class Runtime:
         """Load a plugin and build its records. A failure leaves a `failed` handle."""
         if spec.name in self.handles:
             raise Conflict(f"a plugin named {spec.name!r} is already loaded")
-        h = PluginHandle(self, spec)
+        h = PluginHandle(spec, self.services)
         self.handles[spec.name] = h
         if not spec.directory.is_dir():
-            h.last_error = (f"the plugin's files are missing ({spec.directory}); was the data directory "
-                            "restored without repos/? Remove the plugin and add it again")
-            h.set_state(State.FAILED)
+            h.refuse(f"the plugin's files are missing ({spec.directory}); was the data directory "
+                     "restored without repos/? Remove the plugin and add it again")
             log.error("plugin %s cannot be loaded: %s", spec.name, h.last_error)
             return h
         try:
@@ -158,12 +184,10 @@ class Runtime:
             if h.kind == "task":
                 h.enabled = bool(h.records.get("ENABLE"))
         except IocmngError as exc:
-            h.last_error = exc.detail
-            h.set_state(State.FAILED)
+            h.refuse(exc.detail)
             log.error("plugin %s cannot be loaded: %s", spec.name, exc.detail)
         except Exception as exc:  # a plugin's import-time bug is still data
-            h.last_error = describe(exc)
-            h.set_state(State.FAILED)
+            h.refuse(describe(exc))
             log.exception("plugin %s cannot be loaded", spec.name)
         return h
 
@@ -192,19 +216,19 @@ class Runtime:
 
     async def start_plugin(self, h: PluginHandle) -> None:
         assert h.cls is not None and h.records is not None
-        h.stalled = None
-        h.set_state(State.STARTING)
-        h._set_status(0)  # INIT / IDLE
+        h.starting()
         h.instance = h.cls(name=h.name, parameters=h.params)
-        h.instance._attach(h)
+        attach_context(h.instance, h)
         if h.config is not None:
             h.last_inputs = {n: h.records.get(n) for n, s in h.config.pvs.inputs.items() if s.link is None}
         if "VERSION" in h.records.records and h.params.get("version") is not None:
             h.records.set("VERSION", h.params["version"])
         config, logic = h.config, h.logic
         if config is not None and logic is not None and config.has_logic:
-            h.wiring = Wiring(h, config, logic, link_protocol(h.params, self.link_protocol))
-            h.wiring.start()  # subscriptions: values arrive while initialize() runs
+            wiring = Wiring(h, config, logic, link_protocol(h.params, self.link_protocol), self.services,
+                            on_trigger=lambda name, value, old: self.dispatch_input_soon(h, name, value, old))
+            h.wiring = wiring
+            wiring.start()  # subscriptions: values arrive while initialize() runs
         try:
             async with asyncio.timeout(INIT_TIMEOUT):
                 await self.call(h.instance.initialize)
@@ -218,7 +242,7 @@ class Runtime:
             return
         if h.mode == "continuous":
             h.task = asyncio.get_running_loop().create_task(self._continuous(h), name=f"plugin:{h.name}")
-        self._apply_enable(h)
+        h.apply_enable()
 
     async def stop_plugin(self, h: PluginHandle, timeout: float = STOP_TIMEOUT) -> None:
         """Cancel the plugin's task within ``timeout``, then run cleanup()."""
@@ -239,20 +263,14 @@ class Runtime:
                     await self.call(h.instance.cleanup)
             except PLUGIN_ERRORS as exc:
                 h.fail(exc, "cleanup")
-        if h.records is not None and h.kind == "task":
-            h.publish_count(force=True)
-            h._set_status(3)  # END
+        h.ended()
         if h.state != State.FAILED:
             h.set_state(State.STOPPED)
 
     async def hold_failed(self, h: PluginHandle, reason: str) -> None:
         """Stop a plugin and leave it ``failed`` with ``reason`` (the watchdog's limit)."""
         await self.stop_plugin(h)
-        h.last_error = reason
-        if h.records is not None:
-            h._set_status(4 if h.kind == "task" else 3)
-            h.set_message(reason)
-        h.set_state(State.FAILED)
+        h.hold_failed(reason)
 
     async def stop(self) -> None:
         """Stop every plugin (in parallel) and the worker pool."""
@@ -275,27 +293,11 @@ class Runtime:
         if h.records is None:
             raise Conflict(f"plugin {name!r} has no records in this generation; it needs a reload")
         await self.stop_plugin(h)
-        h.spec, h.cls, h.config, h.params, h.logic = spec, cls, config, params, logic
-        h.interval = float(params.get("interval", 1.0))
-        h.last_error = None
-        h.state = State.PENDING
+        h.reload(spec, cls, config, params, logic)
         await self.start_plugin(h)
         return h
 
     # -- tasks -----------------------------------------------------------------------------
-    def _apply_enable(self, h: PluginHandle) -> None:
-        if h.state in (State.FAILED, State.STOPPED, State.PENDING):
-            return
-        if h.enabled:
-            h._resume.set()
-            h._set_status(1)
-            h.set_state(State.RUNNING)
-        else:
-            h._resume.clear()
-            h._set_status(2)
-            h.publish_count(force=True)
-            h.set_state(State.PAUSED)
-
     async def _continuous(self, h: PluginHandle) -> None:
         """Fixed-rate loop: cycle starts on a grid of ``interval``; no drift."""
         loop = asyncio.get_running_loop()
@@ -315,11 +317,11 @@ class Runtime:
             if delay > 0:
                 await asyncio.sleep(delay)
             if not h.enabled:
-                await h._resume.wait()
+                await h.wait_resumed()
                 next_t = loop.time()
                 continue
             start = loop.time()
-            h.lateness.append(start - next_t)
+            lateness = start - next_t
             try:  # a failure of the rules is a failed cycle, never the end of the loop
                 errors = h.wiring.cycle() if h.wiring is not None else ()
             except PLUGIN_ERRORS as exc:
@@ -337,11 +339,10 @@ class Runtime:
                 else:
                     h.cycle_ok()
             end = loop.time()
-            h.last_cycle_s = end - start
-            h.durations.observe(h.last_cycle_s)
             next_t += interval
-            if end > next_t:  # overrun: start the next cycle at once, re-anchor the grid
-                h.overruns += 1
+            overrun = end > next_t
+            h.note_cycle(lateness, end - start, overrun)
+            if overrun:  # start the next cycle at once, re-anchor the grid
                 next_t = end
 
     async def trigger(self, name: str) -> dict[str, Any]:
@@ -369,8 +370,7 @@ class Runtime:
         instance = h.instance
         assert instance is not None
         fn = instance.triggered if _overridden(instance, "triggered", TaskBase) else instance.execute
-        async with h._run_lock:
-            h.busy = True
+        async with h.run_exclusive():
             t0 = time.monotonic()
             ok, error = True, None
             try:
@@ -384,10 +384,8 @@ class Runtime:
             else:
                 h.cycle_ok()
                 h.publish_count(force=True)
-            finally:
-                h.busy = False
             duration = time.monotonic() - t0
-            h.durations.observe(duration)
+            h.observe(duration)
             return {"success": ok, "error": error, "duration_s": duration, "cycle_count": h.cycle_count}
 
     async def _on_run(self, h: PluginHandle) -> None:
@@ -409,13 +407,11 @@ class Runtime:
             return
         if self.on_save is not None:
             self.on_save(h.name, short, value)
-        if short in h.echo and h.echo[short] == value:
-            del h.echo[short]  # the plugin's own set_pv, not an operator's write
+        if h.take_echo(short, value):  # the plugin's own set_pv, not an operator's write
             h.last_inputs[short] = value
             return
         if short == "ENABLE":
-            h.enabled = bool(value)
-            self._apply_enable(h)
+            h.set_enabled(bool(value))
             self.emit("enable", plugin=h.name, enabled=h.enabled)
             return
         old = h.last_inputs.get(short, h.config.pvs.inputs[short].value if h.config else None)
@@ -433,9 +429,7 @@ class Runtime:
             else:
                 h.wiring.reset()
         if short == "RESET":
-            h.cycle_count = 0
-            h.publish_count(force=True)
-            h.set_message("reset")
+            h.reset_count()
         self.emit(short.lower(), plugin=h.name)
         assert h.records is not None
         h.records.set_quiet(short, 0)
@@ -479,10 +473,7 @@ class Runtime:
             raise Conflict(f"job {name!r} is {'running' if h.busy else h.state}; try again when it is idle")
         instance = h.instance
         assert instance is not None and self.pool is not None
-        h.busy = True
-        h.set_state(State.RUNNING)
-        h._set_status(1)
-        h.set_message("running")
+        h.job_started()
         base_params = instance.parameters
         instance.parameters = deep_merge(base_params, parameters or {})
         started = time.time()
@@ -496,9 +487,7 @@ class Runtime:
 
         def finished(_: Any) -> None:
             instance.parameters = base_params
-            h.busy = False
-            if h.state == State.RUNNING:
-                h.set_state(State.IDLE)
+            h.job_done()
 
         try:
             async with asyncio.timeout(timeout):
@@ -511,18 +500,14 @@ class Runtime:
         except PLUGIN_ERRORS as exc:
             result = JobResult(False, {}, describe(exc))
             h.fail(exc, "execute")
-        h.cycle_count += 1
-        h._set_status(2 if result.success else 3)
-        h.set_message(result.message or ("success" if result.success else "failed"))
+        h.job_result(result)
         if work.done():
             finished(None)
         else:  # a sync execute that timed out keeps its thread: busy until it ends
             work.add_done_callback(finished)
             work.add_done_callback(lambda f: f.cancelled() or f.exception())
         duration = time.monotonic() - t0
-        h.durations.observe(duration)
-        if not result.success:
-            h.job_failures += 1
+        h.observe(duration)
         out = {**result.to_dict(), "job": name, "started_at": started, "duration_s": duration}
         self.emit("job", plugin=name, success=result.success, duration_s=duration)
         return out
@@ -535,17 +520,3 @@ async def _guarded(coro: Any) -> Any:
     except SystemExit as exc:
         raise RuntimeError(f"plugin called sys.exit({exc.code!r})") from None
 
-
-def normalize_result(value: Any) -> JobResult:
-    """Accept a JobResult, a dict shaped like one, or None (success)."""
-    if isinstance(value, JobResult):
-        return value
-    if value is None:
-        return JobResult(True, {}, "")
-    if isinstance(value, dict):
-        if "success" in value:
-            return JobResult(bool(value["success"]), dict(value.get("data") or {}), str(value.get("message", "")))
-        return JobResult(True, value, "")
-    if isinstance(value, bool):
-        return JobResult(value, {}, "")
-    return JobResult(True, {"result": value}, "")

@@ -43,9 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from .handle import PluginStalled
+from .handle import DURATION_BUCKETS, Durations, PluginStalled
 from .loader import NAMESPACE
-from .runtime import DURATION_BUCKETS, Durations
 
 log = logging.getLogger("iocmng.watchdog")
 

@@ -15,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ..config.models import SYS_CONN, PluginConfig, coerce_value
 from ..declarative.links import LinkSet
 from ..declarative.logic import BUFFER_SUFFIX, Logic, Outcome
 from ..epics.ioc import LINK_ALARM, FastRecord
+from .handle import PluginHandle
+from .services import RuntimeServices
 
-if TYPE_CHECKING:
-    from .handle import PluginHandle
+#: Called when a wired input with ``trigger: true`` changes: ``(name, value, old)``.
+OnTrigger = Callable[[str, Any, Any], None]
 
 log = logging.getLogger("iocmng.wiring")
 
@@ -32,10 +35,17 @@ SYS_CONN_ALARM = (14, 2)
 
 
 class Wiring:
-    """Links, logic and their records for one plugin."""
+    """Links, logic and their records for one plugin.
 
-    def __init__(self, h: PluginHandle, config: PluginConfig, logic: Logic, default_protocol: str) -> None:
+    ``services`` are the runtime's (events, logger, PVA client); ``on_trigger`` runs
+    the plugin's input hook when a wired input with ``trigger: true`` changes.
+    """
+
+    def __init__(self, h: PluginHandle, config: PluginConfig, logic: Logic, default_protocol: str,
+                 services: RuntimeServices, on_trigger: OnTrigger | None = None) -> None:
         self.h = h
+        self.services = services
+        self.on_trigger = on_trigger
         self.config = config
         self.logic = logic
         self.reactive = h.mode == "reactive"
@@ -43,8 +53,8 @@ class Wiring:
         wired |= {n: (s, "output") for n, s in config.pvs.outputs.items() if s.link}
         params = h.params
         self.links = LinkSet(h.name, wired, default_protocol, interval=float(params.get("interval", 1.0)),
-                             timeout=float(params.get("timeout", 5.0)), on_value=self._on_link_value,
-                             on_connection=self._on_connection, pva_context=h.runtime.pva_context)
+                             timeout=float(params.get("timeout", 5.0)), on_value=self.on_link_value,
+                             on_connection=self.on_connection, pva_context=services.pva_context)
         triggers = {n for n, s in config.pvs.inputs.items() if s.link and s.trigger}
         #: reactive tasks evaluate on changes of these (all wired inputs if none says trigger)
         self.reactive_on = triggers or {n for n, s in config.pvs.inputs.items() if s.link}
@@ -133,8 +143,8 @@ class Wiring:
             except Exception as exc:  # OverflowError too (pow(2, 2000) into a float): a failed cycle, not a dead task
                 outcome.errors.append((f"output {name}", exc))
         for rule, text, pv in outcome.messages:
-            h.runtime.plugin_logger(h.name).warning("rule %s fired: %s", rule, text)
-            h.runtime.emit("rule", plugin=h.name, rule=rule, message=text)
+            self.services.plugin_logger(h.name).warning("rule %s fired: %s", rule, text)
+            self.services.emit("rule", plugin=h.name, rule=rule, message=text)
             if pv is not None:
                 records.set(pv, text)
         for key, value in outcome.actuators:
@@ -154,7 +164,8 @@ class Wiring:
             self.h.records.set(name, value)  # type: ignore[union-attr]
 
     # -- link callbacks -------------------------------------------------------------------------------
-    def _on_link_value(self, name: str, value: Any, old: Any) -> None:
+    def on_link_value(self, name: str, value: Any, old: Any) -> None:
+        """The LinkSet's callback: a wired PV's new value."""
         h = self.h
         if h.records is not None:  # the record mirrors the external PV (an output: its readback)
             try:
@@ -164,18 +175,19 @@ class Wiring:
         spec = self.config.pvs.inputs.get(name)
         if spec is None or value == old:
             return
-        if spec.trigger:
-            h.runtime.dispatch_input_soon(h, name, value, old)
+        if spec.trigger and self.on_trigger is not None:
+            self.on_trigger(name, value, old)
         if name in self.reactive_on:
             self.changed({name, f"{name}{BUFFER_SUFFIX}"})
 
-    def _on_connection(self, name: str, connected: bool) -> None:
+    def on_connection(self, name: str, connected: bool) -> None:
+        """The LinkSet's callback: a wired PV (dis)connected."""
         level = logging.INFO if connected else logging.WARNING
         lk = self.links.links[name]
         log.log(level, "%s: link %s (%s://%s) %s", self.h.name, name, lk.protocol, lk.pv,
                 "connected" if connected else "DISCONNECTED")
         self._refresh_connections()
-        self.h.runtime.emit("link", plugin=self.h.name, link=name, pv=lk.pv, connected=connected)
+        self.services.emit("link", plugin=self.h.name, link=name, pv=lk.pv, connected=connected)
         if connected and name in self.reactive_on:  # a first value equal to the default is news too
             self.changed({name, f"{name}{BUFFER_SUFFIX}"})
 
