@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
-SERVICE = web.AppKey("service", Any)  # iocmng.service.service.Service (Any: no import cycle)
-API_TOKEN = web.AppKey("api_token", str | None)
+from .protocol import ServiceAPI
+
+#: The service generation this app serves (what the handlers use of it: :class:`ServiceAPI`).
+SERVICE = web.AppKey[ServiceAPI]("service")
+API_TOKEN = web.AppKey[str | None]("api_token")
 READ_AUTH = web.AppKey("read_auth", bool)
 MAX_BODY = web.AppKey("max_body", int)
 #: IOCMNG_CORS_ORIGINS as a tuple (empty: no CORS; ("*",): any origin).
