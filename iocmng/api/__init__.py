@@ -1,1 +1,1 @@
-"""The REST API (SPEC §6): app factory, routes, request models, problem+json."""
+"""The REST API: app factory, shared HTTP helpers, route modules, the PV gateway, problem+json, OpenAPI."""

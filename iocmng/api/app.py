@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
 from . import cors
 from .devices import routes as device_routes
-from .gateway.pvs import install as install_pv_gateway
+from .gateway import install as install_pv_gateway
 from .keys import ACTIVE, ALLOWED_HOSTS, API_TOKEN, CORS_ORIGINS, IDLE, MAX_BODY, READ_AUTH, SERVICE
+from .openapi import routes as openapi_routes
 from .problems import Handler, auth, problems
+from .protocol import ServiceAPI
 from .routes import routes
 from .startup import routes as startup_routes
 from .ui import ui_routes
@@ -31,7 +32,7 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
             app[IDLE].set()
 
 
-def create_app(service: Any) -> web.Application:
+def create_app(service: ServiceAPI) -> web.Application:
     """The REST app for one service generation (problem+json errors, auth, body limit)."""
     max_body = service.settings.max_body
     app = web.Application(middlewares=[count_requests, problems, cors.hosts, cors.preflight, cors.guard, auth], client_max_size=max_body)
@@ -55,8 +56,9 @@ def create_app(service: Any) -> web.Application:
     app.on_response_prepare.append(connection_close)
     app.on_response_prepare.append(cors.on_prepare)
     app.add_routes(routes)
+    app.add_routes(openapi_routes)
     app.add_routes(ui_routes)
     app.add_routes(device_routes)
-    install_pv_gateway(app, service)  # the REST PV gateway (iocmng.api.pvs)
+    install_pv_gateway(app, service)  # the REST PV gateway (iocmng.api.gateway)
     app.add_routes(startup_routes)
     return app

@@ -15,7 +15,7 @@ is a bearer token that the page sets itself, which CORS does not count as a
 credential, and cookies are not used. A preflight from an origin not allowed
 is a 403 problem naming the setting.
 
-What no page may do (issue 14, :func:`guard`): a request whose ``Origin``
+What no page may do (cross-site request forgery, :func:`guard`): a request whose ``Origin``
 is neither this service's own (same host and port) nor allowed above is
 refused with 403, and a mutating request that carries a body must say
 ``Content-Type: application/json`` (415 otherwise): a cross-site form or a

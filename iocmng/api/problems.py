@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -13,6 +12,7 @@ from pydantic import ValidationError
 
 from ..config.models import format_errors
 from ..errors import BadRequest, InvalidRequest, IocmngError, Unauthorized, storage_error
+from .http import bearer_ok
 from .keys import API_TOKEN, MAX_BODY, READ_AUTH
 
 log = logging.getLogger("iocmng.api")
@@ -88,13 +88,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     is_read = request.method in ("GET", "HEAD", "OPTIONS")
     open_read = request.path in OPEN_READS or request.path.startswith(OPEN_READ_PREFIXES)
     guarded = not is_read or (request.app[READ_AUTH] and not open_read)
-    if token and guarded:
-        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-        if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)
-            given = ""
-        given = given.strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>' (IOCMNG_API_TOKEN)")
+    if token and guarded and not bearer_ok(request, token):
+        raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>' (IOCMNG_API_TOKEN)")
     return await handler(request)
 
 

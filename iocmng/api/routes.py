@@ -1,9 +1,8 @@
-"""The REST routes of SPEC §6 (all under ``/api/v1``)."""
+"""The plugin routes of the REST API (under ``/api/v1``): health, list, add, get, remove, restart,
+run, trigger, logs, the event stream and the metrics."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from datetime import datetime
 from typing import Any
 
@@ -11,37 +10,11 @@ from aiohttp import web
 
 from ..errors import BadRequest, Conflict
 from ..service.validation import Request
-from .keys import SERVICE
-from .models import AddPlugin, Restart, RunJob, check_name
+from .http import COLLECTION, collection_kind, path_name, reply, service, sse_frame, stream_sse
+from .models import AddPlugin, Restart, RunJob
 from .problems import json_body
 
 routes = web.RouteTableDef()
-KINDS = {"tasks": "task", "jobs": "job", "plugins": None}
-#: Seconds between SSE keep-alive comments on an idle stream (proxies drop silent connections).
-SSE_KEEPALIVE = 15.0
-
-
-def service(request: web.Request) -> Any:
-    return request.app[SERVICE]
-
-
-def reply(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(data, default=str), content_type="application/json")
-
-
-def path_name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    try:
-        return check_name(name)
-    except ValueError as exc:
-        raise BadRequest(f"name: {exc}", field="name") from None
-
-
-def collection_kind(request: web.Request) -> str | None:
-    return KINDS[request.match_info["collection"]]
-
-
-COLLECTION = "/api/v1/{collection:tasks|jobs|plugins}"
 
 
 @routes.get("/api/v1/health")
@@ -176,42 +149,15 @@ def _number(request: web.Request, key: str, kind: type) -> Any:
 @routes.get("/api/v1/events")
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: state changes, errors, job results, reloads."""
-    from ..service.events import sse_frame
-
     svc = service(request)
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-    loop = asyncio.get_running_loop()
     # Subscribed before the first byte is sent: a client that has read the
     # opening comment misses no event published after it.
     stream = svc.events.subscribe()
     try:
-        await resp.write(f": iocmng generation {svc.generation}\n\n".encode())
-        last_write = loop.time()
-        while True:
-            try:
-                event = await asyncio.wait_for(anext(stream), 1.0)
-            except TimeoutError:
-                # aiohttp does not cancel a handler whose client went away:
-                # notice it here, so an idle stream releases its subscription
-                # within a second instead of at the next keep-alive.
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    break
-                if loop.time() - last_write >= SSE_KEEPALIVE:
-                    await resp.write(b": keep-alive\n\n")
-                    last_write = loop.time()
-                continue
-            except StopAsyncIteration:
-                break
-            await resp.write(sse_frame(event))
-            last_write = loop.time()
-    except (ConnectionResetError, ConnectionError):
-        pass  # the client went away: nothing to report
+        return await stream_sse(request, f": iocmng generation {svc.generation}\n\n".encode(), stream.__anext__,
+                                lambda event: sse_frame(event.get("type", "message"), event))
     finally:
         await stream.aclose()
-    return resp
 
 
 @routes.get("/metrics")
@@ -220,19 +166,3 @@ async def metrics(request: web.Request) -> web.Response:
 
     body = render(service(request).metrics)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
-
-
-@routes.get("/api/v1/docs")
-async def api_page(request: web.Request) -> web.Response:
-    """The interactive API page (self-contained: works on an air-gapped network)."""
-    from importlib.resources import files
-
-    html = files("iocmng.api").joinpath("docs.html").read_text(encoding="utf-8")
-    return web.Response(text=html, content_type="text/html")
-
-
-@routes.get("/api/v1/openapi.json")
-async def openapi(request: web.Request) -> web.Response:
-    from .openapi import document
-
-    return reply(document())

@@ -20,13 +20,13 @@ from aiohttp import web
 from ..config.models import deep_merge, load_config, merged_parameters
 from ..epics.ioc import DEFAULT_PV_NAMES, base_of, plan_records, plugin_prefix
 from ..service.views import LEGACY_KEYS
-from .keys import SERVICE
-from .routes import COLLECTION, collection_kind, path_name, reply
+from .http import COLLECTION, collection_kind, path_name, reply, service
+from .protocol import ServiceAPI
 
 routes = web.RouteTableDef()
 
 
-def _links(svc: Any, config: Any, params: dict[str, Any], h: Any) -> list[dict[str, Any]]:
+def _links(svc: ServiceAPI, config: Any, params: dict[str, Any], h: Any) -> list[dict[str, Any]]:
     """Each wired PV: its external PV and mode, and (running plugins) whether it is connected."""
     if h is not None and h.wiring is not None:
         return h.wiring.links.describe()
@@ -46,7 +46,7 @@ def _config_view(config: Any) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude_none=True) if config is not None else {}
 
 
-def startup_info(svc: Any, name: str, kind: str | None) -> dict[str, Any]:
+def startup_info(svc: ServiceAPI, name: str, kind: str | None) -> dict[str, Any]:
     entry = svc.get_kind(name, kind)
     h = svc.runtime.handles.get(name)
     out: dict[str, Any] = {
@@ -89,7 +89,7 @@ def startup_info(svc: Any, name: str, kind: str | None) -> dict[str, Any]:
 @routes.get(COLLECTION + "/{name}/startup")
 async def plugin_startup(request: web.Request) -> web.Response:
     """How the plugin starts: resolved parameters, PV lists, mode, source."""
-    svc = request.app[SERVICE]
+    svc = service(request)
     name = path_name(request)
     kind = collection_kind(request)
     svc.get_kind(name, kind)  # 404 before touching files

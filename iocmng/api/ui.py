@@ -5,7 +5,8 @@
   adds the live behaviour (``dashboard.js``: SSE, forms, PV writes) and the
   style. Hand-written, shipped in the package: no CDN, no build step.
 * ``GET /api/v1/{coll}/{name}/pvs``: each PV of a plugin with its current
-  value, read in-process from its records (there is no PV gateway).
+  value, read in-process from its records (no Channel Access round trip; any
+  other PV is read through the REST PV gateway, :mod:`iocmng.api.gateway`).
   ``PUT .../pvs/{pv}`` writes an input or ENABLE through its record, exactly
   as a Channel Access put would (drive limits clamp, ``on_input`` runs).
 * ``GET /api/v1/{coll}/{name}/display.bob`` and ``GET /api/v1/display.bob``:
@@ -19,7 +20,6 @@ with the token the operator typed.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import math
 import time
@@ -31,14 +31,15 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import __version__
+from .._version import __version__
 from ..config.models import coerce_value, load_config, merged_parameters
 from ..epics.displays import Screen, overview_screen, plugin_screen
 from ..epics.ioc import JOB_STATES, MAX_STRING, TASK_STATES, plan_records, plugin_prefix
 from ..errors import BadRequest, Conflict, IocmngError, NotFound
-from .keys import API_TOKEN, READ_AUTH, SERVICE
+from .http import COLLECTION, bearer_ok, collection_kind, path_name, reply, service
+from .keys import API_TOKEN, READ_AUTH
 from .problems import json_body
-from .routes import COLLECTION, KINDS, path_name
+from .protocol import ServiceAPI
 
 ui_routes = web.RouteTableDef()
 STATIC = files("iocmng.api").joinpath("static")
@@ -49,8 +50,13 @@ RECORD_TYPES = {True: {"float": "ao", "int": "longout", "bool": "bo", "string": 
                 False: {"float": "ai", "int": "longin", "bool": "bi", "string": "stringin"}}
 
 
-class PutPV(BaseModel):
-    """Body of ``PUT /api/v1/{coll}/{name}/pvs/{pv}``."""
+#: What a row of ``GET .../pvs`` says a PV is for (:func:`_role`).
+CONTROL_PVS = ("ENABLE", "RUN", "STATUS", "MESSAGE", "CYCLE_COUNT", "VERSION", "CLEAR", "RESET")
+ROLES = (*(short.lower() for short in CONTROL_PVS), "links", "input", "output")
+
+
+class PutPluginPV(BaseModel):
+    """Body of ``PUT /api/v1/{coll}/{name}/pvs/{pv}`` (one of the plugin's own PVs)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,7 +64,7 @@ class PutPV(BaseModel):
 
 
 # -- what a plugin's records are ---------------------------------------------------------------
-async def screen_of(svc: Any, name: str, kind: str | None) -> Screen:
+async def screen_of(svc: ServiceAPI, name: str, kind: str | None) -> Screen:
     """The plugin's PV plan: from the live handle, else (pending) from its files."""
     entry = svc.get_kind(name, kind)
     h = svc.runtime.handles.get(name)
@@ -77,7 +83,7 @@ async def screen_of(svc: Any, name: str, kind: str | None) -> Screen:
 
 
 def _role(short: str, writable: bool) -> str:
-    if short in ("ENABLE", "RUN", "STATUS", "MESSAGE", "CYCLE_COUNT", "VERSION", "CLEAR", "RESET"):
+    if short in CONTROL_PVS:
         return short.lower()
     if short.startswith("CONN_"):
         return "links"
@@ -98,7 +104,7 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-async def pv_table(svc: Any, name: str, kind: str | None) -> dict[str, Any]:
+async def pv_table(svc: ServiceAPI, name: str, kind: str | None) -> dict[str, Any]:
     screen = await screen_of(svc, name, kind)
     h = svc.runtime.handles.get(name)
     records = h.records if h is not None else None
@@ -174,16 +180,15 @@ def _no_bool(value: Any) -> Any:
 # -- REST: PVs and displays ---------------------------------------------------------------------
 @ui_routes.get(COLLECTION + "/{name}/pvs")
 async def get_pvs(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    return _json(await pv_table(svc, path_name(request), KINDS[request.match_info["collection"]]))
+    return reply(await pv_table(service(request), path_name(request), collection_kind(request)))
 
 
 @ui_routes.put(COLLECTION + "/{name}/pvs/{pv}")
 async def put_pv(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
+    svc = service(request)
     name, short = path_name(request), request.match_info["pv"]
-    entry = svc.get_kind(name, KINDS[request.match_info["collection"]])
-    body: PutPV = await json_body(request, PutPV)
+    entry = svc.get_kind(name, collection_kind(request))
+    body: PutPluginPV = await json_body(request, PutPluginPV)
     h = svc.runtime.handles.get(name)
     if h is None or h.records is None or not h.records.live:
         raise Conflict(f"{name!r} has no live PVs now (it is waiting for the reload to generation "
@@ -204,20 +209,19 @@ async def put_pv(request: web.Request) -> web.Response:
     # the record's on_update runs the plugin's on_input (or ENABLE's handler).
     h.records.set(short, value)
     readback = _finite(h.records.get(short))
-    return _json({"plugin": name, "pv": f"{h.records.prefix}:{short}", "value": readback, "requested": value,
+    return reply({"plugin": name, "pv": f"{h.records.prefix}:{short}", "value": readback, "requested": value,
                   "clamped": readback != value})
 
 
 @ui_routes.get(COLLECTION + "/{name}/display.bob")
 async def plugin_display(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    screen = await screen_of(svc, path_name(request), KINDS[request.match_info["collection"]])
+    screen = await screen_of(service(request), path_name(request), collection_kind(request))
     return _bob(plugin_screen(screen), f"{screen.name}.bob")
 
 
 @ui_routes.get("/api/v1/display.bob")
 async def overview_display(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
+    svc = service(request)
     screens = []
     for name in sorted(svc.registry.plugins):
         try:
@@ -232,10 +236,6 @@ async def overview_display(request: web.Request) -> web.Response:
 def _bob(body: bytes, filename: str) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": f"{BOB}; charset=utf-8",
                                             "Content-Disposition": f'inline; filename="{filename}"'})
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(data, default=str), content_type="application/json")
 
 
 # -- the dashboard ----------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ async def ui_home(request: web.Request) -> web.Response:
 
 @ui_routes.get("/")
 async def dashboard(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
+    svc = service(request)
     if _locked(request):
         return _page(request, "list", "", _locked_note())
     items = json.loads(await svc.list_json())["plugins"]
@@ -280,7 +280,7 @@ async def dashboard(request: web.Request) -> web.Response:
 
 @ui_routes.get("/ui/plugins/{name}")
 async def plugin_page(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
+    svc = service(request)
     name = path_name(request)
     if _locked(request):
         return _page(request, "plugin", name, _locked_note())
@@ -329,8 +329,7 @@ def _locked(request: web.Request) -> bool:
     token = request.app[API_TOKEN]
     if not (request.app[READ_AUTH] and token):
         return False
-    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-    return scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode())
+    return not bearer_ok(request, token)
 
 
 def _locked_note() -> str:
@@ -339,7 +338,7 @@ def _locked_note() -> str:
 
 
 def _page(request: web.Request, page: str, name: str, main: str, coll: str = "plugins") -> web.Response:
-    svc = request.app[SERVICE]
+    svc = service(request)
     auth = "read" if request.app[READ_AUTH] and request.app[API_TOKEN] else "write" if request.app[API_TOKEN] else "none"
     pending = svc.registry.state.generation if svc.reload_pending else ""
     title = f"{name} · iocmng" if name else "iocmng"
@@ -377,11 +376,11 @@ def _source(src: dict[str, Any] | None) -> str:
     return where
 
 
-def plugin_generation(svc: Any, name: str) -> int:
+def plugin_generation(svc: ServiceAPI, name: str) -> int:
     return svc.generation if name in svc.runtime.handles else svc.registry.state.generation
 
 
-def _plugin_row(svc: Any, p: dict[str, Any]) -> str:
+def _plugin_row(svc: ServiceAPI, p: dict[str, Any]) -> str:
     n = escape(p["name"])
     err = escape(p.get("last_error") or "")
     return (f'<tr data-name="{n}"><td><a href="/ui/plugins/{n}">{n}</a></td><td>{escape(p["kind"])}</td>'
@@ -391,7 +390,7 @@ def _plugin_row(svc: Any, p: dict[str, Any]) -> str:
             f'<td>{plugin_generation(svc, p["name"])}</td></tr>')
 
 
-def _info_items(svc: Any, p: dict[str, Any]) -> str:
+def _info_items(svc: ServiceAPI, p: dict[str, Any]) -> str:
     items = [("Kind", p["kind"]), ("Mode", p.get("mode")), ("State", p["state"]), ("Enabled", p.get("enabled")),
              ("Cycles", p.get("cycle_count")), ("Errors", p.get("error_count")), ("Last error", p.get("last_error")),
              ("PV prefix", p.get("pv_prefix")), ("Generation", plugin_generation(svc, p["name"]))]
@@ -440,33 +439,3 @@ ADD_FORM = """<section class="js-only"><h2>Add a plugin</h2>
 <small class="field-error" data-for="parameters"></small></div>
 <button type="submit">Add</button> <small class="field-error" data-for=""></small>
 </form><ol id="steps" class="steps" hidden></ol></section>"""
-
-
-def openapi_parts(name_param: dict[str, Any], json_: Any, errors: Any, body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The OpenAPI paths and schemas of the routes above (merged by :mod:`.openapi`)."""
-    bob = {"description": "Phoebus Display Builder screen",
-           "content": {BOB: {"schema": {"type": "string"}}}}
-    pv_param = {"name": "pv", "in": "path", "required": True, "schema": {"type": "string"},
-                "description": "short PV name (SETPOINT, ENABLE...)"}
-    paths: dict[str, Any] = {"/api/v1/display.bob": {"get": {"operationId": "overview_display", "responses": {"200": bob}}}}
-    for coll in ("tasks", "jobs", "plugins"):
-        paths[f"/api/v1/{coll}/{{name}}/pvs"] = {"parameters": [name_param], "get": {
-            "operationId": f"pvs_{coll}", "responses": {"200": json_({"$ref": "#/components/schemas/PVTable"}),
-                                                       **errors(400, 404, 409)}}}
-        paths[f"/api/v1/{coll}/{{name}}/pvs/{{pv}}"] = {"parameters": [name_param, pv_param], "put": {
-            "operationId": f"put_pv_{coll}", "requestBody": body("PutPV"),
-            "responses": {"200": json_({"type": "object"}), **errors(400, 401, 404, 409, 413, 415, 422)}}}
-        paths[f"/api/v1/{coll}/{{name}}/display.bob"] = {"parameters": [name_param], "get": {
-            "operationId": f"display_{coll}", "responses": {"200": bob, **errors(400, 404, 409)}}}
-    row = {"type": "object", "required": ["name", "pv", "role", "type", "record", "writable", "value"], "properties": {
-        "name": {"type": "string"}, "pv": {"type": "string"},
-        "role": {"enum": ["enable", "run", "status", "message", "cycle_count", "input", "output"]},
-        "type": {"enum": ["float", "int", "bool", "string", "enum"]}, "record": {"type": "string"},
-        "writable": {"type": "boolean"}, "value": {}, "text": {"type": "string"}}}
-    schemas = {
-        "PutPV": PutPV.model_json_schema(),
-        "PVTable": {"type": "object", "required": ["plugin", "pvs", "live"], "properties": {
-            "plugin": {"type": "string"}, "kind": {"enum": ["task", "job"]}, "mode": {"type": "string"},
-            "pv_prefix": {"type": "string"}, "live": {"type": "boolean"}, "pvs": {"type": "array", "items": row}}},
-    }
-    return paths, schemas

@@ -6,19 +6,18 @@
   IOCMNG_PV_WRITE_PATTERN, else 403);
 * ``GET /api/v1/pvs/{pv}/monitor`` streams updates as Server-Sent Events.
 
-The reference iocmng's routes are accepted too (iocmng.api.pvs_reference).
-See docs/rest.md, "PV gateway".
+The reference iocmng's routes are accepted too (:mod:`iocmng.api.gateway.reference`);
+:func:`iocmng.api.gateway.install` adds both to the app. See docs/rest.md, "PV gateway".
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,26 +25,32 @@ from pydantic import BaseModel, ConfigDict, Field
 from iocmng.epics.pvclient import CAClient, PVAClient, PVForbidden, PVNotFound
 from iocmng.errors import BadRequest, Conflict
 
-from ..keys import SERVICE
+from ..http import put_drop_oldest, reply, service, sse_frame, stream_sse
 from ..problems import json_body
 
 log = logging.getLogger("iocmng.api.pvs")
 pv_routes = web.RouteTableDef()
 #: Printable ASCII without space, "/", "{" and "}" (EPICS names are ASCII; the path cannot hold "/").
 PV_NAME_RE = re.compile(r"^[!-.0-z|~]{1,200}$")
-SSE_KEEPALIVE = 15.0
+#: The PV access protocols the gateway speaks (``provider`` in requests).
+Provider = Literal["ca", "pva"]
+PROVIDERS: tuple[str, ...] = get_args(Provider)
+#: Updates held for a slow monitor client (it loses the oldest beyond that).
 QUEUE_SIZE = 100
 
 
 class PutPV(BaseModel):
     """Body of ``PUT /api/v1/pvs/{pv}``."""
 
+    # A plugin's own PV over ``PUT /api/v1/{coll}/{name}/pvs/{pv}`` takes iocmng.api.ui.PutPluginPV:
+    # another model, so another schema name in the OpenAPI document.
+
     model_config = ConfigDict(extra="forbid")
 
     value: Any = Field(
         ..., description="Value to write: number, string, list (arrays), enum index or choice"
     )
-    provider: Literal["ca", "pva"] | None = Field(
+    provider: Provider | None = Field(
         None, description="ca or pva (default IOCMNG_PV_PROVIDER)"
     )
     timeout: float | None = Field(None, gt=0, description="Seconds (at most IOCMNG_PV_MAX_TIMEOUT)")
@@ -135,21 +140,6 @@ class Gateway:
 GATEWAY = web.AppKey("pv_gateway", Gateway)
 
 
-def install(app: web.Application, service: Any) -> None:
-    """Add the gateway's routes and state to the REST app."""
-    gateway = Gateway(service.settings, service.prefix, service.runtime)
-    app[GATEWAY] = gateway
-
-    async def cleanup(app: web.Application) -> None:
-        await gateway.close()
-
-    app.on_cleanup.append(cleanup)
-    from .reference import ref_routes
-
-    app.add_routes(ref_routes)  # before {pv}: /pvs/provider and /pvs/monitors are not PV names
-    app.add_routes(pv_routes)
-
-
 def pv_name(raw: str, field: str = "pv") -> str:
     if not PV_NAME_RE.match(raw):
         raise BadRequest(
@@ -169,15 +159,9 @@ def _query_float(request: web.Request, key: str) -> float | None:
         raise BadRequest(f"{key}: {raw!r} is not a number", field=key) from None
 
 
-def reply(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, text=json.dumps(data, default=str), content_type="application/json"
-    )
-
-
 def _query_provider(request: web.Request) -> str | None:
     provider = request.query.get("provider")
-    if provider is not None and provider not in ("ca", "pva"):
+    if provider is not None and provider not in PROVIDERS:
         raise BadRequest(f"provider: {provider[:20]!r} is not one of ca, pva", field="provider")
     return provider
 
@@ -232,25 +216,23 @@ async def first_value(
         raise
 
 
-def sse_frame(kind: str, data: dict[str, Any]) -> bytes:
-    """One SSE frame: ``event: value|disconnected``; ``data`` is the PV document (its ``type`` is the PV's)."""
-    return f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n".encode()
-
-
 def _pusher(queue: asyncio.Queue[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
     def push(event: dict[str, Any]) -> None:
-        if queue.full():  # a slow client loses the oldest update, never memory
-            queue.get_nowait()
-        queue.put_nowait(event)
+        put_drop_oldest(queue, event)  # a slow client loses the oldest update, never memory
 
     return push
+
+
+def _frame(event: dict[str, Any]) -> bytes:
+    """``event: value|disconnected``; ``data`` is the PV document (its ``type`` is the PV's)."""
+    return sse_frame("value" if event.get("connected", True) else "disconnected", event)
 
 
 @pv_routes.get("/api/v1/pvs/{pv}/monitor")
 async def monitor_pv(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: ``event: value`` per update, ``event: disconnected`` when the server goes away."""
     gw = request.app[GATEWAY]
-    svc = request.app[SERVICE]
+    svc = service(request)
     name = pv_name(request.match_info["pv"])
     client = gw.client(_query_provider(request))
     timeout = gw.timeout(_query_float(request, "timeout"))
@@ -263,201 +245,9 @@ async def monitor_pv(request: web.Request) -> web.StreamResponse:
     try:
         close, first = await first_value(client, name, timeout, _pusher(queue), queue)
         try:
-            return await _stream(request, svc, queue, first)
+            # ends when the service stops or reloads (its event bus closes)
+            return await stream_sse(request, _frame(first), queue.get, _frame, ended=lambda: svc.events.closed)
         finally:
             close()
     finally:
         gw.streams -= 1
-
-
-async def _stream(
-    request: web.Request, svc: Any, queue: asyncio.Queue[dict[str, Any]], first: dict[str, Any]
-) -> web.StreamResponse:
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await resp.prepare(request)
-    loop = asyncio.get_running_loop()
-    try:
-        await resp.write(sse_frame("value", first))
-        last_write = loop.time()
-        while not svc.events.closed:  # the service is stopping or reloading: end the stream
-            try:
-                event = await asyncio.wait_for(queue.get(), 1.0)
-            except TimeoutError:
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    break
-                if loop.time() - last_write >= SSE_KEEPALIVE:
-                    await resp.write(b": keep-alive\n\n")
-                    last_write = loop.time()
-                continue
-            kind = "value" if event.get("connected", True) else "disconnected"
-            await resp.write(sse_frame(kind, event))
-            last_write = loop.time()
-    except (ConnectionResetError, ConnectionError):
-        pass  # the client went away
-    return resp
-
-
-# -- OpenAPI --------------------------------------------------------------------------------
-def openapi_parts(json_: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The gateway's paths and schemas for iocmng.api.openapi."""
-    problem = {
-        "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-        }
-    }
-    names = {
-        400: "Bad request",
-        401: "Unauthorized",
-        403: "Write refused by IOCMNG_PV_WRITE_PATTERN",
-        404: "No server answered for the PV (or no such monitor)",
-        409: "Too many monitors",
-        413: "Too large",
-        415: "A body that is not application/json",
-        422: "A body field is wrong (unknown key, wrong type)",
-        502: "The PV's server answered with an error",
-        504: "The PV is connected but did not answer in time",
-    }
-
-    def errors(*codes: int) -> dict[str, Any]:
-        return {str(c): {"description": names[c], **problem} for c in codes}
-
-    def body(model: str) -> dict[str, Any]:
-        return {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
-        }
-
-    name = {
-        "name": "pv",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": PV_NAME_RE.pattern, "maxLength": 200},
-    }
-    query = [
-        {"name": "provider", "in": "query", "required": False, "schema": {"enum": ["ca", "pva"]}},
-        {
-            "name": "timeout",
-            "in": "query",
-            "required": False,
-            "schema": {"type": "number", "exclusiveMinimum": 0},
-        },
-    ]
-    value = {"$ref": "#/components/schemas/PVValue"}
-    paths: dict[str, Any] = {
-        "/api/v1/pvs/{pv}": {
-            "parameters": [name],
-            "get": {
-                "operationId": "read_pv",
-                "parameters": query,
-                "responses": {"200": json_(value), **errors(400, 403, 404, 502, 504)},
-            },
-            "put": {
-                "operationId": "write_pv",
-                "requestBody": body("PutPV"),
-                "responses": {
-                    "200": json_({"type": "object"}),
-                    **errors(400, 401, 403, 404, 413, 415, 422, 502, 504),
-                },
-            },
-        },
-        "/api/v1/pvs/{pv}/monitor": {
-            "parameters": [name],
-            "get": {
-                "operationId": "monitor_pv",
-                "parameters": query,
-                "responses": {
-                    "200": {
-                        "description": "Server-Sent Events (value, disconnected)",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    },
-                    **errors(400, 404, 409),
-                },
-            },
-        },
-        "/api/v1/pvs/provider": {
-            "get": {
-                "operationId": "pv_provider",
-                "responses": {
-                    "200": json_(
-                        {
-                            "type": "object",
-                            "required": ["provider"],
-                            "properties": {"provider": {"enum": ["ca", "pva"]}},
-                        }
-                    )
-                },
-            }
-        },
-        "/api/v1/pvs/monitors": {
-            "get": {"operationId": "pv_monitors", "responses": {"200": json_({"type": "object"})}}
-        },
-        "/api/v1/pvs/get": {
-            "post": {
-                "operationId": "ref_pv_get",
-                "requestBody": body("RefGet"),
-                "responses": {
-                    "200": json_({"type": "object"}),
-                    **errors(400, 401, 403, 404, 413, 415, 422, 502, 504),
-                },
-            }
-        },
-        "/api/v1/pvs/put": {
-            "post": {
-                "operationId": "ref_pv_put",
-                "requestBody": body("RefPut"),
-                "responses": {
-                    "200": json_({"type": "object"}),
-                    **errors(400, 401, 403, 404, 413, 415, 422, 502, 504),
-                },
-            }
-        },
-        "/api/v1/pvs/monitor": {
-            "post": {
-                "operationId": "ref_pv_monitor",
-                "requestBody": body("RefMonitor"),
-                "responses": {"200": json_({"type": "object"}), **errors(400, 401, 404, 409, 413, 415, 422)},
-            }
-        },
-        "/api/v1/pvs/monitor/{key}": {
-            "parameters": [
-                {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "delete": {
-                "operationId": "ref_pv_unmonitor",
-                "responses": {"200": json_({"type": "object"}), **errors(401, 404)},
-            },
-        },
-    }
-    from .reference import RefGet, RefMonitor, RefPut
-
-    schemas: dict[str, Any] = {}
-    for model in (PutPV, RefGet, RefPut, RefMonitor):
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-    schemas["PVValue"] = {
-        "type": "object",
-        "required": ["name", "provider", "value"],
-        "properties": {
-            "name": {"type": "string"},
-            "provider": {"enum": ["ca", "pva"]},
-            "type": {"type": "string"},
-            "count": {"type": "integer"},
-            "value": {},
-            "choices": {"type": "array", "items": {"type": "string"}},
-            "label": {"type": ["string", "null"]},
-            "severity": {"type": "integer"},
-            "severity_name": {"type": "string"},
-            "status": {"type": "integer"},
-            "message": {"type": "string"},
-            "timestamp": {"type": "number"},
-        },
-    }
-    return paths, schemas

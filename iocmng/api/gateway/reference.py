@@ -12,15 +12,16 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from iocmng.errors import Conflict, IocmngError, NotFound
 
+from ..http import reply
 from ..problems import json_body
-from .pvs import GATEWAY, first_value, reply
+from .pvs import GATEWAY, Provider, first_value
 
 log = logging.getLogger("iocmng.api.pvs")
 ref_routes = web.RouteTableDef()
@@ -37,7 +38,7 @@ class RefGet(BaseModel):
     timeout: float | None = Field(
         None, gt=0, description="Seconds (default IOCMNG_PV_TIMEOUT, at most IOCMNG_PV_MAX_TIMEOUT)"
     )
-    provider: Literal["ca", "pva"] | None = Field(
+    provider: Provider | None = Field(
         None, description="ca or pva (default IOCMNG_PV_PROVIDER)"
     )
 
@@ -60,7 +61,7 @@ class RefMonitor(BaseModel):
         max_length=200,
         description="Key of the subscription (defaults to pv_name)",
     )
-    provider: Literal["ca", "pva"] | None = Field(
+    provider: Provider | None = Field(
         None, description="ca or pva (default IOCMNG_PV_PROVIDER)"
     )
     timeout: float | None = Field(
