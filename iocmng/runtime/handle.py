@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config.models import PluginConfig, coerce_value
-from ..epics.ioc import JOB_STATES, TASK_STATES, PluginRecords, truncate
+from ..epics.ioc import PluginRecords
+from ..epics.plan import JOB_STATES, TASK_STATES, JobStatus, TaskStatus, truncate
 from ..plugin.base import PluginBase
 from ..plugin.job import JobResult, describe
 from .services import RuntimeServices
@@ -109,11 +110,6 @@ class PluginWiring(Protocol):
     def clear(self) -> None: ...
     def reset(self) -> None: ...
     async def close(self) -> None: ...
-
-
-#: STATUS indexes (TASK_STATES, JOB_STATES) the runtime sets.
-TASK_INIT, TASK_RUN, TASK_PAUSED, TASK_END, TASK_ERROR = range(5)
-JOB_IDLE, JOB_RUNNING, JOB_SUCCESS, JOB_FAILED = range(4)
 
 
 class PluginHandle:
@@ -263,6 +259,7 @@ class PluginHandle:
     # -- STATUS and state ------------------------------------------------------------------
     def set_status_index(self, index: int) -> None:
         """STATUS by its index in TASK_STATES / JOB_STATES (written only when it changes)."""
+        index = int(index)  # a TaskStatus/JobStatus goes to the record as a plain int
         if index != self._status and self.records is not None:
             self._status = index
             self.records.set("STATUS", index)
@@ -282,14 +279,14 @@ class PluginHandle:
 
     def show_error(self, message: str) -> None:
         """STATUS to ERROR (a task) or FAILED (a job), MESSAGE to ``message``."""
-        self.set_status_index(TASK_ERROR if self.kind == "task" else JOB_FAILED)
+        self.set_status_index(TaskStatus.ERROR if self.kind == "task" else JobStatus.FAILED)
         self.set_message(message)
 
     def starting(self) -> None:
         """A (re)start begins: no watchdog verdict, state ``starting``, STATUS INIT (tasks) / IDLE (jobs)."""
         self.stalled = None
         self.set_state(State.STARTING)
-        self.set_status_index(TASK_INIT)  # JOB_IDLE too
+        self.set_status_index(TaskStatus.INIT)  # JobStatus.IDLE too
 
     def set_enabled(self, enabled: bool) -> None:
         """ENABLE was written: pause or resume."""
@@ -302,11 +299,11 @@ class PluginHandle:
             return
         if self.enabled:
             self._resume.set()
-            self.set_status_index(TASK_RUN)
+            self.set_status_index(TaskStatus.RUN)
             self.set_state(State.RUNNING)
         else:
             self._resume.clear()
-            self.set_status_index(TASK_PAUSED)
+            self.set_status_index(TaskStatus.PAUSED)
             self.publish_count(force=True)
             self.set_state(State.PAUSED)
 
@@ -318,7 +315,7 @@ class PluginHandle:
         """A task stopped: the last count published, STATUS END."""
         if self.records is not None and self.kind == "task":
             self.publish_count(force=True)
-            self.set_status_index(TASK_END)
+            self.set_status_index(TaskStatus.END)
 
     def refuse(self, reason: str) -> None:
         """Not loaded, or not to be started: ``failed`` with ``reason`` (its records, if any, untouched)."""
@@ -370,8 +367,8 @@ class PluginHandle:
 
     def cycle_ok(self) -> None:
         self.cycle_count += 1
-        if self._status == TASK_ERROR:  # ERROR -> RUN: one success clears the error
-            self.set_status_index(TASK_RUN)
+        if self._status == TaskStatus.ERROR:  # ERROR -> RUN: one success clears the error
+            self.set_status_index(TaskStatus.RUN)
             self.set_message("recovered")
         self.publish_count()
 
@@ -406,13 +403,13 @@ class PluginHandle:
     def job_started(self) -> None:
         self.busy = True
         self.set_state(State.RUNNING)
-        self.set_status_index(JOB_RUNNING)
+        self.set_status_index(JobStatus.RUNNING)
         self.set_message("running")
 
     def job_result(self, result: JobResult) -> None:
         """A run's outcome: count, STATUS SUCCESS/FAILED, MESSAGE."""
         self.cycle_count += 1
-        self.set_status_index(JOB_SUCCESS if result.success else JOB_FAILED)
+        self.set_status_index(JobStatus.SUCCESS if result.success else JobStatus.FAILED)
         self.set_message(result.message or ("success" if result.success else "failed"))
         if not result.success:
             self.job_failures += 1
