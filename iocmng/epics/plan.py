@@ -196,13 +196,14 @@ class RecordSpec:
 
     @property
     def record_type(self) -> str:
-        """The EPICS record type the bridge builds (mbbi, ai, ao, longin, ..., waveform, lsi)."""
+        """The EPICS record type the bridge builds (mbbi, ai, ao, longin, ..., waveform).
+
+        CONN_* and CONN_*_NAMES are both waveforms: pythonSoftIOC's ``longStringIn``
+        is a waveform of CHAR (the dashboard has called the latter ``lsi``)."""
         if self.short == "STATUS":
             return "mbbi"
-        if self.special == "conn":
+        if self.special in ("conn", "names"):
             return "waveform"
-        if self.special == "names":
-            return "lsi"
         return RECORD_TYPES[self.writable][self.spec.type]
 
     @property

@@ -98,8 +98,8 @@ def test_plan_of_a_full_config() -> None:
     assert set(p.default_pvs) <= DEFAULT_PV_NAMES
     assert {s: p.spec(s).record_type for s in p.shorts} == {
         "ENABLE": "bo", "STATUS": "mbbi", "MESSAGE": "stringin", "RUN": "bo", "VERSION": "stringin",
-        "CLEAR": "bo", "RESET": "bo", "CONN_INP": "waveform", "CONN_INP_NAMES": "lsi", "CONN_OUT": "waveform",
-        "CONN_OUT_NAMES": "lsi", "SP": "ao", "GO": "bo", "WIRED": "ai", "OUT": "longin", "TXT": "stringin",
+        "CLEAR": "bo", "RESET": "bo", "CONN_INP": "waveform", "CONN_INP_NAMES": "waveform", "CONN_OUT": "waveform",
+        "CONN_OUT_NAMES": "waveform", "SP": "ao", "GO": "bo", "WIRED": "ai", "OUT": "longin", "TXT": "stringin",
         "SYS_CONN": "stringin", "REMOTE": "ai"}
     assert p.spec("STATUS").value_type == "int" and p.spec("CONN_INP").value_type == "array"
     assert p.spec("CONN_INP_NAMES").value_type == "string" and p.spec("SP").value_type == "float"
