@@ -9,10 +9,9 @@ to build with its full name. Validation, the startup view, the dashboard, the
 so a PV name or a merged parameter cannot differ between them.
 
 Also here, because every one of them shows or writes them: the STATUS values
-(:class:`TaskStatus`, :class:`JobStatus`; the mbbi state strings derive from
-them) and EPICS's alarm severities and statuses by name (``menuAlarmSevr``,
-``menuAlarmStat``; the numbering is EPICS's ``alarm.h``, as in pythonSoftIOC's
-``softioc/alarm.py``).
+(:class:`TaskStatus`, :class:`JobStatus`; the mbbi state strings and
+severities derive from them), with EPICS's alarm names re-exported from
+:mod:`iocmng.epics.alarm`.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..config.models import (
     TASK_MODES,
@@ -32,6 +31,14 @@ from ..config.models import (
     merged_parameters,
 )
 from ..errors import ConfigError
+from .alarm import LINK_ALARM, SYS_CONN_ALARM, Alarm, AlarmStatus, Severity
+
+__all__ = [
+    "DEFAULT_PV_NAMES", "JOB_STATES", "LINK_ALARM", "MAX_RECORD_NAME", "MAX_STRING", "RECORD_TYPES",
+    "SYS_CONN_ALARM", "TASK_STATES", "Alarm", "AlarmStatus", "JobStatus", "RecordPlan", "RecordSpec", "Severity",
+    "TaskStatus", "base_of", "default_records", "logic_records", "merge_parameters", "plan", "plan_records",
+    "plugin_prefix", "record_value", "status_enum", "status_fields", "status_labels", "truncate",
+]
 
 #: EPICS record names are at most 60 characters (PVNAME_STRINGSZ - 1).
 MAX_RECORD_NAME = 60
@@ -39,56 +46,7 @@ MAX_RECORD_NAME = 60
 MAX_STRING = 39
 
 
-# -- STATUS ------------------------------------------------------------------------------------
-class Severity(IntEnum):
-    """EPICS alarm severities (``menuAlarmSevr``); the names are the menu's strings."""
-
-    NO_ALARM = 0
-    MINOR = 1
-    MAJOR = 2
-    INVALID = 3
-
-
-class AlarmStatus(IntEnum):
-    """EPICS alarm statuses (``menuAlarmStat``); the names are the menu's strings."""
-
-    NO_ALARM = 0
-    READ = 1
-    WRITE = 2
-    HIHI = 3
-    HIGH = 4
-    LOLO = 5
-    LOW = 6
-    STATE = 7
-    COS = 8
-    COMM = 9
-    TIMEOUT = 10
-    HWLIMIT = 11
-    CALC = 12
-    SCAN = 13
-    LINK = 14
-    SOFT = 15
-    BAD_SUB = 16
-    UDF = 17
-    DISABLE = 18
-    SIMM = 19
-    READ_ACCESS = 20
-    WRITE_ACCESS = 21
-
-
-class Alarm(NamedTuple):
-    """An alarm a record raises: (status, severity), as EPICS's STAT/SEVR (NSTA/NSEV) pair."""
-
-    status: AlarmStatus
-    severity: Severity
-
-
-#: A value computed from a disconnected link (mirrors of wired inputs, outputs computed from them).
-LINK_ALARM = Alarm(AlarmStatus.LINK, Severity.INVALID)
-#: The SYS_CONN output while a link is down.
-SYS_CONN_ALARM = Alarm(AlarmStatus.LINK, Severity.MAJOR)
-
-
+# -- STATUS (alarm names: iocmng.epics.alarm) ----------------------------------------------------
 class TaskStatus(IntEnum):
     """A task's STATUS (an mbbi): the value is the record's VAL, the name its state string."""
 

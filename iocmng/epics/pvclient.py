@@ -26,32 +26,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import BadRequest, PVForbidden, PVNotFound, PVServerError, PVTimeout
+from .alarm import AlarmStatus, Severity
 
-CA_SEVERITIES = ["NO_ALARM", "MINOR", "MAJOR", "INVALID"]
-CA_STATUSES = [
-    "NO_ALARM",
-    "READ",
-    "WRITE",
-    "HIHI",
-    "HIGH",
-    "LOLO",
-    "LOW",
-    "STATE",
-    "COS",
-    "COMM",
-    "TIMEOUT",
-    "HWLIMIT",
-    "CALC",
-    "SCAN",
-    "LINK",
-    "SOFT",
-    "BAD_SUB",
-    "UDF",
-    "DISABLE",
-    "SIMM",
-    "READ_ACCESS",
-    "WRITE_ACCESS",
-]
+#: Alarm severity and status names by value (EPICS's menuAlarmSevr / menuAlarmStat).
+CA_SEVERITIES = [s.name for s in Severity]
+CA_STATUSES = [s.name for s in AlarmStatus]
 CA_TYPES = ["string", "short", "float", "enum", "char", "long", "double"]
 INT_RANGES = {
     "short": (-(1 << 15), (1 << 15) - 1),
@@ -398,7 +377,7 @@ class PVAClient:
             sev = int(value.alarm.severity)
             out.update(
                 severity=sev,
-                severity_name=CA_SEVERITIES[sev] if 0 <= sev < 4 else str(sev),
+                severity_name=CA_SEVERITIES[sev] if 0 <= sev < len(CA_SEVERITIES) else str(sev),
                 status=int(value.alarm.status),
                 message=str(value.alarm.message),
             )

@@ -220,13 +220,22 @@ def test_alarm_names_match_epics() -> None:
     assert ioc.LINK_ALARM is LINK_ALARM
 
 
+def test_pv_clients_name_alarms_as_before() -> None:
+    from iocmng.epics.pvclient import CA_SEVERITIES, CA_STATUSES
+
+    assert CA_SEVERITIES == ["NO_ALARM", "MINOR", "MAJOR", "INVALID"]
+    assert CA_STATUSES == ["NO_ALARM", "READ", "WRITE", "HIHI", "HIGH", "LOLO", "LOW", "STATE", "COS", "COMM",
+                           "TIMEOUT", "HWLIMIT", "CALC", "SCAN", "LINK", "SOFT", "BAD_SUB", "UDF", "DISABLE", "SIMM",
+                           "READ_ACCESS", "WRITE_ACCESS"]
+
+
 # -- the plan is pure; validation does not reach the bridge ------------------------------------------
 @pytest.fixture(scope="module")
 def graph() -> grimp.ImportGraph:
     return grimp.build_graph("iocmng", include_external_packages=True, cache_dir=None)  # no stale cache
 
 
-@pytest.mark.parametrize("module", ["iocmng.epics.plan", "iocmng.epics.backend", "iocmng.testing",
+@pytest.mark.parametrize("module", ["iocmng.epics.plan", "iocmng.epics.alarm", "iocmng.epics.backend", "iocmng.testing",
                                     "iocmng.epics.displays"])
 def test_pure_modules_import_neither_softioc_nor_the_bridge(graph: grimp.ImportGraph, module: str) -> None:
     assert graph.find_shortest_chain(module, "iocmng.epics.ioc") is None
