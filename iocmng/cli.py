@@ -8,7 +8,7 @@ prints config.yaml's JSON schema. ``iocmng task|job|plugin ...``,
 (:mod:`iocmng.client.cli`). Exit codes: 0 success, 1 refused by the server
 or failed, 2 usage error, 3 server unreachable.
 
-The server itself is ``iocmng-server`` (:func:`iocmng.service.service.main`).
+The server itself is ``iocmng-server`` (:func:`iocmng.server.main`).
 """
 
 from __future__ import annotations
