@@ -13,7 +13,6 @@
     ├── Forbidden (403)              a browser page of another origin (IOCMNG_CORS_ORIGINS)
     ├── NotFound (404)
     ├── Conflict (409)               duplicate name, job already running
-    ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)   a body that is not JSON (cross-site forms cannot drive the API)
     ├── Abandoned (503)              an add in flight when a reload came: nothing registered, try again
     ├── InsufficientStorage (507)    the data directory is full or read-only
@@ -126,11 +125,6 @@ class NotFound(IocmngError):
 class Conflict(IocmngError):
     status = 409
     title = "Conflict"
-
-
-class PayloadTooLarge(IocmngError):
-    status = 413
-    title = "Payload too large"
 
 
 class UnsupportedMediaType(IocmngError):

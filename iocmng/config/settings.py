@@ -1,4 +1,4 @@
-"""Service settings from ``IOCMNG_*`` environment variables (SPEC §8).
+"""Service settings from ``IOCMNG_*`` environment variables (docs/operations.md lists them).
 
 A bad value is a :class:`~iocmng.errors.SettingsError` naming the variable;
 ``iocmng-server`` prints it and exits non-zero.
@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         return not self.api_token and not is_loopback(self.host or "")
 
     def check_exposure(self) -> None:
-        """Refuse to serve the API beyond this machine without a token, unless told to (issue 14).
+        """Refuse to serve the API beyond this machine without a token, unless told to (docs/decisions/0012).
 
         Called by the server only: ``iocmng run`` and ``iocmng-run`` read the
         same settings but serve no API.
@@ -243,7 +243,7 @@ def read_service_config(path: Path | None) -> ServiceConfig:
 
 
 def resolve_prefix(settings: Settings, service_config: ServiceConfig | None = None) -> str:
-    """The PV prefix (SPEC §5): IOCMNG_PREFIX, then the config file's ``prefix``,
+    """The PV prefix: IOCMNG_PREFIX, then the config file's ``prefix``,
     then BEAMLINE:NAMESPACE from the beamline values.yaml, else ``IOCMNG``."""
     if settings.prefix:
         return settings.prefix

@@ -30,7 +30,6 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
-        self.published = 0
         self.closed = False
 
     @property
@@ -46,7 +45,6 @@ class EventBus:
             queue.put_nowait(_END)
 
     def publish(self, event: dict[str, Any]) -> None:
-        self.published += 1
         for queue in self._subscribers:
             if queue.full():  # drop the oldest: a slow client must not hold memory
                 queue.get_nowait()

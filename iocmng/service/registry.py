@@ -9,7 +9,6 @@ mix. The service rebuilds everything from this file at start.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -128,7 +127,3 @@ class Registry:
             if storage is not None:
                 raise storage from None
             raise
-
-
-def dump_json(data: Any) -> bytes:
-    return json.dumps(data, indent=1, sort_keys=True).encode()

@@ -1,6 +1,6 @@
 """The reload: apply a change to the record set by re-executing the service.
 
-An EPICS record database is frozen at ``iocInit`` (SPEC §3), so a change
+An EPICS record database is frozen at ``iocInit`` (softioc refuses new records after it), so a change
 that adds or removes records is committed to the registry and then applied
 by a new *generation* of the process: the service stops its plugins
 gracefully, then ``os.execv`` replaces the process image (same PID, so a
