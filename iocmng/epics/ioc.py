@@ -159,7 +159,7 @@ def _db() -> Any:
         dbCore.dbPut.argtypes = (ctypes.c_void_p, ctypes.c_short, ctypes.c_void_p, ctypes.c_long)
         dbCore.dbPut.restype = ctypes.c_long
         dbCore.db_post_events.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint)
-        dbCore._iocmng_ready = True
+        dbCore._iocmng_ready = True  # type: ignore[attr-defined]
     _DBCORE = dbCore
     return dbCore
 
