@@ -72,6 +72,9 @@ class FakeRecords:
     def names(self) -> list[str]:
         return [f"{self.prefix}:{short}" for short in self.records]
 
+    def shorts(self) -> list[str]:
+        return list(self.records)
+
     def __contains__(self, short: object) -> bool:
         return short in self.records
 

@@ -41,6 +41,10 @@ class Records(Protocol):
         """The full record names, in plan order."""
         ...
 
+    def shorts(self) -> list[str]:
+        """The short names, in plan order."""
+        ...
+
     def __contains__(self, short: object) -> bool:
         """Whether ``short`` is a record of this plugin."""
         ...

@@ -78,6 +78,9 @@ class PluginRecords:
     def names(self) -> list[str]:
         return [f"{self.prefix}:{short}" for short in self.records]
 
+    def shorts(self) -> list[str]:
+        return list(self.records)
+
     def __contains__(self, short: object) -> bool:
         return short in self.records
 

@@ -89,6 +89,7 @@ def test_fake_records_are_the_plan() -> None:
         records = backend.plugins[name]
         assert records.prefix == p.base
         assert records.names() == list(p.names)
+        assert records.shorts() == list(p.shorts)
         assert records.writable == set(p.writable)
         assert {s: records.type_of(s) for s in p.shorts} == {r.short: r.value_type for r in p.records}
     assert backend.names() == [n for p in plans("P").values() for n in p.names]
