@@ -76,6 +76,9 @@ class RecordBackend(Protocol):
 
     #: The service's PV prefix.
     prefix: str
+    #: ``iocmng-run --prefix P``: one plugin whose records are ``P:<PV>``; plans for it
+    #: are made with ``plan(..., exact=True)``.
+    exact: bool
     #: True after :meth:`start`: the record set is frozen.
     started: bool
 
