@@ -21,6 +21,7 @@ import logging
 import shutil
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -84,6 +85,9 @@ class Candidate:
     records: list[str] = field(default_factory=list)  # plan.names, as the registry keeps them
     #: The record plan (base, mode, merged parameters, records), from the pvs step on.
     plan: RecordPlan | None = None
+    #: What the import check's child process reported (stage, class, kind, functions): this
+    #: candidate's own, so adds validated at the same time never see each other's.
+    child: dict[str, Any] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
 
     def discard(self) -> None:
@@ -125,11 +129,9 @@ class Pipeline:
             ("pvs", self.step_pvs),
             ("logic", self.step_logic),
         ]
-        self._child: dict[str, Any] = {}
 
     async def run(self, req: Request) -> Candidate:
         cand = Candidate(req, Source(type="git" if req.git_url else "local"), Path("."))
-        self._child = {}
         storage = None
         for name, step in self.steps:
             t0 = time.monotonic()
@@ -145,6 +147,10 @@ class Pipeline:
                 storage = storage_error(exc, f"{name}: cannot write")
                 if storage is not None:  # a full or read-only data directory is not a bug
                     cand.steps.append(Step(name, False, storage.detail, time.monotonic() - t0))
+                    # dulwich leaves the lock file it was writing open when the disk is full,
+                    # reachable only from the failed call's frames: clear them, so the file
+                    # closes now instead of whenever the cycle they sit in is collected.
+                    traceback.clear_frames(exc.__traceback__)
                     break
                 log.exception("validation step %s crashed", name)
                 cand.steps.append(Step(name, False, f"internal error: {type(exc).__name__}: {exc}", time.monotonic() - t0))
@@ -155,10 +161,8 @@ class Pipeline:
         await asyncio.to_thread(cand.discard)
         failed = cand.steps[-1]
         if storage is not None:
-            # dulwich leaves the lock file it was writing open when the disk is
-            # full; the file object is only reachable through the dropped
-            # exception's frames: collect them now, or the fd (of a deleted
-            # file) stays open and the file system can never be remounted.
+            # And collect what the cleared frames still sat in: the fd of a deleted
+            # lock file would keep its space used and the file system busy.
             gc.collect()
             raise InsufficientStorage(failed.detail, steps=[s.to_dict() for s in cand.steps])
         detail = f"{failed.name}: {failed.detail}"
@@ -170,7 +174,6 @@ class Pipeline:
     async def check_code(self, name: str, plugin_dir: Path, deps_dir: Path | None, kind: str) -> None:
         """Re-check code already registered (before a live restart re-imports it in-process)."""
         cand = Candidate(Request(name=name, expect_kind=kind), Source(type="local"), plugin_dir, deps_dir=deps_dir)
-        self._child = {}
         for step in (self.step_syntax, self.step_import, self.step_inheritance, self.step_abstract):
             try:
                 await step(cand)
@@ -285,7 +288,7 @@ class Pipeline:
 
     async def step_import(self, c: Candidate) -> str:
         if not plugin_files(c.plugin_dir):  # declarative: nothing of the plugin's to import
-            self._child = {"stage": "ok", "class": "DeclarativeTask", "kind": "task", "functions": []}
+            c.child = {"stage": "ok", "class": "DeclarativeTask", "kind": "task", "functions": []}
             return "declarative task: no module to import"
         extra = [str(c.deps_dir)] if c.deps_dir else []
         cmd = [sys.executable, "-c", "from iocmng.service.validation import child_check; child_check()",
@@ -297,23 +300,23 @@ class Pipeline:
         out, err = done.stdout, done.stderr
         lines = out.decode(errors="replace").strip().splitlines()
         try:
-            self._child = json.loads(lines[-1]) if lines else {}
+            c.child = json.loads(lines[-1]) if lines else {}
         except ValueError:
-            self._child = {}
-        if "stage" not in self._child:
+            c.child = {}
+        if "stage" not in c.child:
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
             raise _StepFailed(f"the import exited with code {done.returncode} before reporting "
                               f"(does a module call sys.exit/os._exit or crash?) {tail[0]}".strip())
-        if self._child["stage"] == "import":
-            raise _StepFailed(self._child["error"])
+        if c.child["stage"] == "import":
+            raise _StepFailed(c.child["error"])
         return f"{len(plugin_files(c.plugin_dir))} module(s) imported in a child process"
 
     async def step_inheritance(self, c: Candidate) -> str:
-        if self._child.get("stage") == "inheritance":
-            raise _StepFailed(self._child["error"])
-        if self._child.get("stage") == "abstract":
+        if c.child.get("stage") == "inheritance":
+            raise _StepFailed(c.child["error"])
+        if c.child.get("stage") == "abstract":
             return "one plugin class found (it is not complete: see the next step)"
-        c.kind, c.class_name = self._child.get("kind", ""), self._child.get("class", "")
+        c.kind, c.class_name = c.child.get("kind", ""), c.child.get("class", "")
         want = c.request.expect_kind
         if want and c.kind and want != c.kind:
             raise _StepFailed(f"{c.class_name} is a {c.kind}, not a {want}; add it with POST /api/v1/{c.kind}s "
@@ -324,8 +327,8 @@ class Pipeline:
         return f"{c.class_name} is a {c.kind}"
 
     async def step_abstract(self, c: Candidate) -> str:
-        if self._child.get("stage") == "abstract":
-            raise _StepFailed(self._child["error"])
+        if c.child.get("stage") == "abstract":
+            raise _StepFailed(c.child["error"])
         return "all abstract methods implemented"
 
     async def step_pvs(self, c: Candidate) -> str:
@@ -349,7 +352,7 @@ class Pipeline:
         assert c.plan is not None
         params = c.plan.parameters_dict()  # as the runtime compiles them
         # The plugin's own functions are known by name here (the code ran in the child).
-        functions = {f: _placeholder for f in self._child.get("functions", [])}
+        functions = {f: _placeholder for f in c.child.get("functions", [])}
         try:
             Logic(cfg, params, functions)
         except ConfigError as exc:
