@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import math
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,10 +262,19 @@ def _alarm_fields(spec: PVSpec) -> dict[str, Any]:
         return {"ZSV": Severity.NO_ALARM.name, "OSV": spec.alarm_on}
     fields: dict[str, Any] = {}
     if spec.alarm_high is not None:
-        fields.update(HIGH=spec.alarm_high, HSV=spec.alarm_on)
+        fields.update(HIGH=_limit(spec, spec.alarm_high, up=True), HSV=spec.alarm_on)
     if spec.alarm_low is not None:
-        fields.update(LOW=spec.alarm_low, LSV=spec.alarm_on)
+        fields.update(LOW=_limit(spec, spec.alarm_low, up=False), LSV=spec.alarm_on)
     return fields
+
+
+def _limit(spec: PVSpec, value: float | None, *, up: bool) -> float | int | None:
+    """A limit as its record field takes it: an integer record's (longin/longout: LOPR,
+    DRVL, HIGH... are DBF_LONG) is the nearest integer inside the range the float gave
+    (a low bound up, a high bound down), so every integer the float allows still is."""
+    if value is None or spec.type != "int":
+        return value
+    return math.ceil(value) if up else math.floor(value)
 
 
 class ArrayRecord:
@@ -397,7 +407,8 @@ class IocBridge:
         if spec.unit is not None:
             fields["EGU"] = spec.unit
         if spec.type in ("float", "int"):
-            fields.update({k: v for k, v in (("LOPR", spec.low), ("HOPR", spec.high)) if v is not None})
+            limits = (("LOPR", _limit(spec, spec.low, up=True)), ("HOPR", _limit(spec, spec.high, up=False)))
+            fields.update({k: v for k, v in limits if v is not None})
         if spec.type == "float":
             if spec.prec is not None:
                 fields["PREC"] = spec.prec
@@ -447,7 +458,8 @@ class IocBridge:
             return builder.aOut(full, EGU=spec.unit, PREC=spec.prec, LOPR=spec.low, HOPR=spec.high,
                                 DRVL=spec.low, DRVH=spec.high, **kw)
         if spec.type == "int":
-            return builder.longOut(full, EGU=spec.unit, LOPR=spec.low, HOPR=spec.high, DRVL=spec.low, DRVH=spec.high, **kw)
+            low, high = _limit(spec, spec.low, up=True), _limit(spec, spec.high, up=False)
+            return builder.longOut(full, EGU=spec.unit, LOPR=low, HOPR=high, DRVL=low, DRVH=high, **kw)
         if spec.type == "bool":
             return builder.boolOut(full, spec.znam, spec.onam, **kw)
         kw["initial_value"] = truncate(value)

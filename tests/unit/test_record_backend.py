@@ -45,7 +45,10 @@ pvs:
 rules:
   - {id: hot, condition: 'SP > 5', outputs: {OUT: 1}}
 """ % ("x" * 60)  # a value too long for a stringin: both cut it to 39 bytes
-CONTINUOUS = "parameters: {interval: 0.5}\npvs: {inputs: {A: {type: int}}, outputs: {B: {type: string}}}"
+#: integer records take integer limits: a float bound becomes the nearest integer inside it
+CONTINUOUS = ("parameters: {interval: 0.5}\npvs: {inputs: {A: {type: int}, LIM: {type: int, value: 2, low: -5.5, high: 10}},"
+              " outputs: {B: {type: string}, C: {type: int, low: 0, high: 99.5, alarm_on: MINOR, alarm_high: 90.5,"
+              " alarm_low: 1.5}}}")
 JOB = "parameters: {version: 2}\npvs: {inputs: {X: {type: float}}, outputs: {Y: {type: bool}}}"
 
 #: (name, kind, config.yaml, overrides, saved values)
@@ -232,6 +235,9 @@ def test_real_record_types_and_status_fields_are_the_plan(real: tuple[str, dict[
     assert built[f"{prefix}:TRIG:STATUS"][1]["FRSV"] == "MAJOR"
     assert built[f"{prefix}:JOB1:STATUS"][1]["THST"] == "FAILED"
     assert built[f"{prefix}:TRIG:LEVEL"][1]["HSV"] == "MAJOR"
+    lim, c = built[f"{prefix}:CONT:LIM"][1], built[f"{prefix}:CONT:C"][1]
+    assert (lim["DRVL"], lim["DRVH"], lim["LOPR"], lim["HOPR"]) == ("-5", "10", "-5", "10")
+    assert (c["LOPR"], c["HOPR"], c["HIGH"], c["LOW"], c["HSV"]) == ("0", "99", "91", "1", "MINOR")
 
 
 async def test_the_runtime_runs_on_the_fake(tmp_path: Path) -> None:
