@@ -39,11 +39,8 @@ Prefer unique names (``conftest.random_prefix()``): this process's CA
 client searches every server of the port pool, so two IOCs serving the same
 name in one session would be ambiguous.
 
-The ``external_ioc_factory`` fixture stops every IOC it made at teardown; a
-test module imports its function to use it::
-
-    from external_ioc import external_ioc_factory_fixture  # noqa: F401
-
+The ``external_ioc_factory`` fixture stops every IOC it made at teardown;
+``tests/system/conftest.py`` imports it, so every system test can use it
 (the function has another name than the fixture so that test parameters
 named ``external_ioc_factory`` do not shadow an import: ruff F811).
 """

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import yaml
 from conftest import EXAMPLES, loopback_env, wait_for_sync
-from service_support import Server, closed_port, make_repo
+
+from .conftest import Server, closed_port, make_repo
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 from conftest import free_port, wait_for_sync
-from service_support import Server, closed_port
 
 from iocmng.epics.channelfinder import ChannelFinderClient, group_devices, search_params
 from iocmng.errors import ChannelFinderError
+
+from .conftest import Server, closed_port
 
 pytestmark = pytest.mark.timeout(120)
 

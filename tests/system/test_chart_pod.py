@@ -40,7 +40,8 @@ from conftest import (
     wait_for,
     wait_for_sync,
 )
-from test_container import Container, built_image, plugin_repos, podman, podman_unusable
+
+from .test_container import Container, built_image, plugin_repos, podman, podman_unusable
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -17,13 +17,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import EXAMPLES, REPO
-from service_support import Server, closed_port, make_repo
+
+from .conftest import Server, ServerFactory, closed_port, make_repo
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -73,12 +73,9 @@ def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("cli")
-    srv = Server(data_dir=root / "data", log_path=root / "server.log")
-    srv.start()
-    yield srv
-    assert srv.stop() == 0, srv.log()[-4000:]
+def server(module_server_factory: ServerFactory) -> Server:
+    """One server for the module; it must exit 0 on SIGTERM at the end."""
+    return module_server_factory(clean_exit=True)
 
 
 @pytest.fixture(scope="module")
@@ -236,28 +233,20 @@ def test_server_down(args: tuple[str, ...]) -> None:
     assert line == f"cannot reach iocmng at http://127.0.0.1:{port}: connection refused"
 
 
-def test_wrong_or_missing_token(tmp_path: Path, repos: dict[str, str]) -> None:
-    srv = Server(
-        data_dir=tmp_path / "data",
-        log_path=tmp_path / "server.log",
-        extra_env={"IOCMNG_API_TOKEN": TOKEN},
-    )
-    srv.start()
-    try:
-        add = ("job", "add", "diag", "--git", repos["diag"])
-        line = one_line_error(cli(*add, "--token", "wrong", url=srv.url), 1)
-        assert line.startswith("error: 401 Unauthorized: ") and "Bearer" in line
-        line = one_line_error(cli(*add, url=srv.url), 1)
-        assert line.startswith("error: 401 Unauthorized: ")
-        # nothing changed; reads stay open
-        assert as_json(cli("job", "ls", "-o", "json", url=srv.url)) == {"plugins": [], "count": 0}
-        assert srv.health()["generation"] == 1
-        # the right token, from the environment
-        # (--wait: stopping the server in the middle of its reload would race the re-exec)
-        ok(cli(*add, "--wait", url=srv.url, env={"IOCMNG_API_TOKEN": TOKEN}))
-        assert [p["name"] for p in as_json(cli("job", "ls", "-o", "json", url=srv.url))["plugins"]] == ["diag"]
-    finally:
-        assert srv.stop() == 0
+def test_wrong_or_missing_token(server_factory: ServerFactory, repos: dict[str, str]) -> None:
+    srv = server_factory(token=TOKEN, clean_exit=True)  # the teardown checks it exits 0
+    add = ("job", "add", "diag", "--git", repos["diag"])
+    line = one_line_error(cli(*add, "--token", "wrong", url=srv.url), 1)
+    assert line.startswith("error: 401 Unauthorized: ") and "Bearer" in line
+    line = one_line_error(cli(*add, url=srv.url), 1)
+    assert line.startswith("error: 401 Unauthorized: ")
+    # nothing changed; reads stay open
+    assert as_json(cli("job", "ls", "-o", "json", url=srv.url)) == {"plugins": [], "count": 0}
+    assert srv.health()["generation"] == 1
+    # the right token, from the environment
+    # (--wait: stopping the server in the middle of its reload would race the re-exec)
+    ok(cli(*add, "--wait", url=srv.url, env={"IOCMNG_API_TOKEN": TOKEN}))
+    assert [p["name"] for p in as_json(cli("job", "ls", "-o", "json", url=srv.url))["plugins"]] == ["diag"]
 
 
 def test_unknown_plugin(server: Server) -> None:

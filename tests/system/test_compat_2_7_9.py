@@ -29,25 +29,24 @@ refused plugin where 2.7.9 answered 200 with ``ok: false``), ours are kept.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import signal
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aioca import caget, purge_channel_caches
+from aioca import caget
 from conftest import wait_for, wait_for_sync
-from service_support import Server, closed_port, git, make_repo
+
+from .conftest import Reply, Server, ServerFactory, call, closed_port, git, make_repo
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -250,52 +249,6 @@ arguments:
 # ================================================================================================
 # HTTP (a plain urllib client, as 2.7.9 users' scripts are)
 # ================================================================================================
-@dataclass
-class Reply:
-    status: int
-    headers: Message
-    text: str
-    body: Any
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get_content_type()
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-
-def call(
-    method: str,
-    url: str,
-    body: Any = None,
-    *,
-    raw: str | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 90.0,
-) -> Reply:
-    """One request; ``body`` is sent as JSON, ``raw`` as is (with a JSON content type)."""
-    hdrs = dict(headers or {})
-    data = None
-    if raw is not None:
-        data = raw.encode()
-        hdrs.setdefault("Content-Type", "application/json")
-    elif body is not None:
-        data = json.dumps(body).encode()
-        hdrs["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, got, text = resp.status, resp.headers, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        status, got, text = err.code, err.headers, err.read().decode()
-    try:
-        parsed = json.loads(text) if text else None
-    except ValueError:
-        parsed = None
-    return Reply(status, got, text, parsed)
-
-
 def settle(srv: Server, timeout: float = 60.0) -> dict[str, Any]:
     """Wait until no reload is pending and no plugin is still pending or starting."""
 
@@ -352,13 +305,13 @@ class Compat:
         return self.srv.url
 
     def get(self, path: str, **kw: Any) -> Reply:
-        return call("GET", self.url + path, **kw)
+        return call("GET", self.url + path, **{"timeout": 90.0, **kw})
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Reply:
-        return call("POST", self.url + path, body, **kw)
+        return call("POST", self.url + path, body, **{"timeout": 90.0, **kw})
 
     def delete(self, path: str) -> Reply:
-        return call("DELETE", self.url + path)
+        return call("DELETE", self.url + path, timeout=90.0)
 
     def added(self, name: str) -> Reply:
         """The add answer of ``name``, which must have been a success to go on."""
@@ -465,7 +418,9 @@ EMPTY_PATHS = (
 
 
 @pytest.fixture(scope="module")
-def compat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compat]:
+def compat(
+    tmp_path_factory: pytest.TempPathFactory, module_server_factory: ServerFactory
+) -> Iterator[Compat]:
     tmp = tmp_path_factory.mktemp("compat")
     git = tmp / "git"
     repos = {
@@ -500,36 +455,20 @@ def compat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compat]:
         local_root, {"task/plugin.py": TASK_CODE, "task/config.yaml": yaml.dump(PLAIN_CONFIG)}
     )
 
-    srv = Server(data_dir=tmp / "data", log_path=tmp / "server.log")
+    srv = module_server_factory("compat")
     c = Compat(srv, repos, local_root)
-    try:
-        srv.start()
-        c.empty = {p: c.get(p) for p in EMPTY_PATHS}
-        adds = batch(c)
-        with ThreadPoolExecutor(len(adds)) as pool:
-            answers = list(pool.map(lambda a: c.post(f"/{a[0]}", a[1]), adds))
-        c.adds = {
-            body["name"]: (coll, body, r) for (coll, body), r in zip(adds, answers, strict=True)
-        }
-        settle(srv)
-        yield c
-        assert srv.alive(), f"the server died:\n{srv.log()[-4000:]}"
-        _purge_ca()
-        assert srv.stop(signal.SIGTERM) == 0, srv.log()[-4000:]
-        assert SECRET not in srv.log(), "a token reached the server log"
-    finally:
-        srv.kill()
-
-
-def _purge_ca() -> None:
-    purge_channel_caches()
-
-
-@pytest.fixture(autouse=True)
-async def _close_ca_channels() -> AsyncIterator[None]:
-    """Close this test's CA channels while its loop runs (aioca delivers events to that loop)."""
-    yield
-    purge_channel_caches()
+    c.empty = {p: c.get(p) for p in EMPTY_PATHS}
+    adds = batch(c)
+    with ThreadPoolExecutor(len(adds)) as pool:
+        answers = list(pool.map(lambda a: c.post(f"/{a[0]}", a[1]), adds))
+    c.adds = {
+        body["name"]: (coll, body, r) for (coll, body), r in zip(adds, answers, strict=True)
+    }
+    settle(srv)
+    yield c
+    assert srv.alive(), f"the server died:\n{srv.log()[-4000:]}"
+    assert srv.stop(signal.SIGTERM) == 0, srv.log()[-4000:]
+    assert SECRET not in srv.log(), "a token reached the server log"
 
 
 # ================================================================================================
@@ -1265,7 +1204,6 @@ def restarted(compat: Compat) -> dict[str, dict[str, Any]]:
         r = compat.get(f"/plugins/{name}/startup")
         if r.status == 200:
             before[name] = r.body
-    _purge_ca()
     srv = compat.srv
     assert srv.stop(signal.SIGTERM) == 0, srv.log()[-4000:]
     srv.start()
@@ -1340,7 +1278,7 @@ def test_boot_held_plugin_starts_with_restart(compat: Compat, restarted: dict[st
 # ================================================================================================
 # A 2.7.9 data volume: its autostart_plugins.yaml is taken over once
 # ================================================================================================
-def test_2_7_9_autostart_registry_is_taken_over(tmp_path: Path) -> None:
+def test_2_7_9_autostart_registry_is_taken_over(tmp_path: Path, server_factory: ServerFactory) -> None:
     """A site swaps the image and keeps /data: 2.7.9's persisted plugins come back, once."""
     repo = make_repo(tmp_path / "git" / "plain",
                      {"task/plugin.py": TASK_CODE, "task/config.yaml": yaml.dump(PLAIN_CONFIG)})
@@ -1354,53 +1292,44 @@ def test_2_7_9_autostart_registry_is_taken_over(tmp_path: Path) -> None:
         {"name": "broken", "git_url": "ftp://example.invalid/x.git", "path": "", "branch": "main"},
     ]}
     (data / "autostart_plugins.yaml").write_text(yaml.safe_dump(legacy, sort_keys=False))
-    srv = Server(data_dir=data, log_path=tmp_path / "server.log")
-    try:
-        h = srv.start()
-        assert any(e.startswith("broken:") for e in h["boot_errors"]), h["boot_errors"]
-        settle(srv)
-        r = call("GET", srv.url + "/plugins/Old_Monitor")
-        assert r.status == 200, r.text
-        assert r.body["state"] == "running" and r.body["autostart_order"] == 1, r.body
-        assert r.body["start_parameters"]["threshold"] == 12.5 and r.body["git_url"] == repo
-        # removed through the API: gone for good, even though 2.7.9's file still names it
-        assert call("DELETE", srv.url + "/plugins/Old_Monitor").status == 200
-        settle(srv)
-        assert srv.stop(signal.SIGTERM) == 0, srv.log()[-4000:]
-        srv.start()
-        settle(srv)
-        assert call("GET", srv.url + "/plugins/Old_Monitor").status == 404
-        assert (data / "autostart_plugins.yaml").read_text() == yaml.safe_dump(legacy, sort_keys=False), (
-            "2.7.9's file is left as it was (a rollback still works)"
-        )
-    finally:
-        srv.kill()
+    srv = server_factory(data_dir=data, start=False)
+    h = srv.start()
+    assert any(e.startswith("broken:") for e in h["boot_errors"]), h["boot_errors"]
+    settle(srv)
+    r = call("GET", srv.url + "/plugins/Old_Monitor")
+    assert r.status == 200, r.text
+    assert r.body["state"] == "running" and r.body["autostart_order"] == 1, r.body
+    assert r.body["start_parameters"]["threshold"] == 12.5 and r.body["git_url"] == repo
+    # removed through the API: gone for good, even though 2.7.9's file still names it
+    assert call("DELETE", srv.url + "/plugins/Old_Monitor").status == 200
+    settle(srv)
+    assert srv.stop(signal.SIGTERM) == 0, srv.log()[-4000:]
+    srv.start()
+    settle(srv)
+    assert call("GET", srv.url + "/plugins/Old_Monitor").status == 404
+    assert (data / "autostart_plugins.yaml").read_text() == yaml.safe_dump(legacy, sort_keys=False), (
+        "2.7.9's file is left as it was (a rollback still works)"
+    )
 
 
 # ================================================================================================
 # 8. CORS
 # ================================================================================================
 @pytest.fixture(scope="module")
-def cors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
-    """Two small servers: one allowing the dashboard's origin (with a token set), one allowing any."""
-    tmp = tmp_path_factory.mktemp("cors")
+def cors(module_server_factory: ServerFactory) -> dict[str, Server]:
+    """Two small servers: one allowing the dashboard's origin (with a token set), one allowing any.
+    Each must exit 0 on SIGTERM at the end (clean_exit)."""
     servers = {
-        DASH: Server(
-            tmp / "dash" / "data",
-            tmp / "dash.log",
-            extra_env={"IOCMNG_CORS_ORIGINS": DASH, "IOCMNG_API_TOKEN": TOKEN},
+        DASH: module_server_factory(
+            "dash", env={"IOCMNG_CORS_ORIGINS": DASH}, token=TOKEN, start=False, clean_exit=True
         ),
-        "*": Server(tmp / "any" / "data", tmp / "any.log", extra_env={"IOCMNG_CORS_ORIGINS": "*"}),
+        "*": module_server_factory(
+            "any", env={"IOCMNG_CORS_ORIGINS": "*"}, start=False, clean_exit=True
+        ),
     }
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda s: s.start(), servers.values()))
-        yield servers
-        for s in servers.values():
-            assert s.stop(signal.SIGTERM) == 0, s.log()[-4000:]
-    finally:
-        for s in servers.values():
-            s.kill()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda s: s.start(), servers.values()))
+    return servers
 
 
 def preflight(url: str, origin: str) -> Reply:

@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 from conftest import EXAMPLES, REPO, EpicsPorts, free_port, random_prefix, wait_for, wait_for_sync
-from service_support import make_repo
+
+from .conftest import make_repo
 
 PODMAN = ["podman", "--runtime", "runc"]
 RUN_FLAGS = ["--ulimit", "nofile=10000:10000", "--ulimit", "nproc=1000:1000"]

@@ -31,16 +31,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from conftest import EXAMPLES, wait_for_sync
-from service_support import Server, make_repo
+
+from .conftest import Reply, Server, make_repo
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,28 +70,17 @@ class Sleepy(JobBase):
 '''
 
 
-# -- HTTP without an event loop (requests run in threads while the test kills) ----------------
-def request(srv: Server, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{srv.url}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
+# -- requests in threads while the test kills ---------------------------------------------------
 class Background:
     """A request in a thread; its outcome (or the connection error) is kept."""
 
     def __init__(self, srv: Server, method: str, path: str, body: Any = None) -> None:
-        self.result: tuple[int, Any] | BaseException | None = None
+        self.result: Reply | BaseException | None = None
         self.done = threading.Event()
 
         def run() -> None:
             try:
-                self.result = request(srv, method, path, body)
+                self.result = srv.call(method, path, body, timeout=30)
             except BaseException as exc:  # the kill cuts the connection: expected
                 self.result = exc
             self.done.set()
@@ -116,21 +102,6 @@ def registry(data: Path) -> dict[str, Any]:
 
 def comparable(plugins: dict[str, Any]) -> dict[str, Any]:
     return {n: {k: v for k, v in e.items() if k != "added_at"} for n, e in plugins.items()}
-
-
-def kill_tree(srv: Server) -> None:
-    """SIGKILL the service; then end the children it left (a child import check)."""
-    assert srv.proc is not None
-    try:
-        children = psutil.Process(srv.proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    srv.kill()
-    for child in children:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def plant_canaries(data: Path) -> list[Path]:
@@ -162,9 +133,9 @@ def check_after_restart(srv: Server, allowed: list[dict[str, Any]], canaries: li
         assert (Path(e["plugin_dir"]) / "config.yaml").is_file(), e
 
     def settled() -> tuple[list[dict[str, Any]]] | None:
-        status, listing = request(srv, "GET", "/plugins")
-        assert status == 200
-        items = listing["plugins"]
+        r = srv.call("GET", "/plugins", timeout=30)
+        assert r.status == 200
+        items = r.body["plugins"]
         return None if any(i["state"] in ("starting", "pending") for i in items) else (items,)
 
     (items,) = wait_for_sync(settled, timeout=30, interval=0.2, what="plugins settled")
@@ -186,15 +157,6 @@ def sources(tmp_path: Path) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(data_dir=tmp_path / "data", log_path=tmp_path / "server.log",
-                 extra_env={"IOCMNG_RELOAD_DELAY": "0.1", "IOCMNG_IMPORT_TIMEOUT": "20"})
-    yield srv
-    if srv.proc is not None and srv.proc.poll() is None:
-        kill_tree(srv)
-
-
 def add_body(kind: str, name: str, sources: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if kind == "monitor":
         return "/tasks", {"name": name, "git_url": sources["monitor"], "parameters": {"interval": 0.2}}
@@ -205,6 +167,7 @@ def add_body(kind: str, name: str, sources: dict[str, Any]) -> tuple[str, dict[s
     return "/tasks", {"name": name, "local_path": sources["local"]}
 
 
+@pytest.mark.server(env={"IOCMNG_RELOAD_DELAY": "0.1", "IOCMNG_IMPORT_TIMEOUT": "20"}, start=False)
 def test_kill_anywhere(server: Server, sources: dict[str, Any], tmp_path: Path) -> None:
     srv = server
     rng = random.Random(int(os.environ.get("IOCMNG_CRASH_SEED", "7")))
@@ -215,7 +178,7 @@ def test_kill_anywhere(server: Server, sources: dict[str, Any], tmp_path: Path) 
         before = registry(srv.data_dir)
         bg = Background(srv, method, path, body)
         kill_at(bg)
-        kill_tree(srv)
+        srv.kill_tree()  # the service and the children it left (a child import check)
         bg.join()
         stats["kills"] += 1
         canaries = plant_canaries(srv.data_dir)
@@ -227,37 +190,45 @@ def test_kill_anywhere(server: Server, sources: dict[str, Any], tmp_path: Path) 
             new = {k: v for k, v in before.items() if k != path.rsplit("/", 1)[1]}
         else:
             new = before
-        answered = isinstance(bg.result, tuple) and bg.result[0] in (200, 201)
+        answered = isinstance(bg.result, Reply) and bg.result.status in (200, 201)
         # A change that was answered is durable: only the new state is allowed.
         allowed = [new] if answered else [before, new]
         srv.start()
         now = check_after_restart(srv, allowed, canaries)
         stats["new" if comparable(now) != comparable(before) else "old"] += 1
-        print(f"{label}: {bg.result if not isinstance(bg.result, tuple) else bg.result[0]} -> "
+        print(f"{label}: {bg.result if not isinstance(bg.result, Reply) else bg.result.status} -> "
               f"{'new' if comparable(now) != comparable(before) else 'old'} state, {len(now)} plugin(s)")
 
     def after(seconds: float) -> Any:
+        # a kill at a chosen (random) instant: the delay is the test, not a wait for something
         return lambda bg: time.sleep(seconds)
+
+    def during_import(bg: Background) -> None:
+        wait_for_sync(lambda: srv.importing("slow"), timeout=20, interval=0.02,
+                      what="the child import check of slow")
+
+    def during_job_run(bg: Background) -> None:
+        wait_for_sync(lambda: srv.call("GET", "/jobs/j0", timeout=5).body["state"] == "running",
+                      timeout=20, interval=0.02, what="j0 running")
 
     def on_reply(bg: Background) -> None:
         bg.done.wait(30)
 
     def in_reload(bg: Background) -> None:
         bg.done.wait(30)
-        time.sleep(0.1 + rng.uniform(0, 0.5))  # reload_delay 0.1 s, then stop, exec, boot
+        time.sleep(0.1 + rng.uniform(0, 0.5))  # a random instant of the reload (the test): delay 0.1 s, stop, exec, boot
 
     # -- fixed points --------------------------------------------------------------------------
     path, body = "/tasks", {"name": "slow", "git_url": sources["slow"]}
-    round_("kill during the child import check", "POST", path, body, after(1.5))
+    round_("kill during the child import check", "POST", path, body, during_import)
     assert "slow" not in registry(srv.data_dir)
     round_("kill right after the 201", "POST", *add_body("monitor", "m0", sources), on_reply)
     assert "m0" in registry(srv.data_dir)
     round_("kill during the reload", "POST", *add_body("job", "j0", sources), in_reload)
     assert "j0" in registry(srv.data_dir)
     # A job run in progress (the job sleeps 3 s): killed mid-run, it comes back idle.
-    status, _ = request(srv, "POST", "/jobs/j0/run", {"parameters": {"sleep": 0}})
-    assert status == 200
-    round_("kill during a job run", "POST", "/jobs/j0/run", {"parameters": {"sleep": 3}}, after(0.8))
+    assert srv.call("POST", "/jobs/j0/run", {"parameters": {"sleep": 0}}, timeout=30).status == 200
+    round_("kill during a job run", "POST", "/jobs/j0/run", {"parameters": {"sleep": 3}}, during_job_run)
     round_("kill right after a removal", "DELETE", "/tasks/m0", None, on_reply)
     assert "m0" not in registry(srv.data_dir)
 

@@ -16,19 +16,18 @@ browser download is never used: ``.ci/run`` installs Debian's chromium.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aioca import caget, purge_channel_caches
+from aioca import caget
 from conftest import EXAMPLES, REPO, wait_for
-from service_support import Server, make_repo
+
+from .conftest import Server, call, make_repo
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -55,20 +54,6 @@ elif not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(data_dir=tmp_path / "data", log_path=tmp_path / "server.log",
-                 extra_env={"IOCMNG_API_TOKEN": TOKEN})
-    yield srv
-    srv.kill()
-
-
-@pytest.fixture(autouse=True)
-async def _close_ca_channels() -> AsyncIterator[None]:
-    yield
-    purge_channel_caches()
-
-
-@pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -79,13 +64,15 @@ async def browser() -> AsyncIterator[Any]:
 
 
 def rest(srv: Server, path: str) -> Any:
-    with urllib.request.urlopen(f"{srv.url}{path}", timeout=10) as resp:
-        return json.loads(resp.read())
+    r = srv.call("GET", path, timeout=10)
+    assert r.status == 200, r.text
+    return r.body
 
 
 def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return resp.read()
+    r = call("GET", url, timeout=10)
+    assert r.status == 200, r.text
+    return r.content
 
 
 def plugin_names(srv: Server) -> set[str]:
@@ -103,6 +90,7 @@ async def add_through_form(page: Any, coll: str, name: str, git_url: str, params
     await form.locator("button[type=submit]").click()
 
 
+@pytest.mark.server(token=TOKEN, start=False)
 async def test_dashboard(server: Server, browser: Any, tmp_path: Path) -> None:
     srv = server
     srv.start()

@@ -33,8 +33,9 @@ from conftest import (
     wait_for,
     wait_for_sync,
 )
-from external_ioc import ExternalIoc, merge_link_env
-from service_support import Server, make_repo
+
+from .conftest import Server, make_repo
+from .external_ioc import ExternalIoc, merge_link_env
 
 pytestmark = pytest.mark.timeout(180)
 

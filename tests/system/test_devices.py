@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from aioca import caget, caput, purge_channel_caches
 from conftest import EXAMPLES, EpicsPorts, random_prefix, wait_for, wait_for_sync
-from service_support import Server
+
+from .conftest import Server
 
 for _mod in ("ophyd", "infn_ophyd_hal", "caproto"):
     pytest.importorskip(_mod, reason=f"{_mod} is not installed: pip install -e '.[ophyd]'")

@@ -11,16 +11,14 @@ The overview's buttons must open URLs that serve those screens.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aioca import caget, purge_channel_caches
-from service_support import Server
+from aioca import caget
+
+from .conftest import Server, ServerFactory, call
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,26 +50,9 @@ ACTIONS = {"write_pv": {"pv_name", "value", "description"}, "open_display": {"fi
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("displays")
-    srv = Server(data_dir=tmp / "data", log_path=tmp / "server.log", args=("--demo",))
-    srv.start()
-    yield srv
-    srv.kill()
-
-
-@pytest.fixture(autouse=True)
-async def _close_ca_channels() -> AsyncIterator[None]:
-    yield
-    purge_channel_caches()
-
-
-def get(url: str) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=20) as resp:
-            return resp.status, resp.headers.get_content_type(), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get_content_type(), exc.read()
+def server(module_server_factory: ServerFactory) -> Server:
+    """One --demo server for the module."""
+    return module_server_factory(demo=True)
 
 
 def check_structure(raw: bytes) -> tuple[list[str], list[ET.Element]]:
@@ -105,15 +86,16 @@ def check_structure(raw: bytes) -> tuple[list[str], list[ET.Element]]:
 
 
 async def test_plugin_screens(server: Server) -> None:
-    plugins = json.loads(get(f"{server.url}/plugins")[2])["plugins"]
+    plugins = call("GET", f"{server.url}/plugins").body["plugins"]
     assert {"sync_monitor", "triggered_scan", "diagnostics_job"} <= {p["name"] for p in plugins}
     for p in plugins:
         if p["state"] == "failed":
             continue
         coll = p["kind"] + "s"
-        status, ctype, raw = get(f"{server.url}/{coll}/{p['name']}/display.bob")
+        r = call("GET", f"{server.url}/{coll}/{p['name']}/display.bob")
+        status, ctype, raw = r.status, r.content_type, r.content
         assert status == 200 and ctype == "application/xml", raw[:300]
-        assert get(f"{server.url}/plugins/{p['name']}/display.bob")[2] == raw
+        assert call("GET", f"{server.url}/plugins/{p['name']}/display.bob").content == raw
         pvs, actions = check_structure(raw)
         # every PV of the plugin is on its screen, and only those
         assert set(pvs) == set(p["pvs"]), (p["name"], set(pvs) ^ set(p["pvs"]))
@@ -127,7 +109,7 @@ async def test_plugin_screens(server: Server) -> None:
         if p.get("mode") == "triggered":
             assert [a.findtext("pv_name") for a in actions] == [server.pv(p["name"], "RUN")]
     # an input has an editable entry with its limits and units shown; a bool output an LED
-    root = ET.fromstring(get(f"{server.url}/tasks/sync_monitor/display.bob")[2])
+    root = ET.fromstring(call("GET", f"{server.url}/tasks/sync_monitor/display.bob").content)
     widgets = {w.findtext("name"): w for w in root.iter("widget")}
     assert widgets["SETPOINT"].get("type") == "textentry"
     assert widgets["SETPOINT"].findtext("precision") == "2"
@@ -137,22 +119,24 @@ async def test_plugin_screens(server: Server) -> None:
 
 
 async def test_overview(server: Server) -> None:
-    status, ctype, raw = get(f"{server.url}/display.bob")
+    r = call("GET", f"{server.url}/display.bob")
+    status, ctype, raw = r.status, r.content_type, r.content
     assert status == 200 and ctype == "application/xml"
     pvs, actions = check_structure(raw)
-    plugins = {p["name"]: p for p in json.loads(get(f"{server.url}/plugins")[2])["plugins"]}
+    plugins = {p["name"]: p for p in call("GET", f"{server.url}/plugins").body["plugins"]}
     opened = {a.findtext("file") for a in actions if a.get("type") == "open_display"}
     live = {n for n, p in plugins.items() if p["state"] != "failed"}
     assert opened == {f"{server.url}/plugins/{n}/display.bob" for n in live}
     for url in opened:
-        assert get(url)[0] == 200
+        assert call("GET", url).status == 200
     for pv in set(pvs):
         await caget(pv, timeout=10)
 
 
 def test_unknown_plugin_is_a_404_problem(server: Server) -> None:
     for path in ("/plugins/nope/display.bob", "/jobs/sync_monitor/display.bob", "/tasks/nope/pvs"):
-        status, ctype, raw = get(server.url + path)
+        r = call("GET", server.url + path)
+        status, ctype, raw = r.status, r.content_type, r.content
         body: dict[str, Any] = json.loads(raw)
         assert (status, ctype) == (404, "application/problem+json"), (path, raw)
         assert "no " in body["detail"], body
@@ -165,6 +149,6 @@ def test_cli_screen(server: Server, tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{server.http_port}"
     assert main(["screen", "triggered_scan", "-o", str(out), "--server", base]) == 0
     check_structure(out.read_bytes())
-    assert out.read_bytes() == get(f"{server.url}/plugins/triggered_scan/display.bob")[2]
+    assert out.read_bytes() == call("GET", f"{server.url}/plugins/triggered_scan/display.bob").content
     assert main(["screen", "nope", "-o", str(tmp_path / "x.bob"), "--server", base]) == 1
     assert not (tmp_path / "x.bob").exists()

@@ -11,7 +11,7 @@
 
 Throughout, a thread polls ``GET /api/v1/health`` (10 s timeout per request,
 a generous bound: no other timing is asserted); a stalled event loop fails it.
-The server gets loopback-only EPICS with its own ports (service_support.Server
+The server gets loopback-only EPICS with its own ports (conftest.Server
 and conftest.EpicsPorts: EPICS_CA_ADDR_LIST=127.0.0.1, AUTO_ADDR_LIST=NO,
 EPICS_CAS_INTF_ADDR_LIST=127.0.0.1).
 """
@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 from conftest import wait_for_sync
-from service_support import Server, make_repo
+
+from .conftest import Server, make_repo
 
 pytestmark = pytest.mark.timeout(180)
 

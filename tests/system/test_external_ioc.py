@@ -21,7 +21,8 @@ from typing import Any
 import aioca
 import pytest
 from conftest import EpicsPorts, pva_context, random_prefix, wait_for
-from external_ioc import ExternalIoc, external_ioc_factory_fixture, merge_link_env  # noqa: F401
+
+from .external_ioc import ExternalIoc, merge_link_env
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -41,7 +41,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     response_schema_conformance,
     status_code_conformance,
 )
-from service_support import Server  # noqa: E402
+
+from .conftest import Server  # noqa: E402
 
 pytestmark = pytest.mark.timeout(400)
 

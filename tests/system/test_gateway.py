@@ -24,7 +24,8 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import EpicsPorts, pv_answers, pva_context, random_prefix, wait_for, wait_for_sync
-from service_support import Server
+
+from .conftest import Server, ServerFactory, acall
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -107,17 +108,15 @@ def late_ports() -> EpicsPorts:
 
 @pytest.fixture(scope="module")
 def srv(
-    ext: ExternalIoc, late_ports: EpicsPorts, tmp_path_factory: pytest.TempPathFactory
+    ext: ExternalIoc, late_ports: EpicsPorts, module_server_factory: ServerFactory
 ) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("gw")
-    server = Server(data_dir=tmp / "data", log_path=tmp / "server.log", args=("--demo",))
+    server = module_server_factory(demo=True, token=TOKEN, start=False)
     own = server.ports
     servers = (own, ext.ports, late_ports)
     server.extra_env.update(
         {
             "EPICS_CA_ADDR_LIST": " ".join(f"127.0.0.1:{p.ca_server}" for p in servers),
             "EPICS_PVA_ADDR_LIST": " ".join(f"127.0.0.1:{p.pva_broadcast}" for p in servers),
-            "IOCMNG_API_TOKEN": TOKEN,
             "IOCMNG_PV_WRITE_PATTERN": f"{ext.prefix}:AO {ext.prefix}:WF {ext.prefix}:EN {ext.prefix}:S "
             f"{ext.prefix}:SLOW {ext.prefix}:LOCKED {server.prefix}:*",
             "IOCMNG_PV_MAX_TIMEOUT": "5",
@@ -136,35 +135,24 @@ def srv(
     assert "Traceback" not in server.log(), server.log()[-4000:]
 
 
-@pytest.fixture(autouse=True)
-def _purge_ca() -> Iterator[None]:
-    yield
-    import aioca
-
-    aioca.purge_channel_caches()  # the test's loop closes now: no callbacks into it later
-
-
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for the monitor streams (requests go through acall)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
 
 
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, **kw: Any
-) -> tuple[int, dict[str, Any]]:
-    async with http.request(method, url, **kw) as resp:
-        body = await resp.read()
-        if resp.status >= 400:
-            assert resp.content_type == "application/problem+json", (resp.status, body)
-        return resp.status, json.loads(body)
+async def call(method: str, url: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+    """:func:`acall`, checking the gateway's promise that every error is problem+json."""
+    r = await acall(method, url, body, **kw)
+    if r.status >= 400:
+        assert r.content_type == "application/problem+json", (r.status, r.text)
+    return r.status, r.body
 
 
 @pytest.mark.parametrize("provider", ["ca", "pva"])
-async def test_read_external(
-    http: aiohttp.ClientSession, srv: Server, ext: ExternalIoc, provider: str
-) -> None:
-    status, ao = await call(http, "GET", f"{srv.url}/pvs/{ext.pv('AO')}?provider={provider}")
+async def test_read_external(srv: Server, ext: ExternalIoc, provider: str) -> None:
+    status, ao = await call("GET", f"{srv.url}/pvs/{ext.pv('AO')}?provider={provider}")
     assert status == 200, ao
     assert (
         ao["provider"] == provider
@@ -172,59 +160,50 @@ async def test_read_external(
         and ao["severity"] == 0
         and ao["timestamp"] > 1e9
     )
-    status, wf = await call(
-        http, "GET", f"{srv.url}/pvs/{ext.pv('WF')}?provider={provider}&timeout=2"
+    status, wf = await call("GET", f"{srv.url}/pvs/{ext.pv('WF')}?provider={provider}&timeout=2"
     )
     assert status == 200 and wf["value"][:3] == [1.0, 2.0, 3.0], wf
-    status, en = await call(http, "GET", f"{srv.url}/pvs/{ext.pv('EN')}?provider={provider}")
+    status, en = await call("GET", f"{srv.url}/pvs/{ext.pv('EN')}?provider={provider}")
     assert (
         status == 200
         and en["value"] == 1
         and en["choices"] == ["OFF", "ON", "FAULT"]
         and en["label"] == "ON"
     ), en
-    status, s = await call(http, "GET", f"{srv.url}/pvs/{ext.pv('S')}?provider={provider}")
+    status, s = await call("GET", f"{srv.url}/pvs/{ext.pv('S')}?provider={provider}")
     assert status == 200 and s["value"] == "hello", s
 
 
 @pytest.mark.parametrize("provider", ["ca", "pva"])
-async def test_read_own_pvs(http: aiohttp.ClientSession, srv: Server, provider: str) -> None:
-    status, sp = await call(
-        http, "GET", f"{srv.url}/pvs/{srv.pv('sync_monitor', 'SETPOINT')}?provider={provider}"
+async def test_read_own_pvs(srv: Server, provider: str) -> None:
+    status, sp = await call("GET", f"{srv.url}/pvs/{srv.pv('sync_monitor', 'SETPOINT')}?provider={provider}"
     )
     assert status == 200 and sp["value"] == 50.0, sp
-    status, st = await call(
-        http, "GET", f"{srv.url}/pvs/{srv.pv('sync_monitor', 'STATUS')}?provider={provider}"
+    status, st = await call("GET", f"{srv.url}/pvs/{srv.pv('sync_monitor', 'STATUS')}?provider={provider}"
     )
     assert status == 200 and "RUN" in st["choices"], st
 
 
-async def test_write_ca_and_pva(http: aiohttp.ClientSession, srv: Server, ext: ExternalIoc) -> None:
+async def test_write_ca_and_pva(srv: Server, ext: ExternalIoc) -> None:
     import aioca
 
-    status, body = await call(
-        http, "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", json={"value": 4.25}, headers=AUTH
+    status, body = await call("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 4.25}, headers=AUTH
     )
     assert status == 200 and body["provider"] == "ca", body
     assert await aioca.caget(ext.pv("AO"), timeout=5) == 4.25
-    status, body = await call(
-        http,
-        "PUT",
+    status, body = await call("PUT",
         f"{srv.url}/pvs/{ext.pv('WF')}",
         headers=AUTH,
-        json={"value": [7, 8, 9, 10], "provider": "pva", "timeout": 3},
+        body={"value": [7, 8, 9, 10], "provider": "pva", "timeout": 3},
     )
     assert status == 200, body
-    status, body = await call(
-        http,
-        "PUT",
+    status, body = await call("PUT",
         f"{srv.url}/pvs/{ext.pv('EN')}",
         headers=AUTH,
-        json={"value": "FAULT", "provider": "pva"},
+        body={"value": "FAULT", "provider": "pva"},
     )
     assert status == 200 and body["value"] == 2, body
-    status, body = await call(
-        http, "PUT", f"{srv.url}/pvs/{ext.pv('S')}", headers=AUTH, json={"value": "via ca"}
+    status, body = await call("PUT", f"{srv.url}/pvs/{ext.pv('S')}", headers=AUTH, body={"value": "via ca"}
     )
     assert status == 200, body
     ctx = pva_context(ext.ports)
@@ -237,12 +216,10 @@ async def test_write_ca_and_pva(http: aiohttp.ClientSession, srv: Server, ext: E
     finally:
         ctx.close()
     # the service's own input, over PVA, seen by the plugin's record
-    status, body = await call(
-        http,
-        "PUT",
+    status, body = await call("PUT",
         f"{srv.url}/pvs/{srv.pv('sync_monitor', 'GAIN')}",
         headers=AUTH,
-        json={"value": 2.5, "provider": "pva"},
+        body={"value": 2.5, "provider": "pva"},
     )
     assert status == 200, body
     assert await aioca.caget(srv.pv("sync_monitor", "GAIN"), timeout=5) == 2.5
@@ -296,72 +273,61 @@ async def test_monitor_stream(
         assert ev["provider"] == provider and ev["severity"] == 0
 
 
-async def test_bad_input(http: aiohttp.ClientSession, srv: Server, ext: ExternalIoc) -> None:
+async def test_bad_input(srv: Server, ext: ExternalIoc) -> None:
     import aioca
 
     before = await aioca.caget(ext.pv("AO"), timeout=5)
     for provider in ("ca", "pva"):
-        status, p = await call(
-            http, "GET", f"{srv.url}/pvs/NO:SUCH:PV{provider}?provider={provider}&timeout=0.5"
+        status, p = await call("GET", f"{srv.url}/pvs/NO:SUCH:PV{provider}?provider={provider}&timeout=0.5"
         )
         assert status == 404 and "NO:SUCH:PV" in p["detail"] and "0.5 s" in p["detail"], p
-    status, p = await call(http, "GET", f"{srv.url}/pvs/{ext.pv('AO')}?timeout=100")
+    status, p = await call("GET", f"{srv.url}/pvs/{ext.pv('AO')}?timeout=100")
     assert status == 400 and "IOCMNG_PV_MAX_TIMEOUT" in p["detail"], p
-    status, p = await call(http, "GET", f"{srv.url}/pvs/{ext.pv('AO')}?provider=xyz")
+    status, p = await call("GET", f"{srv.url}/pvs/{ext.pv('AO')}?provider=xyz")
     assert status == 400 and "provider" in p["detail"], p
     # refused by the pattern (an external PV not listed), without and with the token
-    status, p = await call(
-        http, "PUT", f"{srv.url}/pvs/NOT:ALLOWED", json={"value": 1}, headers=AUTH
+    status, p = await call("PUT", f"{srv.url}/pvs/NOT:ALLOWED", body={"value": 1}, headers=AUTH
     )
     assert status == 403 and "IOCMNG_PV_WRITE_PATTERN" in p["detail"], p
-    status, p = await call(http, "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", json={"value": 9.0})
+    status, p = await call("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 9.0})
     assert status == 401 and "token" in p["detail"].lower(), p
-    status, p = await call(
-        http, "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", json={"value": "abc"}, headers=AUTH
+    status, p = await call("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": "abc"}, headers=AUTH
     )
     assert status == 400 and "not a number" in p["detail"], p
-    status, p = await call(
-        http, "PUT", f"{srv.url}/pvs/{ext.pv('EN')}", json={"value": "BROKEN"}, headers=AUTH
+    status, p = await call("PUT", f"{srv.url}/pvs/{ext.pv('EN')}", body={"value": "BROKEN"}, headers=AUTH
     )
     assert status == 400 and "FAULT" in p["detail"], p
-    status, p = await call(
-        http, "PUT", f"{srv.url}/pvs/{ext.pv('WF')}", json={"value": list(range(20))}, headers=AUTH
+    status, p = await call("PUT", f"{srv.url}/pvs/{ext.pv('WF')}", body={"value": list(range(20))}, headers=AUTH
     )
     assert status == 400 and "at most 8" in p["detail"], p
-    status, p = await call(
-        http, "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", json={"value": 1, "bogus": 2}, headers=AUTH
+    status, p = await call("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 1, "bogus": 2}, headers=AUTH
     )
     assert status == 422 and "bogus" in p["detail"], p  # a body that does not fit the schema
-    status, p = await call(
-        http, "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", json={"value": 1, "timeout": 60}, headers=AUTH
+    status, p = await call("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 1, "timeout": 60}, headers=AUTH
     )
     assert status == 400 and "IOCMNG_PV_MAX_TIMEOUT" in p["detail"], p
     # nothing was written
     assert await aioca.caget(ext.pv("AO"), timeout=5) == before
     # a connected PV whose put completes late: 504
-    status, p = await call(
-        http,
-        "PUT",
+    status, p = await call("PUT",
         f"{srv.url}/pvs/{ext.pv('SLOW')}",
-        json={"value": 1, "timeout": 0.5},
+        body={"value": 1, "timeout": 0.5},
         headers=AUTH,
     )
     assert status == 504 and "did not complete within 0.5 s" in p["detail"], p
     # the IOC refuses the put (DISP=1): 502, naming the PV
-    status, p = await call(
-        http, "PUT", f"{srv.url}/pvs/{ext.pv('LOCKED')}", json={"value": 1}, headers=AUTH
+    status, p = await call("PUT", f"{srv.url}/pvs/{ext.pv('LOCKED')}", body={"value": 1}, headers=AUTH
     )
     assert status == 502 and ext.pv("LOCKED") in p["detail"], p
     assert srv.health()["status"] == "ok"
 
 
-async def test_reference_routes(http: aiohttp.ClientSession, srv: Server, ext: ExternalIoc) -> None:
+async def test_reference_routes(srv: Server, ext: ExternalIoc) -> None:
     import aioca
 
-    status, body = await call(http, "GET", f"{srv.url}/pvs/provider")
+    status, body = await call("GET", f"{srv.url}/pvs/provider")
     assert status == 200 and body == {"provider": "ca"}
-    status, body = await call(
-        http, "POST", f"{srv.url}/pvs/get", json={"pv_name": ext.pv("S")}, headers=AUTH
+    status, body = await call("POST", f"{srv.url}/pvs/get", body={"pv_name": ext.pv("S")}, headers=AUTH
     )
     assert (
         status == 200
@@ -369,55 +335,47 @@ async def test_reference_routes(http: aiohttp.ClientSession, srv: Server, ext: E
         and body["pv_name"] == ext.pv("S")
         and isinstance(body["value"], str)
     ), body
-    status, body = await call(
-        http,
-        "POST",
+    status, body = await call("POST",
         f"{srv.url}/pvs/put",
-        json={"pv_name": ext.pv("AO"), "value": 3.5},
+        body={"pv_name": ext.pv("AO"), "value": 3.5},
         headers=AUTH,
     )
     assert status == 200 and body == {"ok": True, "pv_name": ext.pv("AO"), "error": None}
     assert await aioca.caget(ext.pv("AO"), timeout=5) == 3.5
-    status, body = await call(
-        http,
-        "POST",
+    status, body = await call("POST",
         f"{srv.url}/pvs/get",
-        json={"pv_name": "NO:SUCH/PV", "timeout": 0.5},  # "/" is fine in a body
+        body={"pv_name": "NO:SUCH/PV", "timeout": 0.5},  # "/" is fine in a body
         headers=AUTH,
     )
     assert status == 404 and body["ok"] is False and body["error"], body
-    status, body = await call(
-        http,
-        "POST",
+    status, body = await call("POST",
         f"{srv.url}/pvs/monitor",
-        json={"pv_name": ext.pv("AO"), "name": "ao"},
+        body={"pv_name": ext.pv("AO"), "name": "ao"},
         headers=AUTH,
     )
     assert status == 200 and body["ok"] and body["key"] == "ao", body
     await aioca.caput(ext.pv("AO"), 6.5, wait=True, timeout=5)
 
     async def seen() -> bool:
-        _, mons = await call(http, "GET", f"{srv.url}/pvs/monitors")
+        _, mons = await call("GET", f"{srv.url}/pvs/monitors")
         return (
             mons["monitors"] == {"ao": ext.pv("AO")}
             and mons["details"]["ao"]["last"]["value"] == 6.5
         )
 
     await wait_for(seen, timeout=5, what="the monitor's last value")
-    status, body = await call(
-        http, "POST", f"{srv.url}/pvs/monitor", json={"pv_name": ext.pv("S")}, headers=AUTH
+    status, body = await call("POST", f"{srv.url}/pvs/monitor", body={"pv_name": ext.pv("S")}, headers=AUTH
     )
     assert status == 200, body
-    status, body = await call(
-        http, "POST", f"{srv.url}/pvs/monitor", json={"pv_name": ext.pv("EN")}, headers=AUTH
+    status, body = await call("POST", f"{srv.url}/pvs/monitor", body={"pv_name": ext.pv("EN")}, headers=AUTH
     )
     assert status == 409 and "IOCMNG_PV_MAX_MONITORS" in body["detail"], body
     for key in ("ao", ext.pv("S")):
-        status, body = await call(http, "DELETE", f"{srv.url}/pvs/monitor/{key}", headers=AUTH)
+        status, body = await call("DELETE", f"{srv.url}/pvs/monitor/{key}", headers=AUTH)
         assert status == 200 and body["ok"], body
-    status, body = await call(http, "DELETE", f"{srv.url}/pvs/monitor/ao", headers=AUTH)
+    status, body = await call("DELETE", f"{srv.url}/pvs/monitor/ao", headers=AUTH)
     assert status == 404 and "No active monitor" in body["detail"], body
-    _, mons = await call(http, "GET", f"{srv.url}/pvs/monitors")
+    _, mons = await call("GET", f"{srv.url}/pvs/monitors")
     assert mons["count"] == 0
 
 

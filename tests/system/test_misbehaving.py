@@ -33,15 +33,14 @@ import json
 import signal
 import time
 import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from conftest import wait_for_sync
-from service_support import Server
+
+from .conftest import Server, ServerFactory
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -123,28 +122,17 @@ def plugin_dir(root: Path, name: str, body: str, params: dict[str, Any]) -> Path
     return d
 
 
-def call(srv: Server, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{srv.url}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
 def info(srv: Server, name: str) -> dict[str, Any]:
-    status, body = call(srv, "GET", f"/plugins/{name}")
-    assert status == 200, body
-    return body
+    r = srv.call("GET", f"/plugins/{name}", timeout=30)
+    assert r.status == 200, r.text
+    return r.body
 
 
 def metrics(srv: Server) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+    r = srv.call("GET", f"{srv.root}/metrics", timeout=10)
+    assert r.status == 200, r.text
     out = {}
-    for line in text.splitlines():
+    for line in r.text.splitlines():
         if line and not line.startswith("#"):
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
@@ -161,14 +149,15 @@ def child(srv: Server) -> psutil.Process:
 
 def rate(srv: Server, name: str, window: float = 3.0) -> float:
     c0, t0 = info(srv, name)["cycle_count"], time.monotonic()
-    time.sleep(window)
+    time.sleep(window)  # a measurement window (the rate is what is tested), not a wait
     c1, t1 = info(srv, name)["cycle_count"], time.monotonic()
     return (c1 - c0) / (t1 - t0)
 
 
 def settled(srv: Server, names: set[str]) -> list[dict[str, Any]]:
     def ok() -> tuple[list[dict[str, Any]]] | None:
-        status, listing = call(srv, "GET", "/plugins")
+        r = srv.call("GET", "/plugins", timeout=30)
+        status, listing = r.status, r.body
         items = listing["plugins"] if status == 200 else []
         if status != 200 or {i["name"] for i in items} != names:
             return None
@@ -176,30 +165,21 @@ def settled(srv: Server, names: set[str]) -> list[dict[str, Any]]:
     return wait_for_sync(ok, timeout=40, interval=0.2, what="plugins settled")[0]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def supervised(tmp_path: Path, server_factory: ServerFactory) -> tuple[Server, Path]:
+    """The supervised server with PLUGINS from its config file, and doom's directory."""
     root = tmp_path / "plugins"
     entries = [{"name": n, "local_path": str(plugin_dir(root, n, body, params))}
                for n, (body, params) in PLUGINS.items()]
     config = tmp_path / "service.yaml"
     config.write_text(json.dumps({"plugins": entries}))
-    srv = Server(data_dir=tmp_path / "data", log_path=tmp_path / "server.log", args=("--supervise",),
-                 extra_env={"IOCMNG_CONFIG": str(config), "IOCMNG_RELOAD_DELAY": "0.1",
-                            "IOCMNG_STALL_THRESHOLD": "0.5"})
-    srv.doom = plugin_dir(root, "doom", DOOM, {"interval": 0.2})  # type: ignore[attr-defined]
-    yield srv
-    if srv.alive():
-        kids = psutil.Process(srv.pid).children(recursive=True)
-        srv.kill()
-        for k in kids:
-            try:
-                k.kill()
-            except psutil.NoSuchProcess:
-                pass
+    srv = server_factory(args=("--supervise",), start=False,
+                         env={"IOCMNG_CONFIG": str(config), "IOCMNG_RELOAD_DELAY": "0.1",
+                              "IOCMNG_STALL_THRESHOLD": "0.5"})
+    return srv, plugin_dir(root, "doom", DOOM, {"interval": 0.2})
 
 
-def test_misbehaving_plugins(server: Server) -> None:
-    srv = server
+def test_misbehaving_plugins(tmp_path: Path, server_factory: ServerFactory) -> None:
+    srv, doom = supervised(tmp_path, server_factory)
     srv.start()
     names = set(PLUGINS)
     settled(srv, names)
@@ -236,20 +216,20 @@ def test_misbehaving_plugins(server: Server) -> None:
 
     # -- a cleanup that hangs: the restart is bounded and says why -----------------------------
     t0 = time.monotonic()
-    status, body = call(srv, "POST", "/plugins/hangs/restart")
+    r = srv.call("POST", "/plugins/hangs/restart", timeout=30)
     took = time.monotonic() - t0
-    assert status == 200 and took < 8, (status, body, took)
+    assert r.status == 200 and took < 8, (r.status, r.body, took)
     hangs = info(srv, "hangs")
     assert hangs["state"] == "running" and hangs["error_count"] >= 1, hangs
-    status, logs = call(srv, "GET", "/plugins/hangs/logs")
+    logs = srv.call("GET", "/plugins/hangs/logs", timeout=30).body
     assert any("cleanup failed" in r["message"] and "TimeoutError" in (r.get("exc") or r["message"] + str(r))
                for r in logs["records"]), logs
-    assert call(srv, "GET", "/health")[1]["status"] == "ok"
+    assert srv.call("GET", "/health", timeout=30).body["status"] == "ok"
 
     # -- os._exit at run time: the process dies, the supervisor brings it back ----------------
     registry_before = json.loads((srv.data_dir / "registry.json").read_text())["plugins"]
     try:
-        call(srv, "POST", "/tasks/killer/trigger", timeout=10)
+        srv.call("POST", "/tasks/killer/trigger", timeout=10)
         raise AssertionError("the trigger answered: os._exit did not end the process")
     except (OSError, urllib.error.URLError):
         pass  # the connection died with the process
@@ -264,12 +244,12 @@ def test_misbehaving_plugins(server: Server) -> None:
     assert rate(srv, "neighbour", 2.0) >= 9.0
 
     # -- a plugin that kills every start: safe mode instead of a crash loop -------------------
-    status, body = call(srv, "POST", "/tasks", {"name": "doom", "local_path": str(srv.doom)})  # type: ignore[attr-defined]
-    assert status == 201, body
+    r = srv.call("POST", "/tasks", {"name": "doom", "local_path": str(doom)}, timeout=30)
+    assert r.status == 201, r.text
 
     def safe() -> dict[str, Any] | None:
         try:
-            h = call(srv, "GET", "/health", timeout=5)[1]
+            h = srv.call("GET", "/health", timeout=5).body
         except (OSError, urllib.error.URLError):
             return None
         return h if any("safe mode" in e for e in h["boot_errors"]) else None
@@ -277,12 +257,12 @@ def test_misbehaving_plugins(server: Server) -> None:
     wait_for_sync(safe, timeout=90, interval=0.3, what="safe mode")
     items = settled(srv, names | {"doom"})
     assert all(i["state"] == "failed" and "safe mode" in i["last_error"] for i in items), items
-    status, body = call(srv, "DELETE", "/tasks/doom")
-    assert status == 200, body
+    r = srv.call("DELETE", "/tasks/doom", timeout=30)
+    assert r.status == 200, r.text
 
     def normal() -> bool:
         try:
-            h = call(srv, "GET", "/health", timeout=5)[1]
+            h = srv.call("GET", "/health", timeout=5).body
         except (OSError, urllib.error.URLError):
             return False
         return h["pending_generation"] is None and not h["boot_errors"] and h["plugins"]["total"] == len(names)

@@ -28,10 +28,11 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from aioca import caput, purge_channel_caches
+from aioca import caput
 from conftest import EXAMPLES, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from service_support import Server
+
+from .conftest import Reply, Server, ServerFactory, acall
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -108,47 +109,10 @@ def hog_line(path: Path) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if "HOG LINE" in line)
 
 
-# -- HTTP -----------------------------------------------------------------------------------
-@dataclass
-class Reply:
-    status: int
-    content_type: str
-    body: Any
-    text: str
-    headers: dict[str, str]
-
-
-async def call(
-    http: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    *,
-    json_body: Any = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 60.0,
-) -> Reply:
-    async with http.request(
-        method,
-        url,
-        json=json_body,
-        headers=headers or {},
-        timeout=aiohttp.ClientTimeout(total=timeout),
-    ) as resp:
-        text = await resp.text()
-        try:
-            body = json.loads(text) if text else None
-        except ValueError:
-            body = None
-        return Reply(resp.status, resp.content_type, body, text, dict(resp.headers))
-
-
-def root(srv: Server) -> str:
-    return f"http://127.0.0.1:{srv.http_port}"
-
-
-async def metrics(http: aiohttp.ClientSession, srv: Server, auth: bool = False) -> dict[str, Any]:
+# -- HTTP ---------------------------------------------------------------------------------------
+async def metrics(srv: Server, auth: bool = False) -> dict[str, Any]:
     """Scrape /metrics; return {family name: family} (parsed by prometheus_client)."""
-    r = await call(http, "GET", f"{root(srv)}/metrics", headers=AUTH if auth else None)
+    r = await acall("GET", f"{srv.root}/metrics", headers=AUTH if auth else None)
     assert r.status == 200, r.text
     assert r.content_type == "text/plain"
     return {f.name: f for f in text_string_to_metric_families(r.text)}
@@ -165,18 +129,14 @@ def sample(families: dict[str, Any], family: str, name: str | None = None, **lab
     return found[0]
 
 
-async def info(http: aiohttp.ClientSession, srv: Server, name: str) -> dict[str, Any]:
-    r = await call(http, "GET", f"{srv.url}/plugins/{name}", headers=AUTH)
+async def info(srv: Server, name: str) -> dict[str, Any]:
+    r = await acall("GET", f"{srv.url}/plugins/{name}", headers=AUTH)
     assert r.status == 200, r.text
     return r.body
 
 
-async def wait_generation(http: aiohttp.ClientSession, srv: Server, generation: int) -> None:
-    async def live() -> bool:
-        r = await call(http, "GET", f"{srv.url}/health", timeout=10)
-        return r.body["generation"] >= generation and r.body["pending_generation"] is None
-
-    await wait_for(live, timeout=45, interval=0.1, what=f"generation {generation}")
+async def wait_generation(srv: Server, generation: int) -> None:
+    await asyncio.to_thread(srv.wait_generation, generation, 45, False)
 
 
 # -- SSE --------------------------------------------------------------------------------------
@@ -258,14 +218,9 @@ async def open_events(
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-async def _close_ca_channels() -> AsyncIterator[None]:
-    yield
-    purge_channel_caches()
-
-
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for the event streams (requests go through acall)."""
     async with aiohttp.ClientSession() as session:
         yield session
 
@@ -277,63 +232,54 @@ class Obs:
     hog_file: Path
 
 
-def start_server(tmp: Path, plugins: list[dict[str, Any]], **env: str) -> Server:
-    config = tmp / "service.yaml"
+def start_server(
+    factory: ServerFactory, name: str, plugins: list[dict[str, Any]], **env: str
+) -> Server:
+    config = factory.root / f"{name}.yaml"
     config.write_text(yaml.safe_dump({"plugins": plugins}))
-    srv = Server(
-        data_dir=tmp / "data",
-        log_path=tmp / "server.log",
-        extra_env={"IOCMNG_CONFIG": str(config), "IOCMNG_API_TOKEN": TOKEN, **env},
-    )
+    srv = factory(name, env={"IOCMNG_CONFIG": str(config), **env}, token=TOKEN, start=False)
     h = srv.start()
     assert h["plugins"]["total"] == len(plugins) and not h["boot_errors"], h
     return srv
 
 
 def stop_server(srv: Server) -> None:
-    try:
-        assert srv.alive(), f"the server died:\n{srv.log()[-4000:]}"
-        rc = srv.stop(signal.SIGTERM)
-        log = srv.log()
-        assert rc == 0, log[-4000:]
-        assert TOKEN not in log and WRONG not in log, "a token reached the server log"
-        assert "internal error" not in log.lower(), log[-4000:]
-    finally:
-        srv.kill()
+    assert srv.alive(), f"the server died:\n{srv.log()[-4000:]}"
+    rc = srv.stop(signal.SIGTERM)
+    log = srv.log()
+    assert rc == 0, log[-4000:]
+    assert TOKEN not in log and WRONG not in log, "a token reached the server log"
+    assert "internal error" not in log.lower(), log[-4000:]
 
 
 @pytest.fixture(scope="module")
-def obs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Obs]:
-    tmp = tmp_path_factory.mktemp("obs")
-    plugins = tmp / "plugins"
+def obs(module_server_factory: ServerFactory) -> Iterator[Obs]:
+    plugins = module_server_factory.root / "plugins"
     dirs = {
         "chatty": plugin_dir(plugins, "chatty", CHATTY, 0.2),
         "failing": plugin_dir(plugins, "failing", FAILING, 0.3),
         "hog": plugin_dir(plugins, "hog", HOG, 0.3),
     }
     srv = start_server(
-        tmp,
+        module_server_factory,
+        "obs",
         [{"name": n, "local_path": str(d)} for n, d in dirs.items()]
         + [{"name": "diag", "local_path": str(EXAMPLES / "diagnostics_job")}],
     )
-    try:
-        yield Obs(srv, plugins, dirs["hog"] / "hog.py")
-    finally:
-        stop_server(srv)
+    yield Obs(srv, plugins, dirs["hog"] / "hog.py")
+    stop_server(srv)  # (the factory kills it if this fails)
 
 
 @pytest.fixture(scope="module")
-def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("locked")
+def locked(module_server_factory: ServerFactory) -> Iterator[Server]:
     srv = start_server(
-        tmp,
+        module_server_factory,
+        "locked",
         [{"name": "diag", "local_path": str(EXAMPLES / "diagnostics_job")}],
         IOCMNG_READ_AUTH="true",
     )
-    try:
-        yield srv
-    finally:
-        stop_server(srv)
+    yield srv
+    stop_server(srv)
 
 
 def assert_problem(r: Reply, status: int, detail: str = "") -> None:
@@ -346,11 +292,11 @@ def assert_problem(r: Reply, status: int, detail: str = "") -> None:
 # ================================================================================================
 # Logs
 # ================================================================================================
-async def test_plugin_logs(obs: Obs, http: aiohttp.ClientSession) -> None:
+async def test_plugin_logs(obs: Obs) -> None:
     srv = obs.srv
 
     async def records(query: str = "", coll: str = "tasks") -> list[dict[str, Any]]:
-        r = await call(http, "GET", f"{srv.url}/{coll}/chatty/logs{query}")
+        r = await acall("GET", f"{srv.url}/{coll}/chatty/logs{query}")
         assert r.status == 200, r.text
         assert r.body["plugin"] == "chatty"
         return r.body["records"]
@@ -371,7 +317,7 @@ async def test_plugin_logs(obs: Obs, http: aiohttp.ClientSession) -> None:
 
     # /plugins/... serves the same buffer; the wrong kind is a 404
     assert (await records(coll="plugins"))[:5] == got[:5]
-    r = await call(http, "GET", f"{srv.url}/jobs/chatty/logs")
+    r = await acall("GET", f"{srv.url}/jobs/chatty/logs")
     assert_problem(r, 404, "chatty")
 
     # since: only records strictly newer
@@ -391,7 +337,7 @@ async def test_plugin_logs(obs: Obs, http: aiohttp.ClientSession) -> None:
     assert len(both) == 2 and all(r["time"] > cut for r in both)
 
     # a plugin's error lands in its own buffer (with the exception)
-    r = await call(http, "GET", f"{srv.url}/tasks/failing/logs")
+    r = await acall("GET", f"{srv.url}/tasks/failing/logs")
     assert any(
         x["level"] == "ERROR" and "RuntimeError: boom" in x["message"] for x in r.body["records"]
     ), r.body
@@ -417,9 +363,9 @@ async def _enough(coro: Any, n: int) -> Any:
     ],
 )
 async def test_plugin_logs_bad_input(
-    obs: Obs, http: aiohttp.ClientSession, path: str, status: int, detail: str
+    obs: Obs, path: str, status: int, detail: str
 ) -> None:
-    r = await call(http, "GET", obs.srv.url + path)
+    r = await acall("GET", obs.srv.url + path)
     assert_problem(r, status, detail)
 
 
@@ -437,25 +383,23 @@ async def test_events_enable_and_job(obs: Obs, http: aiohttp.ClientSession) -> N
         ev = await stream.saw(mark, "enable", plugin="chatty")
         assert ev["enabled"] is False and ev["time"] > 0
         await stream.saw(mark, "state", plugin="chatty", state="paused")
-        assert (await info(http, srv, "chatty"))["state"] == "paused"
+        assert (await info(srv, "chatty"))["state"] == "paused"
         mark = len(stream.seen)
         await caput(srv.pv("chatty", "ENABLE"), 1, wait=True, timeout=10)
         await stream.saw(mark, "enable", plugin="chatty", enabled=True)
         await stream.saw(mark, "state", plugin="chatty", state="running")
 
         # a job run: `state` running/idle and the `job` event with its result
-        r = await call(http, "POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
+        r = await acall("POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
         assert r.status == 200 and r.body["success"] is True, r.text
         mark = len(stream.seen)
         ev = await stream.until("job", plugin="diag")
         await stream.saw(mark, "state", plugin="diag", state="running")
         await stream.saw(mark, "state", plugin="diag", state="idle")
         assert ev["success"] is True and ev["duration_s"] >= 0
-        r = await call(
-            http,
-            "POST",
+        r = await acall("POST",
             f"{srv.url}/jobs/diag/run",
-            json_body={"parameters": {"fail": True}},
+            body={"parameters": {"fail": True}},
             headers=AUTH,
         )
         assert r.status == 200 and r.body["success"] is False, r.text
@@ -472,21 +416,21 @@ async def test_events_enable_and_job(obs: Obs, http: aiohttp.ClientSession) -> N
 async def test_events_client_disconnects(locked: Server, http: aiohttp.ClientSession) -> None:
     """A client that goes away mid-stream: no error logged, the subscription is released."""
     srv = locked
-    r = await call(http, "GET", f"{srv.url}/events")
+    r = await acall("GET", f"{srv.url}/events")
     assert_problem(r, 401, "Bearer")  # read auth covers the stream
     log_before = len(srv.log())
     resp, stream = await open_events(http, srv, AUTH)
-    m = await metrics(http, srv, auth=True)
+    m = await metrics(srv, auth=True)
     assert sample(m, "iocmng_event_stream_clients") == 1
     # one event, then the client vanishes (TCP closed) while the server waits for more
-    r = await call(http, "POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
+    r = await acall("POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
     assert r.status == 200, r.text
     await stream.until("job", plugin="diag")
     resp.connection.transport.abort()  # type: ignore[union-attr]
     resp.close()
 
     async def released() -> bool:
-        return sample(await metrics(http, srv, auth=True), "iocmng_event_stream_clients") == 0
+        return sample(await metrics(srv, auth=True), "iocmng_event_stream_clients") == 0
 
     await wait_for(released, timeout=10, interval=0.2, what="the SSE subscriber to be released")
     tail = srv.log()[log_before:]
@@ -494,7 +438,7 @@ async def test_events_client_disconnects(locked: Server, http: aiohttp.ClientSes
     # and a new client still gets events
     resp, stream = await open_events(http, srv, AUTH)
     try:
-        r = await call(http, "POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
+        r = await acall("POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
         await stream.until("job", plugin="diag")
     finally:
         resp.close()
@@ -503,9 +447,9 @@ async def test_events_client_disconnects(locked: Server, http: aiohttp.ClientSes
 # ================================================================================================
 # Metrics
 # ================================================================================================
-async def test_metrics(obs: Obs, http: aiohttp.ClientSession) -> None:
+async def test_metrics(obs: Obs) -> None:
     srv = obs.srv
-    m1 = await metrics(http, srv)
+    m1 = await metrics(srv)
     cycles1 = sample(m1, "iocmng_plugin_cycles", "iocmng_plugin_cycles_total", plugin="chatty")
     runs_ok = sample(
         m1, "iocmng_job_runs", "iocmng_job_runs_total", plugin="diag", result="success"
@@ -514,25 +458,26 @@ async def test_metrics(obs: Obs, http: aiohttp.ClientSession) -> None:
         m1, "iocmng_job_runs", "iocmng_job_runs_total", plugin="diag", result="failure"
     )
 
-    r = await call(http, "POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
+    r = await acall("POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
     assert r.status == 200 and r.body["success"] is True, r.text
-    r = await call(
-        http,
-        "POST",
+    r = await acall("POST",
         f"{srv.url}/jobs/diag/run",
-        json_body={"parameters": {"fail": True}},
+        body={"parameters": {"fail": True}},
         headers=AUTH,
     )
     assert r.status == 200 and r.body["success"] is False, r.text
-    r = await call(
-        http,
-        "POST",
+    r = await acall("POST",
         f"{srv.url}/jobs/diag/run",
-        json_body={"parameters": {"fail": True}},
+        body={"parameters": {"fail": True}},
         headers=AUTH,
     )
-    await asyncio.sleep(0.5)  # a few cycles of chatty (interval 0.2)
-    m2 = await metrics(http, srv)
+
+    async def chatty_cycled() -> dict[str, Any] | None:  # a few cycles of chatty (interval 0.2)
+        m = await metrics(srv)
+        cycles = sample(m, "iocmng_plugin_cycles", "iocmng_plugin_cycles_total", plugin="chatty")
+        return m if cycles > cycles1 else None
+
+    m2 = await wait_for(chatty_cycled, timeout=10, interval=0.2, what="chatty to cycle")
 
     # per-plugin cycles increase; errors are counted for the failing task only
     assert (
@@ -572,7 +517,7 @@ async def test_metrics(obs: Obs, http: aiohttp.ClientSession) -> None:
     assert sample(m2, "iocmng_plugin_state", plugin="chatty", kind="task", state="running") == 1
     assert sample(m2, "iocmng_plugin_state", plugin="diag", kind="job", state="idle") == 1
     # the generation gauge is the one /health reports
-    r = await call(http, "GET", f"{srv.url}/health")
+    r = await acall("GET", f"{srv.url}/health")
     assert sample(m2, "iocmng_generation") == r.body["generation"]
     # the loop lag histogram is fed by the heartbeat
     assert m2["iocmng_loop_lag_seconds"].type == "histogram"
@@ -585,11 +530,11 @@ async def test_metrics(obs: Obs, http: aiohttp.ClientSession) -> None:
 # ================================================================================================
 # The loop watchdog
 # ================================================================================================
-async def test_watchdog_names_the_hog(obs: Obs, http: aiohttp.ClientSession) -> None:
+async def test_watchdog_names_the_hog(obs: Obs) -> None:
     srv = obs.srv
 
     async def blamed() -> dict[str, Any] | None:
-        h = await info(http, srv, "hog")
+        h = await info(srv, "hog")
         return h if h["last_error"] else None
 
     h = await wait_for(blamed, timeout=20, interval=0.2, what="the hog's last_error")
@@ -599,7 +544,7 @@ async def test_watchdog_names_the_hog(obs: Obs, http: aiohttp.ClientSession) -> 
     seconds = float(re.search(r"for ([\d.]+)s", h["last_error"]).group(1))
     assert HOG_SECONDS - 0.5 <= seconds <= HOG_SECONDS + 1.5, h["last_error"]
 
-    m = await metrics(http, srv)
+    m = await metrics(srv)
     assert (
         sample(m, "iocmng_plugin_loop_stalls", "iocmng_plugin_loop_stalls_total", plugin="hog") >= 1
     )
@@ -616,22 +561,22 @@ async def test_watchdog_names_the_hog(obs: Obs, http: aiohttp.ClientSession) -> 
     assert "loop thread stack:" in log and "time.sleep(" in log, log[-3000:]
 
     # the others kept running: chatty still turns and was not blamed; the hog recovered
-    before = (await info(http, srv, "chatty"))["cycle_count"]
+    before = (await info(srv, "chatty"))["cycle_count"]
 
     async def turned() -> bool:
-        return (await info(http, srv, "chatty"))["cycle_count"] >= before + 3
+        return (await info(srv, "chatty"))["cycle_count"] >= before + 3
 
     await wait_for(turned, timeout=10, what="chatty to keep cycling")
-    chatty = await info(http, srv, "chatty")
+    chatty = await info(srv, "chatty")
     assert chatty["state"] == "running" and chatty["last_error"] is None
-    hog = await info(http, srv, "hog")
+    hog = await info(srv, "hog")
     assert hog["state"] == "running" and hog["cycle_count"] > 3
 
 
 # ================================================================================================
 # Auth
 # ================================================================================================
-async def test_auth_mutations(obs: Obs, http: aiohttp.ClientSession) -> None:
+async def test_auth_mutations(obs: Obs) -> None:
     srv = obs.srv
     registry = srv.data_dir / "registry.json"
     before = registry.read_bytes()
@@ -653,20 +598,19 @@ async def test_auth_mutations(obs: Obs, http: aiohttp.ClientSession) -> None:
             ("POST", "/plugins/chatty/restart", None),
             ("POST", "/jobs/diag/run", None),
         ]:
-            r = await call(http, method, srv.url + path, json_body=json_body, headers=headers)
+            r = await acall(method, srv.url + path, body=json_body, headers=headers)
             assert_problem(r, 401, "Authorization: Bearer")
             assert r.headers.get("WWW-Authenticate", "").startswith("Bearer")
             assert TOKEN not in r.text
     assert registry.read_bytes() == before
-    h = (await call(http, "GET", f"{srv.url}/health")).body
+    h = (await acall("GET", f"{srv.url}/health")).body
     assert h["pending_generation"] is None and h["plugins"]["total"] == 4
-    assert (await info(http, srv, "diag"))["cycle_count"] >= 0
+    assert (await info(srv, "diag"))["cycle_count"] >= 0
 
     # with the token: it works; reads stay open without it
-    r = await call(http, "POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
+    r = await acall("POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
     assert r.status == 200 and r.body["success"] is True, r.text
-    r = await call(
-        http, "POST", f"{srv.url}/jobs/diag/run", headers={"Authorization": f"bearer {TOKEN}"}
+    r = await acall("POST", f"{srv.url}/jobs/diag/run", headers={"Authorization": f"bearer {TOKEN}"}
     )
     assert r.status == 200, r.text  # the scheme is case-insensitive
     for path in (
@@ -677,58 +621,58 @@ async def test_auth_mutations(obs: Obs, http: aiohttp.ClientSession) -> None:
         "/openapi.json",
         "/docs",
     ):
-        r = await call(http, "GET", srv.url + path)
+        r = await acall("GET", srv.url + path)
         assert r.status == 200, (path, r.text)
-    r = await call(http, "GET", f"{root(srv)}/metrics")
+    r = await acall("GET", f"{srv.root}/metrics")
     assert r.status == 200
 
 
-async def test_read_auth(locked: Server, http: aiohttp.ClientSession) -> None:
+async def test_read_auth(locked: Server) -> None:
     srv = locked
-    r = await call(http, "GET", f"{srv.url}/health")
+    r = await acall("GET", f"{srv.url}/health")
     assert r.status == 200 and r.body["status"] == "ok"
     # the API's description stays open: a browser cannot send a token to open the page
     for path in ("/docs", "/openapi.json"):
-        r = await call(http, "GET", f"{srv.url}{path}")
+        r = await acall("GET", f"{srv.url}{path}")
         assert r.status == 200, (path, r.text[:200])
     for url in (
         f"{srv.url}/plugins",
         f"{srv.url}/jobs/diag",
         f"{srv.url}/jobs/diag/logs",
-        f"{root(srv)}/metrics",
+        f"{srv.root}/metrics",
     ):
         for headers in (None, {"Authorization": f"Bearer {WRONG}"}):
-            r = await call(http, "GET", url, headers=headers)
+            r = await acall("GET", url, headers=headers)
             assert_problem(r, 401, "Bearer")
-        r = await call(http, "GET", url, headers=AUTH)
+        r = await acall("GET", url, headers=AUTH)
         assert r.status == 200, (url, r.text)
 
     # a mutation with the token works: the removal is committed and applied by a reload
     registry = srv.data_dir / "registry.json"
     before = registry.read_bytes()
-    r = await call(http, "DELETE", f"{srv.url}/jobs/diag")
+    r = await acall("DELETE", f"{srv.url}/jobs/diag")
     assert_problem(r, 401)
     assert registry.read_bytes() == before
-    r = await call(http, "DELETE", f"{srv.url}/jobs/diag", headers=AUTH)
+    r = await acall("DELETE", f"{srv.url}/jobs/diag", headers=AUTH)
     assert r.status == 200 and r.body["removed"] == "diag", r.text
     assert registry.read_bytes() != before
-    await wait_generation(http, srv, r.body["generation"])
-    r = await call(http, "GET", f"{srv.url}/plugins", headers=AUTH)
+    await wait_generation(srv, r.body["generation"])
+    r = await acall("GET", f"{srv.url}/plugins", headers=AUTH)
     assert r.body == {"plugins": [], "count": 0}
 
 
 # ================================================================================================
 # The API page
 # ================================================================================================
-async def test_api_page(obs: Obs, http: aiohttp.ClientSession) -> None:
-    r = await call(http, "GET", f"{obs.srv.url}/docs")
+async def test_api_page(obs: Obs) -> None:
+    r = await acall("GET", f"{obs.srv.url}/docs")
     assert r.status == 200 and r.content_type == "text/html"
     assert "/api/v1/openapi.json" in r.text
     # served locally, nothing fetched from elsewhere (air-gapped control networks)
     assert "http://" not in r.text and "https://" not in r.text
     assert not re.search(r"""(src|href)=["']//""", r.text)
 
-    r = await call(http, "GET", f"{obs.srv.url}/openapi.json")
+    r = await acall("GET", f"{obs.srv.url}/openapi.json")
     paths = r.body["paths"]
     for path in (
         "/api/v1/tasks/{name}/logs",
@@ -757,11 +701,9 @@ async def test_events_reload(obs: Obs, http: aiohttp.ClientSession) -> None:
 
     resp, stream = await open_events(http, srv)
     try:
-        r = await call(
-            http,
-            "POST",
+        r = await acall("POST",
             f"{srv.url}/plugins",
-            json_body={"name": "late", "local_path": str(late)},
+            body={"name": "late", "local_path": str(late)},
             headers=AUTH,
         )
         assert r.status == 201, r.text
@@ -778,8 +720,8 @@ async def test_events_reload(obs: Obs, http: aiohttp.ClientSession) -> None:
         assert resp.content.at_eof()
     finally:
         resp.close()
-    await wait_generation(http, srv, generation)
-    assert (await info(http, srv, "late"))["state"] == "running"
+    await wait_generation(srv, generation)
+    assert (await info(srv, "late"))["state"] == "running"
     # a new generation serves new streams
     resp, stream = await open_events(http, srv)
     try:

@@ -21,51 +21,28 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from conftest import EXAMPLES, REPO, wait_for_sync
-from service_support import Server, closed_port, make_repo
 
-pytestmark = pytest.mark.timeout(120)
+from .conftest import Server, ServerFactory, closed_port, make_repo
+
 TOKEN = "tok-" + "s3cr3t" * 4
 PAT = "ghp_NEVER_ON_DISK_123"
-
-
-def call(srv: Server, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    url = path if path.startswith("http") else f"{srv.url}{path}"
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.headers.get_content_type(), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get_content_type(), exc.read()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(data_dir=tmp_path / "data", log_path=tmp_path / "server.log", args=("--demo",),
-                 extra_env={"IOCMNG_API_TOKEN": TOKEN, "IOCMNG_GIT_TIMEOUT": "5"})
-    srv.start()
-    yield srv
-    srv.kill()
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.server(demo=True, token=TOKEN, env={"IOCMNG_GIT_TIMEOUT": "5"}),
+]
 
 
 def test_token_guards_every_mutation(server: Server) -> None:
     srv = server
-    _, _, raw = call(srv, "GET", "/openapi.json")
-    doc = json.loads(raw)
+    doc = srv.call("GET", "/openapi.json").body
     root = f"http://127.0.0.1:{srv.http_port}"
-    total = json.loads(call(srv, "GET", "/health")[2])["plugins"]["total"]
+    total = srv.call("GET", "/health").body["plugins"]["total"]
     checked = 0
     for path, item in doc["paths"].items():
         concrete = root + path.replace("{name}", "sync_monitor")
@@ -75,35 +52,35 @@ def test_token_guards_every_mutation(server: Server) -> None:
             if method == "get":
                 if path.endswith("/events"):
                     continue  # an endless stream; test_observability covers it
-                status, _, _ = call(srv, "GET", concrete)
+                status = srv.call("GET", concrete, timeout=30).status
                 assert status in (200, 404), (path, status)  # open without a token
                 continue
-            status, ctype, body = call(srv, method.upper(), concrete, {})
-            assert status == 401 and ctype == "application/problem+json", (method, path, status, body[:200])
-            assert TOKEN.encode() not in body
+            r = srv.call(method.upper(), concrete, {}, timeout=30)
+            assert r.status == 401 and r.content_type == "application/problem+json", (method, path, r.status, r.content[:200])
+            assert TOKEN.encode() not in r.content
             checked += 1
     assert checked >= 10
-    assert json.loads(call(srv, "GET", "/health")[2])["plugins"]["total"] == total  # nothing changed
+    assert srv.call("GET", "/health").body["plugins"]["total"] == total  # nothing changed
 
 
 def test_pat_never_on_disk_and_schemes(server: Server, tmp_path: Path) -> None:
     srv = server
     for url in (f"https://127.0.0.1:{closed_port()}/x.git", "https://nonexistent.invalid/x.git"):
-        status, ctype, body = call(srv, "POST", "/tasks", {"name": "p", "git_url": url, "pat": PAT}, TOKEN)
-        assert 400 <= status < 500 and ctype == "application/problem+json", (status, body)
-        assert PAT.encode() not in body
+        r = srv.call("POST", "/tasks", {"name": "p", "git_url": url, "pat": PAT}, token=TOKEN, timeout=30)
+        assert 400 <= r.status < 500 and r.content_type == "application/problem+json", (r.status, r.content)
+        assert PAT.encode() not in r.content
     for f in srv.data_dir.rglob("*"):
         if f.is_file():
             assert PAT.encode() not in f.read_bytes(), f
     assert PAT not in srv.log()
     for url in ("ssh://git@example.invalid/x.git", "git://example.invalid/x.git", "ftp://x/y", "/abs/path"):
-        status, _, body = call(srv, "POST", "/tasks", {"name": "p", "git_url": url}, TOKEN)
-        assert status == 422 and b"https://, http://, file://" in body, (url, status, body)
+        r = srv.call("POST", "/tasks", {"name": "p", "git_url": url}, token=TOKEN, timeout=30)
+        assert r.status == 422 and b"https://, http://, file://" in r.content, (url, r.status, r.content)
     # file:// and local_path stay available (air-gapped sites mount their repositories)
     repo = make_repo(tmp_path / "git" / "m", {".": EXAMPLES / "sync_monitor"})
-    assert call(srv, "POST", "/tasks", {"name": "viafile", "git_url": repo}, TOKEN)[0] == 201
-    assert call(srv, "POST", "/tasks", {"name": "vialocal", "local_path": str(EXAMPLES / "sync_monitor")},
-                TOKEN)[0] == 201
+    assert srv.call("POST", "/tasks", {"name": "viafile", "git_url": repo}, token=TOKEN).status == 201
+    assert srv.call("POST", "/tasks", {"name": "vialocal", "local_path": str(EXAMPLES / "sync_monitor")},
+                    token=TOKEN).status == 201
 
 
 def test_deeply_nested_bodies_are_400(server: Server) -> None:
@@ -122,26 +99,18 @@ def test_deeply_nested_bodies_are_400(server: Server) -> None:
     for method, path, template in targets:
         for nested in (deep, medium):
             body = template.format(nested).encode()
-            req = urllib.request.Request(f"{srv.url}{path}", data=body, method=method, headers={
-                "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
-            try:
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    status, text = resp.status, resp.read()
-            except urllib.error.HTTPError as exc:
-                status, text = exc.code, exc.read()
+            r = srv.call(method, path, raw=body, token=TOKEN, timeout=30)
+            status, text = r.status, r.content
             assert status == 400 and b"deeper than 64 levels" in text, (method, path, len(nested), status, text[:300])
-    status, _, body = call(srv, "GET", "/health")
-    assert status == 200 and json.loads(body)["status"] == "ok"
+    r = srv.call("GET", "/health")
+    assert r.status == 200 and r.body["status"] == "ok"
     assert "RecursionError" not in srv.log()
 
 
 def _raw(srv: Server, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
-    req = urllib.request.Request(f"{srv.url}{path}", data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    """A request with ``headers`` as given (no token, no type added): status and raw answer."""
+    r = srv.call(method, path, raw=body, headers=headers, timeout=30)
+    return r.status, r.content
 
 
 def test_no_cross_site_driving(server: Server, tmp_path: Path) -> None:
@@ -167,7 +136,7 @@ def test_no_cross_site_driving(server: Server, tmp_path: Path) -> None:
             headers["Content-Type"] = "application/json"
         status, text = _raw(srv, method, path, body, headers)
         assert status == 403 and b"IOCMNG_CORS_ORIGINS" in text, (method, path, status, text[:200])
-    assert call(srv, "GET", "/plugins/xsite")[0] == 404 and list(canary.iterdir()) == []
+    assert srv.call("GET", "/plugins/xsite").status == 404 and list(canary.iterdir()) == []
     # curl -X POST .../run (no body, no type) and the service's own origin keep working
     status, body = _raw(srv, "POST", "/jobs/diagnostics_job/run", None, auth)
     assert status == 200 and json.loads(body)["success"] is True, body[:200]
@@ -179,7 +148,7 @@ def test_no_cross_site_driving(server: Server, tmp_path: Path) -> None:
 async def test_record_fields_and_read_only_records(server: Server) -> None:
     """Issue 14, item 6 (the gateway's part): PUT .../STATUS.DISP then .../STATUS forged an
     ERROR status; fields and the service's read-only records are not writable any more."""
-    from aioca import caget, purge_channel_caches
+    from aioca import caget
 
     srv = server
     status_pv = srv.pv("sync_monitor", "STATUS")
@@ -198,14 +167,13 @@ async def test_record_fields_and_read_only_records(server: Server) -> None:
         status, body = _raw(srv, "PUT", f"/pvs/{pv}", json.dumps({"value": 61.5}).encode(), headers)
         assert status == 200, (pv, status, body[:300])
     assert await caget(srv.pv("sync_monitor", "SETPOINT"), timeout=20) == 61.5
-    purge_channel_caches()  # the test's loop closes before the server stops
 
 
 async def test_a_transform_that_overflows_is_a_failed_cycle(server: Server, tmp_path: Path) -> None:
     """Issue 14, item 3 (its last point): pow(2, 2000) into a float output killed the task
     silently (still `running`, STATUS RUN, CYCLE_COUNT 0, nothing logged). Now each cycle fails
     with STATUS ERROR and the message, and the loop goes on."""
-    from aioca import caget, purge_channel_caches
+    from aioca import caget
 
     srv = server
     plugin = tmp_path / "overflow"
@@ -214,15 +182,15 @@ async def test_a_transform_that_overflows_is_a_failed_cycle(server: Server, tmp_
         "parameters: {mode: continuous, interval: 0.1}\n"
         "pvs:\n  outputs:\n    BIG: {type: float, value: 0}\n"
         "transforms:\n  - output: BIG\n    expression: \"pow(2, 2000)\"\n")
-    status, _, body = call(srv, "POST", "/tasks", {"name": "overflow", "local_path": str(plugin)}, TOKEN)
-    assert status == 201, body
-    generation = json.loads(body)["generation"]
-    wait_for_sync(lambda: json.loads(call(srv, "GET", "/health")[2])["generation"] >= generation, timeout=60,
+    r = srv.call("POST", "/tasks", {"name": "overflow", "local_path": str(plugin)}, token=TOKEN)
+    assert r.status == 201, r.content
+    generation = r.body["generation"]
+    wait_for_sync(lambda: srv.call("GET", "/health").body["generation"] >= generation, timeout=60,
                   what="the reload")
 
     def failing() -> dict[str, Any] | None:
-        s, _, b = call(srv, "GET", "/tasks/overflow")
-        info = json.loads(b) if s == 200 else {}
+        r = srv.call("GET", "/tasks/overflow")
+        info = r.body if r.status == 200 else {}
         return info if info.get("error_count", 0) >= 2 else None
 
     info = wait_for_sync(failing, timeout=30, what="overflow's cycles to fail, again and again")
@@ -230,7 +198,6 @@ async def test_a_transform_that_overflows_is_a_failed_cycle(server: Server, tmp_
     assert await caget(srv.pv("overflow", "STATUS"), datatype=str, timeout=20) == "ERROR"
     assert "OverflowError" in await caget(srv.pv("overflow", "MESSAGE"), datatype=str, timeout=20)
     assert "OverflowError" in srv.log()
-    purge_channel_caches()
 
 
 def test_requirements_cannot_leave_the_data_directory(server: Server, tmp_path: Path) -> None:
@@ -247,7 +214,8 @@ def test_requirements_cannot_leave_the_data_directory(server: Server, tmp_path: 
         root = tmp_path / f"plugin{i}"
         make_repo(root, {".": EXAMPLES / "sync_monitor"})
         (root / "requirements.txt").write_text(f"numpy>=1\n{line}\n")
-        status, ctype, body = call(srv, "POST", "/tasks", {"name": f"req{i}", "local_path": str(root)}, TOKEN)
+        r = srv.call("POST", "/tasks", {"name": f"req{i}", "local_path": str(root)}, token=TOKEN, timeout=30)
+        status, ctype, body = r.status, r.content_type, r.content
         assert status == 422 and ctype == "application/problem+json", (line, status, body[:300])
         problem = json.loads(body)
         assert "requirements.txt line 2" in problem["detail"], (line, problem["detail"])
@@ -255,7 +223,7 @@ def test_requirements_cannot_leave_the_data_directory(server: Server, tmp_path: 
     assert canary.read_text() == "CANARY-FIRST-LINE-do-not-quote\n"
     deps = srv.data_dir / "deps"
     assert not deps.exists() or list(deps.iterdir()) == [], "nothing installed, nothing left behind"
-    assert json.loads(call(srv, "GET", "/health")[2])["status"] == "ok"
+    assert srv.call("GET", "/health").body["status"] == "ok"
 
 
 def test_plugin_files_must_be_in_the_repository(server: Server, tmp_path: Path) -> None:
@@ -272,7 +240,8 @@ def test_plugin_files_must_be_in_the_repository(server: Server, tmp_path: Path) 
         make_repo(root, {".": EXAMPLES / "sync_monitor"})
         (root / link).unlink(missing_ok=True)
         (root / link).symlink_to(target)
-        status, _, body = call(srv, "POST", "/tasks", {"name": f"linked{i}", "local_path": str(root)}, TOKEN)
+        r = srv.call("POST", "/tasks", {"name": f"linked{i}", "local_path": str(root)}, token=TOKEN, timeout=30)
+        status, body = r.status, r.content
         assert status == 422 and b"leads outside the repository" in body, (link, status, body[:300])
         assert b"CANARY" not in body and str(target).encode() not in body, (link, body[:300])
     assert canary.read_text() == "CANARY: outside the repository\n"
@@ -311,7 +280,8 @@ def test_import_check_is_bounded(server: Server, tmp_path: Path) -> None:
     proc = psutil.Process(srv.pid)
     rss_before = proc.memory_info().rss
     t0 = time.monotonic()
-    status, _, body = call(srv, "POST", "/tasks", {"name": "forker", "local_path": str(forker)}, TOKEN)
+    r = srv.call("POST", "/tasks", {"name": "forker", "local_path": str(forker)}, token=TOKEN, timeout=30)
+    status, body = r.status, r.content
     took = time.monotonic() - t0
     assert pidfile.exists(), "the import's fork ran (the test is meaningful)"
     grandchild = int(pidfile.read_text())
@@ -329,11 +299,12 @@ def test_import_check_is_bounded(server: Server, tmp_path: Path) -> None:
             _sys.stdout.write(_chunk)
         raise RuntimeError("loud import")
         """))
-    status, _, body = call(srv, "POST", "/tasks", {"name": "loud", "local_path": str(loud)}, TOKEN)
+    r = srv.call("POST", "/tasks", {"name": "loud", "local_path": str(loud)}, token=TOKEN, timeout=30)
+    status, body = r.status, r.content
     assert status == 422 and len(body) < 100_000, (status, len(body))
     grown = proc.memory_info().rss - rss_before
     assert grown < 150 * (1 << 20), f"the service grew by {grown >> 20} MB reading a child's output"
-    assert json.loads(call(srv, "GET", "/health")[2])["status"] == "ok"
+    assert srv.call("GET", "/health").body["status"] == "ok"
 
 
 def test_a_reload_does_not_wait_for_a_slow_add(server: Server, tmp_path: Path) -> None:
@@ -352,28 +323,30 @@ def test_a_reload_does_not_wait_for_a_slow_add(server: Server, tmp_path: Path) -
 
     def add_slow() -> None:
         t0 = time.monotonic()
-        answer["status"], _, answer["body"] = call(srv, "POST", "/tasks", {"name": "slow", "local_path": str(slow)},
-                                                   TOKEN)
+        r = srv.call("POST", "/tasks", {"name": "slow", "local_path": str(slow)}, token=TOKEN, timeout=30)
+        answer["status"], answer["body"] = r.status, r.content
         answer["took"] = time.monotonic() - t0
 
-    h0 = json.loads(call(srv, "GET", "/health")[2])["generation"]
+    h0 = srv.call("GET", "/health").body["generation"]
     adder = threading.Thread(target=add_slow)
     adder.start()
-    time.sleep(1.0)  # the slow import is running
+    wait_for_sync(lambda: srv.importing("slow"), timeout=10, what="the slow import to run")
     t0 = time.monotonic()
-    status, _, body = call(srv, "DELETE", "/tasks/async_monitor", token=TOKEN)  # another change: a reload
-    assert status == 200, body
-    time.sleep(2.0)  # the reload is due and put off for the add: HTTP answers meanwhile
+    r = srv.call("DELETE", "/tasks/async_monitor", token=TOKEN, timeout=30)  # another change: a reload
+    assert r.status == 200, r.content
+    # Part of the test, not a wait for a condition: the reload falls due (IOCMNG_RELOAD_DELAY)
+    # and stays put off for the add; HTTP must answer promptly meanwhile.
+    time.sleep(2.0)
     t1 = time.monotonic()
-    assert call(srv, "GET", "/health")[0] == 200 and time.monotonic() - t1 < 2.0
-    wait_for_sync(lambda: json.loads(call(srv, "GET", "/health")[2])["generation"] > h0, timeout=60, interval=0.2,
+    assert srv.call("GET", "/health", timeout=30).status == 200 and time.monotonic() - t1 < 2.0
+    wait_for_sync(lambda: srv.call("GET", "/health").body["generation"] > h0, timeout=60, interval=0.2,
                   what="the next generation")
     served = time.monotonic() - t0
     adder.join(60)
     assert served < 20, f"the reload waited {served:.1f}s for the add in flight"
     assert answer["status"] == 503 and b"send the request again" in answer["body"], answer
     assert answer["took"] < 20, answer["took"]
-    assert call(srv, "GET", "/tasks/slow")[0] == 404
+    assert srv.call("GET", "/tasks/slow").status == 404
     for sub in ("repos", "deps"):
         d = srv.data_dir / sub
         assert not d.exists() or not [p for p in d.iterdir() if p.name.startswith("slow")], sub
@@ -387,23 +360,19 @@ def _hostile_plugin(root: Path, marker: Path) -> Path:
     return root
 
 
-def test_secure_default_bind_address(tmp_path: Path) -> None:
+def test_secure_default_bind_address(tmp_path: Path, server_factory: ServerFactory) -> None:
     """Issue 14, item 1: with no settings the API listens on loopback only; a non-loopback
     address without a token refuses to start, unless IOCMNG_ALLOW_INSECURE says so (and then
     each start logs a warning); the token can come from a file (a mounted Secret)."""
     # defaults: no IOCMNG_HOST, no token -> 127.0.0.1
-    srv = Server(data_dir=tmp_path / "d1", log_path=tmp_path / "d1.log", extra_env={"IOCMNG_HOST": None})
-    srv.start()
-    try:
-        listening = {c.laddr for c in psutil.Process(srv.pid).net_connections("tcp") if c.status == "LISTEN"}
-        assert ("127.0.0.1", srv.http_port) in listening, listening
-        assert f"HTTP on 127.0.0.1:{srv.http_port}" in srv.log()
-        assert "IOCMNG_ALLOW_INSECURE" not in srv.log()
-    finally:
-        srv.kill()
+    srv = server_factory("d1", data_dir=tmp_path / "d1", env={"IOCMNG_HOST": None})
+    listening = {c.laddr for c in psutil.Process(srv.pid).net_connections("tcp") if c.status == "LISTEN"}
+    assert ("127.0.0.1", srv.http_port) in listening, listening
+    assert f"HTTP on 127.0.0.1:{srv.http_port}" in srv.log()
+    assert "IOCMNG_ALLOW_INSECURE" not in srv.log()
+    srv.kill()
     # all interfaces, no token: refused before anything listens (exit 2, the fix named)
-    srv = Server(data_dir=tmp_path / "d2", log_path=tmp_path / "d2.log", extra_env={"IOCMNG_HOST": "0.0.0.0"})
-    srv.log_path.parent.mkdir(parents=True, exist_ok=True)
+    srv = server_factory("d2", data_dir=tmp_path / "d2", env={"IOCMNG_HOST": "0.0.0.0"}, start=False)
     proc = subprocess.run([sys.executable, "-m", "iocmng"], env=srv.env(), cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
@@ -419,52 +388,40 @@ def test_secure_default_bind_address(tmp_path: Path) -> None:
     except OSError:
         resolves_to_loopback = False
     if resolves_to_loopback:
-        srv = Server(data_dir=tmp_path / "d3", log_path=tmp_path / "d3.log",
-                     extra_env={"IOCMNG_HOST": name, "IOCMNG_ALLOW_INSECURE": "true"})
-        srv.start()
-        try:
-            assert "IOCMNG_ALLOW_INSECURE=true: the API on" in srv.log() and "has no token" in srv.log()
-        finally:
-            srv.kill()
+        srv = server_factory("d3", data_dir=tmp_path / "d3",
+                             env={"IOCMNG_HOST": name, "IOCMNG_ALLOW_INSECURE": "true"})
+        assert "IOCMNG_ALLOW_INSECURE=true: the API on" in srv.log() and "has no token" in srv.log()
+        srv.kill()
     # the token from a file: the API is guarded by it, and it never reaches the log
     token_file = tmp_path / "secret" / "token"
     token_file.parent.mkdir()
     token_file.write_text(TOKEN + "\n")
-    srv = Server(data_dir=tmp_path / "d4", log_path=tmp_path / "d4.log",
-                 extra_env={"IOCMNG_API_TOKEN_FILE": str(token_file)})
-    srv.start()
-    try:
-        assert call(srv, "POST", "/jobs/nothing/run")[0] == 401
-        assert call(srv, "POST", "/jobs/nothing/run", token=TOKEN)[0] == 404
-        assert TOKEN not in srv.log()
-    finally:
-        srv.kill()
+    srv = server_factory("d4", data_dir=tmp_path / "d4", env={"IOCMNG_API_TOKEN_FILE": str(token_file)})
+    assert srv.call("POST", "/jobs/nothing/run").status == 401
+    assert srv.call("POST", "/jobs/nothing/run", token=TOKEN).status == 404
+    assert TOKEN not in srv.log()
+    srv.kill()
     assert TOKEN not in "".join(p.read_text(errors="replace") for p in (tmp_path / "d4").rglob("*") if p.is_file())
 
 
-def test_dns_rebinding_is_refused(tmp_path: Path) -> None:
+def test_dns_rebinding_is_refused(tmp_path: Path, server_factory: ServerFactory) -> None:
     """Issue 14, item 2: a page whose own name was made to resolve to this machine (DNS
     rebinding) sends its name as Host; with the defaults (loopback, no token) it could add
     code. Only IP addresses, loopback names, this machine's names and IOCMNG_ALLOWED_HOSTS pass."""
-    srv = Server(data_dir=tmp_path / "data", log_path=tmp_path / "server.log",
-                 extra_env={"IOCMNG_HOST": None, "IOCMNG_ALLOWED_HOSTS": "iocmng.example.org, *.lab.example"})
-    srv.start()
-    try:
-        marker = tmp_path / "imported.marker"
-        plugin = _hostile_plugin(tmp_path / "hostile", marker)
-        add = json.dumps({"name": "rebound", "local_path": str(plugin)}).encode()
-        port = srv.http_port
-        for host in (f"attacker.example:{port}", "attacker.example", f"lab.example.attacker.example:{port}",
-                     f"iocmng.example.org.attacker.example:{port}"):
-            status, body = _raw(srv, "POST", "/tasks", add, {"Host": host, "Content-Type": "application/json"})
-            assert status == 403 and b"IOCMNG_ALLOWED_HOSTS" in body, (host, status, body[:300])
-            status, body = _raw(srv, "GET", "/plugins", None, {"Host": host})
-            assert status == 403, (host, status, body[:200])
-        assert not marker.exists(), "the plugin's code ran"
-        assert call(srv, "GET", "/plugins/rebound")[0] == 404
-        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"{socket.gethostname()}:{port}",
-                     f"iocmng.example.org:{port}", "a.lab.example", f"[::1]:{port}", "10.1.2.3"):
-            status, body = _raw(srv, "GET", "/plugins", None, {"Host": host})
-            assert status == 200, (host, status, body[:200])
-    finally:
-        srv.kill()
+    srv = server_factory(env={"IOCMNG_HOST": None, "IOCMNG_ALLOWED_HOSTS": "iocmng.example.org, *.lab.example"})
+    marker = tmp_path / "imported.marker"
+    plugin = _hostile_plugin(tmp_path / "hostile", marker)
+    add = json.dumps({"name": "rebound", "local_path": str(plugin)}).encode()
+    port = srv.http_port
+    for host in (f"attacker.example:{port}", "attacker.example", f"lab.example.attacker.example:{port}",
+                 f"iocmng.example.org.attacker.example:{port}"):
+        status, body = _raw(srv, "POST", "/tasks", add, {"Host": host, "Content-Type": "application/json"})
+        assert status == 403 and b"IOCMNG_ALLOWED_HOSTS" in body, (host, status, body[:300])
+        status, body = _raw(srv, "GET", "/plugins", None, {"Host": host})
+        assert status == 403, (host, status, body[:200])
+    assert not marker.exists(), "the plugin's code ran"
+    assert srv.call("GET", "/plugins/rebound").status == 404
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"{socket.gethostname()}:{port}",
+                 f"iocmng.example.org:{port}", "a.lab.example", f"[::1]:{port}", "10.1.2.3"):
+        status, body = _raw(srv, "GET", "/plugins", None, {"Host": host})
+        assert status == 200, (host, status, body[:200])

@@ -24,15 +24,14 @@ import json
 import threading
 import time
 import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from conftest import wait_for_sync
-from service_support import Server
+
+from .conftest import Server, ServerFactory
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -90,25 +89,16 @@ def plugin_dir(root: Path, name: str, flag: Path) -> Path:
     return d
 
 
-def call(srv: Server, method: str, path: str, timeout: float = 30) -> tuple[int, Any]:
-    req = urllib.request.Request(f"{srv.url}{path}", method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
 def info(srv: Server, name: str) -> dict[str, Any]:
-    status, body = call(srv, "GET", f"/plugins/{name}")
-    assert status == 200, body
-    return body
+    r = srv.call("GET", f"/plugins/{name}", timeout=30)
+    assert r.status == 200, r.text
+    return r.body
 
 
 def pv(srv: Server, plugin: str, short: str) -> Any:
-    status, body = call(srv, "GET", f"/pvs/{srv.pv(plugin, short)}")
-    assert status == 200, body
-    return body["value"]
+    r = srv.call("GET", f"/pvs/{srv.pv(plugin, short)}", timeout=30)
+    assert r.status == 200, r.text
+    return r.body["value"]
 
 
 def registered(srv: Server, name: str) -> dict[str, Any]:
@@ -139,30 +129,14 @@ def cycles(srv: Server, name: str) -> int:
     return int(info(srv, name)["cycle_count"])
 
 
-def make_server(tmp_path: Path, names: list[str], supervise: bool) -> Server:
+def make_server(factory: ServerFactory, tmp_path: Path, names: list[str], supervise: bool) -> Server:
     root = tmp_path / "plugins"
     entries = [{"name": n, "local_path": str(plugin_dir(root, n, tmp_path / f"{n}.flag"))} for n in names]
     config = tmp_path / "service.yaml"
     config.write_text(json.dumps({"plugins": entries}))
-    return Server(data_dir=tmp_path / "data", log_path=tmp_path / "server.log",
-                  args=("--supervise",) if supervise else (),
-                  extra_env={"IOCMNG_CONFIG": str(config), "IOCMNG_STALL_LIMIT": str(LIMIT),
-                             "IOCMNG_RELOAD_DELAY": "0.1"})
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    made: list[Server] = []
-    yield made
-    for srv in made:
-        if srv.alive():
-            kids = psutil.Process(srv.pid).children(recursive=True)
-            srv.kill()
-            for k in kids:
-                try:
-                    k.kill()
-                except psutil.NoSuchProcess:
-                    pass
+    return factory(args=("--supervise",) if supervise else (), start=False,
+                   env={"IOCMNG_CONFIG": str(config), "IOCMNG_STALL_LIMIT": str(LIMIT),
+                        "IOCMNG_RELOAD_DELAY": "0.1"})
 
 
 class HealthPoller:
@@ -180,7 +154,7 @@ class HealthPoller:
         while not self._stop.is_set():
             t0 = time.monotonic()
             try:
-                status, _ = call(self.srv, "GET", "/health", timeout=3 * LIMIT + 10)
+                status = self.srv.call("GET", "/health", timeout=3 * LIMIT + 10).status
                 if status != 200:
                     self.errors.append(f"status {status}")
             except (OSError, urllib.error.URLError) as exc:
@@ -198,9 +172,8 @@ class HealthPoller:
         self._thread.join(30)
 
 
-def test_python_stall_is_stopped_and_stays_failed(tmp_path: Path, servers: list[Server]) -> None:
-    srv = make_server(tmp_path, ["neighbour", "spinner"], supervise=False)
-    servers.append(srv)
+def test_python_stall_is_stopped_and_stays_failed(tmp_path: Path, server_factory: ServerFactory) -> None:
+    srv = make_server(server_factory, tmp_path, ["neighbour", "spinner"], supervise=False)
     srv.start()
     running(srv, "neighbour")
     running(srv, "spinner")
@@ -210,6 +183,8 @@ def test_python_stall_is_stopped_and_stays_failed(tmp_path: Path, servers: list[
         (tmp_path / "spinner.flag").touch()
         spinner = failed(srv, "spinner")
         n0 = cycles(srv, "neighbour")
+        # Part of the test, not a wait for a condition: one second for the neighbour to cycle
+        # and for the health poller to collect answers after the stall (health.count below).
         time.sleep(1.0)
         assert cycles(srv, "neighbour") > n0, "the neighbour did not run after the stall"
     # the stall held every request for about the limit, no longer; none failed
@@ -237,8 +212,8 @@ def test_python_stall_is_stopped_and_stays_failed(tmp_path: Path, servers: list[
 
     # -- a restart on purpose lifts the hold -------------------------------------------------
     (tmp_path / "spinner.flag").unlink()
-    status, body = call(srv, "POST", "/plugins/spinner/restart")
-    assert status == 200, body
+    r = srv.call("POST", "/plugins/spinner/restart", timeout=30)
+    assert r.status == 200, r.text
     running(srv, "spinner")
     assert registered(srv, "spinner").get("failed") is None
     assert srv.stop() == 0
@@ -246,9 +221,10 @@ def test_python_stall_is_stopped_and_stays_failed(tmp_path: Path, servers: list[
     running(srv, "spinner")
 
 
-def test_c_level_stall_ends_the_process_and_the_plugin_is_held(tmp_path: Path, servers: list[Server]) -> None:
-    srv = make_server(tmp_path, ["neighbour", "cspin", "swallower"], supervise=True)
-    servers.append(srv)
+def test_c_level_stall_ends_the_process_and_the_plugin_is_held(
+    tmp_path: Path, server_factory: ServerFactory
+) -> None:
+    srv = make_server(server_factory, tmp_path, ["neighbour", "cspin", "swallower"], supervise=True)
     srv.start()
     for name in ("neighbour", "cspin", "swallower"):
         running(srv, name)
@@ -271,7 +247,7 @@ def test_c_level_stall_ends_the_process_and_the_plugin_is_held(tmp_path: Path, s
 
     # a restart on purpose runs it again
     (tmp_path / "cspin.flag").unlink()
-    status, body = call(srv, "POST", "/plugins/cspin/restart")
-    assert status == 200, body
+    r = srv.call("POST", "/plugins/cspin/restart", timeout=30)
+    assert r.status == 200, r.text
     running(srv, "cspin")
     assert psutil.Process(srv.pid).children()[0].pid == service

@@ -18,30 +18,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import EXAMPLES, wait_for_sync
-from service_support import Server, make_repo
+
+from .conftest import Server, ServerFactory, make_repo
 
 pytestmark = pytest.mark.timeout(180)
 PROBLEM = "application/problem+json"
-
-
-def call(srv: Server, method: str, path: str, body: Any = None) -> tuple[int, str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{srv.url}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.headers.get_content_type(), json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get_content_type(), json.loads(exc.read() or b"null")
 
 
 @pytest.fixture
@@ -59,41 +45,45 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
 
 
-@pytest.fixture
-def server(tmp_path: Path, tmpfs: Path) -> Iterator[Server]:
-    srv = Server(data_dir=tmpfs, log_path=tmp_path / "server.log", extra_env={"IOCMNG_RELOAD_DELAY": "0.1"})
-    yield srv
-    srv.kill()
+def _writable(d: Path) -> bool:
+    probe = d / ".probe"
+    try:
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError:
+        return False
+    return True
 
 
 def cycles(srv: Server, name: str) -> int:
-    return call(srv, "GET", f"/tasks/{name}")[2]["cycle_count"]
+    return srv.call("GET", f"/tasks/{name}").body["cycle_count"]
 
 
 def assert_refused(srv: Server, repo: str, registry: bytes, why: str) -> None:
-    status, ctype, body = call(srv, "POST", "/tasks", {"name": "refused", "git_url": repo})
-    assert status == 507 and ctype == PROBLEM, (status, body)
-    assert why in body["detail"] and "nothing was changed" in body["detail"], body
-    status, ctype, body = call(srv, "DELETE", "/tasks/keeper")
-    assert status == 507 and ctype == PROBLEM, (status, body)
+    r = srv.call("POST", "/tasks", {"name": "refused", "git_url": repo})
+    assert r.status == 507 and r.content_type == PROBLEM, (r.status, r.body)
+    assert why in r.body["detail"] and "nothing was changed" in r.body["detail"], r.body
+    r = srv.call("DELETE", "/tasks/keeper")
+    assert r.status == 507 and r.content_type == PROBLEM, (r.status, r.body)
     assert (srv.data_dir / "registry.json").read_bytes() == registry
     repos = srv.data_dir / "repos"
     assert [p.name for p in repos.iterdir()] == [Path(json.loads(registry)["plugins"]["keeper"]["owned_dir"]).name]
     c0 = cycles(srv, "keeper")
     wait_for_sync(lambda: cycles(srv, "keeper") >= c0 + 3, timeout=10, what="keeper keeps cycling")
-    assert call(srv, "GET", "/tasks/keeper")[2]["state"] == "running"
-    assert call(srv, "GET", "/health")[2]["status"] == "ok"
+    assert srv.call("GET", "/tasks/keeper").body["state"] == "running"
+    assert srv.call("GET", "/health").body["status"] == "ok"
 
 
-def test_full_then_read_only(server: Server, tmp_path: Path, tmpfs: Path) -> None:
-    srv = server
+def test_full_then_read_only(tmp_path: Path, tmpfs: Path, server_factory: ServerFactory) -> None:
+    # (tmpfs before server_factory: the server is stopped before the tmpfs goes)
+    srv = server_factory(data_dir=tmpfs, env={"IOCMNG_RELOAD_DELAY": "0.1"}, start=False)
     repo = make_repo(tmp_path / "git" / "monitor", {".": EXAMPLES / "sync_monitor"})
     srv.start()
-    status, _, body = call(srv, "POST", "/tasks", {"name": "keeper", "git_url": repo, "parameters": {"interval": 0.2}})
-    assert status == 201, body
-    gen = body["generation"]
-    wait_for_sync(lambda: call(srv, "GET", "/health")[2]["generation"] >= gen, timeout=45, what="reload")
-    wait_for_sync(lambda: call(srv, "GET", "/tasks/keeper")[2]["state"] == "running", timeout=20, what="running")
+    r = srv.call("POST", "/tasks", {"name": "keeper", "git_url": repo, "parameters": {"interval": 0.2}})
+    assert r.status == 201, r.body
+    gen = r.body["generation"]
+    wait_for_sync(lambda: srv.call("GET", "/health").body["generation"] >= gen, timeout=45, what="reload")
+    wait_for_sync(lambda: srv.call("GET", "/tasks/keeper").body["state"] == "running", timeout=20, what="running")
     registry = (srv.data_dir / "registry.json").read_bytes()
 
     # -- full: a canary file takes every free byte -------------------------------------------------
@@ -130,9 +120,9 @@ def test_full_then_read_only(server: Server, tmp_path: Path, tmpfs: Path) -> Non
         subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True, timeout=10)
 
     # -- space back: adds work again ---------------------------------------------------------------
-    time.sleep(0.2)
-    status, _, body = call(srv, "POST", "/tasks", {"name": "after", "git_url": repo})
-    assert status == 201, body
+    wait_for_sync(lambda: _writable(tmpfs), timeout=10, what="the data directory writable again")
+    r = srv.call("POST", "/tasks", {"name": "after", "git_url": repo})
+    assert r.status == 201, r.body
     # dulwich's lock file, closed by our gc.collect() after the refused clone, reports the
     # ENOSPC of its close as "Exception ignored in _GitFile.__del__": not an error of ours.
     chunks = srv.log().split("Traceback")[1:]
