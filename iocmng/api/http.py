@@ -7,7 +7,6 @@
 * :func:`stream_sse`, :func:`sse_frame`: a Server-Sent Events stream (the
   event stream and the PV monitors), with keep-alives and the end of a
   client noticed within a second;
-* :func:`put_drop_oldest`: a bounded queue that loses its oldest item, never memory;
 * :func:`bearer_ok`: the one check of ``Authorization: Bearer <token>``.
 """
 
@@ -65,16 +64,6 @@ def bearer_ok(request: web.Request, token: str) -> bool:
     if scheme.lower() != "bearer":
         given = ""
     return hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-def put_drop_oldest(queue: asyncio.Queue[T], item: T) -> bool:
-    """Put ``item``; if the queue is full, drop its oldest item first (returns True then).
-    A slow consumer loses old items, never memory, and never slows the producer."""
-    dropped = queue.full()
-    if dropped:
-        queue.get_nowait()
-    queue.put_nowait(item)
-    return dropped
 
 
 def sse_frame(kind: str, data: dict[str, Any]) -> bytes:

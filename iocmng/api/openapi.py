@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from .._version import __version__
 from ..config.models import PVType
+from ..epics.devices import DeviceState
 from ..runtime.handle import State
 from ..service.views import LEGACY_STATUS, legacy_status
 from .gateway.pvs import PROVIDERS, PV_NAME_RE, PutPV
@@ -167,8 +168,7 @@ def _plugin_paths(c: Components) -> dict[str, Any]:
         "devices": {"type": "array", "items": {"type": "object", "required": ["name", "state"], "properties": {
             "name": {"type": "string"}, "ioc": {"type": "string"}, "group": {"type": "string"},
             "type": {"type": "string"}, "prefix": {"type": "string"},
-            # the states iocmng.epics.devices gives a device (string literals there: no enumeration to read)
-            "state": {"enum": ["pending", "ok", "disconnected", "failed", "disabled"]},
+            "state": {"enum": [s.value for s in DeviceState]},
             "reason": {"type": ["string", "null"]}, "class": {"type": ["string", "null"]}}}}}})
     paths["/api/v1/devices"] = {
         "get": {"operationId": "list_devices", "responses": {"200": _json(devices)}},

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,16 @@ def _problem(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class DeviceState(StrEnum):
+    """A configured device's state (``GET /api/v1/devices``)."""
+
+    PENDING = "pending"  # configured, not built yet
+    OK = "ok"  # built and connected
+    DISCONNECTED = "disconnected"  # built, its IOC not reachable (yet)
+    FAILED = "failed"  # cannot be built (the reason says why)
+    DISABLED = "disabled"  # disabled in the beamline values
+
+
 @dataclass
 class DeviceRecord:
     """What the registry knows about one configured device."""
@@ -105,15 +116,15 @@ class DeviceRecord:
     type: str
     prefix: str
     config: dict[str, Any]
-    state: str = "pending"
+    state: DeviceState = DeviceState.PENDING
     reason: str | None = None
     device_class: str | None = None
     device: Any = None
 
     def live_state(self) -> str:
-        if self.state in ("ok", "disconnected") and hasattr(self.device, "connected"):
+        if self.state in (DeviceState.OK, DeviceState.DISCONNECTED) and hasattr(self.device, "connected"):
             try:
-                return "ok" if self.device.connected else "disconnected"
+                return DeviceState.OK if self.device.connected else DeviceState.DISCONNECTED
             except Exception:  # a half-destroyed device: report what we had
                 return self.state
         return self.state
@@ -121,10 +132,10 @@ class DeviceRecord:
     def info(self) -> dict[str, Any]:
         state = self.live_state()
         reason = self.reason
-        if state == "disconnected" and not reason:
+        if state == DeviceState.DISCONNECTED and not reason:
             reason = f"device {self.name!r}: not connected to IOC {self.ioc!r} (prefix {self.prefix})"
         return {"name": self.name, "ioc": self.ioc, "group": self.group, "type": self.type,
-                "prefix": self.prefix, "state": state, "reason": reason if state != "ok" else None,
+                "prefix": self.prefix, "state": state, "reason": reason if state != DeviceState.OK else None,
                 "class": self.device_class}
 
 
@@ -157,7 +168,7 @@ def plan(values: Any) -> tuple[list[DeviceRecord], str | None]:
 
     for i, raw in enumerate(iocs):
         if not isinstance(raw, dict):
-            add(DeviceRecord(f"iocs[{i}]", f"iocs[{i}]", "", "", "", {}, "failed", f"iocs[{i}]: not a mapping"))
+            add(DeviceRecord(f"iocs[{i}]", f"iocs[{i}]", "", "", "", {}, DeviceState.FAILED, f"iocs[{i}]: not a mapping"))
             continue
         if "devgroup" not in raw:  # not a device IOC (as infn_ophyd_hal)
             continue
@@ -166,18 +177,18 @@ def plan(values: Any) -> tuple[list[DeviceRecord], str | None]:
             ioc = IocEntry.model_validate(raw)
         except ValidationError as exc:
             add(DeviceRecord(ioc_name, ioc_name, str(raw.get("devgroup", "")), str(raw.get("devtype", "")),
-                             str(raw.get("iocprefix", "")), {}, "failed", f"IOC {ioc_name!r}: {_problem(exc)}"))
+                             str(raw.get("iocprefix", "")), {}, DeviceState.FAILED, f"IOC {ioc_name!r}: {_problem(exc)}"))
             continue
         base = {k: v for k, v in raw.items() if k != "devices"}
         if not ioc.devices:
             add(DeviceRecord(ioc.name, ioc.name, ioc.devgroup, ioc.devtype, ioc.iocprefix,
-                             {**base, "iocname": ioc.name}, "disabled" if ioc.disable else "pending"))
+                             {**base, "iocname": ioc.name}, DeviceState.DISABLED if ioc.disable else DeviceState.PENDING))
             continue
         for dev in ioc.devices:
             root = f"{ioc.iocprefix}:{ioc.iocroot}" if ioc.iocroot else ioc.iocprefix
             config = {**base, "iocname": ioc.name, **dev.model_dump(exclude_unset=True)}
             add(DeviceRecord(dev.name, ioc.name, ioc.devgroup, dev.devtype or ioc.devtype, f"{root}:{dev.name}",
-                             config, "disabled" if ioc.disable or dev.disable else "pending"))
+                             config, DeviceState.DISABLED if ioc.disable or dev.disable else DeviceState.PENDING))
     return records, None
 
 
@@ -210,7 +221,7 @@ class Devices(Mapping[str, Any]):
     # -- Mapping -------------------------------------------------------------------------
     def _usable(self) -> dict[str, Any]:
         with self._lock:
-            return {n: r.device for n, r in self.records.items() if r.state in ("ok", "disconnected")}
+            return {n: r.device for n, r in self.records.items() if r.state in (DeviceState.OK, DeviceState.DISCONNECTED)}
 
     def __getitem__(self, name: str) -> Any:
         return self._usable()[name]
@@ -242,7 +253,7 @@ class Devices(Mapping[str, Any]):
             return
         self.records = {r.name: r for r in records}
         for r in records:
-            if r.state == "failed":
+            if r.state == DeviceState.FAILED:
                 log.error("device %s: %s", r.name, r.reason)
         threading.Thread(target=self._build_all, name="iocmng:devices", daemon=True).start()
 
@@ -272,12 +283,12 @@ class Devices(Mapping[str, Any]):
     def _build_all(self) -> None:
         try:
             factory = self._import()
-            pending = [r for r in self.records.values() if r.state == "pending"]
+            pending = [r for r in self.records.values() if r.state == DeviceState.PENDING]
             if factory is None:
                 log.error("no ophyd devices: %s", self.error)
                 with self._lock:
                     for r in pending:
-                        r.state, r.reason = "failed", f"device {r.name!r}: {self.error}"
+                        r.state, r.reason = DeviceState.FAILED, f"device {r.name!r}: {self.error}"
                 return
             work: queue.SimpleQueue[DeviceRecord | None] = queue.SimpleQueue()
             for r in pending:
@@ -291,7 +302,7 @@ class Devices(Mapping[str, Any]):
                 threads.append(t)
             for t in threads:
                 t.join()
-            ok = sum(r.state == "ok" for r in self.records.values())
+            ok = sum(r.state == DeviceState.OK for r in self.records.values())
             log.info("ophyd devices (%s layer): %d ok of %d configured", self.control_layer, ok, len(self.records))
         finally:
             self._done.set()
@@ -303,9 +314,9 @@ class Devices(Mapping[str, Any]):
             state, reason, device, cls_name = self._build(factory, rec)
             with self._lock:
                 rec.state, rec.reason, rec.device, rec.device_class = state, reason, device, cls_name
-            if state == "failed":
+            if state == DeviceState.FAILED:
                 log.error("%s", reason)
-            elif state == "disconnected":
+            elif state == DeviceState.DISCONNECTED:
                 log.warning("device %s (%s) built but not connected yet: %s", rec.name, rec.prefix, reason)
 
     @staticmethod
@@ -325,7 +336,7 @@ class Devices(Mapping[str, Any]):
     def _build(self, factory: Any, rec: DeviceRecord) -> tuple[str, str | None, Any, str | None]:
         cls = self.resolve(factory, rec.group, rec.type)
         if isinstance(cls, str):
-            return "failed", f"device {rec.name!r} (IOC {rec.ioc!r}): {cls}", None, None
+            return DeviceState.FAILED, f"device {rec.name!r} (IOC {rec.ioc!r}): {cls}", None, None
         kwargs: dict[str, Any] = {"prefix": rec.prefix, "name": rec.name, "config": rec.config}
         if "poi" in rec.config or "iocinit" in rec.config:
             kwargs["poi"] = rec.config.get("poi", rec.config.get("iocinit", []))
@@ -334,7 +345,7 @@ class Devices(Mapping[str, Any]):
             device = cls(**kwargs)
         except Exception as exc:
             what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return ("failed", f"device {rec.name!r} ({rec.group}/{rec.type} {cls.__name__}, IOC {rec.ioc!r}, "
+            return (DeviceState.FAILED, f"device {rec.name!r} ({rec.group}/{rec.type} {cls.__name__}, IOC {rec.ioc!r}, "
                     f"prefix {rec.prefix}): {what}", None, cls.__name__)
         log.debug("built %s (%s) in %.2f s", rec.name, cls.__name__, time.monotonic() - t0)
         wait = getattr(device, "wait_for_connection", None)
@@ -342,9 +353,9 @@ class Devices(Mapping[str, Any]):
             try:
                 wait(timeout=CONNECT_TIMEOUT)
             except Exception as exc:
-                return ("disconnected", f"device {rec.name!r}: IOC {rec.ioc!r} not reachable: {exc}", device,
+                return (DeviceState.DISCONNECTED, f"device {rec.name!r}: IOC {rec.ioc!r} not reachable: {exc}", device,
                         cls.__name__)
-        return "ok", None, device, cls.__name__
+        return DeviceState.OK, None, device, cls.__name__
 
     async def ready(self, timeout: float = READY_TIMEOUT) -> bool:
         """Wait (bounded, without blocking the loop) until every build has finished."""
@@ -353,7 +364,7 @@ class Devices(Mapping[str, Any]):
         deadline = time.monotonic() + timeout
         while not self._done.is_set():
             if time.monotonic() >= deadline:
-                still = [n for n, r in self.records.items() if r.state == "pending"]
+                still = [n for n, r in self.records.items() if r.state == DeviceState.PENDING]
                 log.warning("devices still being built after %.0f s: %s (plugins start without them)",
                             timeout, ", ".join(still))
                 return False

@@ -1,4 +1,4 @@
-"""Asynchronous CA and PVA client of the REST PV gateway (``iocmng.api.pvs``).
+"""Asynchronous CA and PVA client of the REST PV gateway (:mod:`iocmng.api.gateway`).
 
 CA goes through aioca, PVA through p4p's asyncio client; both deliver their
 callbacks on the service's event loop, so nothing here blocks it, and every

@@ -14,15 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 PLUGIN_LOGGER = "iocmng.plugin"
 _END: dict[str, Any] = {"type": "end"}
 QUEUE_SIZE = 1000
+
+
+def put_drop_oldest(queue: asyncio.Queue[T], item: T) -> bool:
+    """Put ``item``; if the queue is full, drop its oldest item first (returns True then).
+    A slow consumer loses old items, never memory, and never slows the producer.
+    The one bounded queue of the service: SSE events here, PV monitors in the gateway."""
+    dropped = queue.full()
+    if dropped:
+        queue.get_nowait()
+    queue.put_nowait(item)
+    return dropped
 
 
 class EventBus:
@@ -40,16 +52,12 @@ class EventBus:
         """End every subscription (shutdown/reload): each stream sees its end."""
         self.closed = True
         for queue in self._subscribers:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(_END)
+            put_drop_oldest(queue, _END)
 
     def publish(self, event: dict[str, Any]) -> None:
         for queue in self._subscribers:
-            if queue.full():  # drop the oldest: a slow client must not hold memory
-                queue.get_nowait()
+            if put_drop_oldest(queue, event):  # a slow client must not hold memory
                 queue.dropped = getattr(queue, "dropped", 0) + 1  # type: ignore[attr-defined]
-            queue.put_nowait(event)
 
     def subscribe(self) -> Subscription:
         """Register a subscriber now: every event published after this call is
@@ -95,10 +103,6 @@ class Subscription:
     async def aclose(self) -> None:
         self._done = True
         self._bus._subscribers.discard(self._queue)
-
-
-def sse_frame(event: dict[str, Any]) -> bytes:
-    return f"event: {event.get('type', 'message')}\ndata: {json.dumps(event, default=str)}\n\n".encode()
 
 
 class PluginLogs(logging.Handler):

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from iocmng.api import http
+from iocmng.service.events import put_drop_oldest
 
 TOKEN = "s3cret-token"
 
@@ -65,7 +66,7 @@ async def test_bearer_ok(server: tuple[TestServer, dict[str, Any]], header: str 
 
 def test_put_drop_oldest() -> None:
     queue: asyncio.Queue[int] = asyncio.Queue(2)
-    assert [http.put_drop_oldest(queue, i) for i in range(4)] == [False, False, True, True]
+    assert [put_drop_oldest(queue, i) for i in range(4)] == [False, False, True, True]
     assert [queue.get_nowait(), queue.get_nowait()] == [2, 3]
 
 

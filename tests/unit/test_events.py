@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from iocmng.service import events
-from iocmng.service.events import EventBus, PluginLogs, sse_frame
+from iocmng.service.events import EventBus, PluginLogs
 
 
 async def test_subscribed_at_once_even_before_iterating() -> None:
@@ -56,12 +56,6 @@ async def test_slow_client_loses_oldest_and_is_told(monkeypatch: pytest.MonkeyPa
     assert got[0]["type"] == "dropped" and got[0]["count"] == 2
     assert [e["n"] for e in got[1:]] == [2, 3, 4]
     await sub.aclose()
-
-
-def test_sse_frame() -> None:
-    frame = sse_frame({"type": "enable", "plugin": "x", "enabled": False}).decode()
-    assert frame.startswith("event: enable\ndata: {") and frame.endswith("}\n\n")
-    assert frame.count("\n") == 3  # one data line: JSON never spans lines
 
 
 @pytest.fixture

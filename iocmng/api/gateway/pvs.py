@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from iocmng.epics.pvclient import CAClient, PVAClient, PVForbidden, PVNotFound
 from iocmng.errors import BadRequest, Conflict
 
-from ..http import put_drop_oldest, reply, service, sse_frame, stream_sse
+from ...service.events import put_drop_oldest
+from ..http import reply, service, sse_frame, stream_sse
 from ..problems import json_body
 
 log = logging.getLogger("iocmng.api.pvs")
