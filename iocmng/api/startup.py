@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config.models import deep_merge, load_config, merged_parameters
-from ..epics.ioc import DEFAULT_PV_NAMES, base_of, plan_records, plugin_prefix
+from ..config.models import load_config
+from ..epics.plan import DEFAULT_PV_NAMES, base_of, plan, plugin_prefix
 from ..service.views import LEGACY_KEYS
 from .http import COLLECTION, collection_kind, path_name, reply, service
 from .protocol import ServiceAPI
@@ -58,15 +58,10 @@ def startup_info(svc: ServiceAPI, name: str, kind: str | None) -> dict[str, Any]
         config, params, mode = h.config, h.params, h.mode if h.kind == "task" else "job"
         records = h.records.names() if h.records is not None else entry.records
         out["state"] = str(h.state)
-    else:  # pending (or failed to load): computed from the files
+    else:  # pending (or failed to load): planned from its files, as it will start
         config = load_config(Path(entry.plugin_dir))
-        if entry.kind == "task":
-            params = merged_parameters(config, entry.parameters).as_dict()
-            mode = params["mode"]
-        else:
-            params, mode = deep_merge(config.parameters, entry.parameters), "job"
-        base = plugin_prefix(svc.prefix, name, config)
-        records = [f"{base}:{s.short}" for s in plan_records(svc.prefix, name, entry.kind, mode, config)]
+        p = plan(svc.prefix, name, entry.kind, config, entry.parameters)
+        params, mode, records = p.parameters_dict(), p.mode, list(p.names)
         out["state"] = str(h.state) if h is not None else "pending"
     shorts = [r.rsplit(":", 1)[-1] for r in records]
     section = _config_view(config)

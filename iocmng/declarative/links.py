@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.models import LINK_RE, PVSpec
+from ..epics.values import is_pva_enum, plain_value, pva_value
 
 log = logging.getLogger("iocmng.links")
 
@@ -40,40 +41,6 @@ def parse_link(link: str, default_protocol: str) -> tuple[str, str]:
     if m is None:
         raise ValueError(f"not a link: {link!r}")
     return (m.group(1) or default_protocol), m.group(2)
-
-
-def plain_value(value: Any) -> Any:
-    """A CA/PVA value (aioca's augmented types, numpy) as a plain Python scalar, string or list."""
-    if getattr(value, "ndim", 0):
-        return value.tolist()
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if hasattr(value, "item"):  # a numpy scalar
-        return value.item()
-    return value
-
-
-def is_pva_enum(value: Any) -> bool:
-    try:
-        return bool(value.getID().startswith("epics:nt/NTEnum"))
-    except AttributeError:
-        return False
-
-
-def pva_value(value: Any, enum: bool) -> Any:
-    """The ``value`` field of a raw p4p Value as plain Python (an NTEnum: its index)."""
-    if enum:
-        return int(value.value.index)
-    try:
-        return plain_value(value.value)
-    except (AttributeError, KeyError):  # a structure without a value field: the whole Value
-        return value
 
 
 class PvaBatch:

@@ -297,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iocmng-run: {exc.detail}", file=sys.stderr)
         return 2
     if args.pva is not None:  # 2.7.9's pv_client follows --pva too, as under its iocmng-run
-        from ..core import pv_client
+        from ..epics import blocking_client
 
-        pv_client.init(pva=args.pva == "true")
+        blocking_client.init(pva=args.pva == "true")
     what = f"class {plan.cls.__name__} from {plan.source}" if plan.cls else f"declarative task {plan.config}"
     log.info("%s: %s; %s", plan.name, what, f"PVs {prefix}:<PV>" if plan.prefix else f"PV prefix {prefix}")
     def copy_config(dest: Path) -> None:

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config.models import load_config, merged_parameters
+from ..config.models import load_config
 from ..config.settings import Settings
-from ..epics.ioc import plan_records, plugin_prefix
+from ..epics.plan import plan
 from ..errors import Abandoned, Conflict, SourceError, ValidationFailed
 from ..runtime.runtime import Runtime
 from .autosave import AutosaveStore
@@ -188,10 +188,7 @@ class Mutations:
                                                    Path(entry.deps_dir) if entry.deps_dir else None, entry.kind)
                     new_entry = entry
                 config = await asyncio.to_thread(load_config, Path(new_entry.plugin_dir))
-                p = merged_parameters(config, params)
-                mode = p.mode if entry.kind == "task" else "job"
-                base = plugin_prefix(self.reads.prefix, name, config)
-                records = [f"{base}:{s.short}" for s in plan_records(self.reads.prefix, name, entry.kind, mode, config)]
+                records = list(plan(self.reads.prefix, name, entry.kind, config, params).names)
                 self.check_records_free(records, name)
                 # auto_start: an operator's restart starts it in later generations too
                 # and a restart on purpose lifts the watchdog's hold

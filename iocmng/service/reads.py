@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..config.models import deep_merge, load_config, merged_parameters
-from ..epics.ioc import base_of, plugin_prefix
+from ..config.models import load_config
+from ..epics.plan import base_of, plan, plugin_prefix
 from ..errors import IocmngError, NotFound
 from ..runtime.handle import PluginHandle
 from ..runtime.runtime import Runtime
@@ -90,14 +90,11 @@ class Reads:
             if h is not None and h.config is not None:
                 config, records = h.config, (h.records.names() if h.records is not None else entry.records)
                 mode = h.mode if h.kind == "task" else None
-            else:
+            else:  # pending: planned from its files, as it will start
                 try:
                     config = load_config(Path(entry.plugin_dir))
-                    if entry.kind == "task":
-                        params = merged_parameters(config, entry.parameters).as_dict()
-                        mode = params["mode"]
-                    else:
-                        params = deep_merge(config.parameters, entry.parameters)
+                    p = plan(self.prefix, entry.name, entry.kind, config, entry.parameters)
+                    params, mode = p.parameters_dict(), (p.mode if entry.kind == "task" else None)
                 except IocmngError:
                     pass  # files changed or gone: the plugin's own state says so when it loads
             base = base_of(records) or plugin_prefix(self.prefix, entry.name, config)

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.models import PluginConfig
-from ..epics.ioc import DEFAULT_PV_NAMES
+from ..epics.plan import DEFAULT_PV_NAMES
 from .registry import Entry
 
 LEGACY_STATUS = {

@@ -411,11 +411,14 @@ def test_run_ioc_refuses_what_is_not_a_plugin_class() -> None:
         run_ioc(type("T", (__import__("iocmng").TaskBase,), {}), prefix="bad prefix")
 
 
+from iocmng.epics import blocking_client  # noqa: E402
+
+
 # -- pv_client without a server ------------------------------------------------------------------------
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The pv_client module, closed (threads stopped) and its protocol choice forgotten after the test."""
-    monkeypatch.setattr(pv_client, "_provider", None)
+    monkeypatch.setattr(blocking_client, "_provider", None)  # the state behind the alias
     try:
         yield pv_client
     finally:
@@ -428,7 +431,7 @@ def test_provider_defaults_to_the_service_setting(
     monkeypatch.delenv("IOCMNG_LINK_PROTOCOL", raising=False)
     monkeypatch.delenv("IOCMNG_PVA", raising=False)
     assert client.get_provider() == "ca"
-    monkeypatch.setattr(pv_client, "_provider", None)
+    monkeypatch.setattr(blocking_client, "_provider", None)  # the state behind the alias
     monkeypatch.setenv("IOCMNG_PVA", "true")  # 2.7.9's switch
     assert client.get_provider() == "pva"
     client.init(pva=False)
@@ -457,7 +460,7 @@ def test_no_server_is_a_timeout_error(client: Any, pva: bool) -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutError) as info:
         client.get(f"{random_prefix()}:NOBODY", timeout=0.3)
-    assert time.monotonic() - started < 0.3 + pv_client.GRACE
+    assert time.monotonic() - started < 0.3 + blocking_client.GRACE
     assert isinstance(info.value.__cause__, PVNotFound)
 
 
