@@ -177,7 +177,7 @@ class PluginHandle:
             # see it) and its on_update comes back to the runtime's input
             # callback; remember the value so that echo is not taken for an
             # operator's write (see take_echo).
-            self.echo[name] = coerce_value(self.records.types[name], value)
+            self.echo[name] = coerce_value(self.records.type_of(name), value)
         self.records.set(name, value)
         if self.wiring is not None:
             out = pvs.outputs.get(name) if pvs is not None else None
@@ -357,7 +357,7 @@ class PluginHandle:
 
     # -- counters ---------------------------------------------------------------------------------
     def publish_count(self, force: bool = False) -> None:
-        if self.records is None or "CYCLE_COUNT" not in self.records.records:
+        if self.records is None or "CYCLE_COUNT" not in self.records:
             return
         now = time.monotonic()
         if self.cycle_count != self._published_count and (force or now - self._published_at >= COUNTER_PERIOD):

@@ -221,7 +221,7 @@ class Runtime:
         attach_context(h.instance, h)
         if h.config is not None:
             h.last_inputs = {n: h.records.get(n) for n, s in h.config.pvs.inputs.items() if s.link is None}
-        if "VERSION" in h.records.records and h.params.get("version") is not None:
+        if "VERSION" in h.records and h.params.get("version") is not None:
             h.records.set("VERSION", h.params["version"])
         config, logic = h.config, h.logic
         if config is not None and logic is not None and config.has_logic:

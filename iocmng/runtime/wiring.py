@@ -21,7 +21,7 @@ from typing import Any
 from ..config.models import SYS_CONN, PluginConfig, coerce_value
 from ..declarative.links import LinkSet
 from ..declarative.logic import BUFFER_SUFFIX, Logic, Outcome
-from ..epics.ioc import LINK_ALARM, FastRecord
+from ..epics.plan import LINK_ALARM, SYS_CONN_ALARM
 from .handle import PluginHandle
 from .services import RuntimeServices
 
@@ -30,8 +30,6 @@ OnTrigger = Callable[[str, Any, Any], None]
 
 log = logging.getLogger("iocmng.wiring")
 
-#: SYS_CONN's own alarm while a link is down: (LINK status, MAJOR severity).
-SYS_CONN_ALARM = (14, 2)
 
 
 class Wiring:
@@ -137,7 +135,7 @@ class Wiring:
         self.evaluations += 1
         for name, value in outcome.outputs.items():
             try:
-                if records.get(name) != coerce_value(records.types[name], value):
+                if records.get(name) != coerce_value(records.type_of(name), value):
                     records.set(name, value)
                     self.note_local(name, value)
             except Exception as exc:  # OverflowError too (pow(2, 2000) into a float): a failed cycle, not a dead task
@@ -197,20 +195,17 @@ class Wiring:
             return
         links = self.links.links
         for tag, direction in (("CONN_INP", "input"), ("CONN_OUT", "output")):
-            if tag in records.records:
+            if tag in records:
                 records.set(tag, [1 if links[n].connected else 0 for n in self.links.names(direction)])
         down = set(self.links.disconnected())
         # Mirrors of disconnected inputs, and outputs computed from them, show LINK/INVALID.
         alarmed = {n for n in down if n in self.config.pvs.inputs} | self.logic.affected_outputs(down)
         for name in alarmed ^ self._alarmed:
-            rec = records.records.get(name)
-            if isinstance(rec, FastRecord):
-                rec.force_alarm(LINK_ALARM if name in alarmed else None)
+            if name in records:  # the backend leaves records it cannot alarm as they are
+                records.force_alarm(name, LINK_ALARM if name in alarmed else None)
         self._alarmed = alarmed
-        if SYS_CONN in records.records:
+        if SYS_CONN in records:
             order = [n for n in links if n in down]
-            rec = records.records[SYS_CONN]
             text = "OK" if not order else f"DISCONNECTED: {', '.join(order)}"
-            if isinstance(rec, FastRecord):
-                rec.force_alarm(SYS_CONN_ALARM if order else None)
+            records.force_alarm(SYS_CONN, SYS_CONN_ALARM if order else None)
             records.set(SYS_CONN, text)
