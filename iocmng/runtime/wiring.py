@@ -57,7 +57,7 @@ class Wiring:
         #: reactive tasks evaluate on changes of these (all wired inputs if none says trigger)
         self.reactive_on = triggers or {n for n, s in config.pvs.inputs.items() if s.link}
         self.buffers: dict[str, Any] = {n: lk.buffer for n, lk in self.links.links.items() if lk.buffer is not None}
-        self._local_buffers = {n: collections.deque(maxlen=s.buffer_size)
+        self._local_buffers: dict[str, collections.deque[Any]] = {n: collections.deque(maxlen=s.buffer_size)
                                for n, s in config.all_pvs().items() if s.buffer_size and not s.link}
         self.buffers |= self._local_buffers
         self._params = {k: v for k, v in params.items() if isinstance(k, str)}
@@ -123,8 +123,8 @@ class Wiring:
         except Exception as exc:  # a loop callback: an error here must become the plugin's, not the loop's
             errors = [("rules", exc)]
         if errors:
-            where, exc = errors[0]
-            h.fail(exc, where)
+            where, error = errors[0]
+            h.fail(error, where)
         else:
             h.cycle_ok()
 
