@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -41,7 +41,7 @@ DEFAULT_SIZE = 10000
 __all__ = ["ChannelFinderClient", "ChannelFinderError", "ChannelFinderHelpers", "group_devices"]
 
 
-def _props(channel: dict[str, Any]) -> dict[str, Any]:
+def _props(channel: dict[str, Any]) -> dict[Any, Any]:
     return {p.get("name"): p.get("value", "") for p in channel.get("properties") or [] if isinstance(p, dict)}
 
 
@@ -209,7 +209,7 @@ class ChannelFinderHelpers:
             self._ctx, "channelfinder_timeout", None) or DEFAULT_TIMEOUT
         return str(url), float(timeout)
 
-    def _cf_run(self, work: Callable[[], Awaitable[Any]], timeout: float) -> Any:
+    def _cf_run(self, work: Callable[[], Coroutine[Any, Any, Any]], timeout: float) -> Any:
         """An awaitable on the loop thread; the result itself from any other thread."""
         try:
             asyncio.get_running_loop()

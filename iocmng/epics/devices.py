@@ -209,6 +209,7 @@ class Devices(Mapping[str, Any]):
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._closed = False
+        self.reason: str | None
         if not enabled:
             self.reason = "IOCMNG_DISABLE_OPHYD=true"
         elif config is None:
@@ -333,7 +334,7 @@ class Devices(Mapping[str, Any]):
         types = sorted(t for g, t in known if g == group)
         return f"unknown devtype {dtype!r} for devgroup {group!r} (known: {', '.join(types)})"
 
-    def _build(self, factory: Any, rec: DeviceRecord) -> tuple[str, str | None, Any, str | None]:
+    def _build(self, factory: Any, rec: DeviceRecord) -> tuple[DeviceState, str | None, Any, str | None]:
         cls = self.resolve(factory, rec.group, rec.type)
         if isinstance(cls, str):
             return DeviceState.FAILED, f"device {rec.name!r} (IOC {rec.ioc!r}): {cls}", None, None

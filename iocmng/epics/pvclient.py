@@ -269,8 +269,8 @@ class CAClient:
                 return
             if state["info"] is None:  # (re)connected: learn the type again
                 try:
-                    state["info"] = await aioca.cainfo(name, timeout=2.0)
-                    kind = CA_TYPES[state["info"].datatype]
+                    info = state["info"] = await aioca.cainfo(name, timeout=2.0)
+                    kind = CA_TYPES[info.datatype]
                     state["choices"] = await self._ctrl(name, kind, 2.0, 2.0)
                 except Exception:  # noqa: BLE001 - a PV that vanished again: the next event says so
                     return
