@@ -122,6 +122,11 @@ class Reply:
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
 
+    def expect_ok(self) -> Any:
+        """Fail unless the status is a success (below 400); return the JSON body."""
+        assert self.status < 400, (self.status, self.text[:2000])
+        return self.body
+
 
 def call(
     method: str,
@@ -301,7 +306,7 @@ class Server:
 
     def kill_tree(self) -> None:
         """SIGKILL the service, then the children it leaves (a child import check, a job)."""
-        if self.proc is None:
+        if not self.alive():  # (a reaped PID may be another process's by now)
             return
         try:
             children = psutil.Process(self.proc.pid).children(recursive=True)

@@ -65,14 +65,6 @@ def ioc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runner, Path
     stop_and_check(runner)
 
 
-@pytest.fixture(autouse=True)
-def _purge_ca() -> Iterator[None]:
-    yield
-    import aioca
-
-    aioca.purge_channel_caches()  # the test's loop closes now: no callbacks into it later
-
-
 @pytest.fixture
 async def pva(ioc: tuple[Runner, Path]) -> Any:
     ctx = pva_context(ioc[0].ports)

@@ -15,9 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +22,19 @@ import pytest
 import yaml
 from conftest import EXAMPLES, loopback_env, wait_for_sync
 
-from .conftest import Server, closed_port, make_repo
+from .conftest import Server, ServerFactory, call, closed_port, make_repo
 
 pytestmark = pytest.mark.timeout(180)
 
 SECRET = "glpat-BOOTSECRET-42"
 
 
-def http_json(method: str, url: str, body: Any = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
-
-
 def state(srv: Server, name: str) -> str:
-    return http_json("GET", f"{srv.url}/plugins/{name}")["state"]
+    return call("GET", f"{srv.url}/plugins/{name}").expect_ok()["state"]
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Server, Path, dict[str, Any]]]:
+def setup(tmp_path: Path, server_factory: ServerFactory) -> tuple[Server, Path, dict[str, Any]]:
     monitor = make_repo(tmp_path / "git" / "monitor", {".": EXAMPLES / "sync_monitor"})
     diag = make_repo(tmp_path / "git" / "diag", {"jobs/diagnostics": EXAMPLES / "diagnostics_job"})
     boot = {"plugins": [
@@ -64,12 +54,8 @@ def setup(tmp_path: Path) -> Iterator[tuple[Server, Path, dict[str, Any]]]:
     ]}
     path = tmp_path / "plugins.yaml"
     path.write_text(yaml.safe_dump(boot))
-    srv = Server(tmp_path / "data", tmp_path / "server.log",
-                 extra_env={"IOCMNG_PLUGINS_CONFIG": str(path), "BOOT_TEST_TOKEN": SECRET})
-    try:
-        yield srv, path, boot
-    finally:
-        srv.kill()
+    srv = server_factory(env={"IOCMNG_PLUGINS_CONFIG": str(path), "BOOT_TEST_TOKEN": SECRET}, start=False)
+    return srv, path, boot
 
 
 def test_boot_list(setup: tuple[Server, Path, dict[str, Any]]) -> None:
@@ -83,7 +69,7 @@ def test_boot_list(setup: tuple[Server, Path, dict[str, Any]]) -> None:
                  "plugins[8] (monitor): the name is already used"):
         assert text in errors, errors
     assert SECRET not in errors
-    names = sorted(p["name"] for p in http_json("GET", f"{srv.url}/plugins")["plugins"])
+    names = sorted(p["name"] for p in call("GET", f"{srv.url}/plugins").expect_ok()["plugins"])
     assert names == ["diag", "monitor", "wave"]
     wait_for_sync(lambda: state(srv, "monitor") == "running" and state(srv, "diag") == "idle", timeout=30)
     assert state(srv, "wave") == "stopped"  # auto_start: false
@@ -93,23 +79,20 @@ def test_boot_list(setup: tuple[Server, Path, dict[str, Any]]) -> None:
     assert list(reg["plugins"]) == ["diag", "monitor", "wave"]
     assert reg["plugins"]["diag"]["autostart_order"] == 1 and reg["plugins"]["wave"]["auto_start"] is False
 
-    info = http_json("GET", f"{srv.url}/plugins/monitor/startup")
+    info = call("GET", f"{srv.url}/plugins/monitor/startup").expect_ok()
     assert info["parameters"]["threshold"] == 10.0 and info["mode"] == "continuous"
     assert info["overrides"] == {"threshold": 10.0} and info["autostart_order"] == 2
     assert info["input_pvs"] == ["GAIN", "SETPOINT"] and "READING" in info["output_pvs"]
     assert f"{srv.prefix}:MONITOR:READING" in info["records"] and info["source"]["type"] == "git"
     assert set(info["base_control_pvs"]) == {"ENABLE", "STATUS", "MESSAGE", "CYCLE_COUNT"}
     assert "inputs" in info["config"]["pvs"]
-    wave = http_json("GET", f"{srv.url}/tasks/wave/startup")
+    wave = call("GET", f"{srv.url}/tasks/wave/startup").expect_ok()
     assert wave["auto_start"] is False and wave["state"] == "stopped"
-    with pytest.raises(urllib.error.HTTPError) as exc:
-        http_json("GET", f"{srv.url}/jobs/monitor/startup")
-    assert exc.value.code == 404
-    exc.value.close()
+    assert call("GET", f"{srv.url}/jobs/monitor/startup").status == 404
 
     # operator changes: new parameters for monitor, wave started by hand
-    http_json("POST", f"{srv.url}/plugins/monitor/restart", {"parameters": {"threshold": 20.0}})
-    http_json("POST", f"{srv.url}/plugins/wave/restart")
+    call("POST", f"{srv.url}/plugins/monitor/restart", {"parameters": {"threshold": 20.0}}).expect_ok()
+    call("POST", f"{srv.url}/plugins/wave/restart").expect_ok()
     wait_for_sync(lambda: state(srv, "wave") == "running", timeout=30)
     assert srv.stop() == 0
 
@@ -118,7 +101,7 @@ def test_boot_list(setup: tuple[Server, Path, dict[str, Any]]) -> None:
     path.write_text(yaml.safe_dump(boot))
     srv.start()
     wait_for_sync(lambda: state(srv, "monitor") == "running", timeout=30)
-    assert http_json("GET", f"{srv.url}/plugins/monitor/startup")["parameters"]["threshold"] == 20.0
+    assert call("GET", f"{srv.url}/plugins/monitor/startup").expect_ok()["parameters"]["threshold"] == 20.0
     wait_for_sync(lambda: state(srv, "wave") == "running", timeout=30)  # started by hand: starts again
     assert srv.stop() == 0
 
@@ -169,7 +152,7 @@ class Marker(TaskBase):
 '''
 
 
-def test_autostart_order_starts_groups_in_order(tmp_path: Path) -> None:
+def test_autostart_order_starts_groups_in_order(tmp_path: Path, server_factory: ServerFactory) -> None:
     marks = tmp_path / "marks.txt"
     entries = []
     # alphabetical order (alpha, mid, zeta) and list order differ from the wanted one
@@ -181,12 +164,7 @@ def test_autostart_order_starts_groups_in_order(tmp_path: Path) -> None:
                                                                        "file": str(marks)}}))
         entries.append({"name": name, "local_path": str(d), **({"autostart_order": order} if order else {})})
     (tmp_path / "plugins.yaml").write_text(yaml.safe_dump({"plugins": entries}))
-    srv = Server(tmp_path / "data", tmp_path / "server.log",
-                 extra_env={"IOCMNG_PLUGINS_CONFIG": str(tmp_path / "plugins.yaml")})
-    try:
-        srv.start()
-        wait_for_sync(lambda: marks.exists() and len(marks.read_text().split()) == 3, timeout=30)
-        assert marks.read_text().split() == ["zeta", "alpha", "mid"]
-        assert srv.stop() == 0
-    finally:
-        srv.kill()
+    srv = server_factory(env={"IOCMNG_PLUGINS_CONFIG": str(tmp_path / "plugins.yaml")})
+    wait_for_sync(lambda: marks.exists() and len(marks.read_text().split()) == 3, timeout=30)
+    assert marks.read_text().split() == ["zeta", "alpha", "mid"]
+    assert srv.stop() == 0

@@ -15,7 +15,6 @@ import asyncio
 import fnmatch
 import json
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from conftest import free_port, wait_for_sync
 from iocmng.epics.channelfinder import ChannelFinderClient, group_devices, search_params
 from iocmng.errors import ChannelFinderError
 
-from .conftest import Server, closed_port
+from .conftest import Server, ServerFactory, call, closed_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -184,16 +183,9 @@ ASYNC_JOB = SYNC_JOB.replace("CfSync", "CfAsync").replace("    def execute", "  
     "self.cf_discover_devices(", "await self.cf_discover_devices(").replace("self.cf_search(", "await self.cf_search(")
 
 
-def http_json(method: str, url: str, body: Any = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 @pytest.fixture(scope="module")
-def cf_server(tmp_path_factory: pytest.TempPathFactory, fake_cf: FakeChannelFinder) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("cf")
+def cf_server(fake_cf: FakeChannelFinder, module_server_factory: ServerFactory) -> Iterator[Server]:
+    root = module_server_factory.root
     plugins = []
     for name, code in (("cf-sync", SYNC_JOB), ("cf-async", ASYNC_JOB)):
         d = root / name
@@ -202,27 +194,24 @@ def cf_server(tmp_path_factory: pytest.TempPathFactory, fake_cf: FakeChannelFind
         (d / "config.yaml").write_text(JOB_CONFIG)
         plugins.append({"name": name, "local_path": str(d)})
     (root / "service.yaml").write_text(json.dumps({"plugins": plugins}))
-    srv = Server(root / "data", root / "server.log",
-                 extra_env={"IOCMNG_CONFIG": str(root / "service.yaml"), "IOCMNG_CHANNELFINDER_URL": fake_cf.url})
-    srv.start()
-    try:
-        for name in ("cf-sync", "cf-async"):
-            wait_for_sync(lambda n=name: http_json("GET", f"{srv.url}/jobs/{n}")["state"] == "idle", timeout=30,
-                          what=f"{name} idle")
-        yield srv
-    finally:
-        srv.stop()
+    srv = module_server_factory(
+        env={"IOCMNG_CONFIG": str(root / "service.yaml"), "IOCMNG_CHANNELFINDER_URL": fake_cf.url})
+    for name in ("cf-sync", "cf-async"):
+        wait_for_sync(lambda n=name: call("GET", f"{srv.url}/jobs/{n}", timeout=30).expect_ok()["state"] == "idle", timeout=30,
+                      what=f"{name} idle")
+    yield srv
+    srv.stop()
 
 
 @pytest.mark.parametrize("job", ["cf-sync", "cf-async"])
 def test_plugin_search_and_discover(cf_server: Server, job: str) -> None:
     run = f"{cf_server.url}/jobs/{job}/run"
-    r = http_json("POST", run, {"parameters": {"op": "search", "filters": {"name": "SPARC:MOT:TML:*"}}})
+    r = call("POST", run, {"parameters": {"op": "search", "filters": {"name": "SPARC:MOT:TML:*"}}}, timeout=30).expect_ok()
     assert r["success"], r
     assert len(r["data"]["items"]) == 5 and r["message"] == "5 found"
-    r = http_json("POST", run, {"parameters": {"op": "search", "filters": {"tags": ["archived"]}}})
+    r = call("POST", run, {"parameters": {"op": "search", "filters": {"tags": ["archived"]}}}, timeout=30).expect_ok()
     assert {c["name"] for c in r["data"]["items"]} >= {"SPARC:VAC:IP01:PRES", "SPARC:MOT:TML:GUNFLG01:RBV"}
-    r = http_json("POST", run, {"parameters": {"op": "discover", "filters": {"devgroup": "mot"}}})
+    r = call("POST", run, {"parameters": {"op": "discover", "filters": {"devgroup": "mot"}}}, timeout=30).expect_ok()
     assert r["success"], r
     assert [d["prefix"] for d in r["data"]["items"]] == [
         "SPARC:LINAC:MOT:GUNFLG01", "SPARC:MOT:TML:GUNFLG01", "SPARC:MOT:TML:GUNFLG02"]
@@ -237,11 +226,11 @@ def test_plugin_sees_errors(cf_server: Server, fake_cf: FakeChannelFinder, job: 
              (f"{base}/html/ChannelFinder", "not JSON")]
     for url, text in cases:
         # the plugin parameter channelfinder_url overrides the service's URL
-        r = http_json("POST", run, {"parameters": {"channelfinder_url": url, "filters": {"name": "*"}}})
+        r = call("POST", run, {"parameters": {"channelfinder_url": url, "filters": {"name": "*"}}}, timeout=30).expect_ok()
         assert not r["success"], r
         assert r["message"].startswith("ChannelFinderError: ") and text in r["message"], r
         assert url in r["message"]
-    assert http_json("GET", f"{cf_server.url}/health")["status"] == "ok"
+    assert call("GET", f"{cf_server.url}/health", timeout=30).expect_ok()["status"] == "ok"
 
 
 def test_no_url_is_an_error(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from conftest import EXAMPLES, REPO, EpicsPorts, free_port, random_prefix, wait_for, wait_for_sync
 
-from .conftest import make_repo
+from .conftest import call, make_repo
 
 PODMAN = ["podman", "--runtime", "runc"]
 RUN_FLAGS = ["--ulimit", "nofile=10000:10000", "--ulimit", "nproc=1000:1000"]
@@ -164,14 +164,9 @@ class Container:
         return int(podman("wait", self.name, timeout=timeout).stdout.strip())
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
+        """:func:`call` on the container's API: status and JSON body."""
+        r = call(method, self.url + path, body, timeout=timeout)
+        return r.status, r.body
 
     def health(self) -> dict[str, Any] | None:
         try:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from conftest import (
     wait_for_sync,
 )
 
-from .conftest import Server, make_repo
+from .conftest import Server, ServerFactory, call, make_repo
 from .external_ioc import ExternalIoc, merge_link_env
 
 pytestmark = pytest.mark.timeout(180)
@@ -112,9 +110,8 @@ def late(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalIoc]:
 
 
 @pytest.fixture(scope="module")
-def srv(ext: ExternalIoc, late: ExternalIoc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("decl")
-    server = Server(data_dir=tmp / "data", log_path=tmp / "server.log")
+def srv(ext: ExternalIoc, late: ExternalIoc, module_server_factory: ServerFactory) -> Iterator[Server]:
+    server = module_server_factory(start=False)
     server.extra_env.update(merge_link_env(server.env(), ext, late))
     server.start()
     yield server
@@ -122,23 +119,12 @@ def srv(ext: ExternalIoc, late: ExternalIoc, tmp_path_factory: pytest.TempPathFa
     assert "Traceback" not in server.log(), server.log()[-4000:]
 
 
-@pytest.fixture(autouse=True)
-def _purge_ca() -> Iterator[None]:
-    yield
-    import aioca
-
-    aioca.purge_channel_caches()  # the test's loop closes now: no callbacks into it later
-
-
 def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        assert exc.headers.get_content_type() == "application/problem+json", exc.code
-        return exc.code, json.loads(exc.read())
+    """:func:`call`, checking that every error answer is problem+json."""
+    r = call(method, url, body, timeout=120)
+    if r.status >= 400:
+        assert r.content_type == "application/problem+json", r.status
+    return r.status, r.body
 
 
 def add(srv: Server, body: dict[str, Any]) -> dict[str, Any]:

@@ -16,16 +16,22 @@ import json
 import subprocess
 import sys
 import textwrap
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aioca import caget, caput, purge_channel_caches
-from conftest import EXAMPLES, EpicsPorts, random_prefix, wait_for, wait_for_sync
+from aioca import caget, caput
+from conftest import (
+    EXAMPLES,
+    EpicsPorts,
+    _purge_ca_channels,
+    random_prefix,
+    wait_for,
+    wait_for_sync,
+)
 
-from .conftest import Server
+from .conftest import Server, ServerFactory, call
 
 for _mod in ("ophyd", "infn_ophyd_hal", "caproto"):
     pytest.importorskip(_mod, reason=f"{_mod} is not installed: pip install -e '.[ophyd]'")
@@ -126,18 +132,13 @@ def write_plugin(root: Path, name: str, code: str, config: str) -> Path:
 
 
 def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
+    r = call("GET", url, timeout=10)
+    assert r.status == 200, r.text
+    return r.body
 
 
 def by_name(listing: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {d["name"]: d for d in listing["devices"]}
-
-
-@pytest.fixture(autouse=True)
-async def _close_ca_channels() -> AsyncIterator[None]:
-    yield
-    purge_channel_caches()
 
 
 @pytest.fixture
@@ -156,7 +157,7 @@ def device_ioc(tmp_path: Path) -> Iterator[tuple[str, EpicsPorts]]:
         assert proc.poll() is None, out.read_text()
         yield prefix, ports
     finally:
-        purge_channel_caches()
+        _purge_ca_channels()  # before the IOC goes: no CA callbacks into the test's loop
         proc.kill()
         proc.wait(10)
 
@@ -167,26 +168,18 @@ def values_yaml(path: Path, iocs: str) -> Path:
     return path
 
 
-def device_server(tmp_path: Path, values: Path | None = None, **env: str) -> Server:
-    srv = Server(data_dir=tmp_path / "data", log_path=tmp_path / "server.log")
-    srv.extra_env.update({"IOCMNG_DISABLE_OPHYD": "false", **env})
+def device_server(factory: ServerFactory, values: Path | None = None, **env: str) -> Server:
+    srv = factory(env={"IOCMNG_DISABLE_OPHYD": "false", **env}, start=False)
     if values is not None:
         srv.extra_env["IOCMNG_BEAMLINE_CONFIG"] = str(values)
     return srv
 
 
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for s in started:
-        s.kill()
-
-
-async def test_devices(tmp_path: Path, device_ioc: tuple[str, EpicsPorts], servers: list[Server]) -> None:
+async def test_devices(
+    tmp_path: Path, device_ioc: tuple[str, EpicsPorts], server_factory: ServerFactory
+) -> None:
     ioc_prefix, ioc_ports = device_ioc
-    srv = device_server(tmp_path)
-    servers.append(srv)
+    srv = device_server(server_factory)
     values = values_yaml(tmp_path / "values.yaml", f"""
         - name: motors
           devgroup: mot
@@ -284,7 +277,7 @@ async def test_devices(tmp_path: Path, device_ioc: tuple[str, EpicsPorts], serve
     assert health["status"] == "ok" and health["plugins"].get("failed", 0) == 0, health
     tasks = {t["name"]: t for t in get_json(f"{srv.url}/tasks")["plugins"]}
     assert all(t["error_count"] == 0 for t in tasks.values()), tasks
-    purge_channel_caches()
+    _purge_ca_channels()  # before the server goes: no CA callbacks into the test's loop
     assert srv.stop() == 0
     assert "Traceback" not in srv.log().split("shutdown: stopping plugins", 1)[-1], srv.log()[-3000:]
 
@@ -303,14 +296,15 @@ async def _equals(pv: str, value: float) -> bool:
     ("namespace: tns\nepicsConfiguration: {iocs: []}\n", "missing key 'beamline'"),
     ("beamline: tbl\nnamespace: tns\nepicsConfiguration: {}\n", "missing key 'epicsConfiguration.iocs'"),
 ])
-async def test_bad_values_file(tmp_path: Path, servers: list[Server], content: str, expected: str) -> None:
+async def test_bad_values_file(
+    tmp_path: Path, server_factory: ServerFactory, content: str, expected: str
+) -> None:
     values = tmp_path / "values.yaml"
     values.write_text(content)
     config = tmp_path / "service.yaml"
     config.write_text(json.dumps({"plugins": [{"name": "device_monitor",
                                                "local_path": str(EXAMPLES / "device_monitor")}]}))
-    srv = device_server(tmp_path, values, IOCMNG_CONFIG=str(config))
-    servers.append(srv)
+    srv = device_server(server_factory, values, IOCMNG_CONFIG=str(config))
     health = srv.start()
     assert health["status"] == "ok"
     assert any(expected in e and "IOCMNG_BEAMLINE_CONFIG" in e for e in health["boot_errors"]), health
@@ -324,11 +318,9 @@ async def test_bad_values_file(tmp_path: Path, servers: list[Server], content: s
     assert srv.stop() == 0
 
 
-async def test_disabled(tmp_path: Path, servers: list[Server]) -> None:
+async def test_disabled(server_factory: ServerFactory) -> None:
     """Devices off (the default): listing says why; the example plugin runs and says so."""
-    srv = Server(data_dir=tmp_path / "data", log_path=tmp_path / "server.log", args=("--demo",))
-    servers.append(srv)
-    srv.start()
+    srv = server_factory(demo=True)
     listing = get_json(f"{srv.url}/devices")
     assert listing == {"enabled": False, "reason": "IOCMNG_DISABLE_OPHYD=true", "config": None,
                        "control_layer": None, "error": None, "devices": [],

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,22 +27,12 @@ from typing import Any
 import pytest
 from conftest import wait_for_sync
 
-from .conftest import Server, make_repo
+from .conftest import Server, ServerFactory, make_repo
 
 pytestmark = pytest.mark.timeout(180)
 
 NESTED = "[[[0]*10000]*10000]*10000 == [[[0]*10000]*10000]*10000"
 HEALTH_TIMEOUT = 10.0
-
-
-def http(method: str, url: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 class HealthWatch:
@@ -60,11 +48,11 @@ class HealthWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                status, body = http("GET", f"{self.srv.url}/health", timeout=HEALTH_TIMEOUT)
-                if status == 200 and body.get("status") == "ok":
+                r = self.srv.call("GET", "/health", timeout=HEALTH_TIMEOUT)
+                if r.status == 200 and isinstance(r.body, dict) and r.body.get("status") == "ok":
                     self.ok += 1
                 else:
-                    self.failures.append(f"{status} {body}")
+                    self.failures.append(f"{r.status} {r.text}")
             except (OSError, ValueError) as exc:  # a timeout: the loop did not answer within 10 s
                 self.failures.append(f"{type(exc).__name__}: {exc}")
             self._stop.wait(0.2)
@@ -83,10 +71,8 @@ class HealthWatch:
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("bounds")
-    server = Server(data_dir=tmp / "data", log_path=tmp / "server.log")
-    server.start()
+def srv(module_server_factory: ServerFactory) -> Iterator[Server]:
+    server = module_server_factory()
     yield server
     server.stop()  # kills it if its loop is stuck
 
@@ -119,12 +105,13 @@ def test_nested_list_repetition_is_refused_at_add(srv: Server, tmp_path: Path, s
         where = str(tmp_path / "plugin")
     before = clones(srv)
     with HealthWatch(srv) as watch:
-        status, problem = http("POST", f"{srv.url}/plugins", {"name": "nested", source: where})
+        r = srv.call("POST", "/plugins", {"name": "nested", source: where})
+        status, problem = r.status, r.body
         assert status == 422, (status, problem)
         assert "rules.R1.condition" in problem["detail"], problem
         assert NESTED in problem["detail"] and "nested list repetition" in problem["detail"], problem
-        assert http("GET", f"{srv.url}/plugins/nested")[0] == 404
-        names = [p["name"] for p in http("GET", f"{srv.url}/plugins")[1]["plugins"]]
+        assert srv.call("GET", "/plugins/nested").status == 404
+        names = [p["name"] for p in srv.call("GET", "/plugins").body["plugins"]]
         assert "nested" not in names
         assert clones(srv) == before, "a refused add leaves no clone behind"
         watch.ok or wait_for_sync(lambda: watch.ok, timeout=HEALTH_TIMEOUT, what="a /health answer")
@@ -139,11 +126,12 @@ def test_a_transform_chain_over_the_limit_is_refused_at_add(srv: Server, tmp_pat
     (tmp_path / "chain").mkdir()
     (tmp_path / "chain" / "config.yaml").write_text(config(squares(40), parameters={"seed": 3}))
     with HealthWatch(srv) as watch:
-        status, problem = http("POST", f"{srv.url}/plugins", {"name": "chain", "local_path": str(tmp_path / "chain")})
+        r = srv.call("POST", "/plugins", {"name": "chain", "local_path": str(tmp_path / "chain")})
+        status, problem = r.status, r.body
         assert status == 422, (status, problem)
         assert "transforms.32.expression" in problem["detail"], problem
         assert "'t32 * t32'" in problem["detail"] and "limit of 32" in problem["detail"], problem
-        assert http("GET", f"{srv.url}/plugins/chain")[0] == 404
+        assert srv.call("GET", "/plugins/chain").status == 404
         watch.ok or wait_for_sync(lambda: watch.ok, timeout=HEALTH_TIMEOUT, what="a /health answer")
     watch.check()
 
@@ -160,18 +148,21 @@ def test_a_doubling_transform_chain_runs_with_failed_cycles(srv: Server, tmp_pat
     (tmp_path / name).mkdir()
     (tmp_path / name / "config.yaml").write_text(config(transforms, parameters={"seed": 3, "word": "ab"}))
     with HealthWatch(srv) as watch:
-        status, body = http("POST", f"{srv.url}/plugins", {"name": name, "local_path": str(tmp_path / name)})
+        r = srv.call("POST", "/plugins", {"name": name, "local_path": str(tmp_path / name)})
+        status, body = r.status, r.body
         assert status in (200, 201, 202), body
         info = wait_for_sync(
-            lambda: (i := http("GET", f"{srv.url}/plugins/{name}", timeout=HEALTH_TIMEOUT)[1])["error_count"] >= 3
+            lambda: (i := srv.call("GET", f"/plugins/{name}", timeout=HEALTH_TIMEOUT).body)["error_count"] >= 3
             and i,
             timeout=60, interval=0.3, what=f"{name}: failed cycles")
         assert info["state"] == "running", info
         assert cap in info["last_error"] and "transform " in info["last_error"], info
-        status, pv = http("GET", f"{srv.url}/pvs/{srv.pv(name, 'STATUS')}", timeout=HEALTH_TIMEOUT)
+        r = srv.call("GET", f"/pvs/{srv.pv(name, 'STATUS')}", timeout=HEALTH_TIMEOUT)
+        status, pv = r.status, r.body
         assert status == 200 and pv["value"] in (4, "ERROR"), pv
-        status, pv = http("GET", f"{srv.url}/pvs/{srv.pv(name, 'MESSAGE')}", timeout=HEALTH_TIMEOUT)
+        r = srv.call("GET", f"/pvs/{srv.pv(name, 'MESSAGE')}", timeout=HEALTH_TIMEOUT)
+        status, pv = r.status, r.body
         assert status == 200 and str(pv["value"]).startswith("transform "), pv  # 40 characters over CA
-        assert http("DELETE", f"{srv.url}/plugins/{name}")[0] == 200
+        assert srv.call("DELETE", f"/plugins/{name}").status == 200
     watch.check()
     assert watch.ok >= 3

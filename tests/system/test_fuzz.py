@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from .conftest import Server  # noqa: E402
+from .conftest import Server, ServerFactory  # noqa: E402
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -55,20 +54,14 @@ SKIP = {"/api/v1/events", "/api/v1/pvs/{pv}/monitor"}  # endless SSE streams
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("fuzz")
-    srv = Server(
-        data_dir=tmp / "data",
-        log_path=tmp / "server.log",
-        args=("--demo",),
+def fuzz_server(module_server_factory: ServerFactory) -> Server:
+    return module_server_factory(
+        demo=True,
         # A generated http(s):// git_url must not hold a request for the default 120 s.
-        extra_env={"IOCMNG_GIT_TIMEOUT": "3", "IOCMNG_IMPORT_TIMEOUT": "10", "IOCMNG_RELOAD_DELAY": "0.2",
-                   # a generated PV name waits for its read timeout: keep it short
-                   "IOCMNG_PV_MAX_TIMEOUT": "0.5", "IOCMNG_PV_TIMEOUT": "0.2"},
+        env={"IOCMNG_GIT_TIMEOUT": "3", "IOCMNG_IMPORT_TIMEOUT": "10", "IOCMNG_RELOAD_DELAY": "0.2",
+             # a generated PV name waits for its read timeout: keep it short
+             "IOCMNG_PV_MAX_TIMEOUT": "0.5", "IOCMNG_PV_TIMEOUT": "0.2"},
     )
-    srv.start()
-    yield srv
-    srv.kill()
 
 
 def check_problem(response: Any) -> None:
