@@ -286,7 +286,7 @@ def test_kill_during_registry_writes(tmp_path: Path) -> None:
         assert proc.stdout is not None
         first = proc.stdout.readline()  # it is writing now
         assert first, "the writer did not start"
-        time.sleep(rng.uniform(0, 0.05))
+        time.sleep(rng.uniform(0, 0.05))  # a random instant of the writes to kill at: the test
         proc.kill()
         out, _ = proc.communicate(10)
         printed = [int(x) for x in (first + out).split()]
