@@ -122,6 +122,12 @@ class Reply:
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
 
+    def checked(self) -> tuple[int, Any]:
+        """(status, JSON body), failing unless an error answer (400 and up) is problem+json."""
+        if self.status >= 400:
+            assert self.content_type == "application/problem+json", (self.status, self.text[:2000])
+        return self.status, self.body
+
     def expect_ok(self) -> Any:
         """Fail unless the status is a success (below 400); return the JSON body."""
         assert self.status < 400, (self.status, self.text[:2000])

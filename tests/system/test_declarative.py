@@ -119,18 +119,10 @@ def srv(ext: ExternalIoc, late: ExternalIoc, module_server_factory: ServerFactor
     assert "Traceback" not in server.log(), server.log()[-4000:]
 
 
-def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    """:func:`call`, checking that every error answer is problem+json."""
-    r = call(method, url, body, timeout=120)
-    if r.status >= 400:
-        assert r.content_type == "application/problem+json", r.status
-    return r.status, r.body
-
-
 def add(srv: Server, body: dict[str, Any]) -> dict[str, Any]:
-    status, out = http("POST", f"{srv.url}/plugins", body)
+    status, out = call("POST", f"{srv.url}/plugins", body, timeout=120).checked()
     assert status in (200, 201, 202), out
-    wait_for_sync(lambda: http("GET", f"{srv.url}/plugins/{body['name']}")[1].get("state") == "running",
+    wait_for_sync(lambda: call("GET", f"{srv.url}/plugins/{body['name']}", timeout=120).checked()[1].get("state") == "running",
                   timeout=60, interval=0.2, what=f"{body['name']} running")
     return out
 
@@ -171,7 +163,7 @@ async def test_reference_readme_interlock(srv: Server, tmp_path: Path, provider:
     add(srv, {"name": name, "git_url": repo, "path": "plugins/interlock/",
               "parameters": {"pva": provider == "pva"}})
     pv = lambda short: srv.pv(name, short)  # noqa: E731
-    info = http("GET", f"{srv.url}/plugins/{name}/startup")[1]
+    info = call("GET", f"{srv.url}/plugins/{name}/startup", timeout=120).checked()[1]
     assert {lk["name"]: lk["protocol"] for lk in info["links"]} == {"temp": provider, "pressure": provider}
     assert [r["id"] for r in info["rules"]] == ["OVER_TEMP"]
     await wait_for(lambda: value_is(pv("CONN_INP"), [1, 1]), timeout=20, what="links connected")
@@ -201,7 +193,7 @@ async def test_reference_readme_interlock(srv: Server, tmp_path: Path, provider:
     await put("DEVICE:TEMP", 20.0)
     await put(pv("RESET"), 1)
     await wait_for(lambda: value_is(pv("MESSAGE"), "reset"), timeout=10)
-    assert http("GET", f"{srv.url}/health")[1]["status"] == "ok"
+    assert call("GET", f"{srv.url}/health", timeout=120).checked()[1]["status"] == "ok"
 
 
 async def _close(pv: str, expected: float) -> bool:
@@ -249,7 +241,7 @@ async def test_dead_link_then_ioc_comes_up(srv: Server, tmp_path: Path, late: Ex
     assert (y.severity, y.status) == (3, 14), "an output computed from a dead link: INVALID, LINK"
     assert (z.severity, float(z)) == (0, 2.0), "an output that does not read the link is not alarmed"
     assert str(conn) == "DISCONNECTED: x" and conn.severity == 2
-    assert http("GET", f"{srv.url}/health")[1]["status"] == "ok"
+    assert call("GET", f"{srv.url}/health", timeout=120).checked()[1]["status"] == "ok"
 
     late.start()
     await wait_for(lambda: _close(pv("y"), 3.0), timeout=60, what="the link connecting when its IOC starts")
@@ -298,13 +290,13 @@ def test_bad_declarative_config_is_refused(srv: Server, tmp_path: Path, case: tu
                                                                  "outputs": {"alarm": alarm}}, "rules": [rule]}
     repo = make_repo(tmp_path / "repo", {"config.yaml": json.dumps(config)})
     before = sorted(p.name for p in (srv.data_dir / "repos").iterdir()) if (srv.data_dir / "repos").is_dir() else []
-    status, problem = http("POST", f"{srv.url}/plugins", {"name": "bad", "git_url": repo})
+    status, problem = call("POST", f"{srv.url}/plugins", {"name": "bad", "git_url": repo}, timeout=120).checked()
     assert 400 <= status < 500, (status, problem)
     assert re.search(pattern, problem["detail"]), problem["detail"]
-    assert http("GET", f"{srv.url}/plugins/bad")[0] == 404
+    assert call("GET", f"{srv.url}/plugins/bad", timeout=120).checked()[0] == 404
     after = sorted(p.name for p in (srv.data_dir / "repos").iterdir()) if (srv.data_dir / "repos").is_dir() else []
     assert after == before, "a refused add leaves no clone behind"
-    assert http("GET", f"{srv.url}/health")[1]["status"] == "ok"
+    assert call("GET", f"{srv.url}/health", timeout=120).checked()[1]["status"] == "ok"
 
 
 @pytest.fixture
@@ -366,17 +358,17 @@ async def test_prefix_segment_poll_link_and_triggered_rules(srv: Server, tmp_pat
         (tmp_path / name / "config.yaml").write_text(POLL_CONFIG.format(segment=segment))
     add(srv, {"name": "polled", "local_path": str(tmp_path / "polled")})
     base = f"{srv.prefix}:{segment}"
-    assert http("GET", f"{srv.url}/plugins/polled")[1]["pv_prefix"] == base
+    assert call("GET", f"{srv.url}/plugins/polled", timeout=120).checked()[1]["pv_prefix"] == base
     assert await value_is(f"{base}:VERSION", "2.5")
     # the same segment again: its records would be another plugin's
-    status, problem = http("POST", f"{srv.url}/plugins", {"name": "clash", "local_path": str(tmp_path / "clash")})
+    status, problem = call("POST", f"{srv.url}/plugins", {"name": "clash", "local_path": str(tmp_path / "clash")}, timeout=120).checked()
     assert status == 409 and f"{base}:" in problem["detail"] and "'polled'" in problem["detail"], problem
-    assert http("GET", f"{srv.url}/plugins/clash")[0] == 404
+    assert call("GET", f"{srv.url}/plugins/clash", timeout=120).checked()[0] == 404
 
     await put("EXT:LEVEL", 42.0)
     await wait_for(lambda: value_is(f"{base}:lvl", 42.0), timeout=10, what="the polled link's mirror")
     assert await value_is(f"{base}:double", 0.0), "a triggered task evaluates only when run"
-    status, result = http("POST", f"{srv.url}/tasks/polled/trigger")
+    status, result = call("POST", f"{srv.url}/tasks/polled/trigger", timeout=120).checked()
     assert status == 200 and result["success"], result
     assert await value_is(f"{base}:double", 84.0)
     assert await value_is(f"{base}:big", 1)
