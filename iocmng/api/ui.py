@@ -32,9 +32,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._version import __version__
-from ..config.models import coerce_value, load_config, merged_parameters
+from ..config.models import coerce_value, load_config
 from ..epics.displays import Screen, overview_screen, plugin_screen
-from ..epics.ioc import JOB_STATES, MAX_STRING, TASK_STATES, plan_records, plugin_prefix
+from ..epics.plan import MAX_STRING, plan, status_labels
 from ..errors import BadRequest, Conflict, IocmngError, NotFound
 from .http import COLLECTION, bearer_ok, collection_kind, path_name, reply, service
 from .keys import API_TOKEN, READ_AUTH
@@ -45,9 +45,6 @@ ui_routes = web.RouteTableDef()
 STATIC = files("iocmng.api").joinpath("static")
 STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 BOB = "application/xml"
-#: Record types by PV type, for input (operator-written) and output records.
-RECORD_TYPES = {True: {"float": "ao", "int": "longout", "bool": "bo", "string": "stringout"},
-                False: {"float": "ai", "int": "longin", "bool": "bi", "string": "stringin"}}
 
 
 #: What a row of ``GET .../pvs`` says a PV is for (:func:`_role`).
@@ -65,21 +62,19 @@ class PutPluginPV(BaseModel):
 
 # -- what a plugin's records are ---------------------------------------------------------------
 async def screen_of(svc: ServiceAPI, name: str, kind: str | None) -> Screen:
-    """The plugin's PV plan: from the live handle, else (pending) from its files."""
+    """The plugin's record plan: the live handle's, else (pending) planned from its files."""
     entry = svc.get_kind(name, kind)
     h = svc.runtime.handles.get(name)
-    if h is not None and h.config is not None and h.records is not None:
-        base = plugin_prefix(svc.prefix, name, h.config)
-        return Screen(name, h.kind, h.mode, base, plan_records(svc.prefix, name, h.kind, h.mode, h.config), str(h.state))
+    if h is not None and h.plan is not None and h.records is not None:
+        return Screen.of(h.plan, str(h.state))
     if h is not None:  # loaded in this generation but failed before it had records
         raise Conflict(f"{name!r} failed to load and has no PVs in this generation: {h.last_error}")
     try:
         config = await asyncio.to_thread(load_config, Path(entry.plugin_dir))
-        mode = merged_parameters(config, entry.parameters).mode if entry.kind == "task" else "job"
+        p = plan(svc.prefix, name, entry.kind, config, entry.parameters)
     except IocmngError as exc:
         raise Conflict(f"{name!r} cannot be planned: {exc.detail}") from None
-    base = plugin_prefix(svc.prefix, name, config)
-    return Screen(name, entry.kind, mode, base, plan_records(svc.prefix, name, entry.kind, mode, config), "pending")
+    return Screen.of(p, "pending")
 
 
 def _role(short: str, writable: bool) -> str:
@@ -88,16 +83,6 @@ def _role(short: str, writable: bool) -> str:
     if short.startswith("CONN_"):
         return "links"
     return "input" if writable else "output"
-
-
-def _record_type(r: Any) -> str:
-    if r.short == "STATUS":
-        return "mbbi"
-    if r.special == "conn":
-        return "waveform"
-    if r.special == "names":
-        return "lsi"
-    return RECORD_TYPES[r.writable][r.spec.type]
 
 
 def _finite(value: Any) -> Any:
@@ -113,18 +98,18 @@ async def pv_table(svc: ServiceAPI, name: str, kind: str | None) -> dict[str, An
         s = r.spec
         row: dict[str, Any] = {"name": f"{screen.pv_prefix}:{r.short}", "pv": r.short, "role": _role(r.short, r.writable),
                                "type": "enum" if r.short == "STATUS" else s.type,
-                               "record": _record_type(r),
+                               "record": r.record_type,
                                "writable": r.writable and r.short != "RUN", "value": None}
         if s.link is not None:
             row["link"] = s.link
         for key in ("unit", "prec", "low", "high", "znam", "onam", "description"):
             if getattr(s, key) is not None:
                 row[key] = getattr(s, key)
-        if records is not None and r.short in records.records:
+        if records is not None and r.short in records:
             value = _finite(records.get(r.short))
             row["value"] = value
             if r.short == "STATUS":
-                states = JOB_STATES if screen.kind == "job" else TASK_STATES
+                states = status_labels(screen.kind)
                 row["text"] = states[value] if isinstance(value, int) and 0 <= value < len(states) else str(value)
             elif s.type == "bool":
                 row["text"] = (s.onam or "1") if value else (s.znam or "0")
@@ -190,11 +175,11 @@ async def put_pv(request: web.Request) -> web.Response:
     entry = svc.get_kind(name, collection_kind(request))
     body: PutPluginPV = await json_body(request, PutPluginPV)
     h = svc.runtime.handles.get(name)
-    if h is None or h.records is None or not h.records.live:
+    if h is None or h.records is None or h.plan is None or not h.records.live:
         raise Conflict(f"{name!r} has no live PVs now (it is waiting for the reload to generation "
                        f"{svc.registry.state.generation}, or failed to load)")
-    if short not in h.records.records:
-        raise NotFound(f"{name!r} has no PV {short!r}; its PVs: {', '.join(h.records.records)}", field="pv")
+    if short not in h.records:
+        raise NotFound(f"{name!r} has no PV {short!r}; its PVs: {', '.join(h.records.shorts())}", field="pv")
     if short == "RUN":
         raise Conflict(f"RUN runs a cycle: use POST /api/v1/tasks/{name}/trigger", field="pv")
     inputs = h.config.pvs.inputs if h.config is not None else {}
@@ -202,8 +187,7 @@ async def put_pv(request: web.Request) -> web.Response:
         what = "an output" if h.config is not None and short in h.config.pvs.outputs else "managed by iocmng"
         raise Conflict(f"{short} is {what} and read-only; writable PVs: "
                        f"{', '.join(['ENABLE'] * (entry.kind == 'task') + list(inputs))}", field="pv")
-    spec = inputs[short] if short in inputs else next(
-        r.spec for r in plan_records(svc.prefix, name, h.kind, h.mode, h.config) if r.short == short)
+    spec = inputs[short] if short in inputs else h.plan.spec(short).spec
     value = parse_value(spec.type, body.value, spec)
     # Through the record, as a CA put: DRVL/DRVH clamp, monitors fire, and
     # the record's on_update runs the plugin's on_input (or ENABLE's handler).

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config.models import PluginConfig, coerce_value
-from ..epics.ioc import PluginRecords
-from ..epics.plan import JOB_STATES, TASK_STATES, JobStatus, TaskStatus, truncate
+from ..epics.backend import Records
+from ..epics.plan import JOB_STATES, TASK_STATES, JobStatus, RecordPlan, TaskStatus, truncate
 from ..plugin.base import PluginBase
 from ..plugin.job import JobResult, describe
 from .services import RuntimeServices
@@ -129,10 +129,12 @@ class PluginHandle:
         self.mode = "continuous"
         self.interval = 1.0
         self.params: dict[str, Any] = {}
+        #: The record plan (base, mode, parameters, record specs), once loaded.
+        self.plan: RecordPlan | None = None
         self.config: PluginConfig | None = None
         self.cls: type[PluginBase] | None = None
         self.instance: PluginBase | None = None
-        self.records: PluginRecords | None = None
+        self.records: Records | None = None
         self.wiring: PluginWiring | None = None  # links and rules, when the config declares them
         self.logic: Logic | None = None
         self.last_inputs: dict[str, Any] = {}  # operator inputs: the value before a write ("old")
@@ -263,9 +265,6 @@ class PluginHandle:
         if index != self._status and self.records is not None:
             self._status = index
             self.records.set("STATUS", index)
-
-    # The service's old spelling; the lead switches iocmng/service/service.py to show_error().
-    _set_status = set_status_index
 
     @property
     def status_index(self) -> int:

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config.models import TASK_MODES, PluginConfig, deep_merge, load_config, merged_parameters
+from ..config.models import PluginConfig, deep_merge, load_config, merged_parameters
 from ..declarative.links import link_protocol
 from ..declarative.logic import Logic
-from ..epics.ioc import IocBridge, plan_records, plugin_prefix
-from ..errors import ConfigError, Conflict, IocmngError, NotFound, PluginLoadError
+from ..epics.backend import RecordBackend
+from ..epics.plan import RecordPlan, plan
+from ..errors import Conflict, IocmngError, NotFound, PluginLoadError
 from ..plugin.base import PluginBase, attach_context
 from ..plugin.job import JobResult, describe, normalize_result
 from ..plugin.task import TaskBase
@@ -62,7 +63,7 @@ class Runtime:
 
     def __init__(
         self,
-        bridge: IocBridge,
+        bridge: RecordBackend,
         *,
         saved: dict[str, dict[str, Any]] | None = None,
         on_save: Callable[[str, str, Any], None] | None = None,
@@ -134,19 +135,21 @@ class Runtime:
             raise NotFound(f"no plugin named {name!r}") from None
 
     # -- prepare (before iocInit) ----------------------------------------------------------
-    def load_code(self, spec: PluginSpec) -> tuple[type[PluginBase], PluginConfig, dict[str, Any]]:
-        """Import the class and merge parameters; raises IocmngError on any problem."""
+    def load_code(self, spec: PluginSpec) -> tuple[type[PluginBase], PluginConfig, RecordPlan]:
+        """Import the class and plan its records (parameters merged); raises IocmngError on any problem."""
         config = load_config(spec.directory)
-        params = merged_parameters(config, spec.parameters, where=str(spec.directory / "config.yaml"))
+        where = str(spec.directory / "config.yaml")
+        # Parameters first: a bad config.yaml value is reported before any import error.
+        merged_parameters(config, spec.parameters, where=where)
         cls = load_class(spec.directory, spec.name, spec.extra_paths)
         if missing_abstract(cls):
             raise PluginLoadError(f"{cls.__name__} does not implement {', '.join(missing_abstract(cls))}")
-        if kind_of(cls) == "job":  # mode/interval are task scheduling keys
-            if config.rules or config.transforms:
-                raise PluginLoadError(f"{cls.__name__} is a job: rules and transforms need a task "
-                                      "(mode continuous, triggered or reactive)")
-            return cls, config, deep_merge(config.parameters, spec.parameters)
-        return cls, config, params.as_dict()
+        kind = kind_of(cls)
+        if kind == "job" and (config.rules or config.transforms):  # mode/interval are task scheduling keys
+            raise PluginLoadError(f"{cls.__name__} is a job: rules and transforms need a task "
+                                  "(mode continuous, triggered or reactive)")
+        return cls, config, plan(self.bridge.prefix, spec.name, kind, config, spec.parameters, where=where,
+                                 exact=self.bridge.exact)
 
     @staticmethod
     def compile_logic(cls: type[PluginBase], config: PluginConfig, params: dict[str, Any]) -> Logic:
@@ -165,19 +168,13 @@ class Runtime:
             log.error("plugin %s cannot be loaded: %s", spec.name, h.last_error)
             return h
         try:
-            cls, config, params = self.load_code(spec)
-            h.cls, h.config, h.params = cls, config, params
-            h.kind = kind_of(cls)
-            h.mode = params["mode"] if h.kind == "task" else "job"
-            if h.kind == "task" and h.mode not in TASK_MODES:  # 'job' (iocmng 2.7.9) is for jobs only
-                raise ConfigError("parameters", [{"loc": "parameters.mode", "msg": f"{h.mode!r} is not a task mode; "
-                                                  "use one of " + ", ".join(TASK_MODES)}])
-            h.interval = float(params.get("interval", 1.0))
-            specs = plan_records(self.bridge.prefix, spec.name, h.kind, h.mode, config)
-            h.logic = self.compile_logic(cls, config, params)
-            h.records = self.bridge.add_plugin(
-                spec.name, specs, kind=h.kind, base=plugin_prefix(self.bridge.prefix, spec.name, config),
-                on_input=lambda short, value, _h=h: self._on_input(_h, short, value),
+            cls, config, p = self.load_code(spec)
+            h.cls, h.config, h.plan = cls, config, p
+            h.kind, h.mode, h.params = p.kind, p.mode, p.parameters_dict()
+            h.interval = float(h.params.get("interval", 1.0))
+            h.logic = self.compile_logic(cls, config, h.params)
+            h.records = self.bridge.create(
+                p, on_input=lambda short, value, _h=h: self._on_input(_h, short, value),
                 on_run=(lambda _h=h: self._on_run(_h)) if h.mode == "triggered" else None,
                 restored=self.saved.get(spec.name),
             )
@@ -288,12 +285,14 @@ class Runtime:
         old = h.spec
         spec = PluginSpec(old.name, directory or old.directory, old.parameters if parameters is None else parameters,
                           old.extra_paths if extra_paths is None else extra_paths)
-        cls, config, params = self.load_code(spec)  # raises before anything is stopped
+        cls, config, p = self.load_code(spec)  # raises before anything is stopped
+        params = p.parameters_dict()
         logic = self.compile_logic(cls, config, params)
         if h.records is None:
             raise Conflict(f"plugin {name!r} has no records in this generation; it needs a reload")
         await self.stop_plugin(h)
         h.reload(spec, cls, config, params, logic)
+        h.plan = p
         await self.start_plugin(h)
         return h
 

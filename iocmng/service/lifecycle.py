@@ -174,9 +174,7 @@ class Lifecycle:
         h = self.svc.runtime.handles.get(plugin)
         if h is None:
             return
-        first = h.stalled is None
-        h.stalled = reason
-        if first:
+        if h.mark_stalled(reason):
             asyncio.get_running_loop().call_soon(self._stop_stalled, h)
 
     def _stop_stalled(self, h: PluginHandle) -> None:
@@ -232,8 +230,7 @@ class Lifecycle:
         """The watchdog caught the loop stalled: blame the plugin on the stack."""
         h = self.svc.runtime.handles.get(plugin) if plugin else None
         if h is not None:
-            h.stalls += 1
-            h.last_error = f"held the event loop for {seconds:.2f}s at {where} (use async I/O or a sync method)"
+            h.note_stall(seconds, where)
         self.svc.runtime.emit("stall", plugin=plugin, seconds=round(seconds, 3), where=where)
 
     async def boot(self) -> None:
@@ -263,15 +260,14 @@ class Lifecycle:
         for name, e in svc.registry.plugins.items():  # stopped by the watchdog: failed until restarted
             h = svc.runtime.handles.get(name)
             if e.failed and h is not None and h.state == State.PENDING:
-                h.stalled = h.last_error = e.failed
-                h.set_state(State.FAILED)
+                h.mark_stalled(e.failed)
+                h.refuse(e.failed)
         if svc.safe_mode:
             self._hold_plugins()
         svc.bridge.start(asyncio.get_running_loop())
         for h in svc.runtime.handles.values():
             if h.stalled is not None:
-                h._set_status(4 if h.kind == "task" else 3)
-                h.set_message(h.stalled)
+                h.show_error(h.stalled)
         svc.devices.start()  # after iocInit: a device may use this process's own PVs
         if svc.devices.error:
             svc.served.boot_errors.append(f"devices: {svc.devices.error}")
@@ -290,8 +286,7 @@ class Lifecycle:
         handles = self.svc.runtime.handles
         for h in handles.values():
             if h.state == State.PENDING:
-                h.last_error = reason.replace("{name}", h.name)
-                h.set_state(State.FAILED)
+                h.refuse(reason.replace("{name}", h.name))
         self.svc.served.boot_errors.append(
             "safe mode: the service died repeatedly right after its start; no plugin started")
         log.error("safe mode: %d plugin(s) not started", len(handles))

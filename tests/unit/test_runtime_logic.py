@@ -1,7 +1,7 @@
-"""Runtime scheduling logic in-process, with a fake IOC bridge (no EPICS involved).
+"""Runtime scheduling logic in-process, on the in-memory record backend (no EPICS involved).
 
-The fake bridge records every ``.set()`` the runtime makes, and lets a test
-play the operator by calling the record callbacks the real IOC would call.
+:class:`iocmng.testing.FakeBackend` records every ``.set()`` the runtime makes, and lets a
+test play the operator by calling the record callbacks the real IOC would call.
 """
 
 from __future__ import annotations
@@ -12,77 +12,13 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from iocmng.epics.ioc import PluginRecords, RecordSpec, plugin_prefix
 from iocmng.runtime.runtime import PluginSpec, Runtime, State
+from iocmng.testing import FakeBackend
 
 _ids = itertools.count()
-
-
-class FakeRecord:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-        self.history: list[Any] = [value]
-
-    def set(self, value: Any, process: bool = True) -> None:
-        self.value = value
-        self.history.append(value)
-
-    def get(self) -> Any:
-        return self.value
-
-
-class FakeBridge:
-    def __init__(self, prefix: str = "TEST") -> None:
-        self.prefix = prefix
-        self.started = False
-        self.plugins: dict[str, PluginRecords] = {}
-        self.on_input: dict[str, Any] = {}
-        self.on_run: dict[str, Any] = {}
-
-    def add_plugin(
-        self,
-        name: str,
-        specs: list[RecordSpec],
-        *,
-        kind: str,
-        on_input: Any,
-        on_run: Any = None,
-        restored: dict[str, Any] | None = None,
-        base: str | None = None,
-    ) -> PluginRecords:
-        out = PluginRecords(base or plugin_prefix(self.prefix, name))
-        for rec in specs:
-            value = (
-                (restored or {}).get(rec.short, rec.spec.value) if rec.autosave else rec.spec.value
-            )
-            out.records[rec.short] = FakeRecord(value)
-            out.types[rec.short] = "int" if rec.short == "STATUS" else rec.spec.type
-        self.plugins[name] = out
-        self.on_input[name] = on_input
-        self.on_run[name] = on_run
-        return out
-
-    # -- the operator ---------------------------------------------------------------
-    async def write(self, plugin: str, short: str, value: Any) -> None:
-        rec = self.plugins[plugin].records[short]
-        rec.set(value)
-        if short == "RUN":
-            if value:
-                await self.on_run[plugin]()
-            return
-        result = self.on_input[plugin](short, value)
-        if asyncio.iscoroutine(result):
-            await result
-
-    def value(self, plugin: str, short: str) -> Any:
-        return self.plugins[plugin].records[short].value
-
-    def history(self, plugin: str, short: str) -> list[Any]:
-        return self.plugins[plugin].records[short].history
 
 
 def make_plugin(tmp_path: Path, code: str, config: str = "") -> tuple[Path, str]:
@@ -96,7 +32,7 @@ def make_plugin(tmp_path: Path, code: str, config: str = "") -> tuple[Path, str]
 
 @pytest.fixture
 async def runtime():
-    rt = Runtime(FakeBridge())
+    rt = Runtime(FakeBackend("TEST"))
     yield rt
     await rt.stop()
 
@@ -320,7 +256,7 @@ async def test_run_pv_runs_one_cycle_and_resets(runtime: Runtime, tmp_path: Path
     bridge = runtime.bridge
     h, name = await started(runtime, tmp_path, TRIGGERED, "parameters: {mode: triggered}\n")
     assert (
-        "CYCLE_COUNT" not in bridge.plugins[name].records and "RUN" in bridge.plugins[name].records
+        "CYCLE_COUNT" not in bridge.plugins[name] and "RUN" in bridge.plugins[name]
     )
     assert h.task is None
     write = asyncio.ensure_future(bridge.write(name, "RUN", 1))
