@@ -2,8 +2,8 @@
 
 The data directory is a 2 MB tmpfs mounted by the test on a directory it
 made (needs root and mount; skipped otherwise). A running plugin is added
-first. Then the tmpfs is filled by a canary file, and later remounted
-read-only. Each time:
+first. Then the tmpfs is filled by a canary file, and later made read-only
+(a read-only bind mount over it). Each time:
 
 * an add is refused with 507 problem+json naming the cause, and leaves no
   clone and no registry change behind;
@@ -108,16 +108,22 @@ def test_full_then_read_only(tmp_path: Path, tmpfs: Path, server_factory: Server
     # -- read-only ----------------------------------------------------------------------------------
     for f in tmpfs.glob("canary-*"):
         f.unlink()
-    ro = subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], capture_output=True, text=True, timeout=10)
-    if ro.returncode:
-        import os
-        fds = Path(f"/proc/{srv.pid}/fd")
-        held = [os.readlink(p) for p in fds.iterdir() if str(tmpfs) in os.readlink(p)]
-        raise AssertionError(f"remount ro: {ro.stderr}; the server holds {held}")
+    # The server keeps one file open for writing here (the watchdog's C-level trace, written
+    # only if the process is ended by it), so the tmpfs itself cannot be remounted read-only:
+    # a read-only bind mount over it makes every new write fail with EROFS instead. Nothing
+    # else may stay open: a refused clone's lock file (deleted) once did, keeping the space used.
+    import os
+
+    fds = Path(f"/proc/{srv.pid}/fd")
+    held = [os.readlink(p) for p in fds.iterdir() if str(tmpfs) in os.readlink(p)]
+    assert str(tmpfs / "watchdog-trace.txt") in held and not [h for h in held if "(deleted)" in h], held
+    subprocess.run(["mount", "--bind", str(tmpfs), str(tmpfs)], check=True, capture_output=True, timeout=10)
     try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(tmpfs)], check=True, capture_output=True, timeout=10)
+        assert not _writable(tmpfs)
         assert_refused(srv, repo, registry, "Read-only file system")
     finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True, timeout=10)
+        subprocess.run(["umount", str(tmpfs)], check=True, timeout=10)  # the bind mount on top
 
     # -- space back: adds work again ---------------------------------------------------------------
     wait_for_sync(lambda: _writable(tmpfs), timeout=10, what="the data directory writable again")
