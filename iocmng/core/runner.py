@@ -1,9 +1,9 @@
 """iocmng 2.7.9's ``run_ioc()``: one plugin class as a soft IOC, without the REST service.
 
 Maps to ``iocmng-run`` (:mod:`iocmng.runtime.run_alias`), that is to ``iocmng run``'s
-machinery (:func:`iocmng.runtime.local.run_plugins`): the class is staged in a
-throw-away plugin directory beside its config, as ``iocmng-run -m`` does,
-and runs until SIGINT or SIGTERM::
+machinery (:func:`iocmng.runtime.local.run_plugins`): the class runs as is, its
+config written to a throw-away directory, as ``iocmng-run -m`` does, until
+SIGINT or SIGTERM::
 
     from iocmng import run_ioc
     from my_plugin import MyTask

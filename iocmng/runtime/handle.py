@@ -22,7 +22,8 @@ from ..config.models import PluginConfig, coerce_value
 from ..epics.backend import Records
 from ..epics.plan import JOB_STATES, TASK_STATES, JobStatus, RecordPlan, TaskStatus, truncate
 from ..plugin.base import PluginBase
-from ..plugin.job import JobResult, describe
+from ..plugin.job import JobBase, JobResult, describe
+from ..plugin.task import TaskBase
 from .services import RuntimeServices
 
 if TYPE_CHECKING:
@@ -96,6 +97,9 @@ class PluginSpec:
     directory: Path
     parameters: dict[str, Any] = field(default_factory=dict)
     extra_paths: list[Path] = field(default_factory=list)
+    #: The plugin class itself, when the caller already has it (``iocmng-run -m``,
+    #: ``run_ioc(cls)``): used as is instead of importing the directory's module.
+    cls: type[PluginBase] | None = None
 
 
 class PluginWiring(Protocol):
@@ -133,7 +137,7 @@ class PluginHandle:
         self.plan: RecordPlan | None = None
         self.config: PluginConfig | None = None
         self.cls: type[PluginBase] | None = None
-        self.instance: PluginBase | None = None
+        self.instance: TaskBase | JobBase | None = None
         self.records: Records | None = None
         self.wiring: PluginWiring | None = None  # links and rules, when the config declares them
         self.logic: Logic | None = None

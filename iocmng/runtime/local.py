@@ -29,8 +29,9 @@ def name_from_dir(directory: Path) -> str:
 
 async def run_plugins(dirs: list[Path], prefix: str, params: dict[str, Any], name: str | None, *,
                        exact_prefix: bool = False, extra_paths: list[Path] | None = None,
-                       pvout: Path | None = None) -> int:
-    """Run plugin directories; ``exact_prefix`` (iocmng-run, one plugin): PVs are ``<prefix>:<PV>``."""
+                       pvout: Path | None = None, cls: type | None = None) -> int:
+    """Run plugin directories; ``exact_prefix`` (iocmng-run, one plugin): PVs are ``<prefix>:<PV>``;
+    ``cls`` (one directory holding its config.yaml): the plugin class, instead of the directory's module."""
     # Imported here: `iocmng --help` and the client commands must not load softioc.
     from ..config.settings import load_settings
     from ..epics.ioc import IocBridge
@@ -43,7 +44,7 @@ async def run_plugins(dirs: list[Path], prefix: str, params: dict[str, Any], nam
     failed = []
     for d in dirs:
         plugin = name if name and len(dirs) == 1 else name_from_dir(d)
-        h = runtime.prepare(PluginSpec(plugin, d.resolve(), params, list(extra_paths or [])))
+        h = runtime.prepare(PluginSpec(plugin, d.resolve(), params, list(extra_paths or []), cls=cls))
         if h.state == State.FAILED:
             failed.append(f"{d}: {h.last_error}")
     if failed:

@@ -64,16 +64,8 @@ from typing import Any
 
 log = logging.getLogger("iocmng.run")
 
-#: The class the staged module derives from (set before the runtime imports it).
-_TARGET: type | None = None
-
 #: Base-class names that mark a file as a plugin (read from its AST, not imported).
 PLUGIN_BASES = {"TaskBase", "JobBase", "DeclarativeTask"}
-
-
-def target() -> type:
-    assert _TARGET is not None, "iocmng-run: no plugin class resolved"
-    return _TARGET
 
 
 class UsageError(ValueError):
@@ -235,23 +227,17 @@ def resolve(args: argparse.Namespace) -> Plan:
 
 def run_staged(cls: type | None, write_config: Callable[[Path], None], name: str, prefix: str,
                params: dict[str, Any], *, exact_prefix: bool, extra_paths: list[Path], pvout: Path | None) -> int:
-    """Run one plugin through ``iocmng run``'s machinery, staged in a throw-away directory:
-    its config.yaml (``write_config(path)``) and, for a class, a one-line module deriving
-    from it (``cls`` None: a declarative task). Used by ``iocmng-run`` and ``run_ioc()``."""
+    """Run one plugin through ``iocmng run``'s machinery (:func:`iocmng.runtime.local.run_plugins`):
+    its config.yaml (``write_config(path)``) in a throw-away directory, and the class itself
+    (``cls`` None: a declarative task). Used by ``iocmng-run`` and ``run_ioc()``."""
     from .local import run_plugins
 
     with tempfile.TemporaryDirectory(prefix="iocmng-run-") as tmp:
         staged = Path(tmp) / name
         staged.mkdir()
         write_config(staged / "config.yaml")
-        if cls is not None:
-            # set on the imported module (under `python -m` this file is also __main__)
-            importlib.import_module("iocmng.runtime.run_alias")._TARGET = cls
-            (staged / "plugin.py").write_text(
-                "from iocmng.runtime.run_alias import target\n\n\n"
-                f"class {cls.__name__}(target()):  # the class chosen by iocmng-run / run_ioc\n    pass\n")
         return asyncio.run(run_plugins([staged], prefix, params, name, exact_prefix=exact_prefix,
-                                        extra_paths=extra_paths, pvout=pvout))
+                                        extra_paths=extra_paths, pvout=pvout, cls=cls))
 
 
 def build_parser() -> argparse.ArgumentParser:

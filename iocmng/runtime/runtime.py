@@ -15,11 +15,12 @@ MESSAGE, ``last_error`` and ``error_count``; it never reaches the loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from ..epics.backend import RecordBackend
 from ..epics.plan import RecordPlan, plan
 from ..errors import Conflict, IocmngError, NotFound, PluginLoadError
 from ..plugin.base import PluginBase, attach_context
-from ..plugin.job import JobResult, describe, normalize_result
+from ..plugin.job import JobBase, JobResult, describe, normalize_result
 from ..plugin.task import TaskBase
 from .handle import (
     COUNTER_PERIOD,
@@ -44,7 +45,7 @@ from .handle import (
     State,
 )
 from .loader import kind_of, load_class, missing_abstract
-from .services import RuntimeServices, plugin_logger
+from .services import DeviceSource, RuntimeServices, plugin_logger
 from .wiring import Wiring
 from .workers import WorkerPool
 
@@ -67,7 +68,7 @@ class Runtime:
         *,
         saved: dict[str, dict[str, Any]] | None = None,
         on_save: Callable[[str, str, Any], None] | None = None,
-        devices: dict[str, Any] | None = None,
+        devices: DeviceSource | None = None,
     ) -> None:
         self.bridge = bridge
         self.handles: dict[str, PluginHandle] = {}
@@ -141,7 +142,7 @@ class Runtime:
         where = str(spec.directory / "config.yaml")
         # Parameters first: a bad config.yaml value is reported before any import error.
         merged_parameters(config, spec.parameters, where=where)
-        cls = load_class(spec.directory, spec.name, spec.extra_paths)
+        cls = spec.cls or load_class(spec.directory, spec.name, spec.extra_paths)
         if missing_abstract(cls):
             raise PluginLoadError(f"{cls.__name__} does not implement {', '.join(missing_abstract(cls))}")
         kind = kind_of(cls)
@@ -174,8 +175,8 @@ class Runtime:
             h.interval = float(h.params.get("interval", 1.0))
             h.logic = self.compile_logic(cls, config, h.params)
             h.records = self.bridge.create(
-                p, on_input=lambda short, value, _h=h: self._on_input(_h, short, value),
-                on_run=(lambda _h=h: self._on_run(_h)) if h.mode == "triggered" else None,
+                p, on_input=functools.partial(self._on_input, h),
+                on_run=functools.partial(self._on_run, h) if h.mode == "triggered" else None,
                 restored=self.saved.get(spec.name),
             )
             if h.kind == "task":
@@ -214,8 +215,10 @@ class Runtime:
     async def start_plugin(self, h: PluginHandle) -> None:
         assert h.cls is not None and h.records is not None
         h.starting()
-        h.instance = h.cls(name=h.name, parameters=h.params)
-        attach_context(h.instance, h)
+        instance = h.cls(name=h.name, parameters=h.params)
+        assert isinstance(instance, (TaskBase, JobBase))  # the loader accepts nothing else
+        h.instance = instance
+        attach_context(instance, h)
         if h.config is not None:
             h.last_inputs = {n: h.records.get(n) for n, s in h.config.pvs.inputs.items() if s.link is None}
         if "VERSION" in h.records and h.params.get("version") is not None:
@@ -228,7 +231,7 @@ class Runtime:
             wiring.start()  # subscriptions: values arrive while initialize() runs
         try:
             async with asyncio.timeout(INIT_TIMEOUT):
-                await self.call(h.instance.initialize)
+                await self.call(instance.initialize)
         except PLUGIN_ERRORS as exc:
             h.fail(exc, "initialize")
             h.set_state(State.FAILED)
@@ -302,7 +305,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         instance = h.instance
         assert instance is not None
-        execute = instance.execute
+        execute: Callable[[], Any] = instance.execute
         is_async = inspect.iscoroutinefunction(execute)
         pool = self.pool
         assert pool is not None
@@ -322,7 +325,7 @@ class Runtime:
             start = loop.time()
             lateness = start - next_t
             try:  # a failure of the rules is a failed cycle, never the end of the loop
-                errors = h.wiring.cycle() if h.wiring is not None else ()
+                errors: Sequence[tuple[str, BaseException]] = h.wiring.cycle() if h.wiring is not None else ()
             except PLUGIN_ERRORS as exc:
                 errors = [("rules", exc)]
             try:
@@ -368,6 +371,7 @@ class Runtime:
             raise Conflict(f"plugin {h.name!r} is disabled (ENABLE=0)")
         instance = h.instance
         assert instance is not None
+        assert isinstance(instance, TaskBase)
         fn = instance.triggered if _overridden(instance, "triggered", TaskBase) else instance.execute
         async with h.run_exclusive():
             t0 = time.monotonic()
@@ -440,7 +444,9 @@ class Runtime:
         if instance is None:
             return
         if _overridden(instance, "on_input_changed", PluginBase):
-            fn, args, where = instance.on_input_changed, (name, value, old), "on_input_changed"
+            fn: Callable[..., Any] = instance.on_input_changed
+            args: tuple[Any, ...] = (name, value, old)
+            where = "on_input_changed"
         elif _overridden(instance, "on_input", PluginBase):
             fn, args, where = instance.on_input, (name, value), "on_input"
         else:

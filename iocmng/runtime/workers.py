@@ -90,6 +90,7 @@ class WorkerPool:
             if item is _STOP:
                 return
             fut, fn, args = item
+            error: BaseException | None
             try:
                 result, error = fn(*args), None
             except SystemExit as exc:  # sys.exit() in plugin code must not become a service exit
