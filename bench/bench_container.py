@@ -35,17 +35,27 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def sh(*args: str, timeout: float = 1200) -> str:
-    return subprocess.run([*PODMAN, *args], check=True, capture_output=True, text=True, timeout=timeout).stdout
+    return subprocess.run(
+        [*PODMAN, *args], check=True, capture_output=True, text=True, timeout=timeout
+    ).stdout
 
 
 def cold_start() -> float:
     http = free_port()
     env = {
-        "IOCMNG_HOST": "127.0.0.1", "IOCMNG_PORT": str(http), "IOCMNG_PREFIX": "BENCH",
-        "EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_CA_SERVER_PORT": str(free_port()), "EPICS_CA_REPEATER_PORT": str(free_port()),
-        "EPICS_PVA_SERVER_PORT": str(free_port()), "EPICS_PVA_BROADCAST_PORT": str(free_port()),
+        "IOCMNG_HOST": "127.0.0.1",
+        "IOCMNG_PORT": str(http),
+        "IOCMNG_PREFIX": "BENCH",
+        "EPICS_CA_ADDR_LIST": "127.0.0.1",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_CA_SERVER_PORT": str(free_port()),
+        "EPICS_CA_REPEATER_PORT": str(free_port()),
+        "EPICS_PVA_SERVER_PORT": str(free_port()),
+        "EPICS_PVA_BROADCAST_PORT": str(free_port()),
     }
     name = f"iocmng-bench-{uuid.uuid4().hex[:8]}"
     args = ["run", "-d", "--rm", "--name", name, "--network=host", *FLAGS]
@@ -56,7 +66,9 @@ def cold_start() -> float:
     try:
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/v1/health", timeout=1) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{http}/api/v1/health", timeout=1
+                ) as r:
                     if r.status == 200:
                         return time.monotonic() - t0
             except OSError:
@@ -73,17 +85,32 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     t0 = time.monotonic()
-    sh("build", "--format", "docker", *FLAGS, "--network=host", *(["--no-cache"] if args.no_cache else []),
-       "--build-arg", f"BASE_IMAGE={BASE}", "-t", IMAGE, str(REPO))
+    sh(
+        "build",
+        "--format",
+        "docker",
+        *FLAGS,
+        "--network=host",
+        *(["--no-cache"] if args.no_cache else []),
+        "--build-arg",
+        f"BASE_IMAGE={BASE}",
+        "-t",
+        IMAGE,
+        str(REPO),
+    )
     build_s = time.monotonic() - t0
     image = json.loads(sh("image", "inspect", IMAGE))[0]
     base = json.loads(sh("image", "inspect", BASE))[0]
     starts = [cold_start() for _ in range(args.runs)]
     print(f"build{' (no cache)' if args.no_cache else ''}: {build_s:.1f} s")
-    print(f"image size: {image['Size'] / 1e6:.0f} MB (base {BASE}: {base['Size'] / 1e6:.0f} MB, "
-          f"iocmng layers: {(image['Size'] - base['Size']) / 1e6:.0f} MB)")
-    print(f"cold start to /health 200 over {args.runs} runs: median {statistics.median(starts):.2f} s, "
-          f"min {min(starts):.2f} s, max {max(starts):.2f} s")
+    print(
+        f"image size: {image['Size'] / 1e6:.0f} MB (base {BASE}: {base['Size'] / 1e6:.0f} MB, "
+        f"iocmng layers: {(image['Size'] - base['Size']) / 1e6:.0f} MB)"
+    )
+    print(
+        f"cold start to /health 200 over {args.runs} runs: median {statistics.median(starts):.2f} s, "
+        f"min {min(starts):.2f} s, max {max(starts):.2f} s"
+    )
     return 0
 
 

@@ -109,7 +109,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PERIOD = 0.1  # the external counters' period (s)
-PREFIXES = {"reactive": "BENCH", "reactive-notrigger": "BENCHN", "reactive-pva": "BENCHP", "continuous": "BENCHC"}
+PREFIXES = {
+    "reactive": "BENCH",
+    "reactive-notrigger": "BENCHN",
+    "reactive-pva": "BENCHP",
+    "continuous": "BENCHC",
+}
 
 from loopback import Ports  # noqa: E402  (sibling bench module)
 
@@ -121,8 +126,12 @@ SRC: dict[str, Any] = {"dir": REPO, "commit": "work tree"}
 def snapshot(rev: str) -> None:
     dest = TEMP / "src"
     dest.mkdir()
-    commit = subprocess.run(["git", "rev-parse", rev], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
-    archive = subprocess.run(["git", "archive", commit, "iocmng"], cwd=REPO, check=True, capture_output=True).stdout
+    commit = subprocess.run(
+        ["git", "rev-parse", rev], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", commit, "iocmng"], cwd=REPO, check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     SRC.update(dir=dest, commit=commit)
 
@@ -136,10 +145,20 @@ SPAWNER.submit(lambda: None).result()
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**env, "PYTHONPATH": os.pathsep.join([str(SRC["dir"]), *filter(None, [env.get("PYTHONPATH")])])}
+    env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(SRC["dir"]), *filter(None, [env.get("PYTHONPATH")])]),
+    }
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=TEMP, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # Ctrl-C reaches us only; we stop them
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=TEMP,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # Ctrl-C reaches us only; we stop them
     PROCS.append(proc)
     return proc
 
@@ -163,11 +182,16 @@ def drop_sys_nice_self() -> bool:
     inherited by the threads it creates). EPICS gives its threads SCHED_FIFO priorities when
     it may (root); without the capability libCom falls back to SCHED_OTHER, so this process's
     CA client threads no longer preempt the measured processes. Returns whether it was held."""
+
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
     class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+        _fields_ = [
+            ("effective", ctypes.c_uint32),
+            ("permitted", ctypes.c_uint32),
+            ("inheritable", ctypes.c_uint32),
+        ]
 
     libc = ctypes.CDLL(None, use_errno=True)
     header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3, this thread
@@ -253,7 +277,9 @@ def ext_name(g: int, m: int) -> str:
     return f"EXT:G{g:02d}:C{m:02d}"
 
 
-def wait_line(proc: subprocess.Popen[bytes], log: Path, text: str, timeout: float, what: str) -> None:
+def wait_line(
+    proc: subprocess.Popen[bytes], log: Path, text: str, timeout: float, what: str
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         content = log.read_text(errors="replace") if log.exists() else ""
@@ -262,7 +288,9 @@ def wait_line(proc: subprocess.Popen[bytes], log: Path, text: str, timeout: floa
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited with {proc.returncode}:\n{content[-3000:]}")
         time.sleep(0.05)
-    raise SystemExit(f"{what}: no {text!r} within {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
+    raise SystemExit(
+        f"{what}: no {text!r} within {timeout} s:\n{log.read_text(errors='replace')[-3000:]}"
+    )
 
 
 # -- the plugins -----------------------------------------------------------------------------
@@ -272,24 +300,40 @@ SUM_INPUTS = (0, 10, 20, 30, 40)
 def plugin_config(g: int, m_links: int, config: str) -> str:
     sampled = [f"IN{m:02d}" for m in SUM_INPUTS if m < m_links]
     trig = ", trigger: true" if config != "reactive-notrigger" else ""
-    params = "  mode: continuous\n  interval: 0.1\n" if config == "continuous" else "  mode: reactive\n"
+    params = (
+        "  mode: continuous\n  interval: 0.1\n" if config == "continuous" else "  mode: reactive\n"
+    )
     proto = "pva" if config == "reactive-pva" else "ca"
-    lines = [f"# bench/bench_links.py: plugin {g}, {m_links} links ({config})", "parameters:", params.rstrip("\n"),
-             "pvs:", "  inputs:"]
+    lines = [
+        f"# bench/bench_links.py: plugin {g}, {m_links} links ({config})",
+        "parameters:",
+        params.rstrip("\n"),
+        "pvs:",
+        "  inputs:",
+    ]
     for m in range(m_links):
-        lines.append(f"    IN{m:02d}: {{type: float, link: '{proto}://{ext_name(g, m)}', link_mode: monitor{trig}}}")
+        lines.append(
+            f"    IN{m:02d}: {{type: float, link: '{proto}://{ext_name(g, m)}', link_mode: monitor{trig}}}"
+        )
     lines.append("  outputs:")
     for m in range(m_links):
         lines.append(f"    OUT{m:02d}: {{type: float}}")
-    lines += ["    SUM: {type: float}", "    EVEN: {type: bool}", "    SPREAD: {type: bool}", "transforms:"]
+    lines += [
+        "    SUM: {type: float}",
+        "    EVEN: {type: bool}",
+        "    SPREAD: {type: bool}",
+        "transforms:",
+    ]
     for m in range(m_links):
         lines.append(f"  - {{output: OUT{m:02d}, expression: 'IN{m:02d} * 1'}}")
     group = ", ".join(sampled)
-    lines += [f"  - {{output: SUM, expression: '{' + '.join(sampled)}'}}",
-              "rule_defaults: {EVEN: 0, SPREAD: 0}",
-              "rules:",
-              "  - {id: even, condition: 'IN00 % 2 == 0', outputs: {EVEN: 1}}",
-              f"  - {{id: spread, condition: 'max({group}) - min({group}) > 1', outputs: {{SPREAD: 1}}}}"]
+    lines += [
+        f"  - {{output: SUM, expression: '{' + '.join(sampled)}'}}",
+        "rule_defaults: {EVEN: 0, SPREAD: 0}",
+        "rules:",
+        "  - {id: even, condition: 'IN00 % 2 == 0', outputs: {EVEN: 1}}",
+        f"  - {{id: spread, condition: 'max({group}) - min({group}) > 1', outputs: {{SPREAD: 1}}}}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -322,7 +366,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
             raw = (task / "stat").read_text()
         except OSError:
             continue
-        name = raw[raw.index("(") + 1: raw.rindex(")")]
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
         fields = raw.rsplit(")", 1)[1].split()
         name = name.rstrip("0123456789-_") or name
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
@@ -332,8 +376,13 @@ def thread_cpu(pid: int) -> dict[str, float]:
 def rt_threads(pid: int) -> dict[str, int]:
     """How many threads of a process run under each scheduling policy (EPICS gives its own
     threads SCHED_FIFO priorities when the process may: root, CAP_SYS_NICE)."""
-    names = {os.SCHED_OTHER: "other", os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr", os.SCHED_BATCH: "batch",
-             os.SCHED_IDLE: "idle"}
+    names = {
+        os.SCHED_OTHER: "other",
+        os.SCHED_FIFO: "fifo",
+        os.SCHED_RR: "rr",
+        os.SCHED_BATCH: "batch",
+        os.SCHED_IDLE: "idle",
+    }
     out: dict[str, int] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -373,8 +422,14 @@ def pct(values: list[float], q: float) -> float:
 
 def dist(values_s: list[float]) -> dict[str, Any]:
     ms = [1e3 * v for v in values_s]
-    return {"count": len(ms), "median_ms": statistics.median(ms) if ms else float("nan"), "p90_ms": pct(ms, 0.90),
-            "p99_ms": pct(ms, 0.99), "max_ms": max(ms, default=float("nan")), "min_ms": min(ms, default=float("nan"))}
+    return {
+        "count": len(ms),
+        "median_ms": statistics.median(ms) if ms else float("nan"),
+        "p90_ms": pct(ms, 0.90),
+        "p99_ms": pct(ms, 0.99),
+        "max_ms": max(ms, default=float("nan")),
+        "min_ms": min(ms, default=float("nan")),
+    }
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -430,8 +485,13 @@ async def wait_connected(prefix: str, groups: int, m_links: int, timeout: float)
         await asyncio.sleep(0.5)
 
 
-def latencies(ext: list[tuple[float, float, float]], out: list[tuple[float, float, float]],
-              t0: float, t1: float, value_of: Any = None) -> tuple[list[float], int, int]:
+def latencies(
+    ext: list[tuple[float, float, float]],
+    out: list[tuple[float, float, float]],
+    t0: float,
+    t1: float,
+    value_of: Any = None,
+) -> tuple[list[float], int, int]:
     """(latencies, missing, matched) of external updates stamped in [t0, t1] against output updates
     of the same value (``value_of(x)``: the output value for external value x)."""
     seen = {v: ts for v, ts, _ in out}
@@ -447,8 +507,12 @@ def latencies(ext: list[tuple[float, float, float]], out: list[tuple[float, floa
     return lat, missing, len(lat)
 
 
-def toggle_latencies(ext: list[tuple[float, float, float]], out: list[tuple[float, float, float]],
-                     t0: float, t1: float) -> tuple[list[float], int, int]:
+def toggle_latencies(
+    ext: list[tuple[float, float, float]],
+    out: list[tuple[float, float, float]],
+    t0: float,
+    t1: float,
+) -> tuple[list[float], int, int]:
     """EVEN (1 when the counter is even): for each external update in [t0, t1], the first EVEN
     update to the expected value after it and before the next external update."""
     ext = sorted(ext, key=lambda e: e[1])
@@ -478,12 +542,22 @@ async def quiet(limit: float, wait: float) -> dict[str, Any]:
             break
         await asyncio.sleep(5)
     load = os.getloadavg()[0]
-    print(f"  [load {load:.2f} after waiting {time.monotonic() - t0:.0f} s]", file=sys.stderr, flush=True)
+    print(
+        f"  [load {load:.2f} after waiting {time.monotonic() - t0:.0f} s]",
+        file=sys.stderr,
+        flush=True,
+    )
     return {"load_before": round(load, 2), "waited_s": round(time.monotonic() - t0)}
 
 
-async def run_config(config: str, args: argparse.Namespace, ext_proc: subprocess.Popen[bytes],
-                     ports: Ports, ext_ports: Ports, rep: int) -> dict[str, Any]:
+async def run_config(
+    config: str,
+    args: argparse.Namespace,
+    ext_proc: subprocess.Popen[bytes],
+    ports: Ports,
+    ext_ports: Ports,
+    rep: int,
+) -> dict[str, Any]:
     from aioca import FORMAT_TIME, caget
 
     groups, m_links = args.plugins, args.links
@@ -499,14 +573,34 @@ async def run_config(config: str, args: argparse.Namespace, ext_proc: subprocess
     t_start = time.monotonic()
     # --iocmng-no-rt: iocmng without CAP_SYS_NICE, so EPICS cannot give its threads SCHED_FIFO
     wrap = ["setpriv", "--bounding-set=-sys_nice"] if args.iocmng_no_rt else []
-    proc = spawn([*wrap, sys.executable, "-m", "iocmng.cli", "run", *map(str, dirs), "--prefix", prefix,
-                  "--log-level", args.log_level], env, log)
+    proc = spawn(
+        [
+            *wrap,
+            sys.executable,
+            "-m",
+            "iocmng.cli",
+            "run",
+            *map(str, dirs),
+            "--prefix",
+            prefix,
+            "--log-level",
+            args.log_level,
+        ],
+        env,
+        log,
+    )
     try:
-        await asyncio.to_thread(wait_line, proc, log, "iocmng run: serving", 180, f"iocmng run ({config})")
+        await asyncio.to_thread(
+            wait_line, proc, log, "iocmng run: serving", 180, f"iocmng run ({config})"
+        )
         started = time.monotonic() - t_start
         connect = await wait_connected(prefix, groups, m_links, 120)
-        print(f"  {config}: serving after {started:.1f} s, {groups * m_links} links connected"
-              f" {connect:.1f} s later", file=sys.stderr, flush=True)
+        print(
+            f"  {config}: serving after {started:.1f} s, {groups * m_links} links connected"
+            f" {connect:.1f} s later",
+            file=sys.stderr,
+            flush=True,
+        )
         sample = [m for m in SUM_INPUTS if m < m_links]
         n_sampled = min(groups, args.sample or groups)
         sampled_groups = sorted({round(k * groups / n_sampled) for k in range(n_sampled)})
@@ -514,8 +608,12 @@ async def run_config(config: str, args: argparse.Namespace, ext_proc: subprocess
         rec = Recorder()
         for g in sampled_groups:
             base = f"{prefix}:P{g:02d}"
-            rec.watch([ext_name(g, m) for m in sample] + [f"{base}:OUT{m:02d}" for m in sample]
-                      + [f"{base}:IN{m:02d}" for m in mirrors] + [f"{base}:SUM", f"{base}:EVEN", f"{base}:SPREAD"])
+            rec.watch(
+                [ext_name(g, m) for m in sample]
+                + [f"{base}:OUT{m:02d}" for m in sample]
+                + [f"{base}:IN{m:02d}" for m in mirrors]
+                + [f"{base}:SUM", f"{base}:EVEN", f"{base}:SPREAD"]
+            )
         slow = await rec.wait_first(30)
         if slow:
             raise SystemExit(f"no first value within 30 s from {len(slow)} PVs, e.g. {slow[:3]}")
@@ -536,12 +634,17 @@ async def run_config(config: str, args: argparse.Namespace, ext_proc: subprocess
         c1 = [int(v) for v in await caget(counts_pvs)]
         load1 = os.getloadavg()[0]
         rss = rss_mb(proc.pid)
-        sched = {"iocmng": rt_threads(proc.pid), "external_ioc": rt_threads(ext_proc.pid),
-                 "bench_client": rt_threads(os.getpid())}
+        sched = {
+            "iocmng": rt_threads(proc.pid),
+            "external_ioc": rt_threads(ext_proc.pid),
+            "bench_client": rt_threads(os.getpid()),
+        }
         await asyncio.sleep(1.0)  # the outputs of the window's last updates arrive
         rec.close()
         if proc.poll() is not None:
-            raise SystemExit(f"iocmng run ({config}) exited during the window:\n{log.read_text()[-3000:]}")
+            raise SystemExit(
+                f"iocmng run ({config}) exited during the window:\n{log.read_text()[-3000:]}"
+            )
     finally:
         if "aioca" in sys.modules:
             import aioca
@@ -557,7 +660,9 @@ async def run_config(config: str, args: argparse.Namespace, ext_proc: subprocess
     cpu["others_pct"] = 100 * (s1[0] - s0[0] - (s1[1] - s0[1])) / window - sum(cpu.values())
     cpu["steal_pct"] = 100 * (s1[1] - s0[1]) / window  # CPU the hypervisor gave to others (a VM)
     threads = {k: 100 * (v - th0.get(k, 0.0)) / window for k, v in th1.items()}
-    cpu["iocmng_threads"] = {k: round(v, 1) for k, v in sorted(threads.items(), key=lambda kv: -kv[1])[:6]}
+    cpu["iocmng_threads"] = {
+        k: round(v, 1) for k, v in sorted(threads.items(), key=lambda kv: -kv[1])[:6]
+    }
     # -- latencies: external updates stamped in the window (the outputs may come up to 1 s later)
     ev = rec.events
     kinds: dict[str, list[float]] = {"out": [], "mirror": [], "sum": [], "even": []}
@@ -586,7 +691,9 @@ async def run_config(config: str, args: argparse.Namespace, ext_proc: subprocess
             for v, ts, _ in exts[m]:
                 last_stamp[v] = max(ts, last_stamp.get(v, ts))
         sum_ext = [(v, ts, 0.0) for v, ts in last_stamp.items()]
-        lat, missing, _ = latencies(sum_ext, ev[f"{base}:SUM"], w0, w1, value_of=lambda x: len(sample) * x)
+        lat, missing, _ = latencies(
+            sum_ext, ev[f"{base}:SUM"], w0, w1, value_of=lambda x: len(sample) * x
+        )
         kinds["sum"] += lat
         miss["sum"] += missing
         lat, missing, _ = toggle_latencies(exts[sample[0]], ev[f"{base}:EVEN"], w0, w1)
@@ -598,87 +705,152 @@ async def run_config(config: str, args: argparse.Namespace, ext_proc: subprocess
         dump = Path(args.events).with_suffix(f".{config}-{rep + 1}.json")
         dump.write_text(json.dumps({"window": [w0, w1], "events": ev}))
     # every output's counter steps over its own record timestamps (a caget at each end of the window)
-    all_rates = [(float(b) - float(a)) / (b.timestamp - a.timestamp) for a, b in zip(o0, o1, strict=True)]
+    all_rates = [
+        (float(b) - float(a)) / (b.timestamp - a.timestamp) for a, b in zip(o0, o1, strict=True)
+    ]
     log_text = log.read_text(errors="replace")
     res = {
-        "config": config, "prefix": prefix, "plugins": groups, "links": groups * m_links,
+        "config": config,
+        "prefix": prefix,
+        "plugins": groups,
+        "links": groups * m_links,
         "sampled_plugins": len(sampled_groups),
-        "window_s": window, "cpu": cpu, "iocmng_rss_mb": rss, "exit_code": rc, "thread_policies": sched,
+        "window_s": window,
+        "cpu": cpu,
+        "iocmng_rss_mb": rss,
+        "exit_code": rc,
+        "thread_policies": sched,
         "latency": {k: {**dist(v), "missing": miss[k]} for k, v in kinds.items()},
         "latency_by_position": {str(m): dist(v) for m, v in per_pos.items()},
-        "out_rate_hz": {"min": min(rates, default=0), "median": statistics.median(rates) if rates else 0,
-                        "max": max(rates, default=0), "outputs": len(rates)},
-        "all_out_rate_hz": {"min": min(all_rates), "median": statistics.median(all_rates), "max": max(all_rates),
-                            "outputs": len(all_rates)},
-        "evaluations_per_s_per_plugin": statistics.median([(b - a) / (w1 - w0) for a, b in zip(c0, c1, strict=True)]),
+        "out_rate_hz": {
+            "min": min(rates, default=0),
+            "median": statistics.median(rates) if rates else 0,
+            "max": max(rates, default=0),
+            "outputs": len(rates),
+        },
+        "all_out_rate_hz": {
+            "min": min(all_rates),
+            "median": statistics.median(all_rates),
+            "max": max(all_rates),
+            "outputs": len(all_rates),
+        },
+        "evaluations_per_s_per_plugin": statistics.median(
+            [(b - a) / (w1 - w0) for a, b in zip(c0, c1, strict=True)]
+        ),
         "spread_fired": spread_fired,
         "client_lag": dist(client_lag),
-        "log_warnings": sum(1 for line in log_text.splitlines() if " WARNING " in line or " ERROR " in line),
-        "load_before": q["load_before"], "load_after": round(load1, 2), "time": time.strftime("%H:%M:%S"),
+        "log_warnings": sum(
+            1 for line in log_text.splitlines() if " WARNING " in line or " ERROR " in line
+        ),
+        "load_before": q["load_before"],
+        "load_after": round(load1, 2),
+        "time": time.strftime("%H:%M:%S"),
     }
     return res
 
 
 def report(results: dict[str, Any]) -> None:
     print()
-    print(f"iocmng {results['commit']}; {results['plugins']} plugins x {results['links_per_plugin']} links"
-          f" = {results['plugins'] * results['links_per_plugin']} monitored links at {1 / PERIOD:.0f} Hz;"
-          f" window {results['seconds']:.0f} s after {results['warmup']:.0f} s warm-up; nproc {results['nproc']};"
-          f" client nice {results['client_nice']}, client real-time {'kept' if results['client_rt'] else 'dropped'};"
-          f" iocmng real-time {'dropped' if results['iocmng_no_rt'] else 'as started'}")
+    print(
+        f"iocmng {results['commit']}; {results['plugins']} plugins x {results['links_per_plugin']} links"
+        f" = {results['plugins'] * results['links_per_plugin']} monitored links at {1 / PERIOD:.0f} Hz;"
+        f" window {results['seconds']:.0f} s after {results['warmup']:.0f} s warm-up; nproc {results['nproc']};"
+        f" client nice {results['client_nice']}, client real-time {'kept' if results['client_rt'] else 'dropped'};"
+        f" iocmng real-time {'dropped' if results['iocmng_no_rt'] else 'as started'}"
+    )
     for r in results["configs"]:
         c = r["cpu"]
         th = ", ".join(f"{k} {v}" for k, v in c["iocmng_threads"].items())
-        print(f"\n[{r['config']}, run {r['run']}]  ({r['time']}, load {r['load_before']:.2f} -> {r['load_after']:.2f})")
-        print(f"  CPU % of one core: iocmng {c['iocmng_pct']:.1f} ({th}); external IOC {c['external_ioc_pct']:.1f};"
-              f" bench client {c['bench_client_pct']:.1f}; others {c['others_pct']:.1f}; steal {c['steal_pct']:.1f}."
-              f" iocmng RSS {r['iocmng_rss_mb']:.0f} MB")
-        pol = "; ".join(f"{k} " + ", ".join(f"{n} {p}" for p, n in v.items()) for k, v in r["thread_policies"].items())
+        print(
+            f"\n[{r['config']}, run {r['run']}]  ({r['time']}, load {r['load_before']:.2f} -> {r['load_after']:.2f})"
+        )
+        print(
+            f"  CPU % of one core: iocmng {c['iocmng_pct']:.1f} ({th}); external IOC {c['external_ioc_pct']:.1f};"
+            f" bench client {c['bench_client_pct']:.1f}; others {c['others_pct']:.1f}; steal {c['steal_pct']:.1f}."
+            f" iocmng RSS {r['iocmng_rss_mb']:.0f} MB"
+        )
+        pol = "; ".join(
+            f"{k} " + ", ".join(f"{n} {p}" for p, n in v.items())
+            for k, v in r["thread_policies"].items()
+        )
         print(f"  threads by scheduling policy: {pol}")
         o = r["out_rate_hz"]
         a = r["all_out_rate_hz"]
-        print(f"  output updates: {o['median']:.2f} Hz median (min {o['min']:.2f}, max {o['max']:.2f},"
-              f" {o['outputs']} monitored outputs); all {a['outputs']} outputs (caget at both ends):"
-              f" {a['median']:.2f} Hz median, min {a['min']:.2f}, max {a['max']:.2f}")
-        print(f"  evaluations {r['evaluations_per_s_per_plugin']:.1f}/s per plugin;"
-              f" SPREAD fired {r['spread_fired']}x; log warnings/errors {r['log_warnings']}")
-        for kind, label in (("out", "OUT = IN*1 (transform)"), ("sum", "SUM of 5 inputs (transform)"),
-                            ("even", "EVEN (rule)"), ("mirror", "wired input record (link callback)")):
+        print(
+            f"  output updates: {o['median']:.2f} Hz median (min {o['min']:.2f}, max {o['max']:.2f},"
+            f" {o['outputs']} monitored outputs); all {a['outputs']} outputs (caget at both ends):"
+            f" {a['median']:.2f} Hz median, min {a['min']:.2f}, max {a['max']:.2f}"
+        )
+        print(
+            f"  evaluations {r['evaluations_per_s_per_plugin']:.1f}/s per plugin;"
+            f" SPREAD fired {r['spread_fired']}x; log warnings/errors {r['log_warnings']}"
+        )
+        for kind, label in (
+            ("out", "OUT = IN*1 (transform)"),
+            ("sum", "SUM of 5 inputs (transform)"),
+            ("even", "EVEN (rule)"),
+            ("mirror", "wired input record (link callback)"),
+        ):
             d = r["latency"][kind]
             verdict = ""
             if kind == "out":
                 verdict = "  target p99 < 20 ms: " + ("met" if d["p99_ms"] < 20 else "MISSED")
-            print(f"  latency {label:36} median {d['median_ms']:6.2f}  p90 {d['p90_ms']:6.2f}  p99 {d['p99_ms']:6.2f}"
-                  f"  max {d['max_ms']:7.2f} ms  (n {d['count']}, missing {d['missing']}){verdict}")
-        pos = ", ".join(f"#{m}: {d['median_ms']:.2f}/{d['p99_ms']:.2f}" for m, d in r["latency_by_position"].items())
+            print(
+                f"  latency {label:36} median {d['median_ms']:6.2f}  p90 {d['p90_ms']:6.2f}  p99 {d['p99_ms']:6.2f}"
+                f"  max {d['max_ms']:7.2f} ms  (n {d['count']}, missing {d['missing']}){verdict}"
+            )
+        pos = ", ".join(
+            f"#{m}: {d['median_ms']:.2f}/{d['p99_ms']:.2f}"
+            for m, d in r["latency_by_position"].items()
+        )
         print(f"  OUT latency by position in the chain (median/p99 ms): {pos}")
         cl = r["client_lag"]
-        print(f"  (this process's own CA client: external stamp -> callback median {cl['median_ms']:.2f},"
-              f" p99 {cl['p99_ms']:.2f} ms; not part of the figures above)")
+        print(
+            f"  (this process's own CA client: external stamp -> callback median {cl['median_ms']:.2f},"
+            f" p99 {cl['p99_ms']:.2f} ms; not part of the figures above)"
+        )
     if len(results["configs"]) > len(set(r["config"] for r in results["configs"])):
         print("\nsummary (runs in order):")
         for config in dict.fromkeys(r["config"] for r in results["configs"]):
             runs = [r for r in results["configs"] if r["config"] == config]
-            cell = "; ".join(f"{r['cpu']['iocmng_pct']:.0f} % / {r['latency']['out']['median_ms']:.1f} /"
-                             f" {r['latency']['out']['p99_ms']:.1f} ms / others {r['cpu']['others_pct']:.0f} %"
-                             for r in runs)
+            cell = "; ".join(
+                f"{r['cpu']['iocmng_pct']:.0f} % / {r['latency']['out']['median_ms']:.1f} /"
+                f" {r['latency']['out']['p99_ms']:.1f} ms / others {r['cpu']['others_pct']:.0f} %"
+                for r in runs
+            )
             print(f"  {config:20} iocmng CPU / OUT median / p99: {cell}")
 
 
-async def amain(args: argparse.Namespace, ext_ports: Ports,
-                config_ports: dict[tuple[str, int], Ports]) -> dict[str, Any]:
-    results: dict[str, Any] = {"commit": SRC["commit"], "nproc": os.cpu_count(), "python": sys.version.split()[0],
-                               "plugins": args.plugins, "links_per_plugin": args.links, "seconds": args.seconds,
-                               "warmup": args.warmup, "client_nice": args.client_nice, "client_rt": args.client_rt,
-                               "iocmng_no_rt": args.iocmng_no_rt, "configs": []}
+async def amain(
+    args: argparse.Namespace, ext_ports: Ports, config_ports: dict[tuple[str, int], Ports]
+) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "commit": SRC["commit"],
+        "nproc": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "plugins": args.plugins,
+        "links_per_plugin": args.links,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "client_nice": args.client_nice,
+        "client_rt": args.client_rt,
+        "iocmng_no_rt": args.iocmng_no_rt,
+        "configs": [],
+    }
     ext_log = TEMP / "external-ioc.log"
-    ext = spawn([sys.executable, "-c", EXT_SCRIPT, str(args.plugins), str(args.links), str(PERIOD)],
-                ext_ports.env(), ext_log)
+    ext = spawn(
+        [sys.executable, "-c", EXT_SCRIPT, str(args.plugins), str(args.links), str(PERIOD)],
+        ext_ports.env(),
+        ext_log,
+    )
     await asyncio.to_thread(wait_line, ext, ext_log, READY, 60, "external IOC")
     if "Configured TCP port was unavailable" in ext_log.read_text():
         raise SystemExit(f"external IOC: CA port {ext_ports.ca} was taken")
-    print(f"external IOC: {args.plugins * args.links} counters, pid {ext.pid}, CA 127.0.0.1:{ext_ports.ca}",
-          file=sys.stderr, flush=True)
+    print(
+        f"external IOC: {args.plugins * args.links} counters, pid {ext.pid}, CA 127.0.0.1:{ext_ports.ca}",
+        file=sys.stderr,
+        flush=True,
+    )
     for rep in range(args.repeat):
         for config in args.configs:
             print(f"{config} (run {rep + 1} of {args.repeat}):", file=sys.stderr, flush=True)
@@ -690,42 +862,86 @@ async def amain(args: argparse.Namespace, ext_ports: Ports,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", default="reactive,continuous",
-                    help="comma list of: reactive, reactive-notrigger, reactive-pva, continuous "
-                    "(default reactive,continuous)")
-    ap.add_argument("--seconds", type=float, default=20.0, help="steady window per configuration (default 20)")
-    ap.add_argument("--warmup", type=float, default=8.0, help="seconds after every link connected (default 8)")
+    ap.add_argument(
+        "--configs",
+        default="reactive,continuous",
+        help="comma list of: reactive, reactive-notrigger, reactive-pva, continuous "
+        "(default reactive,continuous)",
+    )
+    ap.add_argument(
+        "--seconds", type=float, default=20.0, help="steady window per configuration (default 20)"
+    )
+    ap.add_argument(
+        "--warmup", type=float, default=8.0, help="seconds after every link connected (default 8)"
+    )
     ap.add_argument("--quick", action="store_true", help="reactive only, 8 s window, 4 s warm-up")
-    ap.add_argument("--plugins", type=int, default=20, help="plugins = groups of external counters (default 20)")
-    ap.add_argument("--links", type=int, default=50, help="links per plugin (default 50; at least 1)")
-    ap.add_argument("--src", default="HEAD", help="commit whose iocmng/ runs (git archive; default HEAD), "
-                    "'tree' for the work tree, or a directory holding iocmng/")
-    ap.add_argument("--log-level", default="warning", help="iocmng run --log-level (default warning)")
-    ap.add_argument("--quiet-load", type=float, default=1.0,
-                    help="before each configuration, wait for the 1-min load average to fall under this")
-    ap.add_argument("--quiet-wait", type=float, default=120.0, help="longest wait (s) for --quiet-load; 0: none")
-    ap.add_argument("--sample", type=int, default=0,
-                    help="plugins whose PVs this process monitors (spread evenly; default all)")
-    ap.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved")
-    ap.add_argument("--client-nice", type=int, default=10,
-                    help="niceness added to this process's CA client (not to the measured processes); 0: none")
-    ap.add_argument("--client-rt", action="store_true",
-                    help="keep CAP_SYS_NICE in this process's CA client: as root its EPICS threads then run "
-                    "SCHED_FIFO and preempt the measured processes (default: dropped)")
-    ap.add_argument("--iocmng-no-rt", action="store_true",
-                    help="start iocmng through `setpriv --bounding-set=-sys_nice` (as root, EPICS runs its own "
-                    "threads SCHED_FIFO; this makes them SCHED_OTHER, as for an unprivileged user)")
+    ap.add_argument(
+        "--plugins", type=int, default=20, help="plugins = groups of external counters (default 20)"
+    )
+    ap.add_argument(
+        "--links", type=int, default=50, help="links per plugin (default 50; at least 1)"
+    )
+    ap.add_argument(
+        "--src",
+        default="HEAD",
+        help="commit whose iocmng/ runs (git archive; default HEAD), "
+        "'tree' for the work tree, or a directory holding iocmng/",
+    )
+    ap.add_argument(
+        "--log-level", default="warning", help="iocmng run --log-level (default warning)"
+    )
+    ap.add_argument(
+        "--quiet-load",
+        type=float,
+        default=1.0,
+        help="before each configuration, wait for the 1-min load average to fall under this",
+    )
+    ap.add_argument(
+        "--quiet-wait", type=float, default=120.0, help="longest wait (s) for --quiet-load; 0: none"
+    )
+    ap.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        help="plugins whose PVs this process monitors (spread evenly; default all)",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run the configurations this many times, interleaved"
+    )
+    ap.add_argument(
+        "--client-nice",
+        type=int,
+        default=10,
+        help="niceness added to this process's CA client (not to the measured processes); 0: none",
+    )
+    ap.add_argument(
+        "--client-rt",
+        action="store_true",
+        help="keep CAP_SYS_NICE in this process's CA client: as root its EPICS threads then run "
+        "SCHED_FIFO and preempt the measured processes (default: dropped)",
+    )
+    ap.add_argument(
+        "--iocmng-no-rt",
+        action="store_true",
+        help="start iocmng through `setpriv --bounding-set=-sys_nice` (as root, EPICS runs its own "
+        "threads SCHED_FIFO; this makes them SCHED_OTHER, as for an unprivileged user)",
+    )
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
-    ap.add_argument("--events", help="also write every sampled CA update (value, stamp, arrival) to "
-                    "<EVENTS without suffix>.<config>-<run>.json")
+    ap.add_argument(
+        "--events",
+        help="also write every sampled CA update (value, stamp, arrival) to "
+        "<EVENTS without suffix>.<config>-<run>.json",
+    )
     args = ap.parse_args()
     if args.quick:
         args.configs, args.seconds, args.warmup = "reactive", 8.0, 4.0
     args.configs = [c for c in args.configs.split(",") if c]
     bad = [c for c in args.configs if c not in PREFIXES]
     if bad or not 1 <= args.plugins <= 99 or not 1 <= args.links <= 100 or args.repeat < 1:
-        ap.error(f"unknown configs {bad}" if bad else "--plugins 1-99, --links 1-100, --repeat >= 1")
+        ap.error(
+            f"unknown configs {bad}" if bad else "--plugins 1-99, --links 1-100, --repeat >= 1"
+        )
     if os.path.isdir(args.src):
         SRC.update(dir=Path(args.src).resolve(), commit=f"dir {args.src}")
     elif args.src != "tree":
@@ -736,7 +952,9 @@ def main() -> None:
     bench_ports, ext_ports = Ports(), Ports()
     config_ports = {(c, k): Ports() for k in range(args.repeat) for c in args.configs}
     os.environ.update(bench_ports.env())
-    os.environ["EPICS_CA_ADDR_LIST"] = " ".join(f"127.0.0.1:{p.ca}" for p in [ext_ports, *config_ports.values()])
+    os.environ["EPICS_CA_ADDR_LIST"] = " ".join(
+        f"127.0.0.1:{p.ca}" for p in [ext_ports, *config_ports.values()]
+    )
     atexit.register(cleanup_all, args.keep)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # finally: and atexit clean up
     nice_self(args.client_nice)

@@ -65,7 +65,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 INTERVAL = 0.1  # 10 Hz
 
-ASYNC_PLUGIN = '''
+ASYNC_PLUGIN = """
 from iocmng import TaskBase
 
 class BenchAsync(TaskBase):
@@ -76,9 +76,9 @@ class BenchAsync(TaskBase):
         self.set_pv("VALUE", self.n)
     async def cleanup(self):
         pass
-'''
+"""
 
-SYNC_PLUGIN = '''
+SYNC_PLUGIN = """
 from iocmng import TaskBase
 
 class BenchSync(TaskBase):
@@ -89,9 +89,9 @@ class BenchSync(TaskBase):
         self.set_pv("VALUE", self.n)
     def cleanup(self):
         pass
-'''
+"""
 
-TRIGGER_PLUGIN = '''
+TRIGGER_PLUGIN = """
 import time
 from iocmng import TaskBase
 
@@ -102,7 +102,7 @@ class BenchTrigger(TaskBase):
         self.set_pv("T", time.monotonic())   # first thing: when execute() started
     {a}def cleanup(self):
         pass
-'''
+"""
 
 CONTINUOUS_CONFIG = f"""
 parameters:
@@ -155,8 +155,9 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def process_figures(t0: float, c0: float, t1: float, c1: float,
-                    s0: float | None = None, s1: float | None = None) -> dict[str, float]:
+def process_figures(
+    t0: float, c0: float, t1: float, c1: float, s0: float | None = None, s1: float | None = None
+) -> dict[str, float]:
     import psutil
 
     out = {
@@ -200,7 +201,9 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-def thread_figures(before: dict[str, float], after: dict[str, float], window: float) -> dict[str, float]:
+def thread_figures(
+    before: dict[str, float], after: dict[str, float], window: float
+) -> dict[str, float]:
     """CPU % per thread group over the window, largest first (top 5)."""
     diff = {k: 100 * (v - before.get(k, 0.0)) / window for k, v in after.items()}
     return {k: round(v, 1) for k, v in sorted(diff.items(), key=lambda kv: -kv[1])[:5]}
@@ -216,11 +219,17 @@ def rate_figures(counts: list[float], window: float) -> dict[str, float]:
 
 
 def jitter_figures(late: list[float]) -> dict[str, float]:
-    return {"jitter_med_ms": 1e3 * pct(late, 0.5), "jitter_p99_ms": 1e3 * pct(late, 0.99), "samples": len(late)}
+    return {
+        "jitter_med_ms": 1e3 * pct(late, 0.5),
+        "jitter_p99_ms": 1e3 * pct(late, 0.99),
+        "samples": len(late),
+    }
 
 
 # -- children -------------------------------------------------------------------------
-async def child_floor(n: int, warmup: float, seconds: float, prefix: str, fast: bool = False) -> dict:
+async def child_floor(
+    n: int, warmup: float, seconds: float, prefix: str, fast: bool = False
+) -> dict:
     """Bare record updates, no framework: pythonSoftIOC ``aIn.set()`` or ``FastRecord.set()``."""
     from softioc import asyncio_dispatcher, builder, softioc
 
@@ -270,8 +279,13 @@ async def child_floor(n: int, warmup: float, seconds: float, prefix: str, fast: 
     task.cancel()
     window = t1 - t0
     per_task = (s1 - s0) / n
-    out = {"config": "ffloor" if fast else "floor", "n": n, "window_s": window,
-           "record": type(records[0]).__name__, **rate_figures([per_task] * n, window)}
+    out = {
+        "config": "ffloor" if fast else "floor",
+        "n": n,
+        "window_s": window,
+        "record": type(records[0]).__name__,
+        **rate_figures([per_task] * n, window),
+    }
     out.update(jitter_figures(state["late"]))
     out.update(process_figures(t0, c0, t1, c1, y0, y1))
     out["thread_cpu"] = thread_figures(th0, th1, window)
@@ -312,8 +326,12 @@ def child_threads(n: int, warmup: float, seconds: float, prefix: str) -> dict:
     k1, t1, c1, th1, y1 = list(counts), time.monotonic(), cpu_now(), thread_cpu(), system_busy()
     flags["measure"] = False
     window = t1 - t0
-    out = {"config": "threads", "n": n, "window_s": window,
-           **rate_figures([b - a for a, b in zip(k0, k1, strict=True)], window)}
+    out = {
+        "config": "threads",
+        "n": n,
+        "window_s": window,
+        **rate_figures([b - a for a, b in zip(k0, k1, strict=True)], window),
+    }
     out.update(process_figures(t0, c0, t1, c1, y0, y1))
     out.update(jitter_figures([e for errs in errors for e in errs]))
     out["thread_cpu"] = thread_figures(th0, th1, window)
@@ -321,8 +339,9 @@ def child_threads(n: int, warmup: float, seconds: float, prefix: str) -> dict:
     return out
 
 
-async def child_runtime(kind: str, n: int, warmup: float, seconds: float, prefix: str,
-                        freeze: bool, trigger_count: int) -> dict:
+async def child_runtime(
+    kind: str, n: int, warmup: float, seconds: float, prefix: str, freeze: bool, trigger_count: int
+) -> dict:
     from iocmng.epics.ioc import IocBridge
     from iocmng.runtime.runtime import PluginSpec, Runtime, State
 
@@ -338,8 +357,12 @@ async def child_runtime(kind: str, n: int, warmup: float, seconds: float, prefix
         assert h.state != State.FAILED, h.last_error
     if kind == "trigger":
         for a in ("async", "sync"):
-            d = write_plugin(root, f"trig_{a}", TRIGGER_PLUGIN.format(a="async " if a == "async" else ""),
-                             TRIGGER_CONFIG)
+            d = write_plugin(
+                root,
+                f"trig_{a}",
+                TRIGGER_PLUGIN.format(a="async " if a == "async" else ""),
+                TRIGGER_CONFIG,
+            )
             h = runtime.prepare(PluginSpec(f"trig-{a}", d))
             assert h.state != State.FAILED, h.last_error
     loop = asyncio.get_running_loop()
@@ -352,15 +375,27 @@ async def child_runtime(kind: str, n: int, warmup: float, seconds: float, prefix
     handles = [runtime.handles[name] for name in names]
     for h in handles:
         h.lateness.clear()
-    k0, t0, c0, th0, y0 = [h.cycle_count for h in handles], time.monotonic(), cpu_now(), thread_cpu(), system_busy()
+    k0, t0, c0, th0, y0 = (
+        [h.cycle_count for h in handles],
+        time.monotonic(),
+        cpu_now(),
+        thread_cpu(),
+        system_busy(),
+    )
     o0 = sum(h.overruns for h in handles)
     latency: dict[str, list[float]] = {}
     if kind == "trigger":
         for a in ("async", "sync"):
             pv = f"{bridge.prefix}:TRIG-{a.upper()}"
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(HERE), "--client", pv, "--count", str(trigger_count),
-                stdout=asyncio.subprocess.PIPE)
+                sys.executable,
+                str(HERE),
+                "--client",
+                pv,
+                "--count",
+                str(trigger_count),
+                stdout=asyncio.subprocess.PIPE,
+            )
             stdout, _ = await proc.communicate()
             latency[a] = json.loads(stdout.decode().strip().splitlines()[-1])
         rest = seconds - (time.monotonic() - t0)
@@ -368,13 +403,26 @@ async def child_runtime(kind: str, n: int, warmup: float, seconds: float, prefix
             await asyncio.sleep(rest)
     else:
         await asyncio.sleep(seconds)
-    k1, t1, c1, th1, y1 = [h.cycle_count for h in handles], time.monotonic(), cpu_now(), thread_cpu(), system_busy()
+    k1, t1, c1, th1, y1 = (
+        [h.cycle_count for h in handles],
+        time.monotonic(),
+        cpu_now(),
+        thread_cpu(),
+        system_busy(),
+    )
     window = t1 - t0
-    out = {"config": kind, "n": n, "window_s": window, "load_s": load_s, "gc_freeze": freeze,
-           "overruns": sum(h.overruns for h in handles) - o0, "errors": sum(h.error_count for h in handles),
-           "workers": runtime.pool.size if runtime.pool else 0,
-           # what a set_pv on an output writes (FastRecord since cb8298d)
-           "record": type(handles[0].records.records["VALUE"]).__name__ if handles else None}
+    out = {
+        "config": kind,
+        "n": n,
+        "window_s": window,
+        "load_s": load_s,
+        "gc_freeze": freeze,
+        "overruns": sum(h.overruns for h in handles) - o0,
+        "errors": sum(h.error_count for h in handles),
+        "workers": runtime.pool.size if runtime.pool else 0,
+        # what a set_pv on an output writes (FastRecord since cb8298d)
+        "record": type(handles[0].records.records["VALUE"]).__name__ if handles else None,
+    }
     if n:
         out.update(rate_figures([b - a for a, b in zip(k0, k1, strict=True)], window))
         out.update(jitter_figures([x for h in handles for x in h.lateness]))
@@ -418,18 +466,36 @@ def wait_for_quiet(limit: float, max_wait: float) -> tuple[float, float]:
 
 
 def run_child(config: str, n: int, args: argparse.Namespace) -> dict:
-    load_before, waited = wait_for_quiet(args.quiet_load, args.quiet_wait) if args.quiet_wait > 0 else (
-        os.getloadavg()[0], 0.0)
+    load_before, waited = (
+        wait_for_quiet(args.quiet_load, args.quiet_wait)
+        if args.quiet_wait > 0
+        else (os.getloadavg()[0], 0.0)
+    )
     env = dict(os.environ)
     env.update(epics_env(random.randrange(20000, 60000, 4)))
-    cmd = [sys.executable, str(HERE), "--child", config, "--n", str(n), "--seconds", str(args.seconds),
-           "--warmup", str(args.warmup), "--trigger-count", str(args.trigger_count)]
+    cmd = [
+        sys.executable,
+        str(HERE),
+        "--child",
+        config,
+        "--n",
+        str(n),
+        "--seconds",
+        str(args.seconds),
+        "--warmup",
+        str(args.warmup),
+        "--trigger-count",
+        str(args.trigger_count),
+    ]
     if args.gc_freeze:
         cmd.append("--gc-freeze")
     if args.switch_interval:
         cmd += ["--switch-interval", str(args.switch_interval)]
-    print(f"  $ {' '.join(cmd[1:])}   (load {load_before:.2f} after waiting {waited:.0f} s)",
-          file=sys.stderr, flush=True)
+    print(
+        f"  $ {' '.join(cmd[1:])}   (load {load_before:.2f} after waiting {waited:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(f"child {config} N={n} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -451,42 +517,64 @@ def print_table(results: list[dict]) -> None:
         return r[key] / base[key] if base and base[key] > 0 else None
 
     print()
-    print(f"{'config':9} {'N':>5} {'rate min/med Hz':>16} {'hold':>5} {'CPU %':>6} {'xfloor':>6} {'xffloor':>7} "
-          f"{'RSS MB':>7} {'xfloor':>6} {'jit med ms':>10} {'jit p99 ms':>10} {'xfloor':>6} "
-          f"{'load':>5} {'others%':>7}")
+    print(
+        f"{'config':9} {'N':>5} {'rate min/med Hz':>16} {'hold':>5} {'CPU %':>6} {'xfloor':>6} {'xffloor':>7} "
+        f"{'RSS MB':>7} {'xfloor':>6} {'jit med ms':>10} {'jit p99 ms':>10} {'xfloor':>6} "
+        f"{'load':>5} {'others%':>7}"
+    )
     for r in results:
         if "rate_min" not in r:
             continue
         f, ff = floors.get(r["n"]), ffloors.get(r["n"])
-        print(f"{r['config']:9} {r['n']:>5} {fmt(r['rate_min'], '.2f'):>7}/{fmt(r['rate_median'], '.2f'):<8} "
-              f"{100 * r['holding']:>4.0f}% {r['cpu_pct']:>6.1f} {fmt(ratio(r, f, 'cpu_pct'), '.2f'):>6} "
-              f"{fmt(ratio(r, ff, 'cpu_pct'), '.2f'):>7} {r['rss_mb']:>7.0f} {fmt(ratio(r, f, 'rss_mb'), '.2f'):>6} "
-              f"{r['jitter_med_ms']:>10.2f} {r['jitter_p99_ms']:>10.2f} {fmt(ratio(r, f, 'jitter_p99_ms'), '.1f'):>6} "
-              f"{fmt(r.get('load_before'), '.2f'):>5} {fmt(r.get('others_pct')):>7}")
+        print(
+            f"{r['config']:9} {r['n']:>5} {fmt(r['rate_min'], '.2f'):>7}/{fmt(r['rate_median'], '.2f'):<8} "
+            f"{100 * r['holding']:>4.0f}% {r['cpu_pct']:>6.1f} {fmt(ratio(r, f, 'cpu_pct'), '.2f'):>6} "
+            f"{fmt(ratio(r, ff, 'cpu_pct'), '.2f'):>7} {r['rss_mb']:>7.0f} {fmt(ratio(r, f, 'rss_mb'), '.2f'):>6} "
+            f"{r['jitter_med_ms']:>10.2f} {r['jitter_p99_ms']:>10.2f} {fmt(ratio(r, f, 'jitter_p99_ms'), '.1f'):>6} "
+            f"{fmt(r.get('load_before'), '.2f'):>5} {fmt(r.get('others_pct')):>7}"
+        )
     for r in results:
         for a in ("async", "sync"):
             if f"run_{a}_med_ms" in r:
-                print(f"RUN put -> execute() start ({a:5}, {r['n']:>4} async tasks alongside): "
-                      f"median {r[f'run_{a}_med_ms']:.2f} ms, p99 {r[f'run_{a}_p99_ms']:.2f} ms, "
-                      f"max {r[f'run_{a}_max_ms']:.2f} ms ({r[f'run_{a}_samples']} puts)")
-    print("load: 1-min load average when the child started; others%: CPU % of one core used by every other "
-          "process during the window (for trigger it includes the bench's CA client)")
+                print(
+                    f"RUN put -> execute() start ({a:5}, {r['n']:>4} async tasks alongside): "
+                    f"median {r[f'run_{a}_med_ms']:.2f} ms, p99 {r[f'run_{a}_p99_ms']:.2f} ms, "
+                    f"max {r[f'run_{a}_max_ms']:.2f} ms ({r[f'run_{a}_samples']} puts)"
+                )
+    print(
+        "load: 1-min load average when the child started; others%: CPU % of one core used by every other "
+        "process during the window (for trigger it includes the bench's CA client)"
+    )
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--n", default="100,1000", help="comma-separated task counts")
     p.add_argument("--configs", default="floor,ffloor,async,sync,threads,trigger")
     p.add_argument("--seconds", type=float, default=20.0, help="steady window per configuration")
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--trigger-count", type=int, default=300, help="RUN puts per triggered plugin")
-    p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after start-up, as the runner does")
-    p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval() in the children (s)")
+    p.add_argument(
+        "--gc-freeze", action="store_true", help="gc.freeze() after start-up, as the runner does"
+    )
+    p.add_argument(
+        "--switch-interval", type=float, help="sys.setswitchinterval() in the children (s)"
+    )
     p.add_argument("--json", type=Path, help="also write the raw results here")
-    p.add_argument("--quiet-load", type=float, default=0.7,
-                   help="before each child, wait for the 1-min load average to fall under this")
-    p.add_argument("--quiet-wait", type=float, default=180.0,
-                   help="longest wait (s) for --quiet-load; 0 = do not wait")
+    p.add_argument(
+        "--quiet-load",
+        type=float,
+        default=0.7,
+        help="before each child, wait for the 1-min load average to fall under this",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=180.0,
+        help="longest wait (s) for --quiet-load; 0 = do not wait",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--client", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, default=300, help=argparse.SUPPRESS)
@@ -501,18 +589,32 @@ def main() -> int:
         n = int(args.n)
         prefix = f"BENCH{random.randrange(10**6):06d}"
         if args.child in ("floor", "ffloor"):
-            out = asyncio.run(child_floor(n, args.warmup, args.seconds, prefix, fast=args.child == "ffloor"))
+            out = asyncio.run(
+                child_floor(n, args.warmup, args.seconds, prefix, fast=args.child == "ffloor")
+            )
         elif args.child == "threads":
             out = child_threads(n, args.warmup, args.seconds, prefix)
         else:
-            out = asyncio.run(child_runtime(args.child, n, args.warmup, args.seconds, prefix,
-                                            args.gc_freeze, args.trigger_count))
+            out = asyncio.run(
+                child_runtime(
+                    args.child,
+                    n,
+                    args.warmup,
+                    args.seconds,
+                    prefix,
+                    args.gc_freeze,
+                    args.trigger_count,
+                )
+            )
         print(json.dumps(out), flush=True)
         os._exit(0)  # EPICS threads (and the old design's sleepers) do not join
 
     import platform
 
-    print(f"python {platform.python_version()}, nproc {os.cpu_count()}, {platform.platform()}", file=sys.stderr)
+    print(
+        f"python {platform.python_version()}, nproc {os.cpu_count()}, {platform.platform()}",
+        file=sys.stderr,
+    )
     results = []
     for n in [int(x) for x in args.n.split(",")]:
         for config in args.configs.split(","):

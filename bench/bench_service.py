@@ -86,17 +86,28 @@ SRC: dict[str, Any] = {"dir": REPO, "commit": "work tree"}
 def snapshot(rev: str) -> None:
     dest = TEMP / "src"
     dest.mkdir()
-    commit = subprocess.run(["git", "rev-parse", rev], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
-    archive = subprocess.run(["git", "archive", commit, "iocmng", "plugins_examples"], cwd=REPO, check=True,
-                             capture_output=True).stdout
+    commit = subprocess.run(
+        ["git", "rev-parse", rev], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", commit, "iocmng", "plugins_examples"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     SRC.update(dir=dest, commit=commit)
 
 
 def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**env, "PYTHONPATH": os.pathsep.join([str(SRC["dir"]), *filter(None, [env.get("PYTHONPATH")])])}
+    env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(SRC["dir"]), *filter(None, [env.get("PYTHONPATH")])]),
+    }
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=SRC["dir"], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=SRC["dir"], stdout=out, stderr=out, stdin=subprocess.DEVNULL
+        )
     PROCS.append(proc)
     return proc
 
@@ -141,7 +152,7 @@ pvs:
     VALUE: {{type: int, value: 0}}
 """
 
-JOB_ASYNC = '''
+JOB_ASYNC = """
 from iocmng import JobBase, JobResult
 
 class BenchJobAsync(JobBase):
@@ -149,9 +160,9 @@ class BenchJobAsync(JobBase):
         pass
     async def execute(self):
         return JobResult(success=True, data={"x": 1}, message="ok")
-'''
+"""
 
-JOB_SYNC = '''
+JOB_SYNC = """
 from iocmng import JobBase, JobResult
 
 class BenchJobSync(JobBase):
@@ -159,7 +170,7 @@ class BenchJobSync(JobBase):
         pass
     def execute(self):
         return JobResult(success=True, data={"x": 1}, message="ok")
-'''
+"""
 
 JOB_CONFIG = "parameters: {}\npvs: {}\n"
 
@@ -172,14 +183,24 @@ def write_plugin(root: Path, code: str, config: str) -> Path:
 
 
 def copy_sync_monitor(dest: Path) -> Path:
-    shutil.copytree(Path(SRC["dir"]) / "plugins_examples" / "sync_monitor", dest, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(SRC["dir"]) / "plugins_examples" / "sync_monitor",
+        dest,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     return dest
 
 
 def git(cwd: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_SYSTEM": os.devnull,
-           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid"}
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_SYSTEM": os.devnull,
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+    }
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
@@ -223,9 +244,15 @@ class Server:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = self.ports.env()
-        env.update({"IOCMNG_PLUGINS_DIR": str(self.data_dir), "IOCMNG_HOST": "127.0.0.1",
-                    "IOCMNG_PORT": str(self.http_port), "IOCMNG_PREFIX": self.prefix,
-                    "IOCMNG_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning")})
+        env.update(
+            {
+                "IOCMNG_PLUGINS_DIR": str(self.data_dir),
+                "IOCMNG_HOST": "127.0.0.1",
+                "IOCMNG_PORT": str(self.http_port),
+                "IOCMNG_PREFIX": self.prefix,
+                "IOCMNG_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
+            }
+        )
         env.update(extra)
         return env
 
@@ -234,7 +261,9 @@ class Server:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"{self.label}: server exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise SystemExit(
+                    f"{self.label}: server exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 return await get_json(session, f"{self.url}/health")
             except Exception:
@@ -255,7 +284,9 @@ async def get_json(session: Any, url: str) -> Any:
         return await resp.json()
 
 
-async def post(session: Any, url: str, body: dict[str, Any] | None = None, expect: int = 201) -> Any:
+async def post(
+    session: Any, url: str, body: dict[str, Any] | None = None, expect: int = 201
+) -> Any:
     async with session.post(url, json=body) as resp:
         data = await resp.json(content_type=None)
         if resp.status != expect:
@@ -290,7 +321,9 @@ async def wait_running(session: Any, url: str, n: int, timeout: float = 180) -> 
     raise SystemExit(f"{n} plugins not running within {timeout} s: {h}")
 
 
-async def register(session: Any, server: Server, items: list[tuple[str, dict[str, Any]]], concurrency: int = 3) -> float:
+async def register(
+    session: Any, server: Server, items: list[tuple[str, dict[str, Any]]], concurrency: int = 3
+) -> float:
     """POST every (collection, body); return the seconds it took."""
     t0 = time.monotonic()
     queue = list(items)
@@ -304,7 +337,9 @@ async def register(session: Any, server: Server, items: list[tuple[str, dict[str
     return time.monotonic() - t0
 
 
-async def populate(session: Any, server: Server, items: list[tuple[str, dict[str, Any]]], n_live: int) -> float:
+async def populate(
+    session: Any, server: Server, items: list[tuple[str, dict[str, Any]]], n_live: int
+) -> float:
     """Register many plugins without a reload per add (long reload_delay), then
     restart the server so that one generation builds them all."""
     await server.start(session, IOCMNG_RELOAD_DELAY="3600")
@@ -343,9 +378,14 @@ async def bench_add(session: Any, reps: int) -> dict[str, Any]:
                 if time.perf_counter() - t2 > 30:
                     raise SystemExit(f"{pv} never answered") from None
         t3 = time.perf_counter()
-        rows.append({"validation_s": t1 - t0, "reload_s": t2 - t1, "caget_s": t3 - t2, "total_s": t3 - t0})
-        print(f"  add {k}: validation {t1 - t0:.3f} s, reload {t2 - t1:.3f} s, first caget {t3 - t2:.3f} s,"
-              f" total {t3 - t0:.3f} s", file=sys.stderr)
+        rows.append(
+            {"validation_s": t1 - t0, "reload_s": t2 - t1, "caget_s": t3 - t2, "total_s": t3 - t0}
+        )
+        print(
+            f"  add {k}: validation {t1 - t0:.3f} s, reload {t2 - t1:.3f} s, first caget {t3 - t2:.3f} s,"
+            f" total {t3 - t0:.3f} s",
+            file=sys.stderr,
+        )
     await server.stop()
     out: dict[str, Any] = {"reps": reps, "plugins_before": 1}
     for key in ("validation_s", "reload_s", "caget_s", "total_s"):
@@ -396,8 +436,20 @@ class Floor:
         self.port = free_port()
         self.ports = Ports()
         self.log = TEMP / f"{label}.log"
-        self.proc = spawn([sys.executable, str(FLOOR), "--port", str(self.port), "--plugins", str(plugins),
-                           "--prefix", f"FLOOR{label.upper()}"[:20]], self.ports.env(), self.log)
+        self.proc = spawn(
+            [
+                sys.executable,
+                str(FLOOR),
+                "--port",
+                str(self.port),
+                "--plugins",
+                str(plugins),
+                "--prefix",
+                f"FLOOR{label.upper()}"[:20],
+            ],
+            self.ports.env(),
+            self.log,
+        )
         self.gen = 1
 
     @property
@@ -448,7 +500,9 @@ async def bench_gap(session: Any, n: int, trials: int) -> dict[str, Any]:
 
             async def trigger(action: str = action) -> None:
                 if action == "add":
-                    await post(session, f"{server.url}/tasks", {"name": "probe", "local_path": str(probe)})
+                    await post(
+                        session, f"{server.url}/tasks", {"name": "probe", "local_path": str(probe)}
+                    )
                 else:
                     async with session.delete(f"{server.url}/tasks/probe") as resp:
                         assert resp.status == 200, await resp.text()
@@ -458,14 +512,28 @@ async def bench_gap(session: Any, n: int, trials: int) -> dict[str, Any]:
             gaps.append(g)
             f = await floor.gap(session)
             floors.append(f)
-            print(f"  gap N={n} trial {t} {action}: iocmng {g:.3f} s, floor {f:.3f} s", file=sys.stderr)
+            print(
+                f"  gap N={n} trial {t} {action}: iocmng {g:.3f} s, floor {f:.3f} s",
+                file=sys.stderr,
+            )
             await asyncio.sleep(0.5)
     phases = floor.phases()
     floor.kill()
     await server.stop()
-    return {"n": n, "records_floor": (n + 1) * 9, "samples": len(gaps), "gap_med_s": med(gaps), "gap_max_s": max(gaps),
-            "floor_med_s": med(floors), "floor_max_s": max(floors), "ratio": med(gaps) / med(floors),
-            "floor_phases_med": {k: med([p[k] for p in phases[1:]]) for k in ("imports", "records_built", "iocInit", "first_answer")}}
+    return {
+        "n": n,
+        "records_floor": (n + 1) * 9,
+        "samples": len(gaps),
+        "gap_med_s": med(gaps),
+        "gap_max_s": max(gaps),
+        "floor_med_s": med(floors),
+        "floor_max_s": max(floors),
+        "ratio": med(gaps) / med(floors),
+        "floor_phases_med": {
+            k: med([p[k] for p in phases[1:]])
+            for k in ("imports", "records_built", "iocInit", "first_answer")
+        },
+    }
 
 
 # -- 3. jobs ---------------------------------------------------------------------------------
@@ -492,10 +560,15 @@ async def bench_job(session: Any, runs: int) -> dict[str, Any]:
                 rtt.append(t1 - t0)
                 dur.append(body["duration_s"])
                 over.append(t1 - t0 - body["duration_s"])
-        out[kind] = {"rtt_med_ms": 1e3 * med(rtt), "rtt_p99_ms": 1e3 * pct(rtt, 0.99),
-                     "duration_med_ms": 1e3 * med(dur), "duration_p99_ms": 1e3 * pct(dur, 0.99),
-                     "overhead_med_ms": 1e3 * med(over), "overhead_p99_ms": 1e3 * pct(over, 0.99),
-                     "overhead_max_ms": 1e3 * max(over)}
+        out[kind] = {
+            "rtt_med_ms": 1e3 * med(rtt),
+            "rtt_p99_ms": 1e3 * pct(rtt, 0.99),
+            "duration_med_ms": 1e3 * med(dur),
+            "duration_p99_ms": 1e3 * pct(dur, 0.99),
+            "overhead_med_ms": 1e3 * med(over),
+            "overhead_p99_ms": 1e3 * pct(over, 0.99),
+            "overhead_max_ms": 1e3 * max(over),
+        }
         print(f"  job {kind}: {out[kind]}", file=sys.stderr)
     await server.stop()
     return out
@@ -509,8 +582,10 @@ def lateness(starts: list[float], windows: list[tuple[float, float]]) -> list[li
     lateness stays far below the interval)."""
     if len(starts) < 3:
         return [[] for _ in windows]
-    base = min((t - i * INTERVAL for i, t in enumerate(starts) if t >= windows[0][0]),
-               default=min(t - i * INTERVAL for i, t in enumerate(starts)))
+    base = min(
+        (t - i * INTERVAL for i, t in enumerate(starts) if t >= windows[0][0]),
+        default=min(t - i * INTERVAL for i, t in enumerate(starts)),
+    )
     out: list[list[float]] = [[] for _ in windows]
     for i, t in enumerate(starts):
         late = t - i * INTERVAL - base
@@ -527,12 +602,23 @@ async def bench_load(session: Any, n: int, seconds: float, clients: int) -> dict
     out_dir = TEMP / "load" / "ticks"
     out_dir.mkdir(parents=True)
     plugin = write_plugin(TEMP / "load" / "src" / "tick", TICK_TASK, TICK_CONFIG)
-    items = [("tasks", {"name": f"t{i:03d}", "local_path": str(plugin), "parameters": {"out_dir": str(out_dir)}})
-             for i in range(n)]
+    items = [
+        (
+            "tasks",
+            {
+                "name": f"t{i:03d}",
+                "local_path": str(plugin),
+                "parameters": {"out_dir": str(out_dir)},
+            },
+        )
+        for i in range(n)
+    ]
     took = await populate(session, server, items, n)
     print(f"  load: {n} tasks registered in {took:.1f} s", file=sys.stderr)
     await asyncio.sleep(5)  # warm-up
-    overruns_before = sum(x.get("overruns", 0) for x in (await get_json(session, f"{server.url}/tasks"))["plugins"])
+    overruns_before = sum(
+        x.get("overruns", 0) for x in (await get_json(session, f"{server.url}/tasks"))["plugins"]
+    )
     windows = []
     t = time.monotonic()
     windows.append((t, t + seconds))
@@ -557,8 +643,21 @@ async def bench_load(session: Any, n: int, seconds: float, clients: int) -> dict
     if PROFILE["dir"]:  # py-spy on the server during the loaded window
         out = Path(PROFILE["dir"]) / "load_get_tasks.txt"
         spy = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(server.proc.pid), "--duration", str(int(seconds)), "--rate", "200",
-            "--format", "raw", "--output", str(out), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(server.proc.pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
     t0 = time.monotonic()
     await asyncio.gather(*(client(k) for k in range(clients)))
     t1 = time.monotonic()
@@ -581,12 +680,25 @@ async def bench_load(session: Any, n: int, seconds: float, clients: int) -> dict
         files += 1
         for w, vals in enumerate(lateness(json.loads(f.read_text()), windows)):
             per_window[w].extend(vals)
-    res: dict[str, Any] = {"tasks": n, "files": files, "clients": clients, "window_s": seconds,
-                           "rps": rps, "get_med_ms": 1e3 * med(lat), "get_p99_ms": 1e3 * pct(lat, 0.99),
-                           "overruns": overruns, "overruns_in_windows": overruns - overruns_before, "errors": errors}
+    res: dict[str, Any] = {
+        "tasks": n,
+        "files": files,
+        "clients": clients,
+        "window_s": seconds,
+        "rps": rps,
+        "get_med_ms": 1e3 * med(lat),
+        "get_p99_ms": 1e3 * pct(lat, 0.99),
+        "overruns": overruns,
+        "overruns_in_windows": overruns - overruns_before,
+        "errors": errors,
+    }
     for w, key in enumerate(("idle", "load", "idle2")):
-        res[key] = {"med_ms": 1e3 * med(per_window[w]), "p99_ms": 1e3 * pct(per_window[w], 0.99),
-                    "max_ms": 1e3 * max(per_window[w], default=float("nan")), "samples": len(per_window[w])}
+        res[key] = {
+            "med_ms": 1e3 * med(per_window[w]),
+            "p99_ms": 1e3 * pct(per_window[w], 0.99),
+            "max_ms": 1e3 * max(per_window[w], default=float("nan")),
+            "samples": len(per_window[w]),
+        }
     idle_p99 = max(res["idle"]["p99_ms"], res["idle2"]["p99_ms"])
     res["p99_shift_ms"] = res["load"]["p99_ms"] - idle_p99
     return res
@@ -607,7 +719,11 @@ async def quiet(label: str) -> dict[str, Any]:
         await asyncio.sleep(5)
     load, waited = os.getloadavg()[0], time.monotonic() - t0
     print(f"  [{label}: load {load:.2f} after waiting {waited:.0f} s]", file=sys.stderr, flush=True)
-    return {"load_before": round(load, 2), "waited_s": round(waited), "start": time.strftime("%H:%M:%S")}
+    return {
+        "load_before": round(load, 2),
+        "waited_s": round(waited),
+        "start": time.strftime("%H:%M:%S"),
+    }
 
 
 def done(q: dict[str, Any]) -> dict[str, Any]:
@@ -617,7 +733,11 @@ def done(q: dict[str, Any]) -> dict[str, Any]:
 
 def loadinfo(r: dict[str, Any]) -> str:
     q = r.get("quiet")
-    return f"  [load {q['load_before']:.2f} -> {q['load_after']:.2f}, {q['start']}-{q['end']}]" if q else ""
+    return (
+        f"  [load {q['load_before']:.2f} -> {q['load_after']:.2f}, {q['start']}-{q['end']}]"
+        if q
+        else ""
+    )
 
 
 def report(results: dict[str, Any]) -> None:
@@ -625,45 +745,65 @@ def report(results: dict[str, Any]) -> None:
     if "add" in results:
         a = results["add"]
         ok = "met" if a["total_max_s"] < 3 else "MISSED"
-        print(f"add-to-live (median of {a['reps']}): validation {a['validation_s']:.3f} s + reload {a['reload_s']:.3f} s"
-              f" + first caget {a['caget_s']:.3f} s = {a['total_s']:.3f} s (max {a['total_max_s']:.3f} s)"
-              f"  target < 3 s: {ok}{loadinfo(a)}")
+        print(
+            f"add-to-live (median of {a['reps']}): validation {a['validation_s']:.3f} s + reload {a['reload_s']:.3f} s"
+            f" + first caget {a['caget_s']:.3f} s = {a['total_s']:.3f} s (max {a['total_max_s']:.3f} s)"
+            f"  target < 3 s: {ok}{loadinfo(a)}"
+        )
     for g in results.get("gap", []):
         ok = "met" if g["ratio"] <= 1.5 else "MISSED"
-        print(f"reload gap N={g['n']:>3}: iocmng {g['gap_med_s']:.3f} s (max {g['gap_max_s']:.3f}),"
-              f" floor {g['floor_med_s']:.3f} s (max {g['floor_max_s']:.3f}), ratio {g['ratio']:.2f}"
-              f"  target <= 1.5: {ok}  [{g['samples']} samples]{loadinfo(g)}")
+        print(
+            f"reload gap N={g['n']:>3}: iocmng {g['gap_med_s']:.3f} s (max {g['gap_max_s']:.3f}),"
+            f" floor {g['floor_med_s']:.3f} s (max {g['floor_max_s']:.3f}), ratio {g['ratio']:.2f}"
+            f"  target <= 1.5: {ok}  [{g['samples']} samples]{loadinfo(g)}"
+        )
     if "job" in results:
         for kind in ("async", "sync"):
             j = results["job"][kind]
             ok = "met" if j["overhead_p99_ms"] < 5 else "MISSED"
-            print(f"job round trip ({kind}, {results['job']['runs']} runs): median {j['rtt_med_ms']:.2f} ms,"
-                  f" p99 {j['rtt_p99_ms']:.2f} ms; duration_s median {j['duration_med_ms']:.3f} ms;"
-                  f" overhead median {j['overhead_med_ms']:.2f} ms, p99 {j['overhead_p99_ms']:.2f} ms"
-                  f"  target p99 < 5 ms: {ok}{loadinfo(results['job'])}")
+            print(
+                f"job round trip ({kind}, {results['job']['runs']} runs): median {j['rtt_med_ms']:.2f} ms,"
+                f" p99 {j['rtt_p99_ms']:.2f} ms; duration_s median {j['duration_med_ms']:.3f} ms;"
+                f" overhead median {j['overhead_med_ms']:.2f} ms, p99 {j['overhead_p99_ms']:.2f} ms"
+                f"  target p99 < 5 ms: {ok}{loadinfo(results['job'])}"
+            )
     if "load" in results:
         lo = results["load"]
         ok = "met" if lo["p99_shift_ms"] < 5 else "MISSED"
-        print(f"GET /tasks with {lo['tasks']} tasks at 10 Hz: {lo['rps']:.1f} req/s ({lo['clients']} clients,"
-              f" {lo['window_s']:.0f} s; per request median {lo['get_med_ms']:.1f} ms, p99 {lo['get_p99_ms']:.1f} ms)")
+        print(
+            f"GET /tasks with {lo['tasks']} tasks at 10 Hz: {lo['rps']:.1f} req/s ({lo['clients']} clients,"
+            f" {lo['window_s']:.0f} s; per request median {lo['get_med_ms']:.1f} ms, p99 {lo['get_p99_ms']:.1f} ms)"
+        )
         for key in ("idle", "load", "idle2"):
             w = lo[key]
-            print(f"  task lateness {key:5}: median {w['med_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms,"
-                  f" max {w['max_ms']:.2f} ms ({w['samples']} cycles)")
-        print(f"  p99 shift under load: {lo['p99_shift_ms']:+.2f} ms  target < 5 ms: {ok}"
-              f"  (overruns {lo['overruns']}, {lo.get('overruns_in_windows', '?')} in the windows; errors {lo['errors']})"
-              f"{loadinfo(lo)}")
+            print(
+                f"  task lateness {key:5}: median {w['med_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms,"
+                f" max {w['max_ms']:.2f} ms ({w['samples']} cycles)"
+            )
+        print(
+            f"  p99 shift under load: {lo['p99_shift_ms']:+.2f} ms  target < 5 ms: {ok}"
+            f"  (overruns {lo['overruns']}, {lo.get('overruns_in_windows', '?')} in the windows; errors {lo['errors']})"
+            f"{loadinfo(lo)}"
+        )
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
 
     only = set(args.only.split(",")) if args.only else {"add", "gap", "job", "load"}
-    results: dict[str, Any] = {"nproc": os.cpu_count(), "python": sys.version.split()[0], "commit": SRC["commit"],
-                               "loadavg_start": os.getloadavg()}
+    results: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "commit": SRC["commit"],
+        "loadavg_start": os.getloadavg(),
+    }
     timeout = aiohttp.ClientTimeout(total=180)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=4)) as session, \
-            aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+    async with (
+        aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=4)) as session,
+        aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)
+        ) as fresh,
+    ):
         POLL.update(keepalive=args.poll == "keepalive", fresh=fresh)
         results["poll"] = args.poll
         if "add" in only:
@@ -673,11 +813,17 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             results["add"]["quiet"] = done(q)
         if "gap" in only:
             results["gap"] = []
-            counts = [int(x) for x in args.gaps.split(",")] if args.gaps else ([1, 20] if args.quick else [1, 20, 100])
+            counts = (
+                [int(x) for x in args.gaps.split(",")]
+                if args.gaps
+                else ([1, 20] if args.quick else [1, 20, 100])
+            )
             for n in counts:
                 print(f"reload gap N={n}", file=sys.stderr)
                 q = await quiet(f"gap N={n}")
-                results["gap"].append(await bench_gap(session, n, args.trials or (1 if args.quick else 3)))
+                results["gap"].append(
+                    await bench_gap(session, n, args.trials or (1 if args.quick else 3))
+                )
                 results["gap"][-1]["quiet"] = done(q)
         if "job" in only:
             print("job round trip", file=sys.stderr)
@@ -687,39 +833,74 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         if "load" in only:
             print("GET /tasks under load", file=sys.stderr)
             q = await quiet("load")
-            results["load"] = await bench_load(session, 50 if args.quick else args.tasks,
-                                               4.0 if args.quick else 10.0, args.clients)
+            results["load"] = await bench_load(
+                session, 50 if args.quick else args.tasks, 4.0 if args.quick else 10.0, args.clients
+            )
             results["load"]["quiet"] = done(q)
     results["loadavg_end"] = os.getloadavg()
-    print(f"load average: start {results['loadavg_start']}, end {results['loadavg_end']}", file=sys.stderr)
+    print(
+        f"load average: start {results['loadavg_start']}, end {results['loadavg_end']}",
+        file=sys.stderr,
+    )
     return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a short run (fewer plugins, runs and seconds)")
+    ap.add_argument(
+        "--quick", action="store_true", help="a short run (fewer plugins, runs and seconds)"
+    )
     ap.add_argument("--only", default="", help="comma list of: add, gap, job, load")
-    ap.add_argument("--tasks", type=int, default=200, help="tasks for the load figure (default 200)")
-    ap.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients for the load figure")
-    ap.add_argument("--poll", choices=["keepalive", "fresh"], default="keepalive",
-                    help="the /health poller's connections (gap figure): one keep-alive connection, or one per request")
-    ap.add_argument("--gaps", default="", help="comma list of plugin counts for the gap figure (default 1,20,100)")
-    ap.add_argument("--trials", type=int, default=0, help="add+delete pairs per plugin count (default 3)")
-    ap.add_argument("--profile", help="directory: py-spy profile (raw stacks) of the server under the GET load")
+    ap.add_argument(
+        "--tasks", type=int, default=200, help="tasks for the load figure (default 200)"
+    )
+    ap.add_argument(
+        "--clients", type=int, default=4, help="concurrent HTTP clients for the load figure"
+    )
+    ap.add_argument(
+        "--poll",
+        choices=["keepalive", "fresh"],
+        default="keepalive",
+        help="the /health poller's connections (gap figure): one keep-alive connection, or one per request",
+    )
+    ap.add_argument(
+        "--gaps",
+        default="",
+        help="comma list of plugin counts for the gap figure (default 1,20,100)",
+    )
+    ap.add_argument(
+        "--trials", type=int, default=0, help="add+delete pairs per plugin count (default 3)"
+    )
+    ap.add_argument(
+        "--profile", help="directory: py-spy profile (raw stacks) of the server under the GET load"
+    )
     ap.add_argument("--json", help="also write the figures to this file")
-    ap.add_argument("--src", default="HEAD",
-                    help="commit whose iocmng/ the server runs (git archive; default HEAD), or 'tree' for the work tree, or a directory holding iocmng/ and plugins_examples/")
+    ap.add_argument(
+        "--src",
+        default="HEAD",
+        help="commit whose iocmng/ the server runs (git archive; default HEAD), or 'tree' for the work tree, or a directory holding iocmng/ and plugins_examples/",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for inspection")
-    ap.add_argument("--quiet-load", type=float, default=1.0,
-                    help="before each figure (each N of the gap), wait for the 1-min load average to fall under this")
-    ap.add_argument("--quiet-wait", type=float, default=180.0,
-                    help="longest wait (s) for --quiet-load; 0 = do not wait")
+    ap.add_argument(
+        "--quiet-load",
+        type=float,
+        default=1.0,
+        help="before each figure (each N of the gap), wait for the 1-min load average to fall under this",
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=180.0,
+        help="longest wait (s) for --quiet-load; 0 = do not wait",
+    )
     args = ap.parse_args()
     QUIET.update(load=args.quiet_load, wait=args.quiet_wait)
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         PROFILE["dir"] = str(Path(args.profile).resolve())
-    if os.path.isdir(args.src):  # an already prepared copy (e.g. a patched snapshot, for an experiment)
+    if os.path.isdir(
+        args.src
+    ):  # an already prepared copy (e.g. a patched snapshot, for an experiment)
         SRC.update(dir=Path(args.src).resolve(), commit=f"dir {args.src}")
     elif args.src != "tree":
         snapshot(args.src)

@@ -124,9 +124,15 @@ def write_plugin(root: Path) -> Path:
 
 
 def git(cwd: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_SYSTEM": os.devnull,
-           "GIT_AUTHOR_NAME": "churn", "GIT_AUTHOR_EMAIL": "churn@example.invalid",
-           "GIT_COMMITTER_NAME": "churn", "GIT_COMMITTER_EMAIL": "churn@example.invalid"}
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_SYSTEM": os.devnull,
+        "GIT_AUTHOR_NAME": "churn",
+        "GIT_AUTHOR_EMAIL": "churn@example.invalid",
+        "GIT_COMMITTER_NAME": "churn",
+        "GIT_COMMITTER_EMAIL": "churn@example.invalid",
+    }
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
@@ -139,9 +145,12 @@ def make_repo(root: Path) -> str:
 
 
 def snapshot(rev: str, dest: Path) -> None:
-    commit = subprocess.run(["git", "rev-parse", rev], cwd=REPO, check=True, capture_output=True,
-                            text=True).stdout.strip()
-    archive = subprocess.run(["git", "archive", commit, "iocmng"], cwd=REPO, check=True, capture_output=True).stdout
+    commit = subprocess.run(
+        ["git", "rev-parse", rev], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", commit, "iocmng"], cwd=REPO, check=True, capture_output=True
+    ).stdout
     dest.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     SRC.update(dir=dest, commit=commit)
@@ -178,7 +187,9 @@ def fd_targets(pid: int) -> list[str]:
 def fd_kinds(targets: list[str]) -> dict[str, int]:
     kinds: Counter[str] = Counter()
     for t in targets:
-        kinds[t.split(":", 1)[0] if t.startswith(("socket:", "pipe:", "anon_inode:")) else "file"] += 1
+        kinds[
+            t.split(":", 1)[0] if t.startswith(("socket:", "pipe:", "anon_inode:")) else "file"
+        ] += 1
     return dict(kinds)
 
 
@@ -187,8 +198,14 @@ def sample(pid: int, data_dir: Path, label: str) -> dict[str, Any]:
 
     p = psutil.Process(pid)
     with p.oneshot():
-        s = {"label": label, "t": time.monotonic(), "fds": p.num_fds(), "threads": p.num_threads(),
-             "rss": p.memory_info().rss, "create_time": p.create_time()}
+        s = {
+            "label": label,
+            "t": time.monotonic(),
+            "fds": p.num_fds(),
+            "threads": p.num_threads(),
+            "rss": p.memory_info().rss,
+            "create_time": p.create_time(),
+        }
     s["data_bytes"], s["data_files"] = dir_usage(data_dir)
     return s
 
@@ -219,15 +236,24 @@ class Http:
         self.outcomes: list[Outcome] = []
         self.gen_seen = gen_seen
 
-    async def call(self, session: Any, who: str, method: str, path: str, what: str,
-                   expect: tuple[int, ...] = (200,), body: Any = None) -> tuple[int | None, Any]:
+    async def call(
+        self,
+        session: Any,
+        who: str,
+        method: str,
+        path: str,
+        what: str,
+        expect: tuple[int, ...] = (200,),
+        body: Any = None,
+    ) -> tuple[int | None, Any]:
         import aiohttp
 
         t0 = time.monotonic()
         status = data = err = None
         try:
-            async with session.request(method, self.base + path, json=body,
-                                       timeout=aiohttp.ClientTimeout(total=90)) as resp:
+            async with session.request(
+                method, self.base + path, json=body, timeout=aiohttp.ClientTimeout(total=90)
+            ) as resp:
                 status = resp.status
                 text = await resp.text()
                 try:
@@ -266,9 +292,12 @@ class Monitor:
         d = next((t for t, k in ev if k == "d"), None)
         after = d if d is not None else t_new
         u = next((t for t, k in ev if k == "u" and t > after), None)
-        return {"disconnected": d is not None, "resumed": u is not None,
-                "outage_s": (u - d) if (u is not None and d is not None) else None,
-                "after_http_s": (u - t_new) if u is not None else None}
+        return {
+            "disconnected": d is not None,
+            "resumed": u is not None,
+            "outage_s": (u - d) if (u is not None and d is not None) else None,
+            "after_http_s": (u - t_new) if u is not None else None,
+        }
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -292,9 +321,15 @@ class Churn:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = self.ports.env()
-        env.update({"IOCMNG_PLUGINS_DIR": str(self.data_dir), "IOCMNG_HOST": "127.0.0.1",
-                    "IOCMNG_PORT": str(self.ports.http), "IOCMNG_PREFIX": self.prefix,
-                    "IOCMNG_LOG_LEVEL": "warning"})
+        env.update(
+            {
+                "IOCMNG_PLUGINS_DIR": str(self.data_dir),
+                "IOCMNG_HOST": "127.0.0.1",
+                "IOCMNG_PORT": str(self.ports.http),
+                "IOCMNG_PREFIX": self.prefix,
+                "IOCMNG_LOG_LEVEL": "warning",
+            }
+        )
         env.update(extra)
         return env
 
@@ -306,8 +341,14 @@ class Churn:
         src = str(SRC["dir"])
         env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "iocmng"], env=env, cwd=src,
-                                         stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "iocmng"],
+                env=env,
+                cwd=src,
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+            )
 
     async def start_server(self, session: Any, **extra: str) -> None:
         self.spawn(**extra)
@@ -315,7 +356,9 @@ class Churn:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"server exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise SystemExit(
+                    f"server exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 async with session.get(f"{self.url}/health") as resp:
                     if resp.status == 200:
@@ -360,7 +403,11 @@ class Churn:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st, h = await self.http.call(session, "loop", "GET", "/health", "health")
-            if st == 200 and h["plugins"].get("running", 0) >= n and h["pending_generation"] is None:
+            if (
+                st == 200
+                and h["plugins"].get("running", 0) >= n
+                and h["pending_generation"] is None
+            ):
                 return
             await asyncio.sleep(0.2)
         raise SystemExit(f"{n} tasks not running within {timeout} s")
@@ -412,14 +459,26 @@ class Churn:
         t_new = self.gen_seen.get(gen) or min(t for g, t in self.gen_seen.items() if g >= gen)
         await self.wait_resumed(t_new)
         t_end = time.monotonic()
-        per = [{"proto": m.proto, "pv": m.pv, **m.outage(t_trigger, t_end, t_new)} for m in self.monitors]
-        self.reloads.append({"generation": gen, "why": why, "http_gap_s": t_new - t_trigger, "monitors": per})
+        per = [
+            {"proto": m.proto, "pv": m.pv, **m.outage(t_trigger, t_end, t_new)}
+            for m in self.monitors
+        ]
+        self.reloads.append(
+            {"generation": gen, "why": why, "http_gap_s": t_new - t_trigger, "monitors": per}
+        )
 
     async def cycle(self, session: Any, i: int, url: str) -> None:
         name = f"churn{i:03d}"
         t0 = time.monotonic()
-        st, b = await self.http.call(session, "loop", "POST", "/tasks", "add", (201,),
-                                     {"name": name, "git_url": url, "branch": "main"})
+        st, b = await self.http.call(
+            session,
+            "loop",
+            "POST",
+            "/tasks",
+            "add",
+            (201,),
+            {"name": name, "git_url": url, "branch": "main"},
+        )
         if st != 201:
             raise SystemExit(f"add {name}: {st} {b}")
         await self.reloaded(session, b["generation"], t0, f"add {name}")
@@ -427,7 +486,9 @@ class Churn:
         self.samples.append(sample(self.proc.pid, self.data_dir, f"{i}:added"))
 
         for k in range(self.args.restarts):
-            st, b = await self.http.call(session, "loop", "POST", f"/plugins/{name}/restart", "restart", (200,))
+            st, b = await self.http.call(
+                session, "loop", "POST", f"/plugins/{name}/restart", "restart", (200,)
+            )
             live = st == 200 and isinstance(b, dict) and b.get("reload_pending") is False
             self.restarts.append({"name": name, "status": st, "live": live})
             if not live and st == 200:
@@ -456,8 +517,15 @@ class Churn:
 
             async def add(n: str) -> None:
                 async with sem:
-                    st, b = await self.http.call(session, "setup", "POST", "/tasks", "add", (201,),
-                                                 {"name": n, "local_path": str(plugin)})
+                    st, b = await self.http.call(
+                        session,
+                        "setup",
+                        "POST",
+                        "/tasks",
+                        "add",
+                        (201,),
+                        {"name": n, "local_path": str(plugin)},
+                    )
                     if st != 201:
                         raise SystemExit(f"add {n}: {st} {b}")
 
@@ -469,8 +537,10 @@ class Churn:
             watched = names[:: max(1, a.tasks // a.monitors)][: a.monitors]
             subs = self.start_monitors(watched)
             stop = asyncio.Event()
-            pollers = [asyncio.create_task(self.poller("/tasks", "tasks", stop)),
-                       asyncio.create_task(self.poller("/health", "health", stop))]
+            pollers = [
+                asyncio.create_task(self.poller("/tasks", "tasks", stop)),
+                asyncio.create_task(self.poller("/health", "health", stop)),
+            ]
             await asyncio.sleep(3)
             if not all(m.updated_after(time.monotonic() - 2) for m in self.monitors):
                 raise SystemExit("monitors not delivering before the churn")
@@ -488,7 +558,11 @@ class Churn:
                 if not a.cycles and time.monotonic() - t_start >= a.minutes * 60:
                     break
                 await self.cycle(session, i, url)
-                print(f"  cycle {i} done at {time.monotonic() - t_start:.0f} s", file=sys.stderr, flush=True)
+                print(
+                    f"  cycle {i} done at {time.monotonic() - t_start:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 i += 1
             await asyncio.sleep(a.settle)
             end = sample(pid, self.data_dir, "end")
@@ -505,20 +579,38 @@ class Churn:
         return self.summarize(i - 1, elapsed, start, end, start_fds, end_fds, pid, tasks, rc)
 
     # -- verdicts -----------------------------------------------------------------------------------------
-    def summarize(self, cycles: int, elapsed: float, start: dict[str, Any], end: dict[str, Any],
-                  start_fds: list[str], end_fds: list[str], pid: int, tasks: Any, rc: int | None) -> dict[str, Any]:
+    def summarize(
+        self,
+        cycles: int,
+        elapsed: float,
+        start: dict[str, Any],
+        end: dict[str, Any],
+        start_fds: list[str],
+        end_fds: list[str],
+        pid: int,
+        tasks: Any,
+        rc: int | None,
+    ) -> dict[str, Any]:
         a = self.args
         churn_outcomes = [o for o in self.http.outcomes if o.who != "setup"]
         failures = [o for o in churn_outcomes if not o.ok]
         by_what = Counter(f"{o.method} {o.what}" for o in churn_outcomes)
-        by_status = Counter(str(o.status) if o.error is None else o.error.split(":")[0] for o in churn_outcomes)
+        by_status = Counter(
+            str(o.status) if o.error is None else o.error.split(":")[0] for o in churn_outcomes
+        )
         mon = [(r, m) for r in self.reloads for m in r["monitors"]]
 
         def outages(proto: str, key: str) -> list[float]:
             return [m[key] for _r, m in mon if m["proto"] == proto and m[key] is not None]
 
-        not_resumed = [f"gen {r['generation']} {m['proto']} {m['pv']}" for r, m in mon if not m["resumed"]]
-        running = sorted(t["name"] for t in tasks if t["state"] == "running") if isinstance(tasks, list) else []
+        not_resumed = [
+            f"gen {r['generation']} {m['proto']} {m['pv']}" for r, m in mon if not m["resumed"]
+        ]
+        running = (
+            sorted(t["name"] for t in tasks if t["state"] == "running")
+            if isinstance(tasks, list)
+            else []
+        )
         d_rss = (end["rss"] - start["rss"]) / start["rss"]
         d_bytes = (end["data_bytes"] - start["data_bytes"]) / max(1, start["data_bytes"])
         d_files = (end["data_files"] - start["data_files"]) / max(1, start["data_files"])
@@ -529,49 +621,85 @@ class Churn:
             cyc, _, label = smp["label"].partition(":")
             if label.startswith("restarted"):
                 rs.setdefault(cyc, []).append(smp)
-        growth = {k: max((c[-1][k] - c[0][k] for c in rs.values()), default=0) for k in ("fds", "threads", "rss")}
-        growth["rss_pct"] = round(100 * max((c[-1]["rss"] / c[0]["rss"] - 1 for c in rs.values()), default=0), 1)
+        growth = {
+            k: max((c[-1][k] - c[0][k] for c in rs.values()), default=0)
+            for k in ("fds", "threads", "rss")
+        }
+        growth["rss_pct"] = round(
+            100 * max((c[-1]["rss"] / c[0]["rss"] - 1 for c in rs.values()), default=0), 1
+        )
         verdicts = {
             f"open fds within +-{TOL_FDS}": abs(end["fds"] - start["fds"]) <= TOL_FDS,
-            f"threads within +-{TOL_THREADS}": abs(end["threads"] - start["threads"]) <= TOL_THREADS,
+            f"threads within +-{TOL_THREADS}": abs(end["threads"] - start["threads"])
+            <= TOL_THREADS,
             f"RSS at most +{TOL_RSS:.0%}": d_rss <= TOL_RSS,
             f"data dir bytes within +-{TOL_DATA:.0%}": abs(d_bytes) <= TOL_DATA,
             f"data dir files within +-{TOL_DATA:.0%}": abs(d_files) <= TOL_DATA,
             "no request failed": not failures,
             "CA and PVA monitors resumed after every reload": not not_resumed and bool(mon),
             "every restart live": all(r["live"] for r in self.restarts),
-            "same PID throughout": end["create_time"] == start["create_time"] and end.get("pid", pid) == pid,
+            "same PID throughout": end["create_time"] == start["create_time"]
+            and end.get("pid", pid) == pid,
             "every task running at the end": len(running) == a.tasks,
             "SIGTERM exit code 0": rc == 0,
         }
         if a.restarts > 1:
             verdicts["repeated live restarts: fds, threads +0, RSS at most +5%"] = (
-                growth["fds"] <= 0 and growth["threads"] <= 0 and growth["rss_pct"] <= 5)
+                growth["fds"] <= 0 and growth["threads"] <= 0 and growth["rss_pct"] <= 5
+            )
         log = self.log.read_text(errors="replace")
         return {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "code": SRC["commit"], "tasks": a.tasks, "interval": INTERVAL, "cycles": cycles, "elapsed_s": round(elapsed, 1),
-            "reloads": len(self.reloads), "monitors": {"ca": a.monitors, "pva": a.monitors},
-            "requests": len(churn_outcomes), "by_request": dict(by_what), "by_status": dict(by_status),
-            "failures": [vars(o) for o in failures[:20]], "failure_count": len(failures),
-            "http_gap_s": {"median": statistics.median([r["http_gap_s"] for r in self.reloads]),
-                           "max": max(r["http_gap_s"] for r in self.reloads)},
-            "outage_s": {p: {"median": statistics.median(outages(p, "outage_s") or [float("nan")]),
-                             "p95": pct(outages(p, "outage_s"), 0.95),
-                             "max": max(outages(p, "outage_s"), default=float("nan"))} for p in ("ca", "pva")},
-            "after_http_s": {p: {"median": statistics.median(outages(p, "after_http_s") or [float("nan")]),
-                                 "max": max(outages(p, "after_http_s"), default=float("nan"))} for p in ("ca", "pva")},
+            "code": SRC["commit"],
+            "tasks": a.tasks,
+            "interval": INTERVAL,
+            "cycles": cycles,
+            "elapsed_s": round(elapsed, 1),
+            "reloads": len(self.reloads),
+            "monitors": {"ca": a.monitors, "pva": a.monitors},
+            "requests": len(churn_outcomes),
+            "by_request": dict(by_what),
+            "by_status": dict(by_status),
+            "failures": [vars(o) for o in failures[:20]],
+            "failure_count": len(failures),
+            "http_gap_s": {
+                "median": statistics.median([r["http_gap_s"] for r in self.reloads]),
+                "max": max(r["http_gap_s"] for r in self.reloads),
+            },
+            "outage_s": {
+                p: {
+                    "median": statistics.median(outages(p, "outage_s") or [float("nan")]),
+                    "p95": pct(outages(p, "outage_s"), 0.95),
+                    "max": max(outages(p, "outage_s"), default=float("nan")),
+                }
+                for p in ("ca", "pva")
+            },
+            "after_http_s": {
+                p: {
+                    "median": statistics.median(outages(p, "after_http_s") or [float("nan")]),
+                    "max": max(outages(p, "after_http_s"), default=float("nan")),
+                }
+                for p in ("ca", "pva")
+            },
             "not_resumed": not_resumed,
-            "start": start, "end": end,
-            "delta": {"fds": end["fds"] - start["fds"], "threads": end["threads"] - start["threads"],
-                      "rss_pct": round(100 * d_rss, 1), "data_bytes": end["data_bytes"] - start["data_bytes"],
-                      "data_files": end["data_files"] - start["data_files"]},
-            "restarts_per_cycle": a.restarts, "restart_growth": growth,
+            "start": start,
+            "end": end,
+            "delta": {
+                "fds": end["fds"] - start["fds"],
+                "threads": end["threads"] - start["threads"],
+                "rss_pct": round(100 * d_rss, 1),
+                "data_bytes": end["data_bytes"] - start["data_bytes"],
+                "data_files": end["data_files"] - start["data_files"],
+            },
+            "restarts_per_cycle": a.restarts,
+            "restart_growth": growth,
             "fd_kinds": {"start": fd_kinds(start_fds), "end": fd_kinds(end_fds)},
             "fds_new": sorted(set(end_fds) - set(start_fds))[:20],
-            "samples": self.samples, "reload_detail": self.reloads,
+            "samples": self.samples,
+            "reload_detail": self.reloads,
             "server_log_tracebacks": log.count("Traceback"),
-            "verdicts": verdicts, "ok": all(verdicts.values()),
+            "verdicts": verdicts,
+            "ok": all(verdicts.values()),
         }
 
 
@@ -579,30 +707,42 @@ def report(r: dict[str, Any]) -> None:
     s, e, d = r["start"], r["end"], r["delta"]
     mb = 1024 * 1024
     print(f"code: {r['code']}")
-    print(f"churn: {r['tasks']} tasks at {1 / r['interval']:.0f} Hz, {r['cycles']} cycles "
-          f"(add, live restart, remove) in {r['elapsed_s']} s, {r['reloads']} reloads measured "
-          f"(warm-up cycle included)")
+    print(
+        f"churn: {r['tasks']} tasks at {1 / r['interval']:.0f} Hz, {r['cycles']} cycles "
+        f"(add, live restart, remove) in {r['elapsed_s']} s, {r['reloads']} reloads measured "
+        f"(warm-up cycle included)"
+    )
     print(f"  requests: {r['requests']}, failed: {r['failure_count']}; by status {r['by_status']}")
     for f in r["failures"][:5]:
         print(f"    failed: {f['who']} {f['method']} {f['what']} -> {f['status']} {f['error']}")
-    print(f"  reload gap (trigger -> new generation answers): median {r['http_gap_s']['median']:.2f} s, "
-          f"max {r['http_gap_s']['max']:.2f} s")
+    print(
+        f"  reload gap (trigger -> new generation answers): median {r['http_gap_s']['median']:.2f} s, "
+        f"max {r['http_gap_s']['max']:.2f} s"
+    )
     for p in ("ca", "pva"):
         o, h = r["outage_s"][p], r["after_http_s"][p]
-        print(f"  {p.upper():3} monitors ({r['monitors'][p]}): outage disconnect -> first update median "
-              f"{o['median']:.2f} s, p95 {o['p95']:.2f} s, max {o['max']:.2f} s; after the new generation "
-              f"answered HTTP: median {h['median']:.2f} s, max {h['max']:.2f} s")
+        print(
+            f"  {p.upper():3} monitors ({r['monitors'][p]}): outage disconnect -> first update median "
+            f"{o['median']:.2f} s, p95 {o['p95']:.2f} s, max {o['max']:.2f} s; after the new generation "
+            f"answered HTTP: median {h['median']:.2f} s, max {h['max']:.2f} s"
+        )
     if r["not_resumed"]:
         print(f"  not resumed: {r['not_resumed'][:10]}")
-    print(f"  server (PID same across reloads): fds {s['fds']} -> {e['fds']} ({d['fds']:+d}), "
-          f"threads {s['threads']} -> {e['threads']} ({d['threads']:+d}), "
-          f"RSS {s['rss'] / mb:.1f} -> {e['rss'] / mb:.1f} MiB ({d['rss_pct']:+.1f} %)")
+    print(
+        f"  server (PID same across reloads): fds {s['fds']} -> {e['fds']} ({d['fds']:+d}), "
+        f"threads {s['threads']} -> {e['threads']} ({d['threads']:+d}), "
+        f"RSS {s['rss'] / mb:.1f} -> {e['rss'] / mb:.1f} MiB ({d['rss_pct']:+.1f} %)"
+    )
     if r["restarts_per_cycle"] > 1:
         g = r["restart_growth"]
-        print(f"  {r['restarts_per_cycle']} live restarts per cycle, first -> last (worst cycle): fds {g['fds']:+d}, "
-              f"threads {g['threads']:+d}, RSS {g['rss_pct']:+.1f} %")
-    print(f"  data dir: {s['data_bytes']} -> {e['data_bytes']} bytes ({d['data_bytes']:+d}), "
-          f"{s['data_files']} -> {e['data_files']} files ({d['data_files']:+d})")
+        print(
+            f"  {r['restarts_per_cycle']} live restarts per cycle, first -> last (worst cycle): fds {g['fds']:+d}, "
+            f"threads {g['threads']:+d}, RSS {g['rss_pct']:+.1f} %"
+        )
+    print(
+        f"  data dir: {s['data_bytes']} -> {e['data_bytes']} bytes ({d['data_bytes']:+d}), "
+        f"{s['data_files']} -> {e['data_files']} files ({d['data_files']:+d})"
+    )
     if d["fds"] > 0:
         print(f"  fds new at the end: {r['fds_new']}")
     print(f"  server log tracebacks: {r['server_log_tracebacks']}")
@@ -612,15 +752,27 @@ def report(r: dict[str, Any]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=3.0, help="churn duration after warm-up (default 3)")
-    ap.add_argument("--cycles", type=int, default=0, help="stop after N cycles instead (0: use --minutes)")
+    ap.add_argument(
+        "--minutes", type=float, default=3.0, help="churn duration after warm-up (default 3)"
+    )
+    ap.add_argument(
+        "--cycles", type=int, default=0, help="stop after N cycles instead (0: use --minutes)"
+    )
     ap.add_argument("--tasks", type=int, default=50, help="continuous tasks at 10 Hz (default 50)")
     ap.add_argument("--restarts", type=int, default=1, help="live restarts per cycle (default 1)")
     ap.add_argument("--monitors", type=int, default=3, help="CA and PVA monitors each (default 3)")
-    ap.add_argument("--resume-timeout", type=float, default=30.0, help="wait for monitors after a reload (s)")
-    ap.add_argument("--settle", type=float, default=5.0, help="pause before the start/end figures (s)")
-    ap.add_argument("--src", default="HEAD", help="commit to run the server from, or 'tree' (default HEAD)")
-    ap.add_argument("--ports", help="CA,CA-repeater,PVA,PVA-broadcast,HTTP ports (default: free ones)")
+    ap.add_argument(
+        "--resume-timeout", type=float, default=30.0, help="wait for monitors after a reload (s)"
+    )
+    ap.add_argument(
+        "--settle", type=float, default=5.0, help="pause before the start/end figures (s)"
+    )
+    ap.add_argument(
+        "--src", default="HEAD", help="commit to run the server from, or 'tree' (default HEAD)"
+    )
+    ap.add_argument(
+        "--ports", help="CA,CA-repeater,PVA,PVA-broadcast,HTTP ports (default: free ones)"
+    )
     ap.add_argument("--json", type=Path, help="write every figure here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()

@@ -66,12 +66,25 @@ def main() -> None:
         for i in range(args.plugins):
             base = f"{args.prefix}:P{i:04d}"
             records += [
-                builder.boolOut(f"{base}:ENABLE", "OFF", "ON", initial_value=1, on_update=lambda v: None),
-                builder.mbbIn(f"{base}:STATUS", "INIT", "RUN", "PAUSED", "END", "ERROR", initial_value=0),
+                builder.boolOut(
+                    f"{base}:ENABLE", "OFF", "ON", initial_value=1, on_update=lambda v: None
+                ),
+                builder.mbbIn(
+                    f"{base}:STATUS", "INIT", "RUN", "PAUSED", "END", "ERROR", initial_value=0
+                ),
                 builder.stringIn(f"{base}:MESSAGE", initial_value=""),
                 builder.longIn(f"{base}:CYCLE_COUNT", initial_value=0),
-                builder.aOut(f"{base}:SETPOINT", initial_value=50.0, EGU="%", PREC=2, LOPR=0, HOPR=100,
-                             DRVL=0, DRVH=100, on_update=lambda v: None),
+                builder.aOut(
+                    f"{base}:SETPOINT",
+                    initial_value=50.0,
+                    EGU="%",
+                    PREC=2,
+                    LOPR=0,
+                    HOPR=100,
+                    DRVL=0,
+                    DRVH=100,
+                    on_update=lambda v: None,
+                ),
                 builder.aOut(f"{base}:GAIN", initial_value=1.0, PREC=3, on_update=lambda v: None),
                 builder.aIn(f"{base}:READING", initial_value=0.0, EGU="%", PREC=3),
                 builder.boolIn(f"{base}:ALARM", "OK", "ALARM", initial_value=0),
@@ -90,8 +103,11 @@ def main() -> None:
             if not first["answered"]:
                 first["answered"] = True
                 phases["first_answer"] = time.time() - t_exec
-                print(json.dumps({"generation": args.generation, "records": len(records), **phases}),
-                      file=sys.stderr, flush=True)
+                print(
+                    json.dumps({"generation": args.generation, "records": len(records), **phases}),
+                    file=sys.stderr,
+                    flush=True,
+                )
             return web.json_response({"status": "ok", "generation": args.generation})
 
         async def reload(_request: web.Request) -> web.Response:
@@ -115,8 +131,18 @@ def main() -> None:
     sock.set_inheritable(True)
     os.environ[FD_ENV] = str(sock.fileno())
     os.environ["FLOOR_EXEC_AT"] = repr(time.time())
-    argv = [sys.executable, os.path.abspath(__file__), "--port", str(args.port), "--plugins", str(args.plugins),
-            "--prefix", args.prefix, "--generation", str(args.generation + 1)]
+    argv = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--port",
+        str(args.port),
+        "--plugins",
+        str(args.plugins),
+        "--prefix",
+        args.prefix,
+        "--generation",
+        str(args.generation + 1),
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

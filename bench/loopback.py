@@ -44,14 +44,16 @@ def server_env(ca: int, repeater: int, pva: int, pva_bcast: int) -> dict[str, st
     """This process's environment without EPICS_/IOCMNG_ variables, forced to loopback ports."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EPICS_", "IOCMNG_"))}
     env.update(LOOPBACK)
-    env.update({
-        "EPICS_CA_ADDR_LIST": f"127.0.0.1:{ca}",
-        "EPICS_CA_SERVER_PORT": str(ca),
-        "EPICS_CA_REPEATER_PORT": str(repeater),
-        "EPICS_PVA_SERVER_PORT": str(pva),
-        "EPICS_PVA_BROADCAST_PORT": str(pva_bcast),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "EPICS_CA_ADDR_LIST": f"127.0.0.1:{ca}",
+            "EPICS_CA_SERVER_PORT": str(ca),
+            "EPICS_CA_REPEATER_PORT": str(repeater),
+            "EPICS_PVA_SERVER_PORT": str(pva),
+            "EPICS_PVA_BROADCAST_PORT": str(pva_bcast),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 

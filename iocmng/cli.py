@@ -34,7 +34,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     if args.prefix and not PREFIX_RE.match(args.prefix):
         # refused here: softioc would fail an assertion deep inside record creation
-        print(f"iocmng run: --prefix {args.prefix!r}: use 1-40 letters, digits, '_', '-' or ':'", file=sys.stderr)
+        print(
+            f"iocmng run: --prefix {args.prefix!r}: use 1-40 letters, digits, '_', '-' or ':'",
+            file=sys.stderr,
+        )
         return 2
     for d in args.dirs:
         if not d.is_dir():
@@ -72,7 +75,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.dir.is_dir():
         return usage(f"validate: {args.dir}: not a directory")
     if args.prefix and not PREFIX_RE.match(args.prefix):
-        return usage(f"validate: --prefix {args.prefix!r}: use 1-40 letters, digits, '_', '-' or ':'")
+        return usage(
+            f"validate: --prefix {args.prefix!r}: use 1-40 letters, digits, '_', '-' or ':'"
+        )
     name = args.name or name_from_dir(args.dir)
     try:
         check_name(name)
@@ -87,14 +92,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="iocmng-validate-") as tmp:
         try:
             # The service's own limits apply (IOCMNG_IMPORT_TIMEOUT, IOCMNG_ALLOW_REQUIREMENTS, ...).
-            options = Options(data_dir=Path(tmp), prefix=prefix, allow_requirements=settings.allow_requirements,
-                              pip_timeout=settings.pip_timeout, import_timeout=settings.import_timeout)
+            options = Options(
+                data_dir=Path(tmp),
+                prefix=prefix,
+                allow_requirements=settings.allow_requirements,
+                pip_timeout=settings.pip_timeout,
+                import_timeout=settings.import_timeout,
+            )
             cand = asyncio.run(Pipeline(options).run(req))
         except ValidationFailed as exc:
             out.update(ok=False, steps=exc.extra.get("steps", []), error=exc.detail)
         else:
-            out.update(ok=True, steps=[s.to_dict() for s in cand.steps], kind=cand.kind,
-                       class_name=cand.class_name, records=cand.records)
+            out.update(
+                ok=True,
+                steps=[s.to_dict() for s in cand.steps],
+                kind=cand.kind,
+                class_name=cand.class_name,
+                records=cand.records,
+            )
     if args.output == "json":
         print(json.dumps(out, indent=2))
         return 0 if out["ok"] else 1
@@ -127,18 +142,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("dirs", nargs="+", type=Path, metavar="PLUGIN_DIR")
     run.add_argument("--prefix", help="PV prefix (default: IOCMNG_PREFIX or IOCMNG)")
     run.add_argument("--name", help="plugin name (one directory only; default: the directory name)")
-    run.add_argument("-p", "--param", action="append", type=parse_param, metavar="KEY=VALUE",
-                     help="override a parameter (repeatable; dotted keys for nested values)")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        type=parse_param,
+        metavar="KEY=VALUE",
+        help="override a parameter (repeatable; dotted keys for nested values)",
+    )
     run.add_argument("--log-level", default="info")
     run.set_defaults(func=cmd_run)
 
     schema = sub.add_parser("schema", help="print the JSON schema of a plugin config.yaml")
     schema.set_defaults(func=cmd_schema)
 
-    val = sub.add_parser("validate", help="run the validation pipeline on a plugin directory (no server)")
+    val = sub.add_parser(
+        "validate", help="run the validation pipeline on a plugin directory (no server)"
+    )
     val.add_argument("dir", type=Path, metavar="DIR")
-    val.add_argument("-p", "--param", action="append", type=parse_param, metavar="KEY=VALUE",
-                     help="parameter override (repeatable)")
+    val.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        type=parse_param,
+        metavar="KEY=VALUE",
+        help="parameter override (repeatable)",
+    )
     val.add_argument("--prefix", help="PV prefix for the PV plan (default: as `iocmng run`)")
     val.add_argument("--name", help="plugin name (default: the directory name)")
     val.add_argument("-o", "--output", choices=["table", "json"], default=argparse.SUPPRESS)

@@ -155,8 +155,10 @@ def storage_error(exc: BaseException, what: str) -> InsufficientStorage | None:
     """An InsufficientStorage for ``exc`` if it is a full or read-only file system, else None."""
     if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
         where = f" ({exc.filename})" if exc.filename else ""
-        return InsufficientStorage(f"{what}: {exc.strerror}{where}; the data directory is full or read-only, "
-                                   "nothing was changed; free space or make it writable and try again")
+        return InsufficientStorage(
+            f"{what}: {exc.strerror}{where}; the data directory is full or read-only, "
+            "nothing was changed; free space or make it writable and try again"
+        )
     return None
 
 

@@ -35,7 +35,9 @@ class HttpFront:
     async def start(self, sock: socket.socket) -> None:
         """Build the app (the service has booted: its records and plugins exist) and serve it."""
         self.app = create_app(self.service)
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=0.25)
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, shutdown_timeout=0.25
+        )
         await self._runner.setup()
         # aiohttp closes the socket it serves on when it stops; give it a
         # duplicate so the original stays listening across the exec.
@@ -61,10 +63,17 @@ class HttpFront:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="iocmng-server", description="iocmng service (settings: IOCMNG_* variables)")
-    parser.add_argument("--demo", action="store_true", help="also load the example plugins (plugins_examples/)")
-    parser.add_argument("--supervise", action="store_true",
-                        help="run the service as a child and restart it if its process dies (iocmng/service/supervisor.py)")
+    parser = argparse.ArgumentParser(
+        prog="iocmng-server", description="iocmng service (settings: IOCMNG_* variables)"
+    )
+    parser.add_argument(
+        "--demo", action="store_true", help="also load the example plugins (plugins_examples/)"
+    )
+    parser.add_argument(
+        "--supervise",
+        action="store_true",
+        help="run the service as a child and restart it if its process dies (iocmng/service/supervisor.py)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()

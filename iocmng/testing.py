@@ -82,7 +82,9 @@ class FakeRecords:
         try:
             return self.records[short]
         except KeyError:
-            raise KeyError(f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})") from None
+            raise KeyError(
+                f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})"
+            ) from None
 
     def type_of(self, short: str) -> str:
         self._record(short)
@@ -154,8 +156,10 @@ class FakeBackend:
         restored: Mapping[str, Any] | None = None,
     ) -> FakeRecords:
         if plan.prefix != self.prefix or (self.exact and plan.base != self.prefix):
-            raise ValueError(f"the plan of {plan.name} is for records under {plan.base}, not this backend's "
-                             f"{self.prefix}{'' if self.exact else ':<NAME>'}")
+            raise ValueError(
+                f"the plan of {plan.name} is for records under {plan.base}, not this backend's "
+                f"{self.prefix}{'' if self.exact else ':<NAME>'}"
+            )
         return self._build(plan.name, plan.base, plan.records, on_input, on_run, restored)
 
     def add_plugin(
@@ -170,13 +174,28 @@ class FakeBackend:
         base: str | None = None,
     ) -> FakeRecords:
         """The bridge's older form of :meth:`create` (what the runtime calls today)."""
-        return self._build(name, self.prefix if self.exact else (base or plugin_prefix(self.prefix, name)), specs,
-                           on_input, on_run, restored)
+        return self._build(
+            name,
+            self.prefix if self.exact else (base or plugin_prefix(self.prefix, name)),
+            specs,
+            on_input,
+            on_run,
+            restored,
+        )
 
-    def _build(self, name: str, base: str, specs: Sequence[RecordSpec], on_input: InputHandler,
-               on_run: RunHandler | None, restored: Mapping[str, Any] | None) -> FakeRecords:
+    def _build(
+        self,
+        name: str,
+        base: str,
+        specs: Sequence[RecordSpec],
+        on_input: InputHandler,
+        on_run: RunHandler | None,
+        restored: Mapping[str, Any] | None,
+    ) -> FakeRecords:
         if self.started:
-            raise RuntimeError("the record set is frozen after iocInit; a reload is needed to add records")
+            raise RuntimeError(
+                "the record set is frozen after iocInit; a reload is needed to add records"
+            )
         if any(r.short == "RUN" for r in specs) and on_run is None:
             raise ValueError("triggered tasks need a run handler")
         out = FakeRecords(base)

@@ -35,7 +35,10 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
 def create_app(service: ServiceAPI) -> web.Application:
     """The REST app for one service generation (problem+json errors, auth, body limit)."""
     max_body = service.settings.max_body
-    app = web.Application(middlewares=[count_requests, problems, cors.hosts, cors.preflight, cors.guard, auth], client_max_size=max_body)
+    app = web.Application(
+        middlewares=[count_requests, problems, cors.hosts, cors.preflight, cors.guard, auth],
+        client_max_size=max_body,
+    )
     app[IDLE] = asyncio.Event()
     app[IDLE].set()
     app[ACTIVE] = [0]

@@ -67,22 +67,31 @@ def allow_origin(origins: tuple[str, ...], origin: str | None) -> str | None:
 @web.middleware
 async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer CORS preflights on ``/api/v1`` routes (a 404 path stays a 404)."""
-    if (request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
-            and request.path.startswith("/api/v1/")):
+    if (
+        request.method == "OPTIONS"
+        and "Access-Control-Request-Method" in request.headers
+        and request.path.startswith("/api/v1/")
+    ):
         exc = request.match_info.http_exception
         if exc is None or exc.status == 405:
             origin = request.headers.get("Origin")
             allowed = allow_origin(request.app[CORS_ORIGINS], origin)
             if allowed is None:
-                raise Forbidden(f"origin {str(origin)[:100]!r} may not call this API from a browser; add it to "
-                                "IOCMNG_CORS_ORIGINS (comma-separated origins, or *)", setting="IOCMNG_CORS_ORIGINS")
-            return web.Response(status=204, headers={
-                "Access-Control-Allow-Origin": allowed,
-                "Access-Control-Allow-Methods": ALLOW_METHODS,
-                "Access-Control-Allow-Headers": ALLOW_HEADERS,
-                "Access-Control-Max-Age": MAX_AGE,
-                "Vary": "Origin",
-            })
+                raise Forbidden(
+                    f"origin {str(origin)[:100]!r} may not call this API from a browser; add it to "
+                    "IOCMNG_CORS_ORIGINS (comma-separated origins, or *)",
+                    setting="IOCMNG_CORS_ORIGINS",
+                )
+            return web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Origin": allowed,
+                    "Access-Control-Allow-Methods": ALLOW_METHODS,
+                    "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                    "Access-Control-Max-Age": MAX_AGE,
+                    "Vary": "Origin",
+                },
+            )
     return await handler(request)
 
 
@@ -132,9 +141,11 @@ async def hosts(request: web.Request, handler: Handler) -> web.StreamResponse:
     """403 unless the ``Host`` header names this service (DNS rebinding)."""
     header = request.headers.get("Host")
     if header is not None and not host_allowed(request.app[ALLOWED_HOSTS], header):
-        raise Forbidden(f"the host name {host_name(header)[:100]!r} is not one this service answers to; add it "
-                        "to IOCMNG_ALLOWED_HOSTS (comma-separated names, *.domain, or *)",
-                        setting="IOCMNG_ALLOWED_HOSTS")
+        raise Forbidden(
+            f"the host name {host_name(header)[:100]!r} is not one this service answers to; add it "
+            "to IOCMNG_ALLOWED_HOSTS (comma-separated names, *.domain, or *)",
+            setting="IOCMNG_ALLOWED_HOSTS",
+        )
     return await handler(request)
 
 
@@ -142,8 +153,9 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _json_type(content_type: str) -> bool:
-    return content_type == "application/json" or (content_type.startswith("application/")
-                                                   and content_type.endswith("+json"))
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
 
 
 def same_origin(request: web.Request, origin: str) -> bool:
@@ -157,14 +169,22 @@ def same_origin(request: web.Request, origin: str) -> bool:
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """403 for a page of another origin (not in IOCMNG_CORS_ORIGINS); 415 for a body that is not JSON."""
     origin = request.headers.get("Origin")
-    if origin is not None and request.method != "OPTIONS" and not same_origin(request, origin) \
-            and allow_origin(request.app[CORS_ORIGINS], origin) is None:
-        raise Forbidden(f"requests from the page at {origin[:100]!r} are refused: it is not this service's own "
-                        "origin; to let a dashboard there call the API, add it to IOCMNG_CORS_ORIGINS",
-                        setting="IOCMNG_CORS_ORIGINS")
+    if (
+        origin is not None
+        and request.method != "OPTIONS"
+        and not same_origin(request, origin)
+        and allow_origin(request.app[CORS_ORIGINS], origin) is None
+    ):
+        raise Forbidden(
+            f"requests from the page at {origin[:100]!r} are refused: it is not this service's own "
+            "origin; to let a dashboard there call the API, add it to IOCMNG_CORS_ORIGINS",
+            setting="IOCMNG_CORS_ORIGINS",
+        )
     if request.method in MUTATING and request.body_exists and not _json_type(request.content_type):
-        raise UnsupportedMediaType(f"the body is {request.content_type!r}; send JSON with 'Content-Type: "
-                                   "application/json' (a request without a body needs no type)")
+        raise UnsupportedMediaType(
+            f"the body is {request.content_type!r}; send JSON with 'Content-Type: "
+            "application/json' (a request without a body needs no type)"
+        )
     return await handler(request)
 
 

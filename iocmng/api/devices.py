@@ -19,5 +19,10 @@ async def list_devices(request: web.Request) -> web.Response:
     out = service(request).devices.listing()
     available = [d["name"] for d in out["devices"]]
     created = [d["name"] for d in out["devices"] if d["state"] == "ok"]
-    out.update(available=available, available_count=len(available), created=created, created_count=len(created))
+    out.update(
+        available=available,
+        available_count=len(available),
+        created=created,
+        created_count=len(created),
+    )
     return reply(out)

@@ -32,12 +32,18 @@ KINDS: dict[str, str | None] = {"tasks": "task", "jobs": "job", "plugins": None}
 COLLECTION = "/api/v1/{collection:tasks|jobs|plugins}"
 #: Seconds between SSE keep-alive comments on an idle stream (proxies drop silent connections).
 SSE_KEEPALIVE = 15.0
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
 def reply(data: Any, status: int = 200) -> web.Response:
     """``data`` as a JSON answer (anything JSON does not know is written as its ``str``)."""
-    return web.Response(status=status, text=json.dumps(data, default=str), content_type="application/json")
+    return web.Response(
+        status=status, text=json.dumps(data, default=str), content_type="application/json"
+    )
 
 
 def service(request: web.Request) -> ServiceAPI:
@@ -75,8 +81,14 @@ def _never() -> bool:
     return False
 
 
-async def stream_sse(request: web.Request, opening: bytes, receive: Callable[[], Awaitable[T]],
-                     frame: Callable[[T], bytes], *, ended: Callable[[], bool] = _never) -> web.StreamResponse:
+async def stream_sse(
+    request: web.Request,
+    opening: bytes,
+    receive: Callable[[], Awaitable[T]],
+    frame: Callable[[T], bytes],
+    *,
+    ended: Callable[[], bool] = _never,
+) -> web.StreamResponse:
     """Answer with an SSE stream: ``opening``, then ``frame(item)`` for each item ``receive()``
     gives, until it raises StopAsyncIteration, ``ended()`` is true or the client goes away.
 

@@ -28,17 +28,28 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def problem_response(status: int, title: str, detail: str, **extra: Any) -> web.Response:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra,
-            "ok": False, "message": detail}
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+        "ok": False,
+        "message": detail,
+    }
     return web.Response(status=status, text=json.dumps(body), content_type=CONTENT_TYPE)
 
 
 def from_error(err: IocmngError) -> web.Response:
     body = err.problem()
-    resp = web.Response(status=err.status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE)
+    resp = web.Response(
+        status=err.status, text=json.dumps(body, default=str), content_type=CONTENT_TYPE
+    )
     if err.status == 401:  # RFC 9110 §15.5.2: a 401 names the scheme it wants
         resp.headers["WWW-Authenticate"] = 'Bearer realm="iocmng"'
-    if err.status == 503:  # RFC 9110 §10.2.3: when to try again (the next generation is seconds away)
+    if (
+        err.status == 503
+    ):  # RFC 9110 §10.2.3: when to try again (the next generation is seconds away)
         resp.headers["Retry-After"] = "2"
     return resp
 
@@ -47,7 +58,9 @@ def from_validation(exc: ValidationError, where: str = "body") -> IocmngError:
     errors = format_errors(exc)
     for e in errors:  # the config.yaml hint of format_errors does not fit a request body
         e["msg"] = e["msg"].replace("see `iocmng schema`", "see /api/v1/openapi.json")
-    detail = "; ".join(f"{where}.{e['loc']}: {e['msg']}" if e["loc"] else f"{where}: {e['msg']}" for e in errors)
+    detail = "; ".join(
+        f"{where}.{e['loc']}: {e['msg']}" if e["loc"] else f"{where}: {e['msg']}" for e in errors
+    )
     return InvalidRequest(detail, errors=errors)
 
 
@@ -76,10 +89,14 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if storage is not None:
             return from_error(storage)
         log.exception("internal error on %s %s", request.method, request.path)
-        return problem_response(500, "Internal error", "an unexpected error occurred; see the service log")
+        return problem_response(
+            500, "Internal error", "an unexpected error occurred; see the service log"
+        )
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
-        return problem_response(500, "Internal error", "an unexpected error occurred; see the service log")
+        return problem_response(
+            500, "Internal error", "an unexpected error occurred; see the service log"
+        )
 
 
 @web.middleware
@@ -125,7 +142,9 @@ async def json_body(request: web.Request, model: type[Any], optional: bool = Fal
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     except RecursionError:  # json's C decoder gives up on very deep nesting
-        raise BadRequest(f"the body nests arrays or objects deeper than {MAX_BODY_DEPTH} levels") from None
+        raise BadRequest(
+            f"the body nests arrays or objects deeper than {MAX_BODY_DEPTH} levels"
+        ) from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     if _too_deep(data):

@@ -41,9 +41,19 @@ async def list_plugins(request: web.Request) -> web.Response:
 async def add_plugin(request: web.Request) -> web.Response:
     body: AddPlugin = await json_body(request, AddPlugin)
     kind = collection_kind(request)
-    req = Request(name=body.name, git_url=body.git_url, local_path=body.local_path, pat=body.pat, branch=body.branch,
-                  path=body.path, parameters=body.parameters, expect_kind=kind, auto_start=body.auto_start,
-                  auto_start_on_boot=body.auto_start_on_boot, autostart_order=body.autostart_order)
+    req = Request(
+        name=body.name,
+        git_url=body.git_url,
+        local_path=body.local_path,
+        pat=body.pat,
+        branch=body.branch,
+        path=body.path,
+        parameters=body.parameters,
+        expect_kind=kind,
+        auto_start=body.auto_start,
+        auto_start_on_boot=body.auto_start_on_boot,
+        autostart_order=body.autostart_order,
+    )
     if body.git_url:
         from ..service.sources import check_git_url
 
@@ -80,7 +90,10 @@ async def restart_plugin(request: web.Request) -> web.Response:
         if entry.source.type != "git":
             from ..errors import InvalidRequest
 
-            raise InvalidRequest(f"pat: {name!r} comes from a local directory; there is nothing to fetch", field="pat")
+            raise InvalidRequest(
+                f"pat: {name!r} comes from a local directory; there is nothing to fetch",
+                field="pat",
+            )
         check_git_url(entry.source.url or "", body.pat)  # a token goes over https only
     return reply(await svc.restart(name, body.parameters, body.pat))
 
@@ -92,13 +105,18 @@ async def run_job(request: web.Request) -> web.Response:
     svc = service(request)
     if collection_kind(request) is None:
         if svc.get_kind(name, None).kind != "job":
-            raise BadRequest(f"{name!r} is a task, not a job; a triggered task runs with "
-                             f"POST /api/v1/tasks/{name}/trigger", field="name")
+            raise BadRequest(
+                f"{name!r} is a task, not a job; a triggered task runs with "
+                f"POST /api/v1/tasks/{name}/trigger",
+                field="name",
+            )
     else:
         svc.get_kind(name, "job")
     body: RunJob = await json_body(request, RunJob, optional=True)
     if name not in svc.runtime.handles:
-        raise Conflict(f"job {name!r} is waiting for the reload to generation {svc.registry.state.generation}")
+        raise Conflict(
+            f"job {name!r} is waiting for the reload to generation {svc.registry.state.generation}"
+        )
     out = await svc.runtime.run_job(name, body.parameters, body.timeout)
     # iocmng 2.7.9's answer is {ok: the job's success, result: the JobResult}; this
     # service's (the JobResult's success/data/message, job, timing) stays beside
@@ -116,7 +134,11 @@ async def trigger_task(request: web.Request) -> web.Response:
     svc.get_kind(name, "task")
     out = await svc.runtime.trigger(name)
     # ok follows the cycle, as a job run's follows the job (docs/decisions/0011)
-    message = f"task {name!r} ran one cycle" if out["success"] else f"task {name!r}: the cycle failed: {out['error']}"
+    message = (
+        f"task {name!r} ran one cycle"
+        if out["success"]
+        else f"task {name!r}: the cycle failed: {out['error']}"
+    )
     return reply({"ok": out["success"], "message": message, **out})
 
 
@@ -140,7 +162,9 @@ def _number(request: web.Request, key: str, kind: type) -> Any:
     try:
         value = kind(raw)
     except ValueError:
-        raise BadRequest(f"{key}: {raw!r} is not a {'number' if kind is float else 'whole number'}", field=key) from None
+        raise BadRequest(
+            f"{key}: {raw!r} is not a {'number' if kind is float else 'whole number'}", field=key
+        ) from None
     if kind is float and value != value:  # NaN
         raise BadRequest(f"{key}: must be a number", field=key)
     return value
@@ -154,8 +178,12 @@ async def events(request: web.Request) -> web.StreamResponse:
     # opening comment misses no event published after it.
     stream = svc.events.subscribe()
     try:
-        return await stream_sse(request, f": iocmng generation {svc.generation}\n\n".encode(), stream.__anext__,
-                                lambda event: sse_frame(event.get("type", "message"), event))
+        return await stream_sse(
+            request,
+            f": iocmng generation {svc.generation}\n\n".encode(),
+            stream.__anext__,
+            lambda event: sse_frame(event.get("type", "message"), event),
+        )
     finally:
         await stream.aclose()
 

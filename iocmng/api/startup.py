@@ -36,9 +36,16 @@ def _links(svc: ServiceAPI, config: Any, params: dict[str, Any], h: Any) -> list
     default = link_protocol(params, svc.runtime.link_protocol)
     for name, spec in config.wired().items():
         protocol, pv = parse_link(spec.link, default)
-        out.append({"name": name, "pv": pv, "protocol": protocol,
-                    "direction": "input" if name in config.pvs.inputs else "output",
-                    "mode": spec.effective_link_mode, "connected": None})
+        out.append(
+            {
+                "name": name,
+                "pv": pv,
+                "protocol": protocol,
+                "direction": "input" if name in config.pvs.inputs else "output",
+                "mode": spec.effective_link_mode,
+                "connected": None,
+            }
+        )
     return out
 
 
@@ -50,9 +57,13 @@ def startup_info(svc: ServiceAPI, name: str, kind: str | None) -> dict[str, Any]
     entry = svc.get_kind(name, kind)
     h = svc.runtime.handles.get(name)
     out: dict[str, Any] = {
-        "name": name, "kind": entry.kind, "source": entry.source.model_dump(exclude_none=True),
-        "auto_start": entry.auto_start, "autostart_order": entry.autostart_order,
-        "overrides": entry.parameters, "pv_prefix": base_of(entry.records) or plugin_prefix(svc.prefix, name),
+        "name": name,
+        "kind": entry.kind,
+        "source": entry.source.model_dump(exclude_none=True),
+        "auto_start": entry.auto_start,
+        "autostart_order": entry.autostart_order,
+        "overrides": entry.parameters,
+        "pv_prefix": base_of(entry.records) or plugin_prefix(svc.prefix, name),
     }
     if h is not None and h.config is not None:
         config, params, mode = h.config, h.params, h.mode if h.kind == "task" else "job"
@@ -66,18 +77,27 @@ def startup_info(svc: ServiceAPI, name: str, kind: str | None) -> dict[str, Any]
     shorts = [r.rsplit(":", 1)[-1] for r in records]
     section = _config_view(config)
     pvs = section.get("pvs") or {}
-    out.update({
-        "mode": mode if entry.kind == "task" else None,
-        "parameters": params,
-        "base_control_pvs": [s for s in shorts if s in DEFAULT_PV_NAMES],
-        "input_pvs": sorted(pvs.get("inputs") or {}),
-        "output_pvs": sorted(pvs.get("outputs") or {}),
-        "records": records,
-        "config": {k: v for k, v in section.items() if k != "parameters"},
-        "links": _links(svc, config, params, h),
-        "rules": [{"id": rid, "condition": r.condition, "outputs": r.outputs, "actuators": r.actuators}
-                  for rid, r in zip(config.rule_ids(), config.rules, strict=True)],
-    })
+    out.update(
+        {
+            "mode": mode if entry.kind == "task" else None,
+            "parameters": params,
+            "base_control_pvs": [s for s in shorts if s in DEFAULT_PV_NAMES],
+            "input_pvs": sorted(pvs.get("inputs") or {}),
+            "output_pvs": sorted(pvs.get("outputs") or {}),
+            "records": records,
+            "config": {k: v for k, v in section.items() if k != "parameters"},
+            "links": _links(svc, config, params, h),
+            "rules": [
+                {
+                    "id": rid,
+                    "condition": r.condition,
+                    "outputs": r.outputs,
+                    "actuators": r.actuators,
+                }
+                for rid, r in zip(config.rule_ids(), config.rules, strict=True)
+            ],
+        }
+    )
     return out
 
 
@@ -89,7 +109,9 @@ async def plugin_startup(request: web.Request) -> web.Response:
     kind = collection_kind(request)
     svc.get_kind(name, kind)  # 404 before touching files
     out = await asyncio.to_thread(startup_info, svc, name, kind)
-    info = svc.info(name)  # iocmng 2.7.9's fields, as the listing has them (on the loop: it uses caches)
+    info = svc.info(
+        name
+    )  # iocmng 2.7.9's fields, as the listing has them (on the loop: it uses caches)
     for key in LEGACY_KEYS:
         out.setdefault(key, info[key])
     return reply(out)

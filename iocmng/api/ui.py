@@ -57,7 +57,9 @@ class PutPluginPV(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    value: float | int | bool | str = Field(description="The new value (number, boolean or string by the PV's type)")
+    value: float | int | bool | str = Field(
+        description="The new value (number, boolean or string by the PV's type)"
+    )
 
 
 # -- what a plugin's records are ---------------------------------------------------------------
@@ -96,10 +98,15 @@ async def pv_table(svc: ServiceAPI, name: str, kind: str | None) -> dict[str, An
     rows = []
     for r in screen.records:
         s = r.spec
-        row: dict[str, Any] = {"name": f"{screen.pv_prefix}:{r.short}", "pv": r.short, "role": _role(r.short, r.writable),
-                               "type": "enum" if r.short == "STATUS" else s.type,
-                               "record": r.record_type,
-                               "writable": r.writable and r.short != "RUN", "value": None}
+        row: dict[str, Any] = {
+            "name": f"{screen.pv_prefix}:{r.short}",
+            "pv": r.short,
+            "role": _role(r.short, r.writable),
+            "type": "enum" if r.short == "STATUS" else s.type,
+            "record": r.record_type,
+            "writable": r.writable and r.short != "RUN",
+            "value": None,
+        }
         if s.link is not None:
             row["link"] = s.link
         for key in ("unit", "prec", "low", "high", "znam", "onam", "description"):
@@ -110,12 +117,23 @@ async def pv_table(svc: ServiceAPI, name: str, kind: str | None) -> dict[str, An
             row["value"] = value
             if r.short == "STATUS":
                 states = status_labels(screen.kind)
-                row["text"] = states[value] if isinstance(value, int) and 0 <= value < len(states) else str(value)
+                row["text"] = (
+                    states[value]
+                    if isinstance(value, int) and 0 <= value < len(states)
+                    else str(value)
+                )
             elif s.type == "bool":
                 row["text"] = (s.onam or "1") if value else (s.znam or "0")
         rows.append(row)
-    return {"plugin": name, "kind": screen.kind, "mode": screen.mode, "pv_prefix": screen.pv_prefix,
-            "live": records is not None and records.live, "time": time.time(), "pvs": rows}
+    return {
+        "plugin": name,
+        "kind": screen.kind,
+        "mode": screen.mode,
+        "pv_prefix": screen.pv_prefix,
+        "live": records is not None and records.live,
+        "time": time.time(),
+        "pvs": rows,
+    }
 
 
 def parse_value(pv_type: str, value: Any, spec: Any) -> Any:
@@ -135,7 +153,11 @@ def parse_value(pv_type: str, value: Any, spec: Any) -> Any:
             raise BadRequest(f"value: {value!r} is not a whole number", field="value")
         try:
             out = float(value) if isinstance(value, str) else value
-            if not isinstance(out, int | float) or not math.isfinite(out) or not float(out).is_integer():
+            if (
+                not isinstance(out, int | float)
+                or not math.isfinite(out)
+                or not float(out).is_integer()
+            ):
                 raise ValueError
         except ValueError:
             raise BadRequest(f"value: {value!r} is not a whole number", field="value") from None
@@ -151,10 +173,15 @@ def parse_value(pv_type: str, value: Any, spec: Any) -> Any:
         try:
             return coerce_value("bool", value) if isinstance(value, str) else _no_bool(value)
         except ValueError:
-            raise BadRequest(f"value: {value!r} is not 0/1, true/false or a state label", field="value") from None
+            raise BadRequest(
+                f"value: {value!r} is not 0/1, true/false or a state label", field="value"
+            ) from None
     text = value if isinstance(value, str) else json.dumps(value)
     if len(text.encode("utf-8")) > MAX_STRING:
-        raise BadRequest(f"value: {len(text.encode())} bytes; a string PV holds at most {MAX_STRING}", field="value")
+        raise BadRequest(
+            f"value: {len(text.encode())} bytes; a string PV holds at most {MAX_STRING}",
+            field="value",
+        )
     return text
 
 
@@ -176,25 +203,43 @@ async def put_pv(request: web.Request) -> web.Response:
     body: PutPluginPV = await json_body(request, PutPluginPV)
     h = svc.runtime.handles.get(name)
     if h is None or h.records is None or h.plan is None or not h.records.live:
-        raise Conflict(f"{name!r} has no live PVs now (it is waiting for the reload to generation "
-                       f"{svc.registry.state.generation}, or failed to load)")
+        raise Conflict(
+            f"{name!r} has no live PVs now (it is waiting for the reload to generation "
+            f"{svc.registry.state.generation}, or failed to load)"
+        )
     if short not in h.records:
-        raise NotFound(f"{name!r} has no PV {short!r}; its PVs: {', '.join(h.records.shorts())}", field="pv")
+        raise NotFound(
+            f"{name!r} has no PV {short!r}; its PVs: {', '.join(h.records.shorts())}", field="pv"
+        )
     if short == "RUN":
         raise Conflict(f"RUN runs a cycle: use POST /api/v1/tasks/{name}/trigger", field="pv")
     inputs = h.config.pvs.inputs if h.config is not None else {}
     if short != "ENABLE" and short not in inputs:
-        what = "an output" if h.config is not None and short in h.config.pvs.outputs else "managed by iocmng"
-        raise Conflict(f"{short} is {what} and read-only; writable PVs: "
-                       f"{', '.join(['ENABLE'] * (entry.kind == 'task') + list(inputs))}", field="pv")
+        what = (
+            "an output"
+            if h.config is not None and short in h.config.pvs.outputs
+            else "managed by iocmng"
+        )
+        raise Conflict(
+            f"{short} is {what} and read-only; writable PVs: "
+            f"{', '.join(['ENABLE'] * (entry.kind == 'task') + list(inputs))}",
+            field="pv",
+        )
     spec = inputs[short] if short in inputs else h.plan.spec(short).spec
     value = parse_value(spec.type, body.value, spec)
     # Through the record, as a CA put: DRVL/DRVH clamp, monitors fire, and
     # the record's on_update runs the plugin's on_input (or ENABLE's handler).
     h.records.set(short, value)
     readback = _finite(h.records.get(short))
-    return reply({"plugin": name, "pv": f"{h.records.prefix}:{short}", "value": readback, "requested": value,
-                  "clamped": readback != value})
+    return reply(
+        {
+            "plugin": name,
+            "pv": f"{h.records.prefix}:{short}",
+            "value": readback,
+            "requested": value,
+            "clamped": readback != value,
+        }
+    )
 
 
 @ui_routes.get(COLLECTION + "/{name}/display.bob")
@@ -218,8 +263,13 @@ async def overview_display(request: web.Request) -> web.Response:
 
 
 def _bob(body: bytes, filename: str) -> web.Response:
-    return web.Response(body=body, headers={"Content-Type": f"{BOB}; charset=utf-8",
-                                            "Content-Disposition": f'inline; filename="{filename}"'})
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": f"{BOB}; charset=utf-8",
+            "Content-Disposition": f'inline; filename="{filename}"',
+        },
+    )
 
 
 # -- the dashboard ----------------------------------------------------------------------------------
@@ -228,8 +278,11 @@ async def static(request: web.Request) -> web.Response:
     name = request.match_info["file"]
     if name not in STATIC_FILES:
         raise NotFound(f"no such file: {name}")
-    return web.Response(body=STATIC.joinpath(name).read_bytes(), content_type=STATIC_FILES[name],
-                        headers={"Cache-Control": "no-cache"})
+    return web.Response(
+        body=STATIC.joinpath(name).read_bytes(),
+        content_type=STATIC_FILES[name],
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 @ui_routes.post("/ui/auth")
@@ -271,7 +324,9 @@ async def plugin_page(request: web.Request) -> web.Response:
     try:
         p = svc.info(name)
     except NotFound as exc:
-        resp = _page(request, "missing", "", f'<p>{escape(exc.detail)}. <a href="/">All plugins</a></p>')
+        resp = _page(
+            request, "missing", "", f'<p>{escape(exc.detail)}. <a href="/">All plugins</a></p>'
+        )
         resp.set_status(404)
         return resp
     coll = p["kind"] + "s"
@@ -285,7 +340,9 @@ async def plugin_page(request: web.Request) -> web.Response:
     params = escape(json.dumps(p.get("parameters") or {}, indent=1, default=str))
     controls = ""
     if p["kind"] == "task":
-        controls += '<button class="js-only" id="enable-btn" type="button">Enable / disable</button> '
+        controls += (
+            '<button class="js-only" id="enable-btn" type="button">Enable / disable</button> '
+        )
         if p.get("mode") == "triggered":
             controls += '<button class="js-only" id="trigger-btn" type="button">Run once (trigger)</button> '
     job = ""
@@ -317,13 +374,23 @@ def _locked(request: web.Request) -> bool:
 
 
 def _locked_note() -> str:
-    return ('<p id="locked">This service requires the API token to read (IOCMNG_READ_AUTH). '
-            'Enter it above; without JavaScript, use the REST API with the token.</p>')
+    return (
+        '<p id="locked">This service requires the API token to read (IOCMNG_READ_AUTH). '
+        "Enter it above; without JavaScript, use the REST API with the token.</p>"
+    )
 
 
-def _page(request: web.Request, page: str, name: str, main: str, coll: str = "plugins") -> web.Response:
+def _page(
+    request: web.Request, page: str, name: str, main: str, coll: str = "plugins"
+) -> web.Response:
     svc = service(request)
-    auth = "read" if request.app[READ_AUTH] and request.app[API_TOKEN] else "write" if request.app[API_TOKEN] else "none"
+    auth = (
+        "read"
+        if request.app[READ_AUTH] and request.app[API_TOKEN]
+        else "write"
+        if request.app[API_TOKEN]
+        else "none"
+    )
     pending = svc.registry.state.generation if svc.reload_pending else ""
     title = f"{name} · iocmng" if name else "iocmng"
     html = f"""<!doctype html>
@@ -338,7 +405,7 @@ def _page(request: web.Request, page: str, name: str, main: str, coll: str = "pl
  placeholder="API token" aria-label="API token"><button type="submit">Use token</button>
 <button type="button" id="token-clear" hidden>Forget token</button><span id="token-state"></span></form>
 <span id="live" class="js-only" title="live updates (SSE)">○</span></header>
-<div id="banner" class="banner" role="status"{'' if pending else ' hidden'}>Reload in progress: generation
+<div id="banner" class="banner" role="status"{"" if pending else " hidden"}>Reload in progress: generation
 <span id="pending-gen">{pending}</span> is starting; PVs reconnect in a few seconds.</div>
 <div id="message" class="message" role="alert" hidden></div>
 <main>{main}</main>
@@ -367,18 +434,31 @@ def plugin_generation(svc: ServiceAPI, name: str) -> int:
 def _plugin_row(svc: ServiceAPI, p: dict[str, Any]) -> str:
     n = escape(p["name"])
     err = escape(p.get("last_error") or "")
-    return (f'<tr data-name="{n}"><td><a href="/ui/plugins/{n}">{n}</a></td><td>{escape(p["kind"])}</td>'
-            f'<td>{escape(p.get("mode") or "")}</td><td><span class="state s-{escape(p["state"])}">{escape(p["state"])}'
-            f'</span></td><td>{p.get("cycle_count", 0)}</td><td>{p.get("error_count", 0)}</td>'
-            f'<td class="error">{err}</td><td class="src">{_source(p.get("source"))}</td>'
-            f'<td>{plugin_generation(svc, p["name"])}</td></tr>')
+    return (
+        f'<tr data-name="{n}"><td><a href="/ui/plugins/{n}">{n}</a></td><td>{escape(p["kind"])}</td>'
+        f'<td>{escape(p.get("mode") or "")}</td><td><span class="state s-{escape(p["state"])}">{escape(p["state"])}'
+        f"</span></td><td>{p.get('cycle_count', 0)}</td><td>{p.get('error_count', 0)}</td>"
+        f'<td class="error">{err}</td><td class="src">{_source(p.get("source"))}</td>'
+        f"<td>{plugin_generation(svc, p['name'])}</td></tr>"
+    )
 
 
 def _info_items(svc: ServiceAPI, p: dict[str, Any]) -> str:
-    items = [("Kind", p["kind"]), ("Mode", p.get("mode")), ("State", p["state"]), ("Enabled", p.get("enabled")),
-             ("Cycles", p.get("cycle_count")), ("Errors", p.get("error_count")), ("Last error", p.get("last_error")),
-             ("PV prefix", p.get("pv_prefix")), ("Generation", plugin_generation(svc, p["name"]))]
-    out = "".join(f'<dt>{k}</dt><dd data-key="{k.lower().replace(" ", "_")}">{escape(_cell(v))}</dd>' for k, v in items)
+    items = [
+        ("Kind", p["kind"]),
+        ("Mode", p.get("mode")),
+        ("State", p["state"]),
+        ("Enabled", p.get("enabled")),
+        ("Cycles", p.get("cycle_count")),
+        ("Errors", p.get("error_count")),
+        ("Last error", p.get("last_error")),
+        ("PV prefix", p.get("pv_prefix")),
+        ("Generation", plugin_generation(svc, p["name"])),
+    ]
+    out = "".join(
+        f'<dt>{k}</dt><dd data-key="{k.lower().replace(" ", "_")}">{escape(_cell(v))}</dd>'
+        for k, v in items
+    )
     return out + f'<dt>Source</dt><dd data-key="source">{_source(p.get("source"))}</dd>'
 
 
@@ -392,10 +472,12 @@ def _cell(v: Any) -> str:
 
 def _pv_row(r: dict[str, Any]) -> str:
     value = r.get("text", r["value"])
-    unit = f' {escape(r["unit"])}' if r.get("unit") else ""
-    return (f'<tr data-pv="{escape(r["pv"])}" data-type="{r["type"]}" data-writable="{str(r["writable"]).lower()}">'
-            f'<td><code>{escape(r["name"])}</code></td><td>{r["role"]}</td><td>{r["record"]}</td>'
-            f'<td class="value">{escape(_cell(value))}{unit}</td><td class="set"></td></tr>')
+    unit = f" {escape(r['unit'])}" if r.get("unit") else ""
+    return (
+        f'<tr data-pv="{escape(r["pv"])}" data-type="{r["type"]}" data-writable="{str(r["writable"]).lower()}">'
+        f"<td><code>{escape(r['name'])}</code></td><td>{r['role']}</td><td>{r['record']}</td>"
+        f'<td class="value">{escape(_cell(value))}{unit}</td><td class="set"></td></tr>'
+    )
 
 
 def _log_line(rec: dict[str, Any]) -> str:

@@ -84,7 +84,9 @@ def cmd_add(c: Any, args: argparse.Namespace) -> int:
     gen = answer.get("generation")
     text = f"added {(answer.get('plugin') or {}).get('kind', args.kind)} {args.name}; generation {gen} will serve it"
     if args.wait:
-        answer["plugin"] = p = c.follow_change(answer, args.coll, args.name, True, args.wait_timeout)
+        answer["plugin"] = p = c.follow_change(
+            answer, args.coll, args.name, True, args.wait_timeout
+        )
         text = f"{p['kind']} {args.name} is {p['state']} (generation {gen})"
     _emit(args, answer, text)
     return 0
@@ -125,10 +127,15 @@ def cmd_restart(c: Any, args: argparse.Namespace) -> int:
     body = {"parameters": args.params} if args.param else None
     answer = c.post(f"/{args.coll}/{args.name}/restart", body, timeout=300)
     gen = answer.get("generation")
-    text = (f"restart of {args.name} committed; generation {gen} will serve it" if answer.get("reload_pending")
-            else f"restarted {args.name} live")
+    text = (
+        f"restart of {args.name} committed; generation {gen} will serve it"
+        if answer.get("reload_pending")
+        else f"restarted {args.name} live"
+    )
     if args.wait:
-        answer["plugin"] = p = c.follow_change(answer, args.coll, args.name, True, args.wait_timeout)
+        answer["plugin"] = p = c.follow_change(
+            answer, args.coll, args.name, True, args.wait_timeout
+        )
         text = f"{args.name} is {p['state']} (generation {gen})"
     _emit(args, answer, text)
     return 0
@@ -185,25 +192,53 @@ def client_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     # Accepted before the command and after the verb; the verb's copies default to
     # SUPPRESS so they do not overwrite a value given before the command.
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
-    parser.add_argument("--server", default=d(None), metavar="URL",
-                        help="service URL (default: $IOCMNG_URL or http://127.0.0.1:8080)")
+    parser.add_argument(
+        "--server",
+        default=d(None),
+        metavar="URL",
+        help="service URL (default: $IOCMNG_URL or http://127.0.0.1:8080)",
+    )
     parser.add_argument("--token", default=d(None), help="API token (default: $IOCMNG_API_TOKEN)")
-    parser.add_argument("-o", "--output", choices=["table", "json"], default=d("table"),
-                        help="json: machine-readable output")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json"],
+        default=d("table"),
+        help="json: machine-readable output",
+    )
 
 
 def add_client_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     client_options(common, defaults=False)
-    param: dict[str, Any] = {"action": "append", "type": parse_param, "metavar": "KEY=VALUE",
-             "help": "parameter override (repeatable; dotted keys for nested values)"}
+    param: dict[str, Any] = {
+        "action": "append",
+        "type": parse_param,
+        "metavar": "KEY=VALUE",
+        "help": "parameter override (repeatable; dotted keys for nested values)",
+    }
     wait = argparse.ArgumentParser(add_help=False)
-    wait.add_argument("--wait", action="store_true", help="follow the reload until the change is live")
-    wait.add_argument("--wait-timeout", type=float, default=60.0, metavar="S", help="give up after S seconds (60)")
-    http: dict[str, Any] = {"type": float, "default": 3600.0, "dest": "http_timeout", "help": argparse.SUPPRESS}
+    wait.add_argument(
+        "--wait", action="store_true", help="follow the reload until the change is live"
+    )
+    wait.add_argument(
+        "--wait-timeout", type=float, default=60.0, metavar="S", help="give up after S seconds (60)"
+    )
+    http: dict[str, Any] = {
+        "type": float,
+        "default": 3600.0,
+        "dest": "http_timeout",
+        "help": argparse.SUPPRESS,
+    }
 
-    def verb(verbs: Any, name: str, handler: Any, help: str, *parents: argparse.ArgumentParser,
-             named: bool = True) -> argparse.ArgumentParser:
+    def verb(
+        verbs: Any,
+        name: str,
+        handler: Any,
+        help: str,
+        *parents: argparse.ArgumentParser,
+        named: bool = True,
+    ) -> argparse.ArgumentParser:
         p = verbs.add_parser(name, help=help, parents=[common, *parents])
         if named:
             p.add_argument("name", metavar="NAME")
@@ -217,37 +252,74 @@ def add_client_commands(sub: Any) -> None:
         add = verb(v, "add", cmd_add, f"add a {kind} from git or a local directory", wait)
         src = add.add_mutually_exclusive_group(required=True)
         src.add_argument("--git", metavar="URL", help="https://, http:// or file:// repository")
-        src.add_argument("--local", type=Path, metavar="DIR", help="a directory on the server's host")
+        src.add_argument(
+            "--local", type=Path, metavar="DIR", help="a directory on the server's host"
+        )
         add.add_argument("--branch", help="branch or tag (default: the repository's HEAD)")
         add.add_argument("--path", default="", help="plugin directory inside the repository")
         add.add_argument("--param", **param)
-        add.add_argument("--pat-prompt", action="store_true",
-                         help="ask for the https PAT (else $IOCMNG_GIT_PAT is used)")
-        add.add_argument("--no-start", action="store_true", help="register it and build its PVs, but do not start it")
-        add.add_argument("--no-start-on-boot", action="store_true",
-                         help="do not start it when the service itself restarts (reloads still start it)")
-        add.add_argument("--order", type=int, metavar="N", help="start order (lower first; plugins without one last)")
+        add.add_argument(
+            "--pat-prompt",
+            action="store_true",
+            help="ask for the https PAT (else $IOCMNG_GIT_PAT is used)",
+        )
+        add.add_argument(
+            "--no-start",
+            action="store_true",
+            help="register it and build its PVs, but do not start it",
+        )
+        add.add_argument(
+            "--no-start-on-boot",
+            action="store_true",
+            help="do not start it when the service itself restarts (reloads still start it)",
+        )
+        add.add_argument(
+            "--order",
+            type=int,
+            metavar="N",
+            help="start order (lower first; plugins without one last)",
+        )
         verb(v, "ls", cmd_ls, f"list {coll}", named=False)
         verb(v, "show", cmd_show, f"show one {kind}")
         verb(v, "rm", cmd_rm, f"remove a {kind}", wait)
-        verb(v, "restart", cmd_restart, f"re-import and restart a {kind}", wait).add_argument("--param", **param)
+        verb(v, "restart", cmd_restart, f"re-import and restart a {kind}", wait).add_argument(
+            "--param", **param
+        )
         logs = verb(v, "logs", cmd_logs, "recent log records")
-        logs.add_argument("-f", "--follow", action="store_true", help="keep printing new records (Ctrl-C stops)")
+        logs.add_argument(
+            "-f", "--follow", action="store_true", help="keep printing new records (Ctrl-C stops)"
+        )
         logs.add_argument("--limit", type=int, default=100, help="records to show first (100)")
         if kind in ("task", "plugin"):
-            verb(v, "trigger", cmd_trigger, "run one cycle of a triggered task").add_argument("--http-timeout", **http)
+            verb(v, "trigger", cmd_trigger, "run one cycle of a triggered task").add_argument(
+                "--http-timeout", **http
+            )
         if kind in ("job", "plugin"):
             run = verb(v, "run", cmd_run_job, "run a job once and print its result")
             run.add_argument("--param", **param)
-            run.add_argument("--timeout", type=float, metavar="S", help="seconds before the run counts as failed")
+            run.add_argument(
+                "--timeout", type=float, metavar="S", help="seconds before the run counts as failed"
+            )
             run.add_argument("--http-timeout", **http)
 
-    screen = sub.add_parser("screen", help="save a Phoebus screen (.bob) of a plugin, or the overview")
-    screen.add_argument("name", nargs="?", metavar="NAME", help="plugin (default: the overview of all plugins)")
-    screen.add_argument("-o", "--output-file", dest="file", type=Path, metavar="FILE",
-                        help="where to save it (default: NAME.bob, or iocmng.bob for the overview)")
+    screen = sub.add_parser(
+        "screen", help="save a Phoebus screen (.bob) of a plugin, or the overview"
+    )
+    screen.add_argument(
+        "name", nargs="?", metavar="NAME", help="plugin (default: the overview of all plugins)"
+    )
+    screen.add_argument(
+        "-o",
+        "--output-file",
+        dest="file",
+        type=Path,
+        metavar="FILE",
+        help="where to save it (default: NAME.bob, or iocmng.bob for the overview)",
+    )
     screen.add_argument("--server", default=argparse.SUPPRESS, metavar="URL", help="service URL")
-    screen.add_argument("--token", default=argparse.SUPPRESS, help="API token (needed with IOCMNG_READ_AUTH)")
+    screen.add_argument(
+        "--token", default=argparse.SUPPRESS, help="API token (needed with IOCMNG_READ_AUTH)"
+    )
     screen.set_defaults(func=run_client, handler=cmd_screen)
     health = sub.add_parser("health", help="the service's health", parents=[common])
     health.set_defaults(func=run_client, handler=cmd_health)

@@ -101,8 +101,12 @@ def _problem(status: int, reason: str, raw: bytes) -> ApiError:
     except ValueError:
         body = None
     if isinstance(body, dict) and ("detail" in body or "title" in body):
-        return ApiError(int(body.get("status") or status), str(body.get("title") or reason),
-                        str(body.get("detail") or ""), body)
+        return ApiError(
+            int(body.get("status") or status),
+            str(body.get("title") or reason),
+            str(body.get("detail") or ""),
+            body,
+        )
     first = text.splitlines()[0][:200] if text else "(no details)"
     return ApiError(status, reason, first, body)
 
@@ -110,13 +114,23 @@ def _problem(status: int, reason: str, raw: bytes) -> ApiError:
 class Client:
     """A thin JSON client of ``/api/v1`` (one blocking request at a time)."""
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0
+    ) -> None:
         self.url = base_url(url)
         self.token = token
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: Any = None, *, query: dict[str, Any] | None = None,
-                timeout: float | None = None, raw_body: bool = False) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        raw_body: bool = False,
+    ) -> Any:
         url = f"{self.url}/api/v1{path}"
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
@@ -140,7 +154,9 @@ class Client:
         try:
             return json.loads(raw) if raw.strip() else None
         except ValueError:
-            raise Unreachable(self.url, "the answer is not JSON (is this an iocmng server?)") from None
+            raise Unreachable(
+                self.url, "the answer is not JSON (is this an iocmng server?)"
+            ) from None
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
@@ -152,13 +168,17 @@ class Client:
         return self.request("DELETE", path, **kw)
 
     # -- waiting for a reload ---------------------------------------------------------------
-    def wait_generation(self, generation: int, deadline: float, on_wait: Callable[[], None] | None = None) -> dict:
+    def wait_generation(
+        self, generation: int, deadline: float, on_wait: Callable[[], None] | None = None
+    ) -> dict:
         """Poll /health until it reports ``generation`` (or later); the server re-execs
         meanwhile, so refused/reset connections and 5xx answers are retried."""
         last = "no answer yet"
         while True:
             try:
-                health = self.get("/health", timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+                health = self.get(
+                    "/health", timeout=max(1.0, min(10.0, deadline - time.monotonic()))
+                )
                 if int(health.get("generation", 0)) >= generation:
                     return health
                 last = f"generation {health.get('generation')}"
@@ -190,16 +210,18 @@ class Client:
                 raise Failed(f"timed out waiting for {name} to start (state: {state})")
             time.sleep(0.2)
 
-
-    def follow_change(self, answer: dict[str, Any], collection: str, name: str, up: bool,
-                      timeout: float) -> dict[str, Any] | None:
+    def follow_change(
+        self, answer: dict[str, Any], collection: str, name: str, up: bool, timeout: float
+    ) -> dict[str, Any] | None:
         """``--wait``: the reload to its generation, then (``up``) the plugin to its state."""
         deadline = time.monotonic() + timeout
         if answer.get("reload_pending"):
             self.wait_generation(int(answer["generation"]), deadline)
         return self.wait_plugin(collection, name, deadline) if up else None
 
-    def logs(self, collection: str, name: str, limit: int, follow: bool) -> Iterator[dict[str, Any]]:
+    def logs(
+        self, collection: str, name: str, limit: int, follow: bool
+    ) -> Iterator[dict[str, Any]]:
         """The last ``limit`` records, then (``follow``) new ones, polling once a second."""
         path = f"/{collection}/{name}/logs"
         records = self.get(path, query={"limit": limit})["records"]
@@ -276,7 +298,9 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
     body = [[cell(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
     lines = [list(headers)] + body
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
+    )
 
 
 def fields(pairs: Iterable[tuple[str, Any]]) -> str:
@@ -303,21 +327,40 @@ PLUGIN_HEADERS = ("NAME", "KIND", "MODE", "STATE", "CYCLES", "ERRORS", "SOURCE")
 
 
 def plugin_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[p.get("name"), p.get("kind"), p.get("mode"), p.get("state"), p.get("cycle_count"),
-             p.get("error_count"), source_text(p.get("source"))] for p in items]
+    return [
+        [
+            p.get("name"),
+            p.get("kind"),
+            p.get("mode"),
+            p.get("state"),
+            p.get("cycle_count"),
+            p.get("error_count"),
+            source_text(p.get("source")),
+        ]
+        for p in items
+    ]
 
 
 def plugin_detail(p: dict[str, Any]) -> str:
     pairs: list[tuple[str, Any]] = [
-        ("name", p.get("name")), ("kind", p.get("kind")), ("mode", p.get("mode")), ("state", p.get("state")),
-        ("enabled", p.get("enabled")), ("cycles", p.get("cycle_count")), ("errors", p.get("error_count")),
-        ("overruns", p.get("overruns")), ("last error", p.get("last_error")),
-        ("source", source_text(p.get("source"))), ("pv prefix", p.get("pv_prefix")),
+        ("name", p.get("name")),
+        ("kind", p.get("kind")),
+        ("mode", p.get("mode")),
+        ("state", p.get("state")),
+        ("enabled", p.get("enabled")),
+        ("cycles", p.get("cycle_count")),
+        ("errors", p.get("error_count")),
+        ("overruns", p.get("overruns")),
+        ("last error", p.get("last_error")),
+        ("source", source_text(p.get("source"))),
+        ("pv prefix", p.get("pv_prefix")),
     ]
     out = fields(pairs)
     params = p.get("parameters") or {}
     if params:
-        out += "\nparameters:\n" + "\n".join(f"  {k} = {json.dumps(v, default=str)}" for k, v in params.items())
+        out += "\nparameters:\n" + "\n".join(
+            f"  {k} = {json.dumps(v, default=str)}" for k, v in params.items()
+        )
     pvs = p.get("pvs") or []
     if pvs:
         out += "\npvs:\n" + "\n".join(f"  {pv}" for pv in pvs)
@@ -327,10 +370,15 @@ def plugin_detail(p: dict[str, Any]) -> str:
 def health_text(h: dict[str, Any]) -> str:
     plugins = h.get("plugins") or {}
     counts = ", ".join(f"{k} {v}" for k, v in plugins.items() if k != "total")
-    pairs = [("status", h.get("status")), ("version", h.get("version")), ("generation", h.get("generation")),
-             ("pending", h.get("pending_generation")), ("uptime", f"{float(h.get('uptime_s') or 0):.0f} s"),
-             ("prefix", h.get("prefix")),
-             ("plugins", f"{plugins.get('total', 0)}" + (f" ({counts})" if counts else ""))]
+    pairs = [
+        ("status", h.get("status")),
+        ("version", h.get("version")),
+        ("generation", h.get("generation")),
+        ("pending", h.get("pending_generation")),
+        ("uptime", f"{float(h.get('uptime_s') or 0):.0f} s"),
+        ("prefix", h.get("prefix")),
+        ("plugins", f"{plugins.get('total', 0)}" + (f" ({counts})" if counts else "")),
+    ]
     out = fields(pairs)
     for err in h.get("boot_errors") or []:
         out += f"\nboot error: {cell(err)}"
@@ -353,4 +401,6 @@ def log_line(rec: dict[str, Any]) -> str:
         stamp = datetime.fromtimestamp(float(rec["time"])).strftime("%H:%M:%S.%f")[:-3]
     except (KeyError, TypeError, ValueError, OverflowError, OSError):
         stamp = "?"
-    return f"{stamp} {str(rec.get('level', '')):<7} {rec.get('logger', '')}: {rec.get('message', '')}"
+    return (
+        f"{stamp} {str(rec.get('level', '')):<7} {rec.get('logger', '')}: {rec.get('message', '')}"
+    )

@@ -50,8 +50,10 @@ class BootEntry(StartupPlugin):
     @classmethod
     def _no_pat(cls, v: str | None) -> None:
         if v is not None:
-            raise ValueError("a token is not read from the boot list; put it in an environment variable "
-                             "and name that variable with pat_env (e.g. pat_env: GITLAB_TOKEN)")
+            raise ValueError(
+                "a token is not read from the boot list; put it in an environment variable "
+                "and name that variable with pat_env (e.g. pat_env: GITLAB_TOKEN)"
+            )
         return None
 
     @field_validator("pat_env")
@@ -69,7 +71,12 @@ def _entry_problem(i: int, raw: Any, exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "entry"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         parts.append(f"{loc}: {msg}")
-    return f"IOCMNG_PLUGINS_CONFIG plugins[{i}]" + (f" ({name})" if name else "") + ": " + "; ".join(parts)
+    return (
+        f"IOCMNG_PLUGINS_CONFIG plugins[{i}]"
+        + (f" ({name})" if name else "")
+        + ": "
+        + "; ".join(parts)
+    )
 
 
 def read_boot_list(path: Path | None) -> tuple[list[BootEntry], list[str]]:
@@ -100,14 +107,20 @@ def read_boot_list(path: Path | None) -> tuple[list[BootEntry], list[str]]:
             errors.append(_entry_problem(i, raw, exc))
             continue
         if bool(entry.git_url) == bool(entry.local_path):
-            errors.append(f"IOCMNG_PLUGINS_CONFIG plugins[{i}] ({entry.name}): give exactly one of git_url or local_path")
+            errors.append(
+                f"IOCMNG_PLUGINS_CONFIG plugins[{i}] ({entry.name}): give exactly one of git_url or local_path"
+            )
             continue
         if entry.name in seen:
-            errors.append(f"IOCMNG_PLUGINS_CONFIG plugins[{i}] ({entry.name}): the name is already used by an "
-                          "earlier entry; this one is ignored")
+            errors.append(
+                f"IOCMNG_PLUGINS_CONFIG plugins[{i}] ({entry.name}): the name is already used by an "
+                "earlier entry; this one is ignored"
+            )
             continue
         seen.add(entry.name)
         entries.append(entry)
-    order = sorted(range(len(entries)), key=lambda k: (entries[k].autostart_order is None,
-                                                       entries[k].autostart_order or 0, k))
+    order = sorted(
+        range(len(entries)),
+        key=lambda k: (entries[k].autostart_order is None, entries[k].autostart_order or 0, k),
+    )
     return [entries[k] for k in order], errors

@@ -41,33 +41,66 @@ class PVSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: PVType = Field("float", description="float (ai/ao), int (longin/longout), string (stringin/out), bool (bi/bo)")
-    value: float | int | str | bool | None = Field(None, description="Initial value (default 0, '' or false)")
+    type: PVType = Field(
+        "float",
+        description="float (ai/ao), int (longin/longout), string (stringin/out), bool (bi/bo)",
+    )
+    value: float | int | str | bool | None = Field(
+        None, description="Initial value (default 0, '' or false)"
+    )
     unit: str | None = Field(None, max_length=15, description="Engineering units (EGU)")
     prec: int | None = Field(None, ge=0, le=15, description="Display precision (PREC), float only")
-    low: float | None = Field(None, description="Display low limit (LOPR); drive low limit (DRVL) for inputs")
-    high: float | None = Field(None, description="Display high limit (HOPR); drive high limit (DRVH) for inputs")
+    low: float | None = Field(
+        None, description="Display low limit (LOPR); drive low limit (DRVL) for inputs"
+    )
+    high: float | None = Field(
+        None, description="Display high limit (HOPR); drive high limit (DRVH) for inputs"
+    )
     znam: str | None = Field(None, max_length=25, description="Label of state 0 (ZNAM), bool only")
     onam: str | None = Field(None, max_length=25, description="Label of state 1 (ONAM), bool only")
     description: str | None = Field(None, max_length=40, description="Record description (DESC)")
     # -- wired PVs (links to external PVs) ----------------------------------------------
-    link: str | None = Field(None, description="External PV wired to this one: NAME, ca://NAME or pva://NAME "
-                             "(without a prefix: CA, or PVA with parameter pva: true / IOCMNG_LINK_PROTOCOL=pva)")
-    link_mode: LinkMode | None = Field(None, description="monitor (pushed on change) or poll (read every poll_rate)")
+    link: str | None = Field(
+        None,
+        description="External PV wired to this one: NAME, ca://NAME or pva://NAME "
+        "(without a prefix: CA, or PVA with parameter pva: true / IOCMNG_LINK_PROTOCOL=pva)",
+    )
+    link_mode: LinkMode | None = Field(
+        None, description="monitor (pushed on change) or poll (read every poll_rate)"
+    )
     mode: LinkMode | None = Field(None, description="Alias of link_mode (iocmng 2.7.9)")
-    poll_rate: float | None = Field(None, gt=0, le=86400, description="Seconds between reads of a polled link "
-                                    "(default: the task's interval)")
-    trigger: bool = Field(False, description="A change of this wired input calls on_input_changed(name, value, old) "
-                          "and, in reactive mode, evaluates the rules")
-    buffer_size: int | None = Field(None, ge=1, le=100_000, description="Keep the last N values as <name>_buf "
-                                    "for expressions")
+    poll_rate: float | None = Field(
+        None,
+        gt=0,
+        le=86400,
+        description="Seconds between reads of a polled link (default: the task's interval)",
+    )
+    trigger: bool = Field(
+        False,
+        description="A change of this wired input calls on_input_changed(name, value, old) "
+        "and, in reactive mode, evaluates the rules",
+    )
+    buffer_size: int | None = Field(
+        None, ge=1, le=100_000, description="Keep the last N values as <name>_buf for expressions"
+    )
     # -- logic on outputs --------------------------------------------------------------------
-    latch: bool = Field(False, description="Outputs: a value set by a rule holds until CLEAR or RESET")
-    latch_dir: LatchDir = Field("rise", description="Which rule writes latch: rise (to true), fall (to false), any")
-    alarm_on: Literal["MAJOR", "MINOR"] | None = Field(None, description="Alarm severity raised by the record itself: "
-                                                       "bool when 1; numbers above alarm_high or below alarm_low")
-    alarm_high: float | None = Field(None, description="alarm_on threshold: alarm when the value is >= this")
-    alarm_low: float | None = Field(None, description="alarm_on threshold: alarm when the value is <= this")
+    latch: bool = Field(
+        False, description="Outputs: a value set by a rule holds until CLEAR or RESET"
+    )
+    latch_dir: LatchDir = Field(
+        "rise", description="Which rule writes latch: rise (to true), fall (to false), any"
+    )
+    alarm_on: Literal["MAJOR", "MINOR"] | None = Field(
+        None,
+        description="Alarm severity raised by the record itself: "
+        "bool when 1; numbers above alarm_high or below alarm_low",
+    )
+    alarm_high: float | None = Field(
+        None, description="alarm_on threshold: alarm when the value is >= this"
+    )
+    alarm_low: float | None = Field(
+        None, description="alarm_on threshold: alarm when the value is <= this"
+    )
 
     @field_validator("alarm_on", mode="before")
     @classmethod
@@ -83,7 +116,9 @@ class PVSpec(BaseModel):
     @classmethod
     def _check_link(cls, v: str | None) -> str | None:
         if v is not None and not LINK_RE.match(v):
-            raise ValueError(f"link {v!r} is not a PV name (optionally prefixed ca:// or pva://), without spaces or quotes")
+            raise ValueError(
+                f"link {v!r} is not a PV name (optionally prefixed ca:// or pva://), without spaces or quotes"
+            )
         return v
 
     @property
@@ -97,7 +132,9 @@ class PVSpec(BaseModel):
     @model_validator(mode="after")
     def _check_type_fields(self) -> PVSpec:
         if self.link_mode and self.mode and self.link_mode != self.mode:
-            raise ValueError(f"link_mode {self.link_mode!r} and its alias mode {self.mode!r} disagree; keep one")
+            raise ValueError(
+                f"link_mode {self.link_mode!r} and its alias mode {self.mode!r} disagree; keep one"
+            )
         if self.link is None:
             for key in ("link_mode", "mode", "poll_rate"):
                 if getattr(self, key) is not None:
@@ -112,7 +149,9 @@ class PVSpec(BaseModel):
                     raise ValueError("alarm_on on a number needs alarm_high and/or alarm_low")
                 # iocmng 2.7.9 alarmed above the display limit `high`; keep its files working
                 self.alarm_high = self.high
-        if self.type not in ("float", "int") and (self.alarm_high is not None or self.alarm_low is not None):
+        if self.type not in ("float", "int") and (
+            self.alarm_high is not None or self.alarm_low is not None
+        ):
             raise ValueError(f"alarm_high/alarm_low are not allowed on type {self.type}")
         if (self.alarm_high is not None or self.alarm_low is not None) and self.alarm_on is None:
             raise ValueError("alarm_high/alarm_low need alarm_on (MAJOR or MINOR)")
@@ -171,8 +210,12 @@ class PVsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: dict[str, PVSpec] = Field(default_factory=dict, description="Writable by operators (output records)")
-    outputs: dict[str, PVSpec] = Field(default_factory=dict, description="Written by the plugin, read-only to clients")
+    inputs: dict[str, PVSpec] = Field(
+        default_factory=dict, description="Writable by operators (output records)"
+    )
+    outputs: dict[str, PVSpec] = Field(
+        default_factory=dict, description="Written by the plugin, read-only to clients"
+    )
 
     _names_in = field_validator("inputs")(classmethod(lambda cls, v: _check_pv_names(v)))
     _names_out = field_validator("outputs")(classmethod(lambda cls, v: _check_pv_names(v)))
@@ -190,12 +233,20 @@ class Parameters(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    mode: Mode = Field("continuous", description="Tasks: continuous (loop every interval), triggered (RUN PV) or "
-                       "reactive (rules and on_input_changed on input changes, no loop); jobs: job (optional)")
-    interval: float = Field(1.0, gt=0, le=86400, description="Seconds between cycle starts (continuous tasks)")
+    mode: Mode = Field(
+        "continuous",
+        description="Tasks: continuous (loop every interval), triggered (RUN PV) or "
+        "reactive (rules and on_input_changed on input changes, no loop); jobs: job (optional)",
+    )
+    interval: float = Field(
+        1.0, gt=0, le=86400, description="Seconds between cycle starts (continuous tasks)"
+    )
     version: str | None = Field(None, description="Served as the plugin's VERSION PV")
-    pva: bool | None = Field(None, description="Links without ca:// or pva:// use PVA (true) or CA (false); "
-                             "default IOCMNG_LINK_PROTOCOL")
+    pva: bool | None = Field(
+        None,
+        description="Links without ca:// or pva:// use PVA (true) or CA (false); "
+        "default IOCMNG_LINK_PROTOCOL",
+    )
     timeout: float = Field(5.0, gt=0, le=60, description="Seconds allowed for a link read or write")
 
     @field_validator("version", mode="before")
@@ -206,7 +257,9 @@ class Parameters(BaseModel):
     def as_dict(self) -> dict[str, Any]:
         """What a task's ``self.parameters`` holds: every key given, ``mode`` and
         ``interval`` always, iocmng's optional keys (version, pva, timeout) only when set."""
-        return self.model_dump(exclude={k for k in ("version", "pva", "timeout") if k not in self.model_fields_set})
+        return self.model_dump(
+            exclude={k for k in ("version", "pva", "timeout") if k not in self.model_fields_set}
+        )
 
 
 class RuleSpec(BaseModel):
@@ -215,13 +268,23 @@ class RuleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(None, max_length=60, description="Name of the rule (default rule-<n>)")
-    condition: str = Field(..., min_length=1, description="Expression; the rule fires while it is true")
-    message: str = Field("", description="Text written (timestamped) to message_pv and the log when the rule fires")
+    condition: str = Field(
+        ..., min_length=1, description="Expression; the rule fires while it is true"
+    )
+    message: str = Field(
+        "", description="Text written (timestamped) to message_pv and the log when the rule fires"
+    )
     message_pv: str | None = Field(None, description="A string output that receives the message")
-    outputs: dict[str, Any] = Field(default_factory=dict, description="Output name -> value set while the rule fires")
-    actuators: dict[str, Any] = Field(default_factory=dict, description="Wired PV name -> value written to its link")
+    outputs: dict[str, Any] = Field(
+        default_factory=dict, description="Output name -> value set while the rule fires"
+    )
+    actuators: dict[str, Any] = Field(
+        default_factory=dict, description="Wired PV name -> value written to its link"
+    )
     actuate: Literal["change", "level"] = Field(
-        "change", description="change: write an actuator when the value to write changes; level: every evaluation")
+        "change",
+        description="change: write an actuator when the value to write changes; level: every evaluation",
+    )
 
 
 class TransformSpec(BaseModel):
@@ -230,8 +293,12 @@ class TransformSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     output: str = Field(..., description="The declared output that receives the result")
-    expression: str = Field(..., min_length=1, description="Expression over inputs, outputs, parameters, "
-                            "<name>_buf buffers and earlier transforms")
+    expression: str = Field(
+        ...,
+        min_length=1,
+        description="Expression over inputs, outputs, parameters, "
+        "<name>_buf buffers and earlier transforms",
+    )
 
 
 class PluginConfig(BaseModel):
@@ -239,23 +306,39 @@ class PluginConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prefix: str | None = Field(None, description="PV segment of the plugin: <service prefix>:<prefix>:<PV> "
-                               "(default: the plugin name in upper case)")
-    type: Literal["task", "job"] | None = Field(None, description="Documentation only (the class decides)")
-    parameters: dict[str, Any] = Field(default_factory=dict, description="Defaults of self.parameters")
+    prefix: str | None = Field(
+        None,
+        description="PV segment of the plugin: <service prefix>:<prefix>:<PV> "
+        "(default: the plugin name in upper case)",
+    )
+    type: Literal["task", "job"] | None = Field(
+        None, description="Documentation only (the class decides)"
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Defaults of self.parameters"
+    )
     pvs: PVsConfig = Field(default_factory=PVsConfig, description="Declared PVs")
-    arguments: PVsConfig | None = Field(None, description="The newer name of pvs: (iocmng 2.7.9); both may be "
-                                        "used, but not for the same PV")
-    rules: list[RuleSpec] = Field(default_factory=list, description="Rules, evaluated in order every cycle")
-    rule_defaults: dict[str, Any] = Field(default_factory=dict, description="Output values set before the rules "
-                                          "each cycle (latched outputs keep theirs)")
+    arguments: PVsConfig | None = Field(
+        None,
+        description="The newer name of pvs: (iocmng 2.7.9); both may be "
+        "used, but not for the same PV",
+    )
+    rules: list[RuleSpec] = Field(
+        default_factory=list, description="Rules, evaluated in order every cycle"
+    )
+    rule_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Output values set before the rules each cycle (latched outputs keep theirs)",
+    )
     transforms: list[TransformSpec] = Field(default_factory=list, description="Computed outputs")
 
     @field_validator("prefix")
     @classmethod
     def _check_prefix(cls, v: str | None) -> str | None:
         if v is not None and not PV_NAME_RE.match(v):
-            raise ValueError(f"prefix {v!r} is not a valid PV name part: use letters, digits, '_', '-' or ':'")
+            raise ValueError(
+                f"prefix {v!r} is not a valid PV name part: use letters, digits, '_', '-' or ':'"
+            )
         return v
 
     @field_validator("parameters", mode="after")
@@ -270,9 +353,12 @@ class PluginConfig(BaseModel):
             a, p = self.arguments, self.pvs
             both = sorted((set(a.inputs) | set(a.outputs)) & (set(p.inputs) | set(p.outputs)))
             if both:
-                raise ValueError(f"declared in both pvs: and arguments: {', '.join(both)}; keep each PV in one")
-            self.pvs = PVsConfig.model_validate({"inputs": {**p.inputs, **a.inputs},
-                                                 "outputs": {**p.outputs, **a.outputs}})
+                raise ValueError(
+                    f"declared in both pvs: and arguments: {', '.join(both)}; keep each PV in one"
+                )
+            self.pvs = PVsConfig.model_validate(
+                {"inputs": {**p.inputs, **a.inputs}, "outputs": {**p.outputs, **a.outputs}}
+            )
             self.arguments = None
         check_logic_references(self)
         return self
@@ -291,8 +377,12 @@ class PluginConfig(BaseModel):
     @property
     def has_logic(self) -> bool:
         """Rules, transforms, latches or links: the plugin gets CLEAR and RESET."""
-        return bool(self.rules or self.transforms or self.wired()
-                    or any(v.latch for v in self.pvs.outputs.values()))
+        return bool(
+            self.rules
+            or self.transforms
+            or self.wired()
+            or any(v.latch for v in self.pvs.outputs.values())
+        )
 
     def rule_ids(self) -> list[str]:
         return [r.id or f"rule-{i + 1}" for i, r in enumerate(self.rules)]
@@ -308,7 +398,9 @@ def check_logic_references(cfg: PluginConfig) -> None:
             problems.append(f"pvs.inputs.{name}: latch applies to outputs only")
     sys_conn = outs.get(SYS_CONN)
     if sys_conn is not None and (sys_conn.type != "string" or sys_conn.link):
-        problems.append(f"outputs.{SYS_CONN}: must be a string output without a link (iocmng writes it)")
+        problems.append(
+            f"outputs.{SYS_CONN}: must be a string output without a link (iocmng writes it)"
+        )
     ids = cfg.rule_ids()
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -318,14 +410,20 @@ def check_logic_references(cfg: PluginConfig) -> None:
             if out not in outs:
                 problems.append(f"rules.{rid}.outputs: {out!r} is not a declared output")
             elif outs[out].link is not None:
-                problems.append(f"rules.{rid}.outputs: {out!r} is wired (write external PVs with actuators)")
+                problems.append(
+                    f"rules.{rid}.outputs: {out!r} is wired (write external PVs with actuators)"
+                )
         if rule.message_pv is not None:
             mp = outs.get(rule.message_pv)
             if mp is None or mp.type != "string":
-                problems.append(f"rules.{rid}.message_pv: {rule.message_pv!r} is not a declared string output")
+                problems.append(
+                    f"rules.{rid}.message_pv: {rule.message_pv!r} is not a declared string output"
+                )
         for act in rule.actuators:
             if act not in wired:
-                problems.append(f"rules.{rid}.actuators: {act!r} is not a wired PV (an input or output with a link)")
+                problems.append(
+                    f"rules.{rid}.actuators: {act!r} is not a wired PV (an input or output with a link)"
+                )
     for key in cfg.rule_defaults:
         if key not in outs:
             problems.append(f"rule_defaults: {key!r} is not a declared output")
@@ -347,7 +445,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def merged_parameters(config: PluginConfig, overrides: dict[str, Any] | None, where: str = "parameters") -> Parameters:
+def merged_parameters(
+    config: PluginConfig, overrides: dict[str, Any] | None, where: str = "parameters"
+) -> Parameters:
     """Merge REST/CLI overrides into the config defaults and validate the scheduling keys."""
     merged = deep_merge(config.parameters, overrides or {})
     try:
@@ -394,11 +494,15 @@ def parse_config(text: str, file: str = "config.yaml") -> PluginConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(file, [{"loc": "", "msg": f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"}]) from None
+        raise ConfigError(
+            file, [{"loc": "", "msg": f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"}]
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(file, [{"loc": "", "msg": f"must be a mapping at top level, not {type(data).__name__}"}])
+        raise ConfigError(
+            file, [{"loc": "", "msg": f"must be a mapping at top level, not {type(data).__name__}"}]
+        )
     try:
         return PluginConfig.model_validate(data)
     except ValidationError as exc:
@@ -409,7 +513,10 @@ def load_config(directory: Path) -> PluginConfig:
     """Load the config.yaml (or config.yml) of a plugin directory."""
     path = find_config(directory)
     if path is None:
-        raise ConfigError(str(directory / "config.yaml"), [{"loc": "", "msg": "missing: a plugin needs a config.yaml (or config.yml)"}])
+        raise ConfigError(
+            str(directory / "config.yaml"),
+            [{"loc": "", "msg": "missing: a plugin needs a config.yaml (or config.yml)"}],
+        )
     return parse_config(path.read_text(encoding="utf-8"), str(path))
 
 

@@ -59,55 +59,120 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IOCMNG_", extra="ignore")
 
     config: Path | None = Field(None, description="Service config.yaml (prefix, startup plugins)")
-    beamline_config: Path | None = Field(None, description="epik8s values.yaml (beamline, namespace, devices)")
-    plugins_dir: Path = Field(default_factory=default_data_dir, description="Clones, registry, autosave")
-    host: str | None = Field(None, description="HTTP bind address; unset: 0.0.0.0 with a token, else 127.0.0.1")
+    beamline_config: Path | None = Field(
+        None, description="epik8s values.yaml (beamline, namespace, devices)"
+    )
+    plugins_dir: Path = Field(
+        default_factory=default_data_dir, description="Clones, registry, autosave"
+    )
+    host: str | None = Field(
+        None, description="HTTP bind address; unset: 0.0.0.0 with a token, else 127.0.0.1"
+    )
     port: int = Field(8080, ge=0, le=65535, description="HTTP port")
     prefix: str | None = Field(None, description="PV prefix")
     disable_ophyd: bool = Field(True, description="Skip ophyd device creation")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field("info")
-    api_token: str | None = Field(None, description="Bearer token for mutating endpoints", repr=False)
-    api_token_file: Path | None = Field(None, description="File holding the API token (a mounted Secret), "
-                                        "instead of IOCMNG_API_TOKEN")
-    allow_insecure: bool = Field(False, description="Serve a non-loopback address without a token "
-                                 "(anyone who reaches the port can load code: a warning at every start)")
-    allowed_hosts: str | None = Field(None, description="Host names the API answers to besides IP addresses, "
-                                      "loopback names, the bind address and this machine's names (comma-separated; "
-                                      "*.domain for a domain's names; * for any name) (iocmng/api/cors.py)")
-    allow_requirements: bool = Field(True, description="Install a plugin's requirements.txt (false: refuse such plugins)")
+    api_token: str | None = Field(
+        None, description="Bearer token for mutating endpoints", repr=False
+    )
+    api_token_file: Path | None = Field(
+        None,
+        description="File holding the API token (a mounted Secret), instead of IOCMNG_API_TOKEN",
+    )
+    allow_insecure: bool = Field(
+        False,
+        description="Serve a non-loopback address without a token "
+        "(anyone who reaches the port can load code: a warning at every start)",
+    )
+    allowed_hosts: str | None = Field(
+        None,
+        description="Host names the API answers to besides IP addresses, "
+        "loopback names, the bind address and this machine's names (comma-separated; "
+        "*.domain for a domain's names; * for any name) (iocmng/api/cors.py)",
+    )
+    allow_requirements: bool = Field(
+        True, description="Install a plugin's requirements.txt (false: refuse such plugins)"
+    )
     git_timeout: float = Field(120.0, gt=0, description="Seconds allowed for a clone")
-    pip_timeout: float = Field(300.0, gt=0, description="Seconds allowed for installing requirements")
-    import_timeout: float = Field(30.0, gt=0, description="Seconds allowed for the child-process import check")
-    reload_delay: float = Field(0.3, ge=0, description="Seconds to coalesce record-set changes into one reload")
+    pip_timeout: float = Field(
+        300.0, gt=0, description="Seconds allowed for installing requirements"
+    )
+    import_timeout: float = Field(
+        30.0, gt=0, description="Seconds allowed for the child-process import check"
+    )
+    reload_delay: float = Field(
+        0.3, ge=0, description="Seconds to coalesce record-set changes into one reload"
+    )
     max_body: int = Field(1 << 20, gt=0, description="Largest accepted request body, bytes")
-    read_auth: bool = Field(False, description="Also require the API token for reads (except /api/v1/health)")
-    stall_threshold: float = Field(0.5, gt=0, description="Seconds the event loop may stall before the watchdog reports it")
-    stall_limit: float = Field(5.0, gt=0, le=3600, description="Seconds a plugin may hold the event loop before the watchdog stops it (held failed until restarted); at 3x this the process ends and restarts without it")
-    pv_provider: Literal["ca", "pva"] = Field("ca", description="PV gateway: default protocol (ca or pva)")
-    pv_timeout: float = Field(5.0, gt=0, description="PV gateway: default timeout of a read/write, seconds")
-    pv_max_timeout: float = Field(30.0, gt=0, le=3600, description="PV gateway: largest timeout a request may ask")
-    pv_write_pattern: str | None = Field(None, description="PV gateway: globs (comma/space separated) of writable PV names; unset: <prefix>:*, empty: none")
-    pv_max_monitors: int = Field(100, ge=0, le=10000, description="PV gateway: most server-side monitors, and most open monitor streams")
-    plugins_config: Path | None = Field(None, description="Boot list: YAML `plugins:` loaded at a real start (docs/operations.md)")
-    channelfinder_url: str | None = Field(None, description="ChannelFinder base URL, e.g. http://cf:8080/ChannelFinder")
-    channelfinder_timeout: float = Field(10.0, gt=0, le=600, description="Seconds allowed for one ChannelFinder request")
-    link_protocol: Literal["ca", "pva"] | None = Field(None, description="Plugin links without ca:// or pva://: "
-                                                       "ca (default) or pva; a plugin's parameter pva overrides it")
-    pva: bool | None = Field(None, description="iocmng 2.7.9's switch: true means IOCMNG_LINK_PROTOCOL=pva, false ca")
-    cors_origins: str | None = Field(None, description="Origins (comma-separated, e.g. https://dash.example.org) whose "
-                                     "browser pages may call the API, or *; unset: none (iocmng/api/cors.py)")
+    read_auth: bool = Field(
+        False, description="Also require the API token for reads (except /api/v1/health)"
+    )
+    stall_threshold: float = Field(
+        0.5, gt=0, description="Seconds the event loop may stall before the watchdog reports it"
+    )
+    stall_limit: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Seconds a plugin may hold the event loop before the watchdog stops it (held failed until restarted); at 3x this the process ends and restarts without it",
+    )
+    pv_provider: Literal["ca", "pva"] = Field(
+        "ca", description="PV gateway: default protocol (ca or pva)"
+    )
+    pv_timeout: float = Field(
+        5.0, gt=0, description="PV gateway: default timeout of a read/write, seconds"
+    )
+    pv_max_timeout: float = Field(
+        30.0, gt=0, le=3600, description="PV gateway: largest timeout a request may ask"
+    )
+    pv_write_pattern: str | None = Field(
+        None,
+        description="PV gateway: globs (comma/space separated) of writable PV names; unset: <prefix>:*, empty: none",
+    )
+    pv_max_monitors: int = Field(
+        100,
+        ge=0,
+        le=10000,
+        description="PV gateway: most server-side monitors, and most open monitor streams",
+    )
+    plugins_config: Path | None = Field(
+        None, description="Boot list: YAML `plugins:` loaded at a real start (docs/operations.md)"
+    )
+    channelfinder_url: str | None = Field(
+        None, description="ChannelFinder base URL, e.g. http://cf:8080/ChannelFinder"
+    )
+    channelfinder_timeout: float = Field(
+        10.0, gt=0, le=600, description="Seconds allowed for one ChannelFinder request"
+    )
+    link_protocol: Literal["ca", "pva"] | None = Field(
+        None,
+        description="Plugin links without ca:// or pva://: "
+        "ca (default) or pva; a plugin's parameter pva overrides it",
+    )
+    pva: bool | None = Field(
+        None, description="iocmng 2.7.9's switch: true means IOCMNG_LINK_PROTOCOL=pva, false ca"
+    )
+    cors_origins: str | None = Field(
+        None,
+        description="Origins (comma-separated, e.g. https://dash.example.org) whose "
+        "browser pages may call the API, or *; unset: none (iocmng/api/cors.py)",
+    )
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
-        return tuple(o.strip().rstrip("/") for o in (self.cors_origins or "").split(",") if o.strip())
+        return tuple(
+            o.strip().rstrip("/") for o in (self.cors_origins or "").split(",") if o.strip()
+        )
 
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, v: str | None) -> str | None:
         for origin in (o.strip().rstrip("/") for o in (v or "").split(",") if o.strip()):
             if origin != "*" and not re.match(r"^https?://[^\s/]+$", origin):
-                raise ValueError(f"{origin!r} is not an origin: use scheme://host[:port] (e.g. http://dash.example:3000), "
-                                 "comma-separated, or *")
+                raise ValueError(
+                    f"{origin!r} is not an origin: use scheme://host[:port] (e.g. http://dash.example:3000), "
+                    "comma-separated, or *"
+                )
         return v
 
     @property
@@ -120,7 +185,9 @@ class Settings(BaseSettings):
     @classmethod
     def _cf_url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("use an http:// or https:// URL (the ChannelFinder base, e.g. http://cf:8080/ChannelFinder)")
+            raise ValueError(
+                "use an http:// or https:// URL (the ChannelFinder base, e.g. http://cf:8080/ChannelFinder)"
+            )
         return v or None
 
     @field_validator("log_level", mode="before")
@@ -140,8 +207,10 @@ class Settings(BaseSettings):
     def _hosts(cls, v: str | None) -> str | None:
         for host in (h.strip() for h in (v or "").split(",") if h.strip()):
             if host != "*" and not re.match(r"^(\*\.)?[A-Za-z0-9_.\-\[\]:]+$", host):
-                raise ValueError(f"{host!r} is not a host name: use names (iocmng.example.org), "
-                                 "*.example.org for a domain, or *")
+                raise ValueError(
+                    f"{host!r} is not a host name: use names (iocmng.example.org), "
+                    "*.example.org for a domain, or *"
+                )
         return v
 
     @property
@@ -169,21 +238,28 @@ class Settings(BaseSettings):
                 f"IOCMNG_HOST={self.host!r} serves the API beyond this machine, and without IOCMNG_API_TOKEN "
                 "anyone who reaches the port can load and run code in this service. Set IOCMNG_API_TOKEN (e.g. "
                 "$(openssl rand -hex 24)) or IOCMNG_API_TOKEN_FILE, or bind IOCMNG_HOST=127.0.0.1, or set "
-                "IOCMNG_ALLOW_INSECURE=true to accept the risk (docs/security.md)")
+                "IOCMNG_ALLOW_INSECURE=true to accept the risk (docs/security.md)"
+            )
 
     @model_validator(mode="after")
     def _secure_default(self) -> Settings:
         """The token from its file; the bind address: everywhere with a token, else loopback."""
         if self.api_token_file is not None:
             if self.api_token:
-                raise ValueError("IOCMNG_API_TOKEN and IOCMNG_API_TOKEN_FILE are both set: keep one")
+                raise ValueError(
+                    "IOCMNG_API_TOKEN and IOCMNG_API_TOKEN_FILE are both set: keep one"
+                )
             try:
                 token = self.api_token_file.read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError) as exc:
-                raise ValueError(f"IOCMNG_API_TOKEN_FILE={str(self.api_token_file)!r} cannot be read "
-                                 f"({type(exc).__name__}); mount the Secret there or unset it") from None
+                raise ValueError(
+                    f"IOCMNG_API_TOKEN_FILE={str(self.api_token_file)!r} cannot be read "
+                    f"({type(exc).__name__}); mount the Secret there or unset it"
+                ) from None
             if not token:
-                raise ValueError(f"IOCMNG_API_TOKEN_FILE={str(self.api_token_file)!r} is empty; put the token in it")
+                raise ValueError(
+                    f"IOCMNG_API_TOKEN_FILE={str(self.api_token_file)!r} is empty; put the token in it"
+                )
             self.api_token = token
         if self.host is None:
             self.host = "0.0.0.0" if self.api_token else "127.0.0.1"
@@ -199,7 +275,9 @@ class Settings(BaseSettings):
 
 def is_loopback(host: str) -> bool:
     """``host`` (a bind address or name) reaches this machine only."""
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
+        ".localhost"
+    ):
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -249,14 +327,24 @@ def resolve_prefix(settings: Settings, service_config: ServiceConfig | None = No
         return settings.prefix
     if service_config and service_config.prefix:
         if not PREFIX_RE.match(service_config.prefix):
-            raise SettingsError(f"IOCMNG_CONFIG prefix {service_config.prefix!r}: use 1-40 letters, digits, '_', '-' or ':'")
+            raise SettingsError(
+                f"IOCMNG_CONFIG prefix {service_config.prefix!r}: use 1-40 letters, digits, '_', '-' or ':'"
+            )
         return service_config.prefix
     if settings.beamline_config:
         try:
-            values = yaml.safe_load(Path(settings.beamline_config).read_text(encoding="utf-8")) or {}
+            values = (
+                yaml.safe_load(Path(settings.beamline_config).read_text(encoding="utf-8")) or {}
+            )
         except (OSError, yaml.YAMLError) as exc:
-            raise SettingsError(f"IOCMNG_BEAMLINE_CONFIG={str(settings.beamline_config)!r}: {exc}") from None
-        parts = [str(values[k]).upper() for k in ("beamline", "namespace") if isinstance(values, dict) and values.get(k)]
+            raise SettingsError(
+                f"IOCMNG_BEAMLINE_CONFIG={str(settings.beamline_config)!r}: {exc}"
+            ) from None
+        parts = [
+            str(values[k]).upper()
+            for k in ("beamline", "namespace")
+            if isinstance(values, dict) and values.get(k)
+        ]
         if parts:
             return ":".join(parts)
     return "IOCMNG"

@@ -79,9 +79,16 @@ def run_ioc(
         pass
     pv_client.init(pva=pva)
     try:
-        code = run_alias.run_staged(plugin_class, lambda dest: _write_config(dest, config), plugin, whole_prefix,
-                                    params, exact_prefix=prefix is not None, extra_paths=extra_paths,
-                                    pvout=Path(pvout) if pvout else None)
+        code = run_alias.run_staged(
+            plugin_class,
+            lambda dest: _write_config(dest, config),
+            plugin,
+            whole_prefix,
+            params,
+            exact_prefix=prefix is not None,
+            extra_paths=extra_paths,
+            pvout=Path(pvout) if pvout else None,
+        )
     finally:
         pv_client.close()
     if code != 0:

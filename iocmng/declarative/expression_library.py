@@ -114,7 +114,9 @@ _WALKED = (list, tuple, deque, set, frozenset)
 
 
 def _too_big(what: str) -> ValueError:
-    return ValueError(f"{what} exceeds the limit of {MAX_ELEMENTS} elements (nested lists counted through)")
+    return ValueError(
+        f"{what} exceeds the limit of {MAX_ELEMENTS} elements (nested lists counted through)"
+    )
 
 
 def _elements(value: Any, limit: int = MAX_ELEMENTS, depth: int = 0) -> int:
@@ -139,7 +141,7 @@ def _elements(value: Any, limit: int = MAX_ELEMENTS, depth: int = 0) -> int:
             total += len(v)
             if total > limit:
                 raise _too_big("a list")
-            for e in (v.values() if isinstance(v, dict) else v):
+            for e in v.values() if isinstance(v, dict) else v:
                 te = type(e)
                 if te is float or te is bool or e is None:
                     continue
@@ -147,17 +149,23 @@ def _elements(value: Any, limit: int = MAX_ELEMENTS, depth: int = 0) -> int:
                     bits = e.bit_length()
                     if bits > _UNIT_BITS:
                         if bits > MAX_POW_BITS:
-                            raise ValueError(f"an integer of {bits} bits exceeds the {MAX_POW_BITS}-bit limit")
+                            raise ValueError(
+                                f"an integer of {bits} bits exceeds the {MAX_POW_BITS}-bit limit"
+                            )
                         total += bits // _UNIT_BITS
                     continue
                 push((e, d))
         elif t is str or t is bytes:
             if len(v) > MAX_STRING_CHARS:
-                raise ValueError(f"a string of {len(v)} characters exceeds the limit of {MAX_STRING_CHARS}")
+                raise ValueError(
+                    f"a string of {len(v)} characters exceeds the limit of {MAX_STRING_CHARS}"
+                )
             total += len(v) // BYTES_PER_ELEMENT
         elif t is int:
             if v.bit_length() > MAX_POW_BITS:
-                raise ValueError(f"an integer of {v.bit_length()} bits exceeds the {MAX_POW_BITS}-bit limit")
+                raise ValueError(
+                    f"an integer of {v.bit_length()} bits exceeds the {MAX_POW_BITS}-bit limit"
+                )
             total += v.bit_length() // _UNIT_BITS
         else:
             ndim = getattr(v, "ndim", None)  # a numpy array (or scalar)
@@ -182,11 +190,15 @@ def check_value(value: Any) -> Any:
         return value
     if t is int:
         if value.bit_length() > MAX_POW_BITS:
-            raise ValueError(f"an integer of {value.bit_length()} bits exceeds the {MAX_POW_BITS}-bit limit")
+            raise ValueError(
+                f"an integer of {value.bit_length()} bits exceeds the {MAX_POW_BITS}-bit limit"
+            )
         return value
     if t is str:
         if len(value) > MAX_STRING_CHARS:
-            raise ValueError(f"a string of {len(value)} characters exceeds the limit of {MAX_STRING_CHARS}")
+            raise ValueError(
+                f"a string of {len(value)} characters exceeds the limit of {MAX_STRING_CHARS}"
+            )
         return value
     _spend()
     _elements(value)
@@ -223,7 +235,9 @@ def _generic(op: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
 
 def _int_bits(result: int) -> int:
     if result.bit_length() > MAX_POW_BITS:
-        raise ValueError(f"the result of {result.bit_length()} bits exceeds the {MAX_POW_BITS}-bit limit")
+        raise ValueError(
+            f"the result of {result.bit_length()} bits exceeds the {MAX_POW_BITS}-bit limit"
+        )
     return result
 
 
@@ -264,7 +278,9 @@ def _safe_add(a: Any, b: Any) -> Any:
             return a + b
     if ta is tb and (ta is str or ta is bytes):  # short: no deadline check needed
         if len(a) + len(b) > MAX_STRING_CHARS:
-            raise ValueError(f"a string of {len(a) + len(b)} characters exceeds the limit of {MAX_STRING_CHARS}")
+            raise ValueError(
+                f"a string of {len(a) + len(b)} characters exceeds the limit of {MAX_STRING_CHARS}"
+            )
         return a + b
     if ta is tb and (ta is list or ta is tuple):
         _spend()
@@ -275,7 +291,9 @@ def _safe_add(a: Any, b: Any) -> Any:
 
 def _repeat_count(seq: Any, n: Any) -> int | None:
     """``n`` as a repeat count of the sequence ``seq`` (None: not a repetition)."""
-    if not isinstance(seq, str | bytes | list | tuple) or isinstance(n, str | bytes | list | tuple | float):
+    if not isinstance(seq, str | bytes | list | tuple) or isinstance(
+        n, str | bytes | list | tuple | float
+    ):
         return None
     try:
         return operator.index(n)
@@ -295,8 +313,10 @@ def _safe_mul(a: Any, b: Any) -> Any:
     elif ta is int:
         if tb is int:
             if a.bit_length() + b.bit_length() > MAX_POW_BITS:
-                raise ValueError(f"a product of {a.bit_length()}- and {b.bit_length()}-bit integers "
-                                 f"exceeds the {MAX_POW_BITS}-bit limit")
+                raise ValueError(
+                    f"a product of {a.bit_length()}- and {b.bit_length()}-bit integers "
+                    f"exceeds the {MAX_POW_BITS}-bit limit"
+                )
             return a * b
         if tb is float:
             return a * b
@@ -308,10 +328,14 @@ def _safe_mul(a: Any, b: Any) -> Any:
         if n <= 0:
             return seq * n
         if len(seq) * n > MAX_SEQUENCE_LENGTH:
-            raise ValueError(f"repetition of {len(seq)} items {n} times exceeds {MAX_SEQUENCE_LENGTH} items")
+            raise ValueError(
+                f"repetition of {len(seq)} items {n} times exceeds {MAX_SEQUENCE_LENGTH} items"
+            )
         if isinstance(seq, str | bytes):
             if len(seq) * n > MAX_STRING_CHARS:
-                raise ValueError(f"a string of {len(seq) * n} characters exceeds the limit of {MAX_STRING_CHARS}")
+                raise ValueError(
+                    f"a string of {len(seq) * n} characters exceeds the limit of {MAX_STRING_CHARS}"
+                )
         else:
             _elements(seq, MAX_ELEMENTS // n)  # raises when n copies would pass MAX_ELEMENTS
         return seq * n
@@ -322,7 +346,13 @@ def _safe_pow(base: Any, exp: Any, mod: Any = None) -> Any:
     """``pow`` refusing integer results over :data:`MAX_POW_BITS` bits (checked before)."""
     tb, te = type(base), type(exp)
     if mod is None and (tb is float or tb is int) and (te is float or te is int):
-        if tb is int and te is int and exp > 0 and abs(base) > 1 and base.bit_length() * exp > MAX_POW_BITS:
+        if (
+            tb is int
+            and te is int
+            and exp > 0
+            and abs(base) > 1
+            and base.bit_length() * exp > MAX_POW_BITS
+        ):
             raise ValueError(f"{base} ** {exp} exceeds the {MAX_POW_BITS}-bit limit")
         return base**exp  # the bound on the integer case holds for the result
     if mod is None and isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1:
@@ -495,7 +525,9 @@ def derivative(values: Any, time_base: Any = None) -> list[float]:
     for i in range(1, len(vals)):
         dt = times[i] - times[i - 1]
         if dt <= 0:
-            raise ValueError(f"derivative(): timestamps do not increase ({times[i - 1]} then {times[i]})")
+            raise ValueError(
+                f"derivative(): timestamps do not increase ({times[i - 1]} then {times[i]})"
+            )
         out.append((vals[i] - vals[i - 1]) / dt)
     return out
 
@@ -535,7 +567,21 @@ BUILTIN_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
 
 #: Library functions whose result needs no check (a float, a bool or a count): an
 #: expression checks the result of every other function it calls.
-SCALAR_FUNCTIONS = frozenset({
-    "sqrt", "log", "exp", "floor", "ceil", "mean", "std", "variance", "rms",
-    "any_of", "all_of", "count_true", "length", "moving_avg",
-})
+SCALAR_FUNCTIONS = frozenset(
+    {
+        "sqrt",
+        "log",
+        "exp",
+        "floor",
+        "ceil",
+        "mean",
+        "std",
+        "variance",
+        "rms",
+        "any_of",
+        "all_of",
+        "count_true",
+        "length",
+        "moving_avg",
+    }
+)

@@ -150,9 +150,17 @@ _REFUSED: dict[type[ast.AST], str] = {
     ast.Slice: "slices are not allowed",
 }
 
-_OP_SYMBOLS = {ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^", ast.LShift: "<<",
-               ast.RShift: ">>", ast.MatMult: "@", ast.Invert: "~", ast.Is: "is",
-               ast.IsNot: "is not"}
+_OP_SYMBOLS = {
+    ast.BitAnd: "&",
+    ast.BitOr: "|",
+    ast.BitXor: "^",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.MatMult: "@",
+    ast.Invert: "~",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+}
 
 
 def _op_refused(op: ast.AST) -> str:
@@ -191,15 +199,19 @@ class _Checker(ast.NodeTransformer):
             return node
         if isinstance(v, int):
             if v.bit_length() > MAX_INT_BITS:
-                raise self.fail(f"the constant {str(v)[:20]}... is too large "
-                                f"(integers are limited to {MAX_INT_BITS} bits)")
+                raise self.fail(
+                    f"the constant {str(v)[:20]}... is too large "
+                    f"(integers are limited to {MAX_INT_BITS} bits)"
+                )
             return node
         if isinstance(v, float):
             return node
         if isinstance(v, str):
             if len(v) > MAX_STRING_LENGTH:
-                raise self.fail(f"a string constant of {len(v)} characters is too long "
-                                f"(limit {MAX_STRING_LENGTH})")
+                raise self.fail(
+                    f"a string constant of {len(v)} characters is too long "
+                    f"(limit {MAX_STRING_LENGTH})"
+                )
             return node
         raise self.fail(f"{type(v).__name__} constants are not allowed")
 
@@ -220,7 +232,9 @@ class _Checker(ast.NodeTransformer):
         func = node.func
         if not isinstance(func, ast.Name):
             if isinstance(func, ast.Attribute):
-                raise self.fail("attribute access ('.') is not allowed; call functions by bare name")
+                raise self.fail(
+                    "attribute access ('.') is not allowed; call functions by bare name"
+                )
             raise self.fail("only library functions can be called, by bare name")
         self._check_identifier(func.id, "function")
         if func.id not in self.functions:
@@ -257,13 +271,17 @@ class _Checker(ast.NodeTransformer):
             except ValueError as exc:
                 raise self.fail(str(exc)) from exc
             except TypeError as exc:
-                if not isinstance(node.op, ast.Add):  # 'a' + 1 stays an evaluation error, as in Python
+                if not isinstance(
+                    node.op, ast.Add
+                ):  # 'a' + 1 stays an evaluation error, as in Python
                     raise self.fail(str(exc)) from exc
             except ArithmeticError:
                 pass  # e.g. 1 % 0: an evaluation error, reported when evaluated
             else:
                 return ast.copy_location(ast.Constant(value=folded), node)
-        call = ast.Call(func=ast.Name(id=helper[0], ctx=ast.Load()), args=[left, right], keywords=[])
+        call = ast.Call(
+            func=ast.Name(id=helper[0], ctx=ast.Load()), args=[left, right], keywords=[]
+        )
         return ast.copy_location(call, node)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
@@ -308,7 +326,9 @@ class _Checker(ast.NodeTransformer):
 
 def _checked(node: ast.expr) -> ast.expr:
     """``node`` wrapped in the value check."""
-    return ast.copy_location(ast.Call(func=ast.Name(id=_CHECK, ctx=ast.Load()), args=[node], keywords=[]), node)
+    return ast.copy_location(
+        ast.Call(func=ast.Name(id=_CHECK, ctx=ast.Load()), args=[node], keywords=[]), node
+    )
 
 
 def _refuse_nested_repetition(text: str, tree: ast.AST) -> None:
@@ -331,10 +351,17 @@ def _refuse_nested_repetition(text: str, tree: ast.AST) -> None:
         kids = [memo[id(c)] for c in children]
         literal = isinstance(node, ast.List | ast.Tuple)
         has_lit = literal or any(k[0] for k in kids)
-        sides = (node.left, node.right) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) else ()
+        sides = (
+            (node.left, node.right)
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult)
+            else ()
+        )
         if any(memo[id(side)][2] for side in sides):
-            raise ExpressionError(text, "nested list repetition (a repeated list holding a repeated list, "
-                                        "as [[0] * n] * m) is not allowed: the sizes multiply")
+            raise ExpressionError(
+                text,
+                "nested list repetition (a repeated list holding a repeated list, "
+                "as [[0] * n] * m) is not allowed: the sizes multiply",
+            )
         has_rep = any(memo[id(side)][0] for side in sides) or any(k[1] for k in kids)
         lit_rep = (literal and any(k[1] for k in kids)) or any(k[2] for k in kids)
         memo[id(node)] = (has_lit, has_rep, lit_rep)
@@ -352,8 +379,14 @@ class Expression:
 
     __slots__ = ("text", "names", "functions", "_order", "_function")
 
-    def __init__(self, text: str, names: frozenset[str], functions: frozenset[str],
-                 order: tuple[str, ...], function: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        text: str,
+        names: frozenset[str],
+        functions: frozenset[str],
+        order: tuple[str, ...],
+        function: Callable[..., Any],
+    ) -> None:
         self.text = text
         self.names = names
         self.functions = functions
@@ -374,8 +407,11 @@ class Expression:
         try:
             return self._function(*args)
         except OverBudget:
-            raise EvaluationBudgetExceeded(self.text, "the evaluation budget of the plugin's transforms and "
-                                                      "rules ran out in this expression") from None
+            raise EvaluationBudgetExceeded(
+                self.text,
+                "the evaluation budget of the plugin's transforms and "
+                "rules ran out in this expression",
+            ) from None
         except Exception as exc:
             raise ExpressionEvaluationError(self.text, f"{type(exc).__name__}: {exc}") from exc
 
@@ -383,16 +419,21 @@ class Expression:
         return f"Expression({self.text!r})"
 
 
-def _check_functions(text: str, functions: Mapping[str, Any] | None) -> dict[str, Callable[..., Any]]:
+def _check_functions(
+    text: str, functions: Mapping[str, Any] | None
+) -> dict[str, Callable[..., Any]]:
     table = dict(BUILTIN_FUNCTIONS)
     for name, fn in (functions or {}).items():
         if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
-            raise ExpressionError(text, f"extra function name {name!r} must be an identifier "
-                                      "not starting with '_'")
+            raise ExpressionError(
+                text, f"extra function name {name!r} must be an identifier not starting with '_'"
+            )
         if not callable(fn):
             raise ExpressionError(text, f"extra function {name!r} is not callable")
         if name in BUILTIN_FUNCTIONS and fn is not BUILTIN_FUNCTIONS[name]:
-            raise ExpressionError(text, f"extra function {name!r} would replace the library function")
+            raise ExpressionError(
+                text, f"extra function {name!r} would replace the library function"
+            )
         table[name] = fn
     return table
 
@@ -409,8 +450,9 @@ def _size(tree: ast.AST) -> tuple[int, int]:
     return count, depth
 
 
-def compile_expression(text: str, names: Iterable[str],
-                       functions: Mapping[str, Callable[..., Any]] | None = None) -> Expression:
+def compile_expression(
+    text: str, names: Iterable[str], functions: Mapping[str, Callable[..., Any]] | None = None
+) -> Expression:
     """Parse, check and compile ``text`` once; raise :class:`ExpressionError` if it is refused.
 
     ``names`` are the variables the expression may read (a plugin's inputs,
@@ -421,16 +463,21 @@ def compile_expression(text: str, names: Iterable[str],
     Use the plugin's same ``names`` and ``functions`` for all its expressions.
     """
     if not isinstance(text, str):
-        raise ExpressionError(repr(text), f"an expression must be a string, not {type(text).__name__}")
+        raise ExpressionError(
+            repr(text), f"an expression must be a string, not {type(text).__name__}"
+        )
     table = _check_functions(text, functions)
     known = frozenset(names)
     clashes = sorted(known & table.keys())
     if clashes:
-        raise ExpressionError(text, f"variable {clashes[0]!r} has the name of a function; "
-                                    "rename the variable")
+        raise ExpressionError(
+            text, f"variable {clashes[0]!r} has the name of a function; rename the variable"
+        )
     if len(text) > MAX_LENGTH:
-        raise ExpressionError(text[:60] + "...", f"expression of {len(text)} characters is too "
-                                                 f"long (limit {MAX_LENGTH})")
+        raise ExpressionError(
+            text[:60] + "...",
+            f"expression of {len(text)} characters is too long (limit {MAX_LENGTH})",
+        )
     if not text.strip():
         raise ExpressionError(text, "the expression is empty")
     try:
@@ -451,8 +498,15 @@ def compile_expression(text: str, names: Iterable[str],
     # (parameters), functions and helpers are globals under names no variable
     # can have, and there are no builtins.
     order = tuple(sorted(checker.used_names))
-    params = ast.arguments(posonlyargs=[], args=[ast.arg(arg=n) for n in order], vararg=None,
-                           kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[])
+    params = ast.arguments(
+        posonlyargs=[],
+        args=[ast.arg(arg=n) for n in order],
+        vararg=None,
+        kwonlyargs=[],
+        kw_defaults=[],
+        kwarg=None,
+        defaults=[],
+    )
     tree = ast.Expression(body=ast.Lambda(args=params, body=tree.body))
     ast.fix_missing_locations(tree)
     try:
@@ -466,6 +520,6 @@ def compile_expression(text: str, names: Iterable[str],
         globals_[helper_name] = helper
     globals_[_CHECK] = check_value
     function = eval(code, globals_)  # noqa: S307 - checked, builtins-free code
-    return Expression(text, frozenset(checker.used_names), frozenset(checker.used_functions),
-                      order, function)
-
+    return Expression(
+        text, frozenset(checker.used_names), frozenset(checker.used_functions), order, function
+    )

@@ -130,9 +130,18 @@ class Link:
 class LinkSet:
     """The links of one plugin."""
 
-    def __init__(self, owner: str, wired: dict[str, tuple[PVSpec, str]], default_protocol: str, *,
-                 interval: float, timeout: float, on_value: ValueHandler, on_connection: ConnectionHandler,
-                 pva_context: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        owner: str,
+        wired: dict[str, tuple[PVSpec, str]],
+        default_protocol: str,
+        *,
+        interval: float,
+        timeout: float,
+        on_value: ValueHandler,
+        on_connection: ConnectionHandler,
+        pva_context: Callable[[], Any],
+    ) -> None:
         self.owner = owner
         self.links: dict[str, Link] = {}
         for name, (spec, direction) in wired.items():
@@ -162,7 +171,9 @@ class LinkSet:
             else:
                 self._pva_monitor(link)
         if any(lk.polled for lk in self.links.values()):
-            self._poller = asyncio.get_running_loop().create_task(self._poll_loop(), name=f"links:{self.owner}")
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll_loop(), name=f"links:{self.owner}"
+            )
 
     async def close(self) -> None:
         self.closed = True
@@ -243,7 +254,11 @@ class LinkSet:
         polled = [lk for lk in self.links.values() if lk.polled]
         while True:
             now = loop.time()
-            due = [lk for lk in polled if now - lk.last_poll >= (lk.spec.poll_rate or self.interval) - 1e-3]
+            due = [
+                lk
+                for lk in polled
+                if now - lk.last_poll >= (lk.spec.poll_rate or self.interval) - 1e-3
+            ]
             for lk in due:
                 lk.last_poll = now
             results = await asyncio.gather(*(self.read(lk) for lk in due), return_exceptions=True)
@@ -262,7 +277,9 @@ class LinkSet:
         """Write ``value`` to the external PV of wired PV ``name`` (bounded by the timeout)."""
         link = self.links.get(name)
         if link is None:
-            raise KeyError(f"{name!r} is not a wired PV of {self.owner} (wired: {', '.join(self.links) or 'none'})")
+            raise KeyError(
+                f"{name!r} is not a wired PV of {self.owner} (wired: {', '.join(self.links) or 'none'})"
+            )
         async with asyncio.timeout(self.timeout):
             if link.protocol == "ca":
                 import aioca
@@ -272,18 +289,24 @@ class LinkSet:
                 ctx = self._pva_context()
                 if not link.connected:  # learn the type first (an enum is written by index)
                     link.enum = is_pva_enum(await ctx.get(link.pv))
-                await ctx.put(link.pv, {"value.index": int(value)} if link.enum else value, wait=True)
+                await ctx.put(
+                    link.pv, {"value.index": int(value)} if link.enum else value, wait=True
+                )
 
     def put_soon(self, name: str, value: Any) -> asyncio.Task[None]:
         """Start a write in a task of its own; failures are logged, never raised into a cycle."""
-        task = asyncio.get_running_loop().create_task(self.put(name, value), name=f"link_put:{self.owner}:{name}")
+        task = asyncio.get_running_loop().create_task(
+            self.put(name, value), name=f"link_put:{self.owner}:{name}"
+        )
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
             exc = None if t.cancelled() else t.exception()
             if exc is not None:
-                log.warning("%s: writing %r to %s failed: %r", self.owner, value, self.links[name].pv, exc)
+                log.warning(
+                    "%s: writing %r to %s failed: %r", self.owner, value, self.links[name].pv, exc
+                )
 
         task.add_done_callback(done)
         return task
@@ -296,5 +319,14 @@ class LinkSet:
         return [n for n, lk in self.links.items() if not lk.connected]
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": n, "pv": lk.pv, "protocol": lk.protocol, "direction": lk.direction,
-                 "mode": lk.spec.effective_link_mode, "connected": lk.connected} for n, lk in self.links.items()]
+        return [
+            {
+                "name": n,
+                "pv": lk.pv,
+                "protocol": lk.protocol,
+                "direction": lk.direction,
+                "mode": lk.spec.effective_link_mode,
+                "connected": lk.connected,
+            }
+            for n, lk in self.links.items()
+        ]

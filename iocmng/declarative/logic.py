@@ -47,8 +47,9 @@ from .expressions import EvaluationBudgetExceeded, Expression, ExpressionError, 
 BUFFER_SUFFIX = "_buf"
 
 
-def expression_names(config: PluginConfig, parameters: Mapping[str, Any],
-                     functions: Iterable[str] = ()) -> set[str]:
+def expression_names(
+    config: PluginConfig, parameters: Mapping[str, Any], functions: Iterable[str] = ()
+) -> set[str]:
     """The variables expressions of this plugin may read (function names excluded)."""
     names = set(config.all_pvs()) | {k for k in parameters if isinstance(k, str)}
     names |= {f"{n}{BUFFER_SUFFIX}" for n, s in config.all_pvs().items() if s.buffer_size}
@@ -63,7 +64,9 @@ class Outcome:
 
     outputs: dict[str, Any] = field(default_factory=dict)
     actuators: list[tuple[str, Any]] = field(default_factory=list)
-    messages: list[tuple[str, str, str | None]] = field(default_factory=list)  # (rule, text, message_pv)
+    messages: list[tuple[str, str, str | None]] = field(
+        default_factory=list
+    )  # (rule, text, message_pv)
     errors: list[tuple[str, Exception]] = field(default_factory=list)  # (where, error)
     fired: list[str] = field(default_factory=list)
 
@@ -86,9 +89,14 @@ class Logic:
     ``budget`` is the most seconds one :meth:`evaluate` may take.
     """
 
-    def __init__(self, config: PluginConfig, parameters: Mapping[str, Any],
-                 functions: Mapping[str, Callable[..., Any]] | None = None, *,
-                 budget: float = EVALUATION_BUDGET) -> None:
+    def __init__(
+        self,
+        config: PluginConfig,
+        parameters: Mapping[str, Any],
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+        *,
+        budget: float = EVALUATION_BUDGET,
+    ) -> None:
         self.config = config
         self.budget = budget
         names = expression_names(config, parameters, functions or {})
@@ -114,10 +122,19 @@ class Logic:
                 if len(chain[t.output]) > MAX_TRANSFORM_CHAIN:
                     links = chain[t.output]
                     path = " -> ".join((*links[:3], "...", *links[-2:]))
-                    errors.append({"loc": f"transforms.{i}.expression", "msg": ExpressionError(
-                        t.expression, f"a chain of {len(links)} transforms each reading the one before "
-                                      f"({path}) is longer than the limit of {MAX_TRANSFORM_CHAIN}").detail})
-                    chain[t.output] = ()  # reported once: what reads it further is not refused again
+                    errors.append(
+                        {
+                            "loc": f"transforms.{i}.expression",
+                            "msg": ExpressionError(
+                                t.expression,
+                                f"a chain of {len(links)} transforms each reading the one before "
+                                f"({path}) is longer than the limit of {MAX_TRANSFORM_CHAIN}",
+                            ).detail,
+                        }
+                    )
+                    chain[
+                        t.output
+                    ] = ()  # reported once: what reads it further is not refused again
                     continue
                 deps = _expand(expr.names, closure)
                 closure[t.output] = deps
@@ -126,14 +143,26 @@ class Logic:
         for rid, r in zip(config.rule_ids(), config.rules, strict=True):
             expr = compile_at(f"rules.{rid}.condition", r.condition)
             if expr is not None:
-                self.rules.append(_Rule(rid, expr, dict(r.outputs), dict(r.actuators), r.message, r.message_pv,
-                                        r.actuate == "level", _expand(expr.names, closure)))
+                self.rules.append(
+                    _Rule(
+                        rid,
+                        expr,
+                        dict(r.outputs),
+                        dict(r.actuators),
+                        r.message,
+                        r.message_pv,
+                        r.actuate == "level",
+                        _expand(expr.names, closure),
+                    )
+                )
         if errors:
             raise ConfigError("config.yaml", errors)
         self.defaults = dict(config.rule_defaults)
         self.latching = {n: s.latch_dir for n, s in config.pvs.outputs.items() if s.latch}
         self.latched: set[str] = set()
-        self.inhibit: set[str] = set()  # released by CLEAR: no re-latch until their rules stop firing
+        self.inhibit: set[str] = (
+            set()
+        )  # released by CLEAR: no re-latch until their rules stop firing
         self.firing: set[str] = set()
         self.actuated: dict[tuple[str, str], Any] = {}
         #: output -> the base names (inputs...) its value is computed from
@@ -177,9 +206,12 @@ class Logic:
 
     def _over_budget(self, expr: Expression, deadline: float) -> EvaluationBudgetExceeded:
         spent = time.perf_counter() - deadline + self.budget
-        return EvaluationBudgetExceeded(expr.text, f"the evaluation of the plugin's transforms and rules "
-                                                   f"took {spent:.2f} s, more than its budget of {self.budget:g} s; "
-                                                   "stopped after this expression")
+        return EvaluationBudgetExceeded(
+            expr.text,
+            f"the evaluation of the plugin's transforms and rules "
+            f"took {spent:.2f} s, more than its budget of {self.budget:g} s; "
+            "stopped after this expression",
+        )
 
     def _evaluate(self, env: dict[str, Any], changed: set[str] | None, deadline: float) -> Outcome:
         out = Outcome()
@@ -244,7 +276,11 @@ class Logic:
                     out.messages.append((rule.id, f"{stamp} - {rule.message}", rule.message_pv))
             for name, value in rule.outputs.items():
                 out.outputs[name] = value
-                if name in self.latching and name not in self.inhibit and _latches(self.latching[name], value):
+                if (
+                    name in self.latching
+                    and name not in self.inhibit
+                    and _latches(self.latching[name], value)
+                ):
                     self.latched.add(name)
             for key, value in rule.actuators.items():
                 if rule.level or self.actuated.get((rule.id, key), _UNSET) != value:

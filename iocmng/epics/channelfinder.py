@@ -42,16 +42,24 @@ __all__ = ["ChannelFinderClient", "ChannelFinderError", "ChannelFinderHelpers", 
 
 
 def _props(channel: dict[str, Any]) -> dict[Any, Any]:
-    return {p.get("name"): p.get("value", "") for p in channel.get("properties") or [] if isinstance(p, dict)}
+    return {
+        p.get("name"): p.get("value", "")
+        for p in channel.get("properties") or []
+        if isinstance(p, dict)
+    }
 
 
 def _join(value: str | Iterable[str]) -> str:
     return value if isinstance(value, str) else ",".join(str(v) for v in value)
 
 
-def search_params(name: str | None = None, tags: str | Iterable[str] | None = None,
-                  properties: dict[str, Any] | None = None, size: int = DEFAULT_SIZE,
-                  **property_filters: Any) -> list[tuple[str, str]]:
+def search_params(
+    name: str | None = None,
+    tags: str | Iterable[str] | None = None,
+    properties: dict[str, Any] | None = None,
+    size: int = DEFAULT_SIZE,
+    **property_filters: Any,
+) -> list[tuple[str, str]]:
     """The query of a channel search. Values accept ChannelFinder globs (``*``, ``?``);
     a list of values for one property matches any of them; each tag must be present."""
     params: list[tuple[str, str]] = [("~size", str(int(size)))]
@@ -136,33 +144,56 @@ class ChannelFinderClient:
             raise RuntimeError("use ChannelFinderClient as 'async with'")
         url = f"{self.base_url}/resources/{path}"
         try:
-            async with self._session.get(url, params=params, headers={"Accept": "application/json"}) as resp:
+            async with self._session.get(
+                url, params=params, headers={"Accept": "application/json"}
+            ) as resp:
                 body = await resp.read()
                 if resp.status >= 400:
                     text = body[:200].decode("utf-8", "replace").strip()
-                    raise ChannelFinderError(f"ChannelFinder {url} answered HTTP {resp.status}"
-                                             + (f": {text}" if text else ""), url=url, http_status=resp.status)
+                    raise ChannelFinderError(
+                        f"ChannelFinder {url} answered HTTP {resp.status}"
+                        + (f": {text}" if text else ""),
+                        url=url,
+                        http_status=resp.status,
+                    )
         except TimeoutError:
-            raise ChannelFinderError(f"ChannelFinder {url}: no answer within {self.timeout:g} s", url=url) from None
+            raise ChannelFinderError(
+                f"ChannelFinder {url}: no answer within {self.timeout:g} s", url=url
+            ) from None
         except aiohttp.ClientError as exc:
-            raise ChannelFinderError(f"ChannelFinder {url} unreachable: {exc or type(exc).__name__}", url=url) from None
+            raise ChannelFinderError(
+                f"ChannelFinder {url} unreachable: {exc or type(exc).__name__}", url=url
+            ) from None
         try:
             return json.loads(body)
         except ValueError as exc:
-            raise ChannelFinderError(f"ChannelFinder {url}: the answer is not JSON ({exc})", url=url) from None
+            raise ChannelFinderError(
+                f"ChannelFinder {url}: the answer is not JSON ({exc})", url=url
+            ) from None
 
-    async def search(self, *, name: str | None = None, tags: str | Iterable[str] | None = None,
-                     properties: dict[str, Any] | None = None, size: int = DEFAULT_SIZE,
-                     tag: str | None = None, **property_filters: Any) -> list[dict[str, Any]]:
+    async def search(
+        self,
+        *,
+        name: str | None = None,
+        tags: str | Iterable[str] | None = None,
+        properties: dict[str, Any] | None = None,
+        size: int = DEFAULT_SIZE,
+        tag: str | None = None,
+        **property_filters: Any,
+    ) -> list[dict[str, Any]]:
         """Channels matching a name pattern, tags and property values (``{name,
         owner, properties: [{name, value}], tags: [{name}]}`` each). ``tag`` is
         the reference's single-tag spelling; any other keyword is a property
         filter (``devgroup="mot"``, ``iocName="tml-ch1"``)."""
         all_tags = ([tags] if isinstance(tags, str) else list(tags or [])) + ([tag] if tag else [])
-        data = await self._get("channels", search_params(name, all_tags, properties, size, **property_filters))
+        data = await self._get(
+            "channels", search_params(name, all_tags, properties, size, **property_filters)
+        )
         if not isinstance(data, list) or not all(isinstance(c, dict) for c in data):
-            raise ChannelFinderError(f"ChannelFinder {self.base_url}/resources/channels: expected a JSON list of "
-                                     f"channels, got {type(data).__name__}")
+            raise ChannelFinderError(
+                f"ChannelFinder {self.base_url}/resources/channels: expected a JSON list of "
+                f"channels, got {type(data).__name__}"
+            )
         return data
 
     async def discover_devices(self, **filters: Any) -> list[dict[str, Any]]:
@@ -178,8 +209,10 @@ def create_device(desc: dict[str, Any]) -> Any:
     """
     missing = [k for k in ("name", "prefix", "devgroup", "devtype") if not desc.get(k)]
     if missing:
-        raise ValueError(f"cf_create_device: the description lacks {', '.join(missing)} "
-                         f"(prefix {desc.get('prefix')!r}); ChannelFinder properties devgroup/devtype are needed")
+        raise ValueError(
+            f"cf_create_device: the description lacks {', '.join(missing)} "
+            f"(prefix {desc.get('prefix')!r}); ChannelFinder properties devgroup/devtype are needed"
+        )
     from .devices import Devices
 
     # the same import as the service's devices: ophyd on the caproto layer (decision 0007)
@@ -201,12 +234,19 @@ class ChannelFinderHelpers:
     _ctx: Any
 
     def _cf_settings(self) -> tuple[str, float]:
-        url = self.parameters.get("channelfinder_url") or getattr(self._ctx, "channelfinder_url", None)
+        url = self.parameters.get("channelfinder_url") or getattr(
+            self._ctx, "channelfinder_url", None
+        )
         if not url:
-            raise ChannelFinderError("no ChannelFinder URL: set IOCMNG_CHANNELFINDER_URL for the service or the "
-                                     "plugin parameter channelfinder_url")
-        timeout = self.parameters.get("channelfinder_timeout") or getattr(
-            self._ctx, "channelfinder_timeout", None) or DEFAULT_TIMEOUT
+            raise ChannelFinderError(
+                "no ChannelFinder URL: set IOCMNG_CHANNELFINDER_URL for the service or the "
+                "plugin parameter channelfinder_url"
+            )
+        timeout = (
+            self.parameters.get("channelfinder_timeout")
+            or getattr(self._ctx, "channelfinder_timeout", None)
+            or DEFAULT_TIMEOUT
+        )
         return str(url), float(timeout)
 
     def _cf_run(self, work: Callable[[], Coroutine[Any, Any, Any]], timeout: float) -> Any:
@@ -225,10 +265,18 @@ class ChannelFinderHelpers:
             return future.result(timeout + 5.0)
         except TimeoutError:
             future.cancel()
-            raise ChannelFinderError(f"ChannelFinder request did not finish within {timeout:g} s") from None
+            raise ChannelFinderError(
+                f"ChannelFinder request did not finish within {timeout:g} s"
+            ) from None
 
-    def cf_search(self, name: str | None = None, *, tags: str | Iterable[str] | None = None,
-                  properties: dict[str, Any] | None = None, **filters: Any) -> Any:
+    def cf_search(
+        self,
+        name: str | None = None,
+        *,
+        tags: str | Iterable[str] | None = None,
+        properties: dict[str, Any] | None = None,
+        **filters: Any,
+    ) -> Any:
         """Channels from ChannelFinder matching ``name`` (a glob), ``tags`` and
         property values (``properties={...}`` or keywords such as ``devgroup="mot"``).
 

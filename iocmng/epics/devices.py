@@ -71,7 +71,9 @@ class IocEntry(BaseModel):
 
     name: str = Field(description="IOC name")
     devgroup: str = Field(description="infn_ophyd_hal device group (mot, mag, diag, io, vac)")
-    devtype: str = Field(description="infn_ophyd_hal device type within the group (sim, asyn, ai, ...)")
+    devtype: str = Field(
+        description="infn_ophyd_hal device type within the group (sim, asyn, ai, ...)"
+    )
     iocprefix: str = Field(description="PV prefix of the IOC")
     iocroot: str | None = Field(None, description="Optional middle part of device PV prefixes")
     devices: list[DeviceEntry] = Field(default_factory=list, description="Devices of this IOC")
@@ -92,7 +94,9 @@ def _problem(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"missing key {where!r}" if err["type"] == "missing" else f"{where}: {err['msg']}")
+        parts.append(
+            f"missing key {where!r}" if err["type"] == "missing" else f"{where}: {err['msg']}"
+        )
     return "; ".join(parts)
 
 
@@ -122,7 +126,9 @@ class DeviceRecord:
     device: Any = None
 
     def live_state(self) -> str:
-        if self.state in (DeviceState.OK, DeviceState.DISCONNECTED) and hasattr(self.device, "connected"):
+        if self.state in (DeviceState.OK, DeviceState.DISCONNECTED) and hasattr(
+            self.device, "connected"
+        ):
             try:
                 return DeviceState.OK if self.device.connected else DeviceState.DISCONNECTED
             except Exception:  # a half-destroyed device: report what we had
@@ -133,10 +139,19 @@ class DeviceRecord:
         state = self.live_state()
         reason = self.reason
         if state == DeviceState.DISCONNECTED and not reason:
-            reason = f"device {self.name!r}: not connected to IOC {self.ioc!r} (prefix {self.prefix})"
-        return {"name": self.name, "ioc": self.ioc, "group": self.group, "type": self.type,
-                "prefix": self.prefix, "state": state, "reason": reason if state != DeviceState.OK else None,
-                "class": self.device_class}
+            reason = (
+                f"device {self.name!r}: not connected to IOC {self.ioc!r} (prefix {self.prefix})"
+            )
+        return {
+            "name": self.name,
+            "ioc": self.ioc,
+            "group": self.group,
+            "type": self.type,
+            "prefix": self.prefix,
+            "state": state,
+            "reason": reason if state != DeviceState.OK else None,
+            "class": self.device_class,
+        }
 
 
 def plan(values: Any) -> tuple[list[DeviceRecord], str | None]:
@@ -168,7 +183,18 @@ def plan(values: Any) -> tuple[list[DeviceRecord], str | None]:
 
     for i, raw in enumerate(iocs):
         if not isinstance(raw, dict):
-            add(DeviceRecord(f"iocs[{i}]", f"iocs[{i}]", "", "", "", {}, DeviceState.FAILED, f"iocs[{i}]: not a mapping"))
+            add(
+                DeviceRecord(
+                    f"iocs[{i}]",
+                    f"iocs[{i}]",
+                    "",
+                    "",
+                    "",
+                    {},
+                    DeviceState.FAILED,
+                    f"iocs[{i}]: not a mapping",
+                )
+            )
             continue
         if "devgroup" not in raw:  # not a device IOC (as infn_ophyd_hal)
             continue
@@ -176,19 +202,47 @@ def plan(values: Any) -> tuple[list[DeviceRecord], str | None]:
         try:
             ioc = IocEntry.model_validate(raw)
         except ValidationError as exc:
-            add(DeviceRecord(ioc_name, ioc_name, str(raw.get("devgroup", "")), str(raw.get("devtype", "")),
-                             str(raw.get("iocprefix", "")), {}, DeviceState.FAILED, f"IOC {ioc_name!r}: {_problem(exc)}"))
+            add(
+                DeviceRecord(
+                    ioc_name,
+                    ioc_name,
+                    str(raw.get("devgroup", "")),
+                    str(raw.get("devtype", "")),
+                    str(raw.get("iocprefix", "")),
+                    {},
+                    DeviceState.FAILED,
+                    f"IOC {ioc_name!r}: {_problem(exc)}",
+                )
+            )
             continue
         base = {k: v for k, v in raw.items() if k != "devices"}
         if not ioc.devices:
-            add(DeviceRecord(ioc.name, ioc.name, ioc.devgroup, ioc.devtype, ioc.iocprefix,
-                             {**base, "iocname": ioc.name}, DeviceState.DISABLED if ioc.disable else DeviceState.PENDING))
+            add(
+                DeviceRecord(
+                    ioc.name,
+                    ioc.name,
+                    ioc.devgroup,
+                    ioc.devtype,
+                    ioc.iocprefix,
+                    {**base, "iocname": ioc.name},
+                    DeviceState.DISABLED if ioc.disable else DeviceState.PENDING,
+                )
+            )
             continue
         for dev in ioc.devices:
             root = f"{ioc.iocprefix}:{ioc.iocroot}" if ioc.iocroot else ioc.iocprefix
             config = {**base, "iocname": ioc.name, **dev.model_dump(exclude_unset=True)}
-            add(DeviceRecord(dev.name, ioc.name, ioc.devgroup, dev.devtype or ioc.devtype, f"{root}:{dev.name}",
-                             config, DeviceState.DISABLED if ioc.disable or dev.disable else DeviceState.PENDING))
+            add(
+                DeviceRecord(
+                    dev.name,
+                    ioc.name,
+                    ioc.devgroup,
+                    dev.devtype or ioc.devtype,
+                    f"{root}:{dev.name}",
+                    config,
+                    DeviceState.DISABLED if ioc.disable or dev.disable else DeviceState.PENDING,
+                )
+            )
     return records, None
 
 
@@ -222,7 +276,11 @@ class Devices(Mapping[str, Any]):
     # -- Mapping -------------------------------------------------------------------------
     def _usable(self) -> dict[str, Any]:
         with self._lock:
-            return {n: r.device for n, r in self.records.items() if r.state in (DeviceState.OK, DeviceState.DISCONNECTED)}
+            return {
+                n: r.device
+                for n, r in self.records.items()
+                if r.state in (DeviceState.OK, DeviceState.DISCONNECTED)
+            }
 
     def __getitem__(self, name: str) -> Any:
         return self._usable()[name]
@@ -246,7 +304,9 @@ class Devices(Mapping[str, Any]):
         try:
             values = yaml.safe_load(Path(self.config).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
-            self._fail_all(f"IOCMNG_BEAMLINE_CONFIG={str(self.config)!r}: cannot read it as YAML: {exc}")
+            self._fail_all(
+                f"IOCMNG_BEAMLINE_CONFIG={str(self.config)!r}: cannot read it as YAML: {exc}"
+            )
             return
         records, error = plan(values)
         if error:
@@ -278,7 +338,9 @@ class Devices(Mapping[str, Any]):
             return None
         self.control_layer = ophyd.cl.name
         if self.control_layer == "pyepics":
-            log.warning("OPHYD_CONTROL_LAYER=pyepics: devices cannot reach PVs served by this process (decision 0007)")
+            log.warning(
+                "OPHYD_CONTROL_LAYER=pyepics: devices cannot reach PVs served by this process (decision 0007)"
+            )
         return DeviceFactory()
 
     def _build_all(self) -> None:
@@ -297,14 +359,23 @@ class Devices(Mapping[str, Any]):
             threads = []
             for i in range(min(BUILDERS, len(pending))):
                 work.put(None)
-                t = threading.Thread(target=self._builder, args=(factory, work), name=f"iocmng:device-{i}",
-                                     daemon=True)
+                t = threading.Thread(
+                    target=self._builder,
+                    args=(factory, work),
+                    name=f"iocmng:device-{i}",
+                    daemon=True,
+                )
                 t.start()
                 threads.append(t)
             for t in threads:
                 t.join()
             ok = sum(r.state == DeviceState.OK for r in self.records.values())
-            log.info("ophyd devices (%s layer): %d ok of %d configured", self.control_layer, ok, len(self.records))
+            log.info(
+                "ophyd devices (%s layer): %d ok of %d configured",
+                self.control_layer,
+                ok,
+                len(self.records),
+            )
         finally:
             self._done.set()
 
@@ -314,11 +385,18 @@ class Devices(Mapping[str, Any]):
                 return
             state, reason, device, cls_name = self._build(factory, rec)
             with self._lock:
-                rec.state, rec.reason, rec.device, rec.device_class = state, reason, device, cls_name
+                rec.state, rec.reason, rec.device, rec.device_class = (
+                    state,
+                    reason,
+                    device,
+                    cls_name,
+                )
             if state == DeviceState.FAILED:
                 log.error("%s", reason)
             elif state == DeviceState.DISCONNECTED:
-                log.warning("device %s (%s) built but not connected yet: %s", rec.name, rec.prefix, reason)
+                log.warning(
+                    "device %s (%s) built but not connected yet: %s", rec.name, rec.prefix, reason
+                )
 
     @staticmethod
     def resolve(factory: Any, group: str, dtype: str) -> type | str:
@@ -334,7 +412,9 @@ class Devices(Mapping[str, Any]):
         types = sorted(t for g, t in known if g == group)
         return f"unknown devtype {dtype!r} for devgroup {group!r} (known: {', '.join(types)})"
 
-    def _build(self, factory: Any, rec: DeviceRecord) -> tuple[DeviceState, str | None, Any, str | None]:
+    def _build(
+        self, factory: Any, rec: DeviceRecord
+    ) -> tuple[DeviceState, str | None, Any, str | None]:
         cls = self.resolve(factory, rec.group, rec.type)
         if isinstance(cls, str):
             return DeviceState.FAILED, f"device {rec.name!r} (IOC {rec.ioc!r}): {cls}", None, None
@@ -346,16 +426,25 @@ class Devices(Mapping[str, Any]):
             device = cls(**kwargs)
         except Exception as exc:
             what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return (DeviceState.FAILED, f"device {rec.name!r} ({rec.group}/{rec.type} {cls.__name__}, IOC {rec.ioc!r}, "
-                    f"prefix {rec.prefix}): {what}", None, cls.__name__)
+            return (
+                DeviceState.FAILED,
+                f"device {rec.name!r} ({rec.group}/{rec.type} {cls.__name__}, IOC {rec.ioc!r}, "
+                f"prefix {rec.prefix}): {what}",
+                None,
+                cls.__name__,
+            )
         log.debug("built %s (%s) in %.2f s", rec.name, cls.__name__, time.monotonic() - t0)
         wait = getattr(device, "wait_for_connection", None)
         if callable(wait):
             try:
                 wait(timeout=CONNECT_TIMEOUT)
             except Exception as exc:
-                return (DeviceState.DISCONNECTED, f"device {rec.name!r}: IOC {rec.ioc!r} not reachable: {exc}", device,
-                        cls.__name__)
+                return (
+                    DeviceState.DISCONNECTED,
+                    f"device {rec.name!r}: IOC {rec.ioc!r} not reachable: {exc}",
+                    device,
+                    cls.__name__,
+                )
         return DeviceState.OK, None, device, cls.__name__
 
     async def ready(self, timeout: float = READY_TIMEOUT) -> bool:
@@ -366,8 +455,11 @@ class Devices(Mapping[str, Any]):
         while not self._done.is_set():
             if time.monotonic() >= deadline:
                 still = [n for n, r in self.records.items() if r.state == DeviceState.PENDING]
-                log.warning("devices still being built after %.0f s: %s (plugins start without them)",
-                            timeout, ", ".join(still))
+                log.warning(
+                    "devices still being built after %.0f s: %s (plugins start without them)",
+                    timeout,
+                    ", ".join(still),
+                )
                 return False
             await asyncio.sleep(0.05)
         return True
@@ -377,8 +469,14 @@ class Devices(Mapping[str, Any]):
         """The ``GET /api/v1/devices`` document."""
         with self._lock:
             devices = [r.info() for _, r in sorted(self.records.items())]
-        return {"enabled": self.enabled, "reason": self.reason, "config": str(self.config) if self.config else None,
-                "control_layer": self.control_layer, "error": self.error, "devices": devices}
+        return {
+            "enabled": self.enabled,
+            "reason": self.reason,
+            "config": str(self.config) if self.config else None,
+            "control_layer": self.control_layer,
+            "error": self.error,
+            "devices": devices,
+        }
 
     def close(self) -> None:
         """Destroy the built devices and stop the CA client threads (called once at stop)."""

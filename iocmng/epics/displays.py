@@ -38,11 +38,19 @@ WIDTH = COL_INFO + W_INFO + 20
 _GREY = ("Off", 60, 100, 60)
 # (TaskStatus.INIT == JobStatus.IDLE == 0 as ints: one table per enum.)
 _STATE_COLORS: dict[type[TaskStatus] | type[JobStatus], dict[Any, tuple[str, int, int, int]]] = {
-    TaskStatus: {TaskStatus.INIT: ("INIT", 0, 128, 255), TaskStatus.RUN: ("OK", 0, 255, 0),
-                 TaskStatus.PAUSED: ("MINOR", 255, 128, 0), TaskStatus.END: _GREY,
-                 TaskStatus.ERROR: ("MAJOR", 255, 0, 0)},
-    JobStatus: {JobStatus.IDLE: _GREY, JobStatus.RUNNING: ("RUNNING", 0, 128, 255),
-                JobStatus.SUCCESS: ("OK", 0, 255, 0), JobStatus.FAILED: ("MAJOR", 255, 0, 0)},
+    TaskStatus: {
+        TaskStatus.INIT: ("INIT", 0, 128, 255),
+        TaskStatus.RUN: ("OK", 0, 255, 0),
+        TaskStatus.PAUSED: ("MINOR", 255, 128, 0),
+        TaskStatus.END: _GREY,
+        TaskStatus.ERROR: ("MAJOR", 255, 0, 0),
+    },
+    JobStatus: {
+        JobStatus.IDLE: _GREY,
+        JobStatus.RUNNING: ("RUNNING", 0, 128, 255),
+        JobStatus.SUCCESS: ("OK", 0, 255, 0),
+        JobStatus.FAILED: ("MAJOR", 255, 0, 0),
+    },
 }
 
 
@@ -70,8 +78,16 @@ def _sub(parent: ET.Element, tag: str, text: object = None, **attrs: str) -> ET.
     return el
 
 
-def _widget(parent: ET.Element, kind: str, name: str, x: int, y: int, width: int, height: int = 25,
-            **props: object) -> ET.Element:
+def _widget(
+    parent: ET.Element,
+    kind: str,
+    name: str,
+    x: int,
+    y: int,
+    width: int,
+    height: int = 25,
+    **props: object,
+) -> ET.Element:
     w = _sub(parent, "widget", type=kind, version=WIDGET_VERSIONS.get(kind, "2.0.0"))
     _sub(w, "name", name)
     for key, value in props.items():
@@ -90,12 +106,24 @@ def _color(parent: ET.Element, tag: str, color: tuple[str, int, int, int]) -> No
 
 
 def _font(widget: ET.Element, size: float, bold: bool = True) -> None:
-    _sub(_sub(widget, "font"), "font", family="Liberation Sans", style="BOLD" if bold else "REGULAR",
-         size=f"{size:.1f}")
+    _sub(
+        _sub(widget, "font"),
+        "font",
+        family="Liberation Sans",
+        style="BOLD" if bold else "REGULAR",
+        size=f"{size:.1f}",
+    )
 
 
-def _label(parent: ET.Element, text: str, x: int, y: int, width: int = W_LABEL, height: int = 25,
-           **props: object) -> ET.Element:
+def _label(
+    parent: ET.Element,
+    text: str,
+    x: int,
+    y: int,
+    width: int = W_LABEL,
+    height: int = 25,
+    **props: object,
+) -> ET.Element:
     return _widget(parent, "label", f"label {text}", x, y, width, height, text=text, **props)
 
 
@@ -114,7 +142,16 @@ def _status_led(parent: ET.Element, pv: str, kind: str, x: int, y: int, size: in
 
 def _write_one_button(parent: ET.Element, pv: str, text: str, y: int) -> None:
     """An action button that writes 1 to ``pv`` (RUN, CLEAR, RESET), named by the PV's short name."""
-    w = _widget(parent, "action_button", pv.rsplit(":", 1)[-1], COL_WIDGET, y, W_WIDGET, text=text, pv_name=pv)
+    w = _widget(
+        parent,
+        "action_button",
+        pv.rsplit(":", 1)[-1],
+        COL_WIDGET,
+        y,
+        W_WIDGET,
+        text=text,
+        pv_name=pv,
+    )
     action = _sub(_sub(w, "actions"), "action", type="write_pv")
     _sub(action, "pv_name", pv)
     _sub(action, "value", 1)
@@ -152,8 +189,16 @@ def plugin_screen(screen: Screen) -> bytes:
     """The ``.bob`` screen of one plugin."""
     base = screen.pv_prefix
     by_short = {r.short: r for r in screen.records}
-    inputs = [r for r in screen.records if r.writable and r.short not in ("ENABLE", "RUN", "CLEAR", "RESET")]
-    outputs = [r for r in screen.records if not r.writable and r.short not in ("STATUS", "MESSAGE", "CYCLE_COUNT")]
+    inputs = [
+        r
+        for r in screen.records
+        if r.writable and r.short not in ("ENABLE", "RUN", "CLEAR", "RESET")
+    ]
+    outputs = [
+        r
+        for r in screen.records
+        if not r.writable and r.short not in ("STATUS", "MESSAGE", "CYCLE_COUNT")
+    ]
     kind = screen.kind if screen.kind == "job" else f"{screen.mode} task"
     root = _display(f"iocmng {screen.name}", WIDTH, 0)
     y = 10
@@ -176,21 +221,49 @@ def plugin_screen(screen: Screen) -> bytes:
     section("State")
     row_label("STATUS")
     _status_led(root, f"{base}:STATUS", screen.kind, COL_WIDGET, y + 2)
-    _widget(root, "textupdate", "STATUS text", COL_WIDGET + 30, y, W_WIDGET - 30, pv_name=f"{base}:STATUS")
+    _widget(
+        root,
+        "textupdate",
+        "STATUS text",
+        COL_WIDGET + 30,
+        y,
+        W_WIDGET - 30,
+        pv_name=f"{base}:STATUS",
+    )
     y += ROW
     row_label("MESSAGE")
-    _widget(root, "textupdate", "MESSAGE", COL_WIDGET, y, W_WIDGET + W_INFO, pv_name=f"{base}:MESSAGE")
+    _widget(
+        root, "textupdate", "MESSAGE", COL_WIDGET, y, W_WIDGET + W_INFO, pv_name=f"{base}:MESSAGE"
+    )
     y += ROW
     if "CYCLE_COUNT" in by_short:
         row_label("CYCLE_COUNT")
-        _widget(root, "textupdate", "CYCLE_COUNT", COL_WIDGET, y, W_WIDGET, pv_name=f"{base}:CYCLE_COUNT")
+        _widget(
+            root,
+            "textupdate",
+            "CYCLE_COUNT",
+            COL_WIDGET,
+            y,
+            W_WIDGET,
+            pv_name=f"{base}:CYCLE_COUNT",
+        )
         y += ROW
     if {"ENABLE", "RUN", "CLEAR", "RESET"} & by_short.keys():
         section("Control")
     if "ENABLE" in by_short:
         row_label("ENABLE", "0 pauses the task, 1 resumes it")
-        w = _widget(root, "bool_button", "ENABLE", COL_WIDGET, y, W_WIDGET, pv_name=f"{base}:ENABLE",
-                    off_label="Disabled", on_label="Enabled", show_led=True)
+        w = _widget(
+            root,
+            "bool_button",
+            "ENABLE",
+            COL_WIDGET,
+            y,
+            W_WIDGET,
+            pv_name=f"{base}:ENABLE",
+            off_label="Disabled",
+            on_label="Enabled",
+            show_led=True,
+        )
         _color(w, "on_color", ("On", 0, 255, 0))
         y += ROW
     if "RUN" in by_short:
@@ -199,8 +272,10 @@ def plugin_screen(screen: Screen) -> bytes:
         w2 = _widget(root, "led", "RUN led", COL_INFO, y + 2, 20, 20, pv_name=f"{base}:RUN")
         _color(w2, "on_color", ("RUNNING", 0, 128, 255))
         y += ROW
-    for short, text, tip in (("CLEAR", "Clear latches", "release latched outputs to their rule_defaults"),
-                             ("RESET", "Reset", "CLEAR, forget fired rules, CYCLE_COUNT to 0")):
+    for short, text, tip in (
+        ("CLEAR", "Clear latches", "release latched outputs to their rule_defaults"),
+        ("RESET", "Reset", "CLEAR, forget fired rules, CYCLE_COUNT to 0"),
+    ):
         if short in by_short:
             row_label(short, tip)
             _write_one_button(root, f"{base}:{short}", text, y)
@@ -211,11 +286,31 @@ def plugin_screen(screen: Screen) -> bytes:
         row_label(r.short, r.spec.description)
         pv = f"{base}:{r.short}"
         if r.spec.type == "bool":
-            _widget(root, "bool_button", r.short, COL_WIDGET, y, W_WIDGET, pv_name=pv,
-                    off_label=r.spec.znam or "0", on_label=r.spec.onam or "1", show_led=True)
+            _widget(
+                root,
+                "bool_button",
+                r.short,
+                COL_WIDGET,
+                y,
+                W_WIDGET,
+                pv_name=pv,
+                off_label=r.spec.znam or "0",
+                on_label=r.spec.onam or "1",
+                show_led=True,
+            )
         else:
-            _widget(root, "textentry", r.short, COL_WIDGET, y, W_WIDGET, pv_name=pv, show_units=False,
-                    precision=r.spec.prec, tooltip=f"$(pv_name) {_limits(r)}".strip())
+            _widget(
+                root,
+                "textentry",
+                r.short,
+                COL_WIDGET,
+                y,
+                W_WIDGET,
+                pv_name=pv,
+                show_units=False,
+                precision=r.spec.prec,
+                tooltip=f"$(pv_name) {_limits(r)}".strip(),
+            )
         info = _limits(r)
         if info:
             _label(root, info, COL_INFO, y, W_INFO)
@@ -226,12 +321,33 @@ def plugin_screen(screen: Screen) -> bytes:
         row_label(r.short, r.spec.description)
         pv = f"{base}:{r.short}"
         if r.spec.type == "bool":
-            _widget(root, "led", r.short, COL_WIDGET, y + 2, 20, 20, pv_name=pv,
-                    off_label=r.spec.znam or "", on_label=r.spec.onam or "")
-            _widget(root, "textupdate", f"{r.short} text", COL_WIDGET + 30, y, W_WIDGET - 30, pv_name=pv)
+            _widget(
+                root,
+                "led",
+                r.short,
+                COL_WIDGET,
+                y + 2,
+                20,
+                20,
+                pv_name=pv,
+                off_label=r.spec.znam or "",
+                on_label=r.spec.onam or "",
+            )
+            _widget(
+                root, "textupdate", f"{r.short} text", COL_WIDGET + 30, y, W_WIDGET - 30, pv_name=pv
+            )
         else:
-            _widget(root, "textupdate", r.short, COL_WIDGET, y, W_WIDGET, pv_name=pv, show_units=True,
-                    precision=r.spec.prec)
+            _widget(
+                root,
+                "textupdate",
+                r.short,
+                COL_WIDGET,
+                y,
+                W_WIDGET,
+                pv_name=pv,
+                show_units=True,
+                precision=r.spec.prec,
+            )
         info = _limits(r)
         if info:
             _label(root, info, COL_INFO, y, W_INFO)
@@ -240,7 +356,9 @@ def plugin_screen(screen: Screen) -> bytes:
     return _serialize(root)
 
 
-def overview_screen(screens: Sequence[Screen], prefix: str, link: dict[str, str], title: str = "iocmng") -> bytes:
+def overview_screen(
+    screens: Sequence[Screen], prefix: str, link: dict[str, str], title: str = "iocmng"
+) -> bytes:
     """One row per plugin: name, kind, STATUS, MESSAGE and a button opening its
     screen (``link[name]``: the URL or file of that plugin's ``.bob``)."""
     width = 760

@@ -59,9 +59,26 @@ from .plan import (  # re-exported: the names consumers import from here
 log = logging.getLogger("iocmng.ioc")
 
 __all__ = [
-    "DEFAULT_PV_NAMES", "JOB_STATES", "LINK_ALARM", "MAX_RECORD_NAME", "MAX_STRING", "TASK_STATES", "ArrayRecord",
-    "FastRecord", "InputHandler", "IocBridge", "PluginRecords", "RecordSpec", "RunHandler", "base_of",
-    "default_records", "logic_records", "plan_records", "plugin_prefix", "post_monitor", "truncate",
+    "DEFAULT_PV_NAMES",
+    "JOB_STATES",
+    "LINK_ALARM",
+    "MAX_RECORD_NAME",
+    "MAX_STRING",
+    "TASK_STATES",
+    "ArrayRecord",
+    "FastRecord",
+    "InputHandler",
+    "IocBridge",
+    "PluginRecords",
+    "RecordSpec",
+    "RunHandler",
+    "base_of",
+    "default_records",
+    "logic_records",
+    "plan_records",
+    "plugin_prefix",
+    "post_monitor",
+    "truncate",
 ]
 
 
@@ -89,7 +106,9 @@ class PluginRecords:
         try:
             return self.records[short]
         except KeyError:
-            raise KeyError(f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})") from None
+            raise KeyError(
+                f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})"
+            ) from None
 
     def type_of(self, short: str) -> str:
         self._record(short)
@@ -125,13 +144,22 @@ class PluginRecords:
 
 class _DbAddr(ctypes.Structure):
     # The head of EPICS's DBADDR (dbAddr.h); the tail is room we never read.
-    _fields_ = [("precord", ctypes.c_void_p), ("pfield", ctypes.c_void_p), ("_rest", ctypes.c_char * 112)]
+    _fields_ = [
+        ("precord", ctypes.c_void_p),
+        ("pfield", ctypes.c_void_p),
+        ("_rest", ctypes.c_char * 112),
+    ]
 
 
 _DBE_VALUE_LOG = 1 | 2  # DBE_VALUE | DBE_LOG
 # Database request types (dbFldTypes.h numbering, not db_access.h's).
-_DBR = {"string": (0, None), "int": (5, ctypes.c_int32), "float": (10, ctypes.c_double), "bool": (11, ctypes.c_uint16),
-        "enum": (11, ctypes.c_uint16)}
+_DBR = {
+    "string": (0, None),
+    "int": (5, ctypes.c_int32),
+    "float": (10, ctypes.c_double),
+    "bool": (11, ctypes.c_uint16),
+    "enum": (11, ctypes.c_uint16),
+}
 
 
 _DBCORE: Any = None
@@ -302,11 +330,17 @@ def _special_record(full: str, rec: RecordSpec) -> Any:
     if rec.special == "conn":
         import numpy
 
-        record = builder.WaveformIn(full, initial_value=numpy.zeros(rec.count, dtype=numpy.uint8), DISP=1,
-                                    DESC="1 per connected link, in CONN_*_NAMES order"[:40])
+        record = builder.WaveformIn(
+            full,
+            initial_value=numpy.zeros(rec.count, dtype=numpy.uint8),
+            DISP=1,
+            DESC="1 per connected link, in CONN_*_NAMES order"[:40],
+        )
         return ArrayRecord(record, rec.count)
     text = str(rec.spec.value)
-    return builder.longStringIn(full, initial_value=text, length=max(len(text.encode()) + 1, 40), DISP=1)
+    return builder.longStringIn(
+        full, initial_value=text, length=max(len(text.encode()) + 1, 40), DISP=1
+    )
 
 
 class IocBridge:
@@ -331,9 +365,13 @@ class IocBridge:
         """Create the records of ``plan`` (:class:`~iocmng.epics.backend.RecordBackend`).
         Only possible before :meth:`start`."""
         if plan.prefix != self.prefix or (self.exact and plan.base != self.prefix):
-            raise ValueError(f"the plan of {plan.name} is for records under {plan.base}, not this bridge's "
-                             f"{self.prefix}{'' if self.exact else ':<NAME>'}")
-        return self._build(plan.name, plan.base, plan.kind, plan.records, on_input, on_run, restored)
+            raise ValueError(
+                f"the plan of {plan.name} is for records under {plan.base}, not this bridge's "
+                f"{self.prefix}{'' if self.exact else ':<NAME>'}"
+            )
+        return self._build(
+            plan.name, plan.base, plan.kind, plan.records, on_input, on_run, restored
+        )
 
     def add_plugin(
         self,
@@ -348,8 +386,15 @@ class IocBridge:
     ) -> PluginRecords:
         """Create the records of one plugin under ``base`` (default ``<prefix>:<NAME>``).
         Only possible before :meth:`start`. The older form of :meth:`create`."""
-        return self._build(name, self.prefix if self.exact else (base or plugin_prefix(self.prefix, name)), kind,
-                           specs, on_input, on_run, restored)
+        return self._build(
+            name,
+            self.prefix if self.exact else (base or plugin_prefix(self.prefix, name)),
+            kind,
+            specs,
+            on_input,
+            on_run,
+            restored,
+        )
 
     def _build(
         self,
@@ -362,7 +407,9 @@ class IocBridge:
         restored: Mapping[str, Any] | None,
     ) -> PluginRecords:
         if self.started:
-            raise RuntimeError("the record set is frozen after iocInit; a reload is needed to add records")
+            raise RuntimeError(
+                "the record set is frozen after iocInit; a reload is needed to add records"
+            )
         from softioc import builder
 
         restored = restored or {}
@@ -379,7 +426,9 @@ class IocBridge:
                 try:
                     value = coerce_value(spec.type, restored[rec.short])
                 except (TypeError, ValueError):
-                    log.warning("ignoring unusable saved value %r for %s", restored[rec.short], full)
+                    log.warning(
+                        "ignoring unusable saved value %r for %s", restored[rec.short], full
+                    )
             fields: dict[str, Any] = {}
             if spec.description:
                 fields["DESC"] = spec.description
@@ -407,7 +456,10 @@ class IocBridge:
         if spec.unit is not None:
             fields["EGU"] = spec.unit
         if spec.type in ("float", "int"):
-            limits = (("LOPR", _limit(spec, spec.low, up=True)), ("HOPR", _limit(spec, spec.high, up=False)))
+            limits = (
+                ("LOPR", _limit(spec, spec.low, up=True)),
+                ("HOPR", _limit(spec, spec.high, up=False)),
+            )
             fields.update({k: v for k, v in limits if v is not None})
         if spec.type == "float":
             if spec.prec is not None:
@@ -416,7 +468,9 @@ class IocBridge:
         elif spec.type == "int":
             builder.records.longin(full, **fields)
         elif spec.type == "bool":
-            fields.update({k: v for k, v in (("ZNAM", spec.znam), ("ONAM", spec.onam)) if v is not None})
+            fields.update(
+                {k: v for k, v in (("ZNAM", spec.znam), ("ONAM", spec.onam)) if v is not None}
+            )
             builder.records.bi(full, **fields)
         else:
             value = fields["VAL"] = truncate(value)
@@ -446,8 +500,16 @@ class IocBridge:
                     await on_run()
 
             # blocking: a CA put-with-callback completes only when the cycle ends
-            return builder.boolOut(full, spec.znam, spec.onam, initial_value=0, on_update=run_update,
-                                   blocking=True, always_update=True, **fields)
+            return builder.boolOut(
+                full,
+                spec.znam,
+                spec.onam,
+                initial_value=0,
+                on_update=run_update,
+                blocking=True,
+                always_update=True,
+                **fields,
+            )
 
         def update(v: Any, _short: str = rec.short) -> Awaitable[None] | None:
             return on_input(_short, v)
@@ -455,11 +517,21 @@ class IocBridge:
         fields.update(_alarm_fields(spec))
         kw = dict(initial_value=value, on_update=update, always_update=True, **fields)
         if spec.type == "float":
-            return builder.aOut(full, EGU=spec.unit, PREC=spec.prec, LOPR=spec.low, HOPR=spec.high,
-                                DRVL=spec.low, DRVH=spec.high, **kw)
+            return builder.aOut(
+                full,
+                EGU=spec.unit,
+                PREC=spec.prec,
+                LOPR=spec.low,
+                HOPR=spec.high,
+                DRVL=spec.low,
+                DRVH=spec.high,
+                **kw,
+            )
         if spec.type == "int":
             low, high = _limit(spec, spec.low, up=True), _limit(spec, spec.high, up=False)
-            return builder.longOut(full, EGU=spec.unit, LOPR=low, HOPR=high, DRVL=low, DRVH=high, **kw)
+            return builder.longOut(
+                full, EGU=spec.unit, LOPR=low, HOPR=high, DRVL=low, DRVH=high, **kw
+            )
         if spec.type == "bool":
             return builder.boolOut(full, spec.znam, spec.onam, **kw)
         kw["initial_value"] = truncate(value)
@@ -481,5 +553,8 @@ class IocBridge:
         check_active()
         for records in self.plugins.values():
             records.attach()
-        log.info("IOC started: %d plugin(s), %d record(s)", len(self.plugins),
-                 sum(len(p.records) for p in self.plugins.values()))
+        log.info(
+            "IOC started: %d plugin(s), %d record(s)",
+            len(self.plugins),
+            sum(len(p.records) for p in self.plugins.values()),
+        )

@@ -34,10 +34,33 @@ from ..errors import ConfigError
 from .alarm import LINK_ALARM, SYS_CONN_ALARM, Alarm, AlarmStatus, Severity
 
 __all__ = [
-    "DEFAULT_PV_NAMES", "JOB_STATES", "LINK_ALARM", "MAX_RECORD_NAME", "MAX_STRING", "RECORD_TYPES",
-    "SYS_CONN_ALARM", "TASK_STATES", "Alarm", "AlarmStatus", "JobStatus", "RecordPlan", "RecordSpec", "Severity",
-    "TaskStatus", "base_of", "default_records", "logic_records", "merge_parameters", "plan", "plan_records",
-    "plugin_prefix", "record_value", "status_enum", "status_fields", "status_labels", "truncate",
+    "DEFAULT_PV_NAMES",
+    "JOB_STATES",
+    "LINK_ALARM",
+    "MAX_RECORD_NAME",
+    "MAX_STRING",
+    "RECORD_TYPES",
+    "SYS_CONN_ALARM",
+    "TASK_STATES",
+    "Alarm",
+    "AlarmStatus",
+    "JobStatus",
+    "RecordPlan",
+    "RecordSpec",
+    "Severity",
+    "TaskStatus",
+    "base_of",
+    "default_records",
+    "logic_records",
+    "merge_parameters",
+    "plan",
+    "plan_records",
+    "plugin_prefix",
+    "record_value",
+    "status_enum",
+    "status_fields",
+    "status_labels",
+    "truncate",
 ]
 
 #: EPICS record names are at most 60 characters (PVNAME_STRINGSZ - 1).
@@ -135,8 +158,10 @@ def record_value(pv_type: str, value: Any) -> Any:
 
 # -- records -------------------------------------------------------------------------------------
 #: Record types by PV type, for writable (operator-written) and read-only records.
-RECORD_TYPES = {True: {"float": "ao", "int": "longout", "bool": "bo", "string": "stringout"},
-                False: {"float": "ai", "int": "longin", "bool": "bi", "string": "stringin"}}
+RECORD_TYPES = {
+    True: {"float": "ao", "int": "longout", "bool": "bo", "string": "stringout"},
+    False: {"float": "ai", "int": "longin", "bool": "bi", "string": "stringin"},
+}
 
 
 @dataclass(frozen=True)
@@ -184,7 +209,12 @@ def default_records(kind: str, mode: str) -> list[RecordSpec]:
             RecordSpec("MESSAGE", False, PVSpec(type="string")),
         ]
     recs = [
-        RecordSpec("ENABLE", True, PVSpec(type="bool", value=1, znam="Disabled", onam="Enabled"), autosave=True),
+        RecordSpec(
+            "ENABLE",
+            True,
+            PVSpec(type="bool", value=1, znam="Disabled", onam="Enabled"),
+            autosave=True,
+        ),
         RecordSpec("STATUS", False, PVSpec(type="int")),
         RecordSpec("MESSAGE", False, PVSpec(type="string")),
     ]
@@ -196,8 +226,22 @@ def default_records(kind: str, mode: str) -> list[RecordSpec]:
 
 
 #: Records iocmng adds: the defaults of SPEC §5, VERSION, and those of plugins with logic or links.
-DEFAULT_PV_NAMES = frozenset({"ENABLE", "STATUS", "MESSAGE", "CYCLE_COUNT", "RUN", "VERSION", "CLEAR", "RESET",
-                              "CONN_INP", "CONN_OUT", "CONN_INP_NAMES", "CONN_OUT_NAMES"})
+DEFAULT_PV_NAMES = frozenset(
+    {
+        "ENABLE",
+        "STATUS",
+        "MESSAGE",
+        "CYCLE_COUNT",
+        "RUN",
+        "VERSION",
+        "CLEAR",
+        "RESET",
+        "CONN_INP",
+        "CONN_OUT",
+        "CONN_INP_NAMES",
+        "CONN_OUT_NAMES",
+    }
+)
 
 
 def plugin_prefix(prefix: str, name: str, config: PluginConfig | None = None) -> str:
@@ -225,14 +269,32 @@ def logic_records(kind: str, config: PluginConfig) -> list[RecordSpec]:
     if version is not None:
         recs.append(RecordSpec("VERSION", False, PVSpec(type="string", value=str(version))))
     if kind == "task" and config.has_logic:
-        recs.append(RecordSpec("CLEAR", True, PVSpec(type="bool", znam="Idle", onam="Clear"), special="pulse"))
-        recs.append(RecordSpec("RESET", True, PVSpec(type="bool", znam="Idle", onam="Reset"), special="pulse"))
+        recs.append(
+            RecordSpec(
+                "CLEAR", True, PVSpec(type="bool", znam="Idle", onam="Clear"), special="pulse"
+            )
+        )
+        recs.append(
+            RecordSpec(
+                "RESET", True, PVSpec(type="bool", znam="Idle", onam="Reset"), special="pulse"
+            )
+        )
     for tag, section in (("INP", config.pvs.inputs), ("OUT", config.pvs.outputs)):
         wired = [n for n, s in section.items() if s.link is not None]
         if wired:
-            recs.append(RecordSpec(f"CONN_{tag}", False, PVSpec(type="int"), special="conn", count=len(wired)))
-            recs.append(RecordSpec(f"CONN_{tag}_NAMES", False, PVSpec(type="string", value=" ".join(wired)),
-                                   special="names"))
+            recs.append(
+                RecordSpec(
+                    f"CONN_{tag}", False, PVSpec(type="int"), special="conn", count=len(wired)
+                )
+            )
+            recs.append(
+                RecordSpec(
+                    f"CONN_{tag}_NAMES",
+                    False,
+                    PVSpec(type="string", value=" ".join(wired)),
+                    special="names",
+                )
+            )
     return recs
 
 
@@ -242,27 +304,39 @@ def _record_specs(base: str, kind: str, mode: str, config: PluginConfig) -> list
     for section, pvs in (("inputs", config.pvs.inputs), ("outputs", config.pvs.outputs)):
         for pv in pvs:
             if pv in DEFAULT_PV_NAMES:
-                errors.append({"loc": f"pvs.{section}.{pv}", "msg": f"collides with the default PV {pv}; choose another name"})
+                errors.append(
+                    {
+                        "loc": f"pvs.{section}.{pv}",
+                        "msg": f"collides with the default PV {pv}; choose another name",
+                    }
+                )
     recs = default_records(kind, mode)
     recs += logic_records(kind, config)
-    recs += [RecordSpec(k, v.link is None, v, autosave=v.link is None) for k, v in config.pvs.inputs.items()]
+    recs += [
+        RecordSpec(k, v.link is None, v, autosave=v.link is None)
+        for k, v in config.pvs.inputs.items()
+    ]
     recs += [RecordSpec(k, False, v) for k, v in config.pvs.outputs.items()]
     for rec in recs:
         full = f"{base}:{rec.short}"
         if len(full) > MAX_RECORD_NAME:
             section = "inputs" if rec.short in config.pvs.inputs else "outputs"
             loc = f"pvs.{section}.{rec.short}" if rec.short not in DEFAULT_PV_NAMES else "name"
-            errors.append({
-                "loc": loc,
-                "msg": f"PV name {full!r} is {len(full)} characters, over the EPICS limit of {MAX_RECORD_NAME}; "
-                "shorten the PV, plugin name or prefix",
-            })
+            errors.append(
+                {
+                    "loc": loc,
+                    "msg": f"PV name {full!r} is {len(full)} characters, over the EPICS limit of {MAX_RECORD_NAME}; "
+                    "shorten the PV, plugin name or prefix",
+                }
+            )
     if errors:
         raise ConfigError("config.yaml", errors)
     return recs
 
 
-def plan_records(prefix: str, name: str, kind: str, mode: str, config: PluginConfig) -> list[RecordSpec]:
+def plan_records(
+    prefix: str, name: str, kind: str, mode: str, config: PluginConfig
+) -> list[RecordSpec]:
     """All records of one plugin, checked: no collision with defaults, names fit EPICS.
 
     Raises ConfigError naming the PV and the fix. A wired input is a read-only
@@ -273,8 +347,9 @@ def plan_records(prefix: str, name: str, kind: str, mode: str, config: PluginCon
 
 
 # -- the plan --------------------------------------------------------------------------------------
-def merge_parameters(kind: str, config: PluginConfig, overrides: Mapping[str, Any] | None,
-                     where: str = "parameters") -> tuple[str, dict[str, Any]]:
+def merge_parameters(
+    kind: str, config: PluginConfig, overrides: Mapping[str, Any] | None, where: str = "parameters"
+) -> tuple[str, dict[str, Any]]:
     """The one rule for a plugin's parameters: ``(mode, self.parameters)``.
 
     The overrides are deep-merged into config.yaml's ``parameters:`` and the
@@ -288,8 +363,16 @@ def merge_parameters(kind: str, config: PluginConfig, overrides: Mapping[str, An
     if kind == "job":
         return "job", deep_merge(config.parameters, dict(overrides or {}))
     if params.mode not in TASK_MODES:  # 'job' (iocmng 2.7.9) is for jobs only
-        raise ConfigError("parameters", [{"loc": "parameters.mode", "msg": f"{params.mode!r} is not a task mode; "
-                                          "use one of " + ", ".join(TASK_MODES)}])
+        raise ConfigError(
+            "parameters",
+            [
+                {
+                    "loc": "parameters.mode",
+                    "msg": f"{params.mode!r} is not a task mode; "
+                    "use one of " + ", ".join(TASK_MODES),
+                }
+            ],
+        )
     return params.mode, params.as_dict()
 
 
@@ -358,8 +441,16 @@ class RecordPlan:
         return deep_merge(dict(self.parameters), {})
 
 
-def plan(prefix: str, name: str, kind: str, config: PluginConfig, overrides: Mapping[str, Any] | None = None,
-         *, where: str = "parameters", exact: bool = False) -> RecordPlan:
+def plan(
+    prefix: str,
+    name: str,
+    kind: str,
+    config: PluginConfig,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    where: str = "parameters",
+    exact: bool = False,
+) -> RecordPlan:
     """The record plan of plugin ``name`` of ``kind`` (``task`` or ``job``) under the service ``prefix``.
 
     ``overrides`` are the registered (REST/CLI/boot list) parameters, merged by
@@ -374,5 +465,12 @@ def plan(prefix: str, name: str, kind: str, config: PluginConfig, overrides: Map
     mode, parameters = merge_parameters(kind, config, overrides, where)
     base = prefix if exact else plugin_prefix(prefix, name, config)
     records = _record_specs(base, kind, mode, config)
-    return RecordPlan(prefix=prefix, name=name, kind=kind, base=base, mode=mode,
-                      parameters=MappingProxyType(parameters), records=tuple(records))
+    return RecordPlan(
+        prefix=prefix,
+        name=name,
+        kind=kind,
+        base=base,
+        mode=mode,
+        parameters=MappingProxyType(parameters),
+        records=tuple(records),
+    )

@@ -147,12 +147,16 @@ class _PVs(Mapping[str, _PV]):
         return len(self._names)
 
 
-def observed(fn: Callable[[], Any], before: Callable[[], None] | None = None,
-              after: Callable[[Any], None] | None = None,
-              failed: Callable[[BaseException], None] | None = None) -> Callable[[], Any]:
+def observed(
+    fn: Callable[[], Any],
+    before: Callable[[], None] | None = None,
+    after: Callable[[Any], None] | None = None,
+    failed: Callable[[BaseException], None] | None = None,
+) -> Callable[[], Any]:
     """``fn`` (a plugin's bound method, ``def`` or ``async def``) with the same call, result and
     exceptions, telling ``before()`` it starts, ``after(result)`` it returned, ``failed(exc)`` it raised."""
     if inspect.iscoroutinefunction(fn):
+
         @functools.wraps(fn)
         async def observed_async() -> Any:
             if before is not None:
@@ -300,7 +304,9 @@ class PluginBase(ChannelFinderHelpers):
         warned: set[str] = self.__dict__.setdefault("_iocmng_unknown_pvs", set())
         if name not in warned:
             warned.add(name)
-            self.logger.warning("%r is not a PV of this plugin: ignored (as iocmng 2.7.9 did)", name)
+            self.logger.warning(
+                "%r is not a PV of this plugin: ignored (as iocmng 2.7.9 did)", name
+            )
 
     def set_output(self, name: str, value: Any) -> None:
         """iocmng 2.7.9's alias of :meth:`set_pv` (a wired output also writes its external PV).
@@ -355,8 +361,13 @@ class PluginBase(ChannelFinderHelpers):
         config = getattr(self._ctx, "config", None)
         if config is None:
             return {"inputs": {}, "outputs": {}}
-        return {side: {n: s.model_dump(exclude_none=True, exclude_defaults=True) | {"type": s.type}
-                       for n, s in getattr(config.pvs, side).items()} for side in ("inputs", "outputs")}
+        return {
+            side: {
+                n: s.model_dump(exclude_none=True, exclude_defaults=True) | {"type": s.type}
+                for n, s in getattr(config.pvs, side).items()
+            }
+            for side in ("inputs", "outputs")
+        }
 
     @compat_member
     def beamline_config(self) -> dict[str, Any]:
@@ -366,7 +377,9 @@ class PluginBase(ChannelFinderHelpers):
         first use; this plugin's own copy (2.7.9 shared one dict between plugins)."""
         cached = self.__dict__.get("_iocmng_beamline_config")
         if cached is None:
-            cached = self.__dict__["_iocmng_beamline_config"] = _read_beamline_config(self._ctx, self.logger)
+            cached = self.__dict__["_iocmng_beamline_config"] = _read_beamline_config(
+                self._ctx, self.logger
+            )
         return cached
 
     @compat_member
@@ -385,8 +398,9 @@ class PluginBase(ChannelFinderHelpers):
         """iocmng 2.7.9's helper: the Unix time in milliseconds."""
         return int(time.time() * 1000)
 
-    def create_device(self, prefix: str, devgroup: str, devtype: str, name: str | None = None,
-                      cache: bool = True) -> Any:
+    def create_device(
+        self, prefix: str, devgroup: str, devtype: str, name: str | None = None, cache: bool = True
+    ) -> Any:
         """iocmng 2.7.9's ``create_device``: an ophyd device of infn_ophyd_hal's
         factory for ``prefix`` (``devgroup``/``devtype`` as in ChannelFinder,
         ``name`` defaults to the last segment of the prefix); ``None`` without
@@ -399,8 +413,12 @@ class PluginBase(ChannelFinderHelpers):
         """
         from ..epics.channelfinder import create_device as build_device
 
-        desc = {"name": name or prefix.rsplit(":", 1)[-1], "prefix": prefix, "devgroup": devgroup,
-                "devtype": devtype}
+        desc = {
+            "name": name or prefix.rsplit(":", 1)[-1],
+            "prefix": prefix,
+            "devgroup": devgroup,
+            "devtype": devtype,
+        }
 
         def build() -> Any:  # in a thread without a loop: cf_create_device answers at once
             try:

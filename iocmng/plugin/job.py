@@ -37,7 +37,9 @@ def normalize_result(value: Any) -> JobResult:
         return JobResult(True, {}, "")
     if isinstance(value, dict):
         if "success" in value:
-            return JobResult(bool(value["success"]), dict(value.get("data") or {}), str(value.get("message", "")))
+            return JobResult(
+                bool(value["success"]), dict(value.get("data") or {}), str(value.get("message", ""))
+            )
         return JobResult(True, value, "")
     if isinstance(value, bool):
         return JobResult(value, {}, "")

@@ -41,7 +41,8 @@ class TaskBase(PluginBase, ABC):
         # `running` turns False when the runtime starts cleanup(), as 2.7.9's stop()
         # did before calling it: wrap this instance's cleanup (same call, same result).
         self.__dict__["cleanup"] = observed(
-            self.cleanup, before=lambda: self.__dict__.__setitem__("_iocmng_stopping", True))
+            self.cleanup, before=lambda: self.__dict__.__setitem__("_iocmng_stopping", True)
+        )
 
     @compat_member
     def running(self) -> bool:
@@ -57,10 +58,15 @@ class TaskBase(PluginBase, ABC):
         attribute and does not stop anything (set ENABLE to 0 to pause).
         """
         ctx = self._ctx
-        if self.__dict__.get("_iocmng_stopping") or str(getattr(ctx, "state", "")) not in ("running", "paused"):
+        if self.__dict__.get("_iocmng_stopping") or str(getattr(ctx, "state", "")) not in (
+            "running",
+            "paused",
+        ):
             return False
         loop_task = getattr(ctx, "task", None)
-        if self.mode == "continuous" and (loop_task is None or loop_task.done() or loop_task.cancelling()):
+        if self.mode == "continuous" and (
+            loop_task is None or loop_task.done() or loop_task.cancelling()
+        ):
             return False
         return True
 

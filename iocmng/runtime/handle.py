@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 #: changes every cycle would double the record updates and the monitor
 #: traffic of a fast task for little use. Pause, stop and errors always publish.
 COUNTER_PERIOD = 0.5
+
+
 class PluginStalled(BaseException):
     """Raised into a plugin's code that held the event loop past the watchdog's limit.
 
@@ -59,7 +61,24 @@ STOP_TIMEOUT = 5.0
 
 
 #: Upper bounds (seconds) of the cycle/run duration histogram buckets.
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 
 
 class Durations:
@@ -142,7 +161,9 @@ class PluginHandle:
         self.wiring: PluginWiring | None = None  # links and rules, when the config declares them
         self.logic: Logic | None = None
         self.last_inputs: dict[str, Any] = {}  # operator inputs: the value before a write ("old")
-        self.hooks: set[asyncio.Task[Any]] = set()  # running on_input_changed calls of trigger inputs
+        self.hooks: set[asyncio.Task[Any]] = (
+            set()
+        )  # running on_input_changed calls of trigger inputs
         self.state = State.PENDING
         self.last_error: str | None = None
         self.error_count = 0
@@ -341,10 +362,18 @@ class PluginHandle:
     def note_stall(self, seconds: float, where: str) -> None:
         """The watchdog caught this plugin holding the loop (below the limit)."""
         self.stalls += 1
-        self.last_error = f"held the event loop for {seconds:.2f}s at {where} (use async I/O or a sync method)"
+        self.last_error = (
+            f"held the event loop for {seconds:.2f}s at {where} (use async I/O or a sync method)"
+        )
 
-    def reload(self, spec: PluginSpec, cls: type[PluginBase], config: PluginConfig, params: dict[str, Any],
-               logic: Logic) -> None:
+    def reload(
+        self,
+        spec: PluginSpec,
+        cls: type[PluginBase],
+        config: PluginConfig,
+        params: dict[str, Any],
+        logic: Logic,
+    ) -> None:
         """New code for a stopped plugin (same records): back to ``pending``, no error."""
         self.spec, self.cls, self.config, self.params, self.logic = spec, cls, config, params, logic
         self.interval = float(params.get("interval", 1.0))
@@ -363,7 +392,9 @@ class PluginHandle:
         if self.records is None or "CYCLE_COUNT" not in self.records:
             return
         now = time.monotonic()
-        if self.cycle_count != self._published_count and (force or now - self._published_at >= COUNTER_PERIOD):
+        if self.cycle_count != self._published_count and (
+            force or now - self._published_at >= COUNTER_PERIOD
+        ):
             self._published_at = now
             self._published_count = self.cycle_count
             self.records.set("CYCLE_COUNT", self.cycle_count)
@@ -436,8 +467,12 @@ class PluginHandle:
         last_text, last_at = self._last_logged
         if text != last_text or now - last_at > 60:  # do not flood the log at 10 Hz
             self._last_logged = (text, now)
-            self.services.plugin_logger(self.name).error("%s failed (error #%d)", where, self.error_count,
-                                                         exc_info=(type(exc), exc, exc.__traceback__))
+            self.services.plugin_logger(self.name).error(
+                "%s failed (error #%d)",
+                where,
+                self.error_count,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
         self.services.emit("error", plugin=self.name, error=text)
 
     def info(self) -> dict[str, Any]:

@@ -73,7 +73,9 @@ def unload(plugin: str) -> None:
         del sys.modules[mod]
 
 
-def load_class(directory: Path, plugin: str, extra_paths: list[Path] | None = None) -> type[PluginBase]:
+def load_class(
+    directory: Path, plugin: str, extra_paths: list[Path] | None = None
+) -> type[PluginBase]:
     """Import the plugin's files and return its one concrete plugin class.
 
     Raises PluginLoadError naming the file and the problem; its ``step`` is
@@ -93,12 +95,17 @@ def _error(detail: str, step: str) -> PluginLoadError:
     return err
 
 
-def import_files(directory: Path, plugin: str, extra_paths: list[Path] | None = None) -> list[tuple[Path, type]]:
+def import_files(
+    directory: Path, plugin: str, extra_paths: list[Path] | None = None
+) -> list[tuple[Path, type]]:
     """Import every plugin file; return the TaskBase/JobBase subclasses they define."""
     files = plugin_files(directory)
     if not files:
-        raise _error(f"{directory.name}: no .py file (files starting with '_' are ignored); a plugin of config.yaml "
-                     "alone (declarative) must declare links, rules or transforms", "import")
+        raise _error(
+            f"{directory.name}: no .py file (files starting with '_' are ignored); a plugin of config.yaml "
+            "alone (declarative) must declare links, rules or transforms",
+            "import",
+        )
     unload(plugin)
     # Appended, not prepended: the service's own packages always win, so a
     # plugin's requirements (or a file named like a stdlib module) cannot
@@ -109,19 +116,30 @@ def import_files(directory: Path, plugin: str, extra_paths: list[Path] | None = 
     candidates: list[tuple[Path, type]] = []
     for file in files:
         name = _module_name(plugin, file.stem)
-        spec = importlib.util.spec_from_file_location(name, file, loader=_FreshSourceLoader(name, str(file)))
+        spec = importlib.util.spec_from_file_location(
+            name, file, loader=_FreshSourceLoader(name, str(file))
+        )
         if spec is None or spec.loader is None:
             raise _error(f"{file.name}: cannot be imported", "import")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except (Exception, SystemExit) as exc:  # sys.exit() at import is a broken plugin, not a stop
+        except (
+            Exception,
+            SystemExit,
+        ) as exc:  # sys.exit() at import is a broken plugin, not a stop
             unload(plugin)
-            raise _error(f"{file.name}: import failed: {type(exc).__name__}: {exc}", "import") from exc
+            raise _error(
+                f"{file.name}: import failed: {type(exc).__name__}: {exc}", "import"
+            ) from exc
         for _, obj in inspect.getmembers(module, inspect.isclass):
             # classes defined in this file only: imported ones do not count
-            if obj.__module__ == name and issubclass(obj, (TaskBase, JobBase)) and obj not in (TaskBase, JobBase):
+            if (
+                obj.__module__ == name
+                and issubclass(obj, (TaskBase, JobBase))
+                and obj not in (TaskBase, JobBase)
+            ):
                 candidates.append((file, obj))
     return candidates
 
@@ -129,17 +147,26 @@ def import_files(directory: Path, plugin: str, extra_paths: list[Path] | None = 
 def choose_class(candidates: list[tuple[Path, type]]) -> type[PluginBase]:
     """Pick the plugin class: the one concrete leaf among the candidates."""
     if not candidates:
-        raise _error("no plugin class: define one class deriving from iocmng.TaskBase or iocmng.JobBase", "inheritance")
+        raise _error(
+            "no plugin class: define one class deriving from iocmng.TaskBase or iocmng.JobBase",
+            "inheritance",
+        )
     classes = [c for _, c in candidates]
     # A class another candidate derives from is an intermediate base, not the plugin.
-    leaves = [(f, c) for f, c in candidates if not any(o is not c and issubclass(o, c) for o in classes)]
+    leaves = [
+        (f, c) for f, c in candidates if not any(o is not c and issubclass(o, c) for o in classes)
+    ]
     concrete = [(f, c) for f, c in leaves if not inspect.isabstract(c)]
     if len(concrete) == 1:
         return concrete[0][1]
     if len(concrete) > 1:
         names = ", ".join(f"{c.__name__} ({f.name})" for f, c in concrete)
-        raise _error(f"more than one plugin class: {names}; a plugin directory must define exactly one", "inheritance")
+        raise _error(
+            f"more than one plugin class: {names}; a plugin directory must define exactly one",
+            "inheritance",
+        )
     problems = "; ".join(
-        f"{c.__name__} ({f.name}) does not implement {', '.join(missing_abstract(c))}" for f, c in leaves
+        f"{c.__name__} ({f.name}) does not implement {', '.join(missing_abstract(c))}"
+        for f, c in leaves
     )
     raise _error(f"missing abstract methods: {problems}", "abstract")

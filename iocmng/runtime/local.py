@@ -26,10 +26,17 @@ def name_from_dir(directory: Path) -> str:
     return (name or "plugin")[:40]
 
 
-
-async def run_plugins(dirs: list[Path], prefix: str, params: dict[str, Any], name: str | None, *,
-                       exact_prefix: bool = False, extra_paths: list[Path] | None = None,
-                       pvout: Path | None = None, cls: type | None = None) -> int:
+async def run_plugins(
+    dirs: list[Path],
+    prefix: str,
+    params: dict[str, Any],
+    name: str | None,
+    *,
+    exact_prefix: bool = False,
+    extra_paths: list[Path] | None = None,
+    pvout: Path | None = None,
+    cls: type | None = None,
+) -> int:
     """Run plugin directories; ``exact_prefix`` (iocmng-run, one plugin): PVs are ``<prefix>:<PV>``;
     ``cls`` (one directory holding its config.yaml): the plugin class, instead of the directory's module."""
     # Imported here: `iocmng --help` and the client commands must not load softioc.
@@ -44,7 +51,9 @@ async def run_plugins(dirs: list[Path], prefix: str, params: dict[str, Any], nam
     failed = []
     for d in dirs:
         plugin = name if name and len(dirs) == 1 else name_from_dir(d)
-        h = runtime.prepare(PluginSpec(plugin, d.resolve(), params, list(extra_paths or []), cls=cls))
+        h = runtime.prepare(
+            PluginSpec(plugin, d.resolve(), params, list(extra_paths or []), cls=cls)
+        )
         if h.state == State.FAILED:
             failed.append(f"{d}: {h.last_error}")
     if failed:
@@ -65,7 +74,13 @@ async def run_plugins(dirs: list[Path], prefix: str, params: dict[str, Any], nam
     # do not walk it while the loop is ticking (docs/performance.md).
     gc.freeze()
     for h in runtime.handles.values():
-        log.info("%s %s (%s): %s", h.kind, h.name, h.mode, ", ".join(h.records.names() if h.records else []))
+        log.info(
+            "%s %s (%s): %s",
+            h.kind,
+            h.name,
+            h.mode,
+            ", ".join(h.records.names() if h.records else []),
+        )
         if h.kind == "job" and h.state == State.IDLE:
             result = await runtime.run_job(h.name)
             print(json.dumps(result), flush=True)
@@ -79,5 +94,3 @@ async def run_plugins(dirs: list[Path], prefix: str, params: dict[str, Any], nam
 def _write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-
-

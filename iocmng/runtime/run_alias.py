@@ -111,18 +111,27 @@ def resolve_class(module: Any, class_name: str | None, label: str | None = None)
     if class_name:
         cls = getattr(module, class_name, None)
         if not (inspect.isclass(cls) and issubclass(cls, (TaskBase, JobBase))):
-            raise UsageError(f"-c {class_name}: no TaskBase/JobBase subclass of that name in {module.__name__}")
+            raise UsageError(
+                f"-c {class_name}: no TaskBase/JobBase subclass of that name in {module.__name__}"
+            )
         return cls
-    defined = [c for _, c in inspect.getmembers(module, inspect.isclass)
-               if issubclass(c, (TaskBase, JobBase)) and c.__module__ == module.__name__]
+    defined = [
+        c
+        for _, c in inspect.getmembers(module, inspect.isclass)
+        if issubclass(c, (TaskBase, JobBase)) and c.__module__ == module.__name__
+    ]
     found = [c for c in defined if not inspect.isabstract(c)]
     if not found and defined:  # say what is missing rather than "none"
-        missing = "; ".join(f"{c.__name__} does not implement {', '.join(sorted(c.__abstractmethods__))}"
-                            for c in defined)
+        missing = "; ".join(
+            f"{c.__name__} does not implement {', '.join(sorted(c.__abstractmethods__))}"
+            for c in defined
+        )
         raise UsageError(f"{label}: {missing}")
     if len(found) != 1:
         what = ", ".join(c.__name__ for c in found) or "none"
-        raise UsageError(f"{label}: expected one plugin class defined in it (found: {what}); use -c CLASS")
+        raise UsageError(
+            f"{label}: expected one plugin class defined in it (found: {what}); use -c CLASS"
+        )
     return found[0]
 
 
@@ -150,7 +159,9 @@ def plugin_file_beside(config: Path) -> Path | None:
         files = [f for f in files if _defines_plugin(f)] or files
     if len(files) > 1:
         names = ", ".join(f.name for f in files)
-        raise UsageError(f"{len(files)} candidate plugin files beside {config.name}: {names}; choose one with -m FILE")
+        raise UsageError(
+            f"{len(files)} candidate plugin files beside {config.name}: {names}; choose one with -m FILE"
+        )
     return files[0] if files else None
 
 
@@ -164,8 +175,10 @@ def check_declarative(config: Path) -> None:
     except ConfigError as exc:
         raise UsageError(exc.detail) from None
     if not parsed.has_logic:
-        raise UsageError(f"no plugin .py file beside {config}, and it declares no links, rules or transforms "
-                         "(a declarative task needs them); give the plugin with -m FILE")
+        raise UsageError(
+            f"no plugin .py file beside {config}, and it declares no links, rules or transforms "
+            "(a declarative task needs them); give the plugin with -m FILE"
+        )
 
 
 def _env(var: str) -> str | None:
@@ -194,7 +207,9 @@ def resolve(args: argparse.Namespace) -> Plan:
     if config is None and args.module is None:
         config = find_config(Path.cwd())
         if config is None:
-            raise UsageError("no -m MODULE and no config.yaml here; give --config FILE (and -m MODULE)")
+            raise UsageError(
+                "no -m MODULE and no config.yaml here; give --config FILE (and -m MODULE)"
+            )
     prefix = args.prefix if args.prefix is not None else _env("IOC_PREFIX")
     if prefix is not None:
         flag = "--prefix" if args.prefix is not None else "IOC_PREFIX"
@@ -225,8 +240,17 @@ def resolve(args: argparse.Namespace) -> Plan:
     return Plan(cls, config, name, prefix, source)
 
 
-def run_staged(cls: type | None, write_config: Callable[[Path], None], name: str, prefix: str,
-               params: dict[str, Any], *, exact_prefix: bool, extra_paths: list[Path], pvout: Path | None) -> int:
+def run_staged(
+    cls: type | None,
+    write_config: Callable[[Path], None],
+    name: str,
+    prefix: str,
+    params: dict[str, Any],
+    *,
+    exact_prefix: bool,
+    extra_paths: list[Path],
+    pvout: Path | None,
+) -> int:
     """Run one plugin through ``iocmng run``'s machinery (:func:`iocmng.runtime.local.run_plugins`):
     its config.yaml (``write_config(path)``) in a throw-away directory, and the class itself
     (``cls`` None: a declarative task). Used by ``iocmng-run`` and ``run_ioc()``."""
@@ -236,22 +260,61 @@ def run_staged(cls: type | None, write_config: Callable[[Path], None], name: str
         staged = Path(tmp) / name
         staged.mkdir()
         write_config(staged / "config.yaml")
-        return asyncio.run(run_plugins([staged], prefix, params, name, exact_prefix=exact_prefix,
-                                        extra_paths=extra_paths, pvout=pvout, cls=cls))
+        return asyncio.run(
+            run_plugins(
+                [staged],
+                prefix,
+                params,
+                name,
+                exact_prefix=exact_prefix,
+                extra_paths=extra_paths,
+                pvout=pvout,
+                cls=cls,
+            )
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iocmng-run", description="Run one plugin as a soft IOC (alias of `iocmng run`).")
-    p.add_argument("-m", "--module", help="plugin file (x.py) or module path (pkg.mod); default: the one .py beside "
-                                          "the config, else the config alone (declarative)")
-    p.add_argument("-c", "--class-name", "--class", dest="class_name", help="class in the module (default: the one defined)")
-    p.add_argument("--config", type=Path, help="the plugin's config.yaml (default without -m: ./config.yaml)")
-    p.add_argument("--prefix", help="the whole PV prefix: PVs are PREFIX:<PV> (default: $IOC_PREFIX)")
-    p.add_argument("--name", help="plugin name (default: $IOC_NAME, else the class name, lower case)")
-    p.add_argument("--pva", choices=["true", "false"], default=None, help="false: CA for links (parameter pva)")
-    p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p = argparse.ArgumentParser(
+        prog="iocmng-run", description="Run one plugin as a soft IOC (alias of `iocmng run`)."
+    )
+    p.add_argument(
+        "-m",
+        "--module",
+        help="plugin file (x.py) or module path (pkg.mod); default: the one .py beside "
+        "the config, else the config alone (declarative)",
+    )
+    p.add_argument(
+        "-c",
+        "--class-name",
+        "--class",
+        dest="class_name",
+        help="class in the module (default: the one defined)",
+    )
+    p.add_argument(
+        "--config", type=Path, help="the plugin's config.yaml (default without -m: ./config.yaml)"
+    )
+    p.add_argument(
+        "--prefix", help="the whole PV prefix: PVs are PREFIX:<PV> (default: $IOC_PREFIX)"
+    )
+    p.add_argument(
+        "--name", help="plugin name (default: $IOC_NAME, else the class name, lower case)"
+    )
+    p.add_argument(
+        "--pva", choices=["true", "false"], default=None, help="false: CA for links (parameter pva)"
+    )
+    p.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     p.add_argument("--pvout", type=Path, help="write the PV names there, one a line")
-    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="parameter (repeatable)")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="parameter (repeatable)",
+    )
     return p
 
 
@@ -286,8 +349,18 @@ def main(argv: list[str] | None = None) -> int:
         from ..epics import blocking_client
 
         blocking_client.init(pva=args.pva == "true")
-    what = f"class {plan.cls.__name__} from {plan.source}" if plan.cls else f"declarative task {plan.config}"
-    log.info("%s: %s; %s", plan.name, what, f"PVs {prefix}:<PV>" if plan.prefix else f"PV prefix {prefix}")
+    what = (
+        f"class {plan.cls.__name__} from {plan.source}"
+        if plan.cls
+        else f"declarative task {plan.config}"
+    )
+    log.info(
+        "%s: %s; %s",
+        plan.name,
+        what,
+        f"PVs {prefix}:<PV>" if plan.prefix else f"PV prefix {prefix}",
+    )
+
     def copy_config(dest: Path) -> None:
         if plan.config is not None:
             shutil.copyfile(plan.config, dest)
@@ -295,8 +368,16 @@ def main(argv: list[str] | None = None) -> int:
             dest.write_text("parameters: {}\n")
 
     try:
-        return run_staged(plan.cls, copy_config, plan.name, prefix, params, exact_prefix=plan.prefix is not None,
-                          extra_paths=[plan.source] if plan.source else [], pvout=args.pvout)
+        return run_staged(
+            plan.cls,
+            copy_config,
+            plan.name,
+            prefix,
+            params,
+            exact_prefix=plan.prefix is not None,
+            extra_paths=[plan.source] if plan.source else [],
+            pvout=args.pvout,
+        )
     except IocmngError as exc:
         print(f"iocmng-run: {exc.detail}", file=sys.stderr)
         return 2

@@ -49,8 +49,17 @@ from .services import DeviceSource, RuntimeServices, plugin_logger
 from .wiring import Wiring
 from .workers import WorkerPool
 
-__all__ = ["COUNTER_PERIOD", "DURATION_BUCKETS", "Durations", "PluginHandle", "PluginSpec", "Runtime", "State",
-           "describe", "normalize_result"]
+__all__ = [
+    "COUNTER_PERIOD",
+    "DURATION_BUCKETS",
+    "Durations",
+    "PluginHandle",
+    "PluginSpec",
+    "Runtime",
+    "State",
+    "describe",
+    "normalize_result",
+]
 
 log = logging.getLogger("iocmng.runtime")
 
@@ -78,7 +87,9 @@ class Runtime:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.pool: WorkerPool | None = None
         #: What every handle and wiring of this runtime uses of it (loop, events, devices, PVA).
-        self.services = RuntimeServices(emit=self.emit, pva_context=self.pva_context, devices=self.devices)
+        self.services = RuntimeServices(
+            emit=self.emit, pva_context=self.pva_context, devices=self.devices
+        )
         #: Protocol of links without ca:// or pva:// (a plugin's ``pva`` parameter overrides it).
         self.link_protocol = "ca"
         self._pva: Any = None
@@ -144,13 +155,30 @@ class Runtime:
         merged_parameters(config, spec.parameters, where=where)
         cls = spec.cls or load_class(spec.directory, spec.name, spec.extra_paths)
         if missing_abstract(cls):
-            raise PluginLoadError(f"{cls.__name__} does not implement {', '.join(missing_abstract(cls))}")
+            raise PluginLoadError(
+                f"{cls.__name__} does not implement {', '.join(missing_abstract(cls))}"
+            )
         kind = kind_of(cls)
-        if kind == "job" and (config.rules or config.transforms):  # mode/interval are task scheduling keys
-            raise PluginLoadError(f"{cls.__name__} is a job: rules and transforms need a task "
-                                  "(mode continuous, triggered or reactive)")
-        return cls, config, plan(self.bridge.prefix, spec.name, kind, config, spec.parameters, where=where,
-                                 exact=self.bridge.exact)
+        if kind == "job" and (
+            config.rules or config.transforms
+        ):  # mode/interval are task scheduling keys
+            raise PluginLoadError(
+                f"{cls.__name__} is a job: rules and transforms need a task "
+                "(mode continuous, triggered or reactive)"
+            )
+        return (
+            cls,
+            config,
+            plan(
+                self.bridge.prefix,
+                spec.name,
+                kind,
+                config,
+                spec.parameters,
+                where=where,
+                exact=self.bridge.exact,
+            ),
+        )
 
     @staticmethod
     def compile_logic(cls: type[PluginBase], config: PluginConfig, params: dict[str, Any]) -> Logic:
@@ -164,8 +192,10 @@ class Runtime:
         h = PluginHandle(spec, self.services)
         self.handles[spec.name] = h
         if not spec.directory.is_dir():
-            h.refuse(f"the plugin's files are missing ({spec.directory}); was the data directory "
-                     "restored without repos/? Remove the plugin and add it again")
+            h.refuse(
+                f"the plugin's files are missing ({spec.directory}); was the data directory "
+                "restored without repos/? Remove the plugin and add it again"
+            )
             log.error("plugin %s cannot be loaded: %s", spec.name, h.last_error)
             return h
         try:
@@ -175,7 +205,8 @@ class Runtime:
             h.interval = float(h.params.get("interval", 1.0))
             h.logic = self.compile_logic(cls, config, h.params)
             h.records = self.bridge.create(
-                p, on_input=functools.partial(self._on_input, h),
+                p,
+                on_input=functools.partial(self._on_input, h),
                 on_run=functools.partial(self._on_run, h) if h.mode == "triggered" else None,
                 restored=self.saved.get(spec.name),
             )
@@ -209,8 +240,13 @@ class Runtime:
         if self.pool is None:
             self.pool = WorkerPool(asyncio.get_running_loop())
         for group in [*(groups or []), list(self.handles)]:
-            await asyncio.gather(*(self.start_plugin(self.handles[n]) for n in group
-                                   if n in self.handles and self.handles[n].state == State.PENDING))
+            await asyncio.gather(
+                *(
+                    self.start_plugin(self.handles[n])
+                    for n in group
+                    if n in self.handles and self.handles[n].state == State.PENDING
+                )
+            )
 
     async def start_plugin(self, h: PluginHandle) -> None:
         assert h.cls is not None and h.records is not None
@@ -220,13 +256,21 @@ class Runtime:
         h.instance = instance
         attach_context(instance, h)
         if h.config is not None:
-            h.last_inputs = {n: h.records.get(n) for n, s in h.config.pvs.inputs.items() if s.link is None}
+            h.last_inputs = {
+                n: h.records.get(n) for n, s in h.config.pvs.inputs.items() if s.link is None
+            }
         if "VERSION" in h.records and h.params.get("version") is not None:
             h.records.set("VERSION", h.params["version"])
         config, logic = h.config, h.logic
         if config is not None and logic is not None and config.has_logic:
-            wiring = Wiring(h, config, logic, link_protocol(h.params, self.link_protocol), self.services,
-                            on_trigger=lambda name, value, old: self.dispatch_input_soon(h, name, value, old))
+            wiring = Wiring(
+                h,
+                config,
+                logic,
+                link_protocol(h.params, self.link_protocol),
+                self.services,
+                on_trigger=lambda name, value, old: self.dispatch_input_soon(h, name, value, old),
+            )
             h.wiring = wiring
             wiring.start()  # subscriptions: values arrive while initialize() runs
         try:
@@ -241,7 +285,9 @@ class Runtime:
             h.set_message("ready")
             return
         if h.mode == "continuous":
-            h.task = asyncio.get_running_loop().create_task(self._continuous(h), name=f"plugin:{h.name}")
+            h.task = asyncio.get_running_loop().create_task(
+                self._continuous(h), name=f"plugin:{h.name}"
+            )
         h.apply_enable()
 
     async def stop_plugin(self, h: PluginHandle, timeout: float = STOP_TIMEOUT) -> None:
@@ -281,13 +327,22 @@ class Runtime:
             self._pva.close()
             self._pva = None
 
-    async def restart(self, name: str, parameters: dict[str, Any] | None = None, directory: Path | None = None,
-                      extra_paths: list[Path] | None = None) -> PluginHandle:
+    async def restart(
+        self,
+        name: str,
+        parameters: dict[str, Any] | None = None,
+        directory: Path | None = None,
+        extra_paths: list[Path] | None = None,
+    ) -> PluginHandle:
         """Re-import the code (from ``directory``, e.g. a new clone) and restart the plugin live (same records)."""
         h = self.get(name)
         old = h.spec
-        spec = PluginSpec(old.name, directory or old.directory, old.parameters if parameters is None else parameters,
-                          old.extra_paths if extra_paths is None else extra_paths)
+        spec = PluginSpec(
+            old.name,
+            directory or old.directory,
+            old.parameters if parameters is None else parameters,
+            old.extra_paths if extra_paths is None else extra_paths,
+        )
         cls, config, p = self.load_code(spec)  # raises before anything is stopped
         params = p.parameters_dict()
         logic = self.compile_logic(cls, config, params)
@@ -314,7 +369,9 @@ class Runtime:
         # do not all wake in the same instant (jitter), stable per name.
         phase = (zlib.crc32(h.name.encode()) % 1000) / 1000 * interval
         next_t = loop.time() + min(phase, 1.0)
-        while h.stalled is None:  # the watchdog's limit ends the loop (the service stops the plugin)
+        while (
+            h.stalled is None
+        ):  # the watchdog's limit ends the loop (the service stops the plugin)
             delay = next_t - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -325,7 +382,9 @@ class Runtime:
             start = loop.time()
             lateness = start - next_t
             try:  # a failure of the rules is a failed cycle, never the end of the loop
-                errors: Sequence[tuple[str, BaseException]] = h.wiring.cycle() if h.wiring is not None else ()
+                errors: Sequence[tuple[str, BaseException]] = (
+                    h.wiring.cycle() if h.wiring is not None else ()
+                )
             except PLUGIN_ERRORS as exc:
                 errors = [("rules", exc)]
             try:
@@ -372,7 +431,9 @@ class Runtime:
         instance = h.instance
         assert instance is not None
         assert isinstance(instance, TaskBase)
-        fn = instance.triggered if _overridden(instance, "triggered", TaskBase) else instance.execute
+        fn = (
+            instance.triggered if _overridden(instance, "triggered", TaskBase) else instance.execute
+        )
         async with h.run_exclusive():
             t0 = time.monotonic()
             ok, error = True, None
@@ -389,7 +450,12 @@ class Runtime:
                 h.publish_count(force=True)
             duration = time.monotonic() - t0
             h.observe(duration)
-            return {"success": ok, "error": error, "duration_s": duration, "cycle_count": h.cycle_count}
+            return {
+                "success": ok,
+                "error": error,
+                "duration_s": duration,
+                "cycle_count": h.cycle_count,
+            }
 
     async def _on_run(self, h: PluginHandle) -> None:
         # Called by the RUN record's on_update (blocking): the CA put-callback
@@ -461,21 +527,29 @@ class Runtime:
         instance = h.instance
         if instance is None or h.state not in (State.RUNNING, State.STARTING):
             return
-        if not (_overridden(instance, "on_input_changed", PluginBase) or _overridden(instance, "on_input", PluginBase)):
+        if not (
+            _overridden(instance, "on_input_changed", PluginBase)
+            or _overridden(instance, "on_input", PluginBase)
+        ):
             return  # no hook to call (a declarative task): no task per change
-        task = asyncio.get_running_loop().create_task(self.dispatch_input(h, name, value, old),
-                                                      name=f"plugin:{h.name}:input")
+        task = asyncio.get_running_loop().create_task(
+            self.dispatch_input(h, name, value, old), name=f"plugin:{h.name}:input"
+        )
         h.hooks.add(task)
         task.add_done_callback(h.hooks.discard)
 
     # -- jobs --------------------------------------------------------------------------------
-    async def run_job(self, name: str, parameters: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
+    async def run_job(
+        self, name: str, parameters: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         """Run a job once; a raising or timed-out execute is a failed result, not an error."""
         h = self.get(name)
         if h.kind != "job":
             raise Conflict(f"{name!r} is a task, not a job")
         if h.state != State.IDLE or h.busy:
-            raise Conflict(f"job {name!r} is {'running' if h.busy else h.state}; try again when it is idle")
+            raise Conflict(
+                f"job {name!r} is {'running' if h.busy else h.state}; try again when it is idle"
+            )
         instance = h.instance
         assert instance is not None and self.pool is not None
         h.job_started()
@@ -486,7 +560,8 @@ class Runtime:
         execute = instance.execute
         if inspect.iscoroutinefunction(execute):
             work: asyncio.Future[Any] = asyncio.get_running_loop().create_task(
-                _guarded(execute()), name=f"plugin:{name}:run")
+                _guarded(execute()), name=f"plugin:{name}:run"
+            )
         else:
             work = self.pool.submit(execute)
 
@@ -524,4 +599,3 @@ async def _guarded(coro: Any) -> Any:
         return await coro
     except SystemExit as exc:
         raise RuntimeError(f"plugin called sys.exit({exc.code!r})") from None
-

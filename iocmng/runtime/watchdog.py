@@ -91,7 +91,9 @@ def stalled_plugin_in_trace(text: str, plugin_dirs: dict[str, Path]) -> tuple[st
             blocks[-1].append(m)
     dirs = {name: d.resolve() for name, d in plugin_dirs.items()}
     for frames in blocks:
-        if not any(m["file"].endswith("base_events.py") and m["func"] == "run_forever" for m in frames):
+        if not any(
+            m["file"].endswith("base_events.py") and m["func"] == "run_forever" for m in frames
+        ):
             continue
         for m in frames:
             path = Path(m["file"])
@@ -156,12 +158,18 @@ class LoopWatchdog:
         plugin, where = plugin_on_stack(frame, names)
         if plugin is None:
             plugin = plugin_of_task(asyncio.current_task(self._loop), names)
-            where = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}" if frame else "?"
+            where = (
+                f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+                if frame
+                else "?"
+            )
         if plugin is None:  # idle, or the service's own code: the C-level timer acts if it lasts
             return
         held = time.monotonic() - self._beat
-        reason = (f"stopped by the watchdog: held the event loop for {held:.1f}s (limit {self.limit:g}s, "
-                  f"IOCMNG_STALL_LIMIT) at {where}")
+        reason = (
+            f"stopped by the watchdog: held the event loop for {held:.1f}s (limit {self.limit:g}s, "
+            f"IOCMNG_STALL_LIMIT) at {where}"
+        )
         assert self.on_limit is not None
         self.on_limit(plugin, reason)
         raise PluginStalled(plugin, reason)
@@ -181,8 +189,12 @@ class LoopWatchdog:
             plugin, where = plugin_on_stack(frame, names)
             stack = "".join(traceback.format_stack(frame)[-8:])
             self.stalls += 1
-            log.error("event loop stalled for more than %.2fs%s; loop thread stack:\n%s", stalled,
-                      f" by plugin {plugin} at {where}" if plugin else "", stack)
+            log.error(
+                "event loop stalled for more than %.2fs%s; loop thread stack:\n%s",
+                stalled,
+                f" by plugin {plugin} at {where}" if plugin else "",
+                stack,
+            )
             try:
                 # Runs when the loop turns again: by then the whole stall is known.
                 self._loop.call_soon_threadsafe(self._report, plugin, beat, where)
@@ -201,12 +213,15 @@ class LoopWatchdog:
         self._thread.start()
         if self.limit is None:
             return
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGALRM) in (
-                signal.SIG_DFL, None):
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(
+            signal.SIGALRM
+        ) in (signal.SIG_DFL, None):
             signal.signal(signal.SIGALRM, self._on_alarm)
             self._alarm = True
         else:
-            log.warning("SIGALRM is not free here: a plugin holding the loop is reported, not stopped")
+            log.warning(
+                "SIGALRM is not free here: a plugin holding the loop is reported, not stopped"
+            )
         if self.trace_path is not None:
             try:
                 self._trace = open(self.trace_path, "w")  # noqa: SIM115 - open for the generation's life
@@ -234,4 +249,10 @@ def exit_after(limit: float) -> float:
     return 3 * limit
 
 
-__all__ = ["DURATION_BUCKETS", "LoopWatchdog", "PluginStalled", "exit_after", "stalled_plugin_in_trace"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "LoopWatchdog",
+    "PluginStalled",
+    "exit_after",
+    "stalled_plugin_in_trace",
+]

@@ -31,7 +31,6 @@ OnTrigger = Callable[[str, Any, Any], None]
 log = logging.getLogger("iocmng.wiring")
 
 
-
 class Wiring:
     """Links, logic and their records for one plugin.
 
@@ -39,8 +38,15 @@ class Wiring:
     the plugin's input hook when a wired input with ``trigger: true`` changes.
     """
 
-    def __init__(self, h: PluginHandle, config: PluginConfig, logic: Logic, default_protocol: str,
-                 services: RuntimeServices, on_trigger: OnTrigger | None = None) -> None:
+    def __init__(
+        self,
+        h: PluginHandle,
+        config: PluginConfig,
+        logic: Logic,
+        default_protocol: str,
+        services: RuntimeServices,
+        on_trigger: OnTrigger | None = None,
+    ) -> None:
         self.h = h
         self.services = services
         self.on_trigger = on_trigger
@@ -50,15 +56,27 @@ class Wiring:
         wired = {n: (s, "input") for n, s in config.pvs.inputs.items() if s.link}
         wired |= {n: (s, "output") for n, s in config.pvs.outputs.items() if s.link}
         params = h.params
-        self.links = LinkSet(h.name, wired, default_protocol, interval=float(params.get("interval", 1.0)),
-                             timeout=float(params.get("timeout", 5.0)), on_value=self.on_link_value,
-                             on_connection=self.on_connection, pva_context=services.pva_context)
+        self.links = LinkSet(
+            h.name,
+            wired,
+            default_protocol,
+            interval=float(params.get("interval", 1.0)),
+            timeout=float(params.get("timeout", 5.0)),
+            on_value=self.on_link_value,
+            on_connection=self.on_connection,
+            pva_context=services.pva_context,
+        )
         triggers = {n for n, s in config.pvs.inputs.items() if s.link and s.trigger}
         #: reactive tasks evaluate on changes of these (all wired inputs if none says trigger)
         self.reactive_on = triggers or {n for n, s in config.pvs.inputs.items() if s.link}
-        self.buffers: dict[str, Any] = {n: lk.buffer for n, lk in self.links.links.items() if lk.buffer is not None}
-        self._local_buffers: dict[str, collections.deque[Any]] = {n: collections.deque(maxlen=s.buffer_size)
-                               for n, s in config.all_pvs().items() if s.buffer_size and not s.link}
+        self.buffers: dict[str, Any] = {
+            n: lk.buffer for n, lk in self.links.links.items() if lk.buffer is not None
+        }
+        self._local_buffers: dict[str, collections.deque[Any]] = {
+            n: collections.deque(maxlen=s.buffer_size)
+            for n, s in config.all_pvs().items()
+            if s.buffer_size and not s.link
+        }
         self.buffers |= self._local_buffers
         self._params = {k: v for k, v in params.items() if isinstance(k, str)}
         self._local_names = [n for n in config.all_pvs() if n not in self.links.links]
@@ -120,7 +138,9 @@ class Wiring:
             return
         try:
             errors = self.apply(self.logic.evaluate(self.env(), changed=names))
-        except Exception as exc:  # a loop callback: an error here must become the plugin's, not the loop's
+        except (
+            Exception
+        ) as exc:  # a loop callback: an error here must become the plugin's, not the loop's
             errors = [("rules", exc)]
         if errors:
             where, error = errors[0]
@@ -182,8 +202,15 @@ class Wiring:
         """The LinkSet's callback: a wired PV (dis)connected."""
         level = logging.INFO if connected else logging.WARNING
         lk = self.links.links[name]
-        log.log(level, "%s: link %s (%s://%s) %s", self.h.name, name, lk.protocol, lk.pv,
-                "connected" if connected else "DISCONNECTED")
+        log.log(
+            level,
+            "%s: link %s (%s://%s) %s",
+            self.h.name,
+            name,
+            lk.protocol,
+            lk.pv,
+            "connected" if connected else "DISCONNECTED",
+        )
         self._refresh_connections()
         self.services.emit("link", plugin=self.h.name, link=name, pv=lk.pv, connected=connected)
         if connected and name in self.reactive_on:  # a first value equal to the default is news too
@@ -196,10 +223,14 @@ class Wiring:
         links = self.links.links
         for tag, direction in (("CONN_INP", "input"), ("CONN_OUT", "output")):
             if tag in records:
-                records.set(tag, [1 if links[n].connected else 0 for n in self.links.names(direction)])
+                records.set(
+                    tag, [1 if links[n].connected else 0 for n in self.links.names(direction)]
+                )
         down = set(self.links.disconnected())
         # Mirrors of disconnected inputs, and outputs computed from them, show LINK/INVALID.
-        alarmed = {n for n in down if n in self.config.pvs.inputs} | self.logic.affected_outputs(down)
+        alarmed = {n for n in down if n in self.config.pvs.inputs} | self.logic.affected_outputs(
+            down
+        )
         for name in alarmed ^ self._alarmed:
             if name in records:  # the backend leaves records it cannot alarm as they are
                 records.force_alarm(name, LINK_ALARM if name in alarmed else None)

@@ -27,10 +27,14 @@ _STOP = object()
 class WorkerPool:
     """Run sync callables in threads; await their results on the loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, min_workers: int = 2, max_workers: int = 64) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, min_workers: int = 2, max_workers: int = 64
+    ) -> None:
         self._loop = loop
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._done: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = collections.deque()
+        self._done: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = (
+            collections.deque()
+        )
         self._lock = threading.Lock()
         self._drain_pending = False
         self._threads: list[threading.Thread] = []

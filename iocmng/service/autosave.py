@@ -75,7 +75,8 @@ class AutosaveStore:
         data = self._snapshot()
         if data is not None:
             self._writing = asyncio.get_running_loop().create_task(
-                asyncio.to_thread(self._write, data), name="iocmng:autosave")
+                asyncio.to_thread(self._write, data), name="iocmng:autosave"
+            )
 
     def _write(self, data: bytes) -> None:
         """Write, or log why not: a full or read-only data directory must not stop a reload."""
@@ -83,7 +84,9 @@ class AutosaveStore:
             atomic_write(self.path, data)
         except OSError as exc:
             self._dirty = True  # written with the next change or at stop, if space comes back
-            log.error("cannot save %s (input PV values may be lost at the next start): %s", self.path, exc)
+            log.error(
+                "cannot save %s (input PV values may be lost at the next start): %s", self.path, exc
+            )
 
     def flush(self) -> None:
         """Write now if anything changed (blocking: at shutdown only)."""

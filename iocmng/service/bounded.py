@@ -63,14 +63,25 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-async def run(cmd: list[str], timeout: float, *, cwd: Path | None = None, cap: int = OUTPUT_CAP,
-              merge_stderr: bool = False) -> Finished:
+async def run(
+    cmd: list[str],
+    timeout: float,
+    *,
+    cwd: Path | None = None,
+    cap: int = OUTPUT_CAP,
+    merge_stderr: bool = False,
+) -> Finished:
     """Run ``cmd`` (stdin closed) within ``timeout`` seconds; see the module docstring."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.subprocess_exec(
-        lambda: _Protocol(65536, loop), *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        lambda: _Protocol(65536, loop),
+        *cmd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
-        cwd=cwd, start_new_session=True)
+        cwd=cwd,
+        start_new_session=True,
+    )
     proc = asyncio.subprocess.Process(transport, protocol, loop)
     out, err = bytearray(), bytearray()
     assert proc.stdout is not None

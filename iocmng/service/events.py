@@ -115,7 +115,7 @@ class PluginLogs(logging.Handler):
         self._lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
-        name = record.name[len(PLUGIN_LOGGER) + 1:].split(".", 1)[0]
+        name = record.name[len(PLUGIN_LOGGER) + 1 :].split(".", 1)[0]
         if not name:
             return
         try:
@@ -124,14 +124,21 @@ class PluginLogs(logging.Handler):
             message = str(record.msg)
         if record.exc_info and record.exc_info[1] is not None:
             message += f" [{type(record.exc_info[1]).__name__}: {record.exc_info[1]}]"
-        item = {"time": record.created, "level": record.levelname, "logger": record.name, "message": message}
+        item = {
+            "time": record.created,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
         with self._lock:
             buf = self._buffers.get(name)
             if buf is None:
                 buf = self._buffers[name] = collections.deque(maxlen=self.size)
             buf.append(item)
 
-    def records(self, name: str, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def records(
+        self, name: str, since: float | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         with self._lock:
             items = list(self._buffers.get(name, ()))
         if since is not None:

@@ -68,8 +68,11 @@ def read_legacy(data_dir: Path) -> tuple[list[tuple[StartupPlugin, str | None]],
         if sp.name not in done:
             entries.append((sp, str(pat) if pat is not None else None))
     if has_token:
-        log.warning("%s holds git tokens in plain text; delete it once its plugins run here "
-                    "(this service keeps no token on disk)", path)
+        log.warning(
+            "%s holds git tokens in plain text; delete it once its plugins run here "
+            "(this service keeps no token on disk)",
+            path,
+        )
     return entries, errors
 
 

@@ -90,7 +90,9 @@ class Lifecycle:
         if self._reload_timer is None and not self._reload_requested:
             loop = asyncio.get_running_loop()
             self._reload_deadline = loop.time() + self.svc.settings.reload_delay + RELOAD_DEFER
-            self._reload_timer = loop.call_later(self.svc.settings.reload_delay, self._request_reload)
+            self._reload_timer = loop.call_later(
+                self.svc.settings.reload_delay, self._request_reload
+            )
 
     def _request_reload(self) -> None:
         self._reload_timer = None
@@ -131,11 +133,15 @@ class Lifecycle:
         svc = self.svc
         for sp in svc.startup_plugins:
             if sp.name in svc.registry.plugins:
-                log.info("startup plugin %s: already registered; the registry's entry is used", sp.name)
+                log.info(
+                    "startup plugin %s: already registered; the registry's entry is used", sp.name
+                )
                 continue
             pat = os.environ.get(sp.pat_env) if sp.pat_env else None
             if sp.pat_env and not pat:
-                self._boot_refused(sp.name, f"pat_env: the variable {sp.pat_env} is not set (or empty)")
+                self._boot_refused(
+                    sp.name, f"pat_env: the variable {sp.pat_env} is not set (or empty)"
+                )
                 continue
             await self._register_startup_plugin(sp, pat)
         # iocmng 2.7.9's persisted plugins (the site swapped the image, the volume stayed)
@@ -143,18 +149,31 @@ class Lifecycle:
         for message in errors:
             self._boot_refused("2.7.9 registry", message)
         for sp, pat in legacy:
-            if sp.name in svc.registry.plugins or await self._register_startup_plugin(sp, pat, "iocmng 2.7.9's"):
+            if sp.name in svc.registry.plugins or await self._register_startup_plugin(
+                sp, pat, "iocmng 2.7.9's"
+            ):
                 mark_imported(svc.data_dir, sp.name)
                 log.info("plugin %s taken over from iocmng 2.7.9's autostart_plugins.yaml", sp.name)
 
-    async def _register_startup_plugin(self, sp: StartupPlugin, pat: str | None, what: str = "startup") -> bool:
+    async def _register_startup_plugin(
+        self, sp: StartupPlugin, pat: str | None, what: str = "startup"
+    ) -> bool:
         """Validate and register one entry; a refusal goes to boot_errors (the others go on)."""
         try:
             git_url = check_git_url(sp.git_url, pat) if sp.git_url else None
             check_subpath(sp.path)
-            req = Request(name=sp.name, git_url=git_url, local_path=sp.local_path, branch=sp.branch, pat=pat,
-                          path=sp.path, parameters=sp.parameters, expect_kind=sp.kind, auto_start=sp.auto_start,
-                          autostart_order=sp.autostart_order)
+            req = Request(
+                name=sp.name,
+                git_url=git_url,
+                local_path=sp.local_path,
+                branch=sp.branch,
+                pat=pat,
+                path=sp.path,
+                parameters=sp.parameters,
+                expect_kind=sp.kind,
+                auto_start=sp.auto_start,
+                autostart_order=sp.autostart_order,
+            )
             cand = await self.svc.pipeline.run(req)
         except IocmngError as exc:
             self._boot_refused(sp.name, exc.detail, what)
@@ -182,8 +201,9 @@ class Lifecycle:
         log.error("plugin %s %s", h.name, reason)
         self.svc.runtime.emit("stall", plugin=h.name, stopped=True, reason=reason)
         self._keep_failed(h.name, reason)
-        task = asyncio.get_running_loop().create_task(self.svc.runtime.hold_failed(h, reason),
-                                                      name=f"iocmng:stop:{h.name}")
+        task = asyncio.get_running_loop().create_task(
+            self.svc.runtime.hold_failed(h, reason), name=f"iocmng:stop:{h.name}"
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -195,7 +215,11 @@ class Lifecycle:
         try:
             self.svc.registry.commit(add=e.model_copy(update={"failed": reason}))
         except IocmngError as exc:  # a read-only data directory must not stop the stop
-            log.warning("%s: stopped by the watchdog, but the registry could not say so: %s", name, exc.detail)
+            log.warning(
+                "%s: stopped by the watchdog, but the registry could not say so: %s",
+                name,
+                exc.detail,
+            )
 
     def _read_stall_trace(self) -> None:
         """The previous process ended on the C-level stall timer: hold the plugin on its loop stack failed."""
@@ -214,15 +238,21 @@ class Lifecycle:
         dirs = {n: Path(e.plugin_dir) for n, e in self.svc.registry.plugins.items()}
         plugin, where = stalled_plugin_in_trace(text, dirs)
         limit = exit_after(self.svc.settings.stall_limit)
-        log.error("the previous run ended on the watchdog's C-level timer (event loop held for %gs); stack:\n%s",
-                  limit, text)
+        log.error(
+            "the previous run ended on the watchdog's C-level timer (event loop held for %gs); stack:\n%s",
+            limit,
+            text,
+        )
         if plugin is None:
             self.svc.served.boot_errors.append(
                 f"the previous run ended on the watchdog: the event loop was held for {limit:g}s "
-                f"outside any plugin's code (stack in {kept})")
+                f"outside any plugin's code (stack in {kept})"
+            )
             return
-        reason = (f"stopped by the watchdog: held the event loop for {limit:g}s (3 x IOCMNG_STALL_LIMIT) in code "
-                  f"Python could not interrupt at {where}; the service was restarted without it (stack in {kept})")
+        reason = (
+            f"stopped by the watchdog: held the event loop for {limit:g}s (3 x IOCMNG_STALL_LIMIT) in code "
+            f"Python could not interrupt at {where}; the service was restarted without it (stack in {kept})"
+        )
         self.svc.served.boot_errors.append(f"{plugin}: {reason}")
         self._keep_failed(plugin, reason)
 
@@ -247,17 +277,29 @@ class Lifecycle:
         for name, e in sorted(svc.registry.plugins.items()):
             extra = [Path(e.deps_dir)] if e.deps_dir else []
             svc.runtime.prepare(PluginSpec(name, Path(e.plugin_dir), e.parameters, extra))
-        for name, e in svc.registry.plugins.items():  # auto_start: false: records built, not started
+        for (
+            name,
+            e,
+        ) in svc.registry.plugins.items():  # auto_start: false: records built, not started
             h = svc.runtime.handles.get(name)
             held = not e.auto_start or (svc.fresh_start and not e.auto_start_on_boot)
             if held and h is not None and h.state == State.PENDING:
                 h.set_state(State.STOPPED)
-                if e.auto_start:  # held at boot: later reloads keep it stopped too, until a restart starts it
+                if (
+                    e.auto_start
+                ):  # held at boot: later reloads keep it stopped too, until a restart starts it
                     try:
                         svc.registry.commit(add=e.model_copy(update={"auto_start": False}))
                     except IocmngError as exc:  # a read-only data directory must not stop the start
-                        log.warning("%s: held at boot, but the registry could not say so: %s", name, exc.detail)
-        for name, e in svc.registry.plugins.items():  # stopped by the watchdog: failed until restarted
+                        log.warning(
+                            "%s: held at boot, but the registry could not say so: %s",
+                            name,
+                            exc.detail,
+                        )
+        for (
+            name,
+            e,
+        ) in svc.registry.plugins.items():  # stopped by the watchdog: failed until restarted
             h = svc.runtime.handles.get(name)
             if e.failed and h is not None and h.state == State.PENDING:
                 h.mark_stalled(e.failed)
@@ -271,24 +313,34 @@ class Lifecycle:
         svc.devices.start()  # after iocInit: a device may use this process's own PVs
         if svc.devices.error:
             svc.served.boot_errors.append(f"devices: {svc.devices.error}")
-        self.watchdog = LoopWatchdog(svc.settings.stall_threshold, lambda: list(svc.runtime.handles), self._on_stall,
-                                     limit=svc.settings.stall_limit, on_limit=self._on_limit,
-                                     trace_path=svc.data_dir / STALL_TRACE)
+        self.watchdog = LoopWatchdog(
+            svc.settings.stall_threshold,
+            lambda: list(svc.runtime.handles),
+            self._on_stall,
+            limit=svc.settings.stall_limit,
+            on_limit=self._on_limit,
+            trace_path=svc.data_dir / STALL_TRACE,
+        )
         self.watchdog.start()
         # Plugins initialize while HTTP already answers (state `starting`): a
         # plugin whose initialize() hangs must not keep the API down.
-        self._starting = asyncio.get_running_loop().create_task(self._start_plugins(), name="iocmng:start")
+        self._starting = asyncio.get_running_loop().create_task(
+            self._start_plugins(), name="iocmng:start"
+        )
 
     def _hold_plugins(self) -> None:
         """Safe mode (the supervisor saw the process die at every start): start no plugin."""
-        reason = ("not started: the service died repeatedly right after its start (safe mode); remove the "
-                  "plugin at fault, then POST /api/v1/plugins/{name}/restart for the others")
+        reason = (
+            "not started: the service died repeatedly right after its start (safe mode); remove the "
+            "plugin at fault, then POST /api/v1/plugins/{name}/restart for the others"
+        )
         handles = self.svc.runtime.handles
         for h in handles.values():
             if h.state == State.PENDING:
                 h.refuse(reason.replace("{name}", h.name))
         self.svc.served.boot_errors.append(
-            "safe mode: the service died repeatedly right after its start; no plugin started")
+            "safe mode: the service died repeatedly right after its start; no plugin started"
+        )
         log.error("safe mode: %d plugin(s) not started", len(handles))
 
     async def _start_plugins(self) -> None:
@@ -296,14 +348,23 @@ class Lifecycle:
         await svc.devices.ready()  # bounded: an unreachable IOC does not hold the plugins
         # autostart_order (boot list): ascending groups, each started after the previous one
         plugins = svc.registry.plugins
-        orders = sorted({e.autostart_order for e in plugins.values() if e.autostart_order is not None})
-        await svc.runtime.start([[n for n, e in sorted(plugins.items()) if e.autostart_order == o] for o in orders])
+        orders = sorted(
+            {e.autostart_order for e in plugins.values() if e.autostart_order is not None}
+        )
+        await svc.runtime.start(
+            [[n for n, e in sorted(plugins.items()) if e.autostart_order == o] for o in orders]
+        )
         # What exists now lives as long as the generation: keep it out of the
         # collector's way (fewer, shorter GC pauses in the plugins' cycles).
         gc.freeze()
         failed = [h.name for h in svc.runtime.handles.values() if h.state == State.FAILED]
-        log.info("generation %d running %d plugin(s) under %s%s", svc.served.generation, len(svc.runtime.handles),
-                 svc.prefix, f"; failed: {', '.join(failed)}" if failed else "")
+        log.info(
+            "generation %d running %d plugin(s) under %s%s",
+            svc.served.generation,
+            len(svc.runtime.handles),
+            svc.prefix,
+            f"; failed: {', '.join(failed)}" if failed else "",
+        )
 
     # -- serve and stop ------------------------------------------------------------------------
     async def run(self, front: Front) -> bool:
@@ -320,9 +381,11 @@ class Lifecycle:
         await front.start(sock)
         log.info("HTTP on %s:%d (generation %d)", *sock.getsockname()[:2], svc.served.generation)
         if svc.settings.insecure:
-            log.warning("IOCMNG_ALLOW_INSECURE=true: the API on %s:%d has no token; anyone who can reach this "
-                        "port can load and run code in this service (set IOCMNG_API_TOKEN)",
-                        *sock.getsockname()[:2])
+            log.warning(
+                "IOCMNG_ALLOW_INSECURE=true: the API on %s:%d has no token; anyone who can reach this "
+                "port can load and run code in this service (set IOCMNG_API_TOKEN)",
+                *sock.getsockname()[:2],
+            )
         await self._stop.wait()
         reload = self._reload_requested
         # Stop accepting at once: from here new connections wait in the
@@ -331,8 +394,11 @@ class Lifecycle:
         await front.stop_accepting()
         await self._settle_adds()
         log.info("%s: stopping plugins", "reload" if reload else "shutdown")
-        svc.runtime.emit("reload" if reload else "shutdown", generation=svc.served.generation,
-                         next_generation=svc.registry.state.generation if reload else None)
+        svc.runtime.emit(
+            "reload" if reload else "shutdown",
+            generation=svc.served.generation,
+            next_generation=svc.registry.state.generation if reload else None,
+        )
         svc.events.close()  # end SSE streams so the HTTP shutdown does not wait on them
         # Let requests in progress finish (bounded), then close the rest at
         # once: an idle kept-alive connection would otherwise hold the
@@ -347,8 +413,10 @@ class Lifecycle:
         if reload and not self._shutdown_requested:
             exec_next_generation(sock)
         if reload:
-            log.info("stop requested during the reload: generation %d will start with the next start",
-                     svc.registry.state.generation)
+            log.info(
+                "stop requested during the reload: generation %d will start with the next start",
+                svc.registry.state.generation,
+            )
         sock.close()
         return reload
 
@@ -358,12 +426,21 @@ class Lifecycle:
         not wait for them (a half-made clone is an orphan, removed at the next start)."""
         mutations = self.mutations
         if mutations.adding and not self._shutdown_requested:
-            log.info("waiting up to %.0f s for %d add(s) in flight before stopping", ADD_GRACE, len(mutations.adding))
+            log.info(
+                "waiting up to %.0f s for %d add(s) in flight before stopping",
+                ADD_GRACE,
+                len(mutations.adding),
+            )
             if not await mutations.wait_adds(ADD_GRACE):
-                log.warning("abandoning the add(s) still in flight: %s", ", ".join(sorted(mutations.adding)))
+                log.warning(
+                    "abandoning the add(s) still in flight: %s", ", ".join(sorted(mutations.adding))
+                )
                 mutations.abandon_adds()
                 if not await mutations.wait_adds(ADD_GRACE):
-                    log.error("adds still in flight after abandoning them: %s", ", ".join(mutations.adding))
+                    log.error(
+                        "adds still in flight after abandoning them: %s",
+                        ", ".join(mutations.adding),
+                    )
         mutations.abandon_adds()  # an add arriving on a kept-alive connection now: the next generation takes it
 
     async def _stop_parts(self) -> None:

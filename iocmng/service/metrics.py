@@ -42,15 +42,34 @@ class ServiceCollector:
     def collect(self) -> Iterator[Metric]:
         svc = self.service
         handles = list(svc.runtime.handles.values())
-        cycles = CounterMetricFamily("iocmng_plugin_cycles", "Completed task cycles (successful)", labels=["plugin"])
-        errors = CounterMetricFamily("iocmng_plugin_errors", "Plugin errors (cycles, runs, hooks)", labels=["plugin"])
-        overruns = CounterMetricFamily("iocmng_plugin_overruns", "Cycles that overran their interval", labels=["plugin"])
-        stalls = CounterMetricFamily("iocmng_plugin_loop_stalls", "Times the plugin held the event loop past the threshold",
-                                     labels=["plugin"])
-        duration = HistogramMetricFamily("iocmng_plugin_cycle_duration_seconds", "Task cycle duration", labels=["plugin"])
-        runs = CounterMetricFamily("iocmng_job_runs", "Job runs by result", labels=["plugin", "result"])
-        run_time = HistogramMetricFamily("iocmng_job_duration_seconds", "Job run duration", labels=["plugin"])
-        state = GaugeMetricFamily("iocmng_plugin_state", "1 for the plugin's current state", labels=["plugin", "kind", "state"])
+        cycles = CounterMetricFamily(
+            "iocmng_plugin_cycles", "Completed task cycles (successful)", labels=["plugin"]
+        )
+        errors = CounterMetricFamily(
+            "iocmng_plugin_errors", "Plugin errors (cycles, runs, hooks)", labels=["plugin"]
+        )
+        overruns = CounterMetricFamily(
+            "iocmng_plugin_overruns", "Cycles that overran their interval", labels=["plugin"]
+        )
+        stalls = CounterMetricFamily(
+            "iocmng_plugin_loop_stalls",
+            "Times the plugin held the event loop past the threshold",
+            labels=["plugin"],
+        )
+        duration = HistogramMetricFamily(
+            "iocmng_plugin_cycle_duration_seconds", "Task cycle duration", labels=["plugin"]
+        )
+        runs = CounterMetricFamily(
+            "iocmng_job_runs", "Job runs by result", labels=["plugin", "result"]
+        )
+        run_time = HistogramMetricFamily(
+            "iocmng_job_duration_seconds", "Job run duration", labels=["plugin"]
+        )
+        state = GaugeMetricFamily(
+            "iocmng_plugin_state",
+            "1 for the plugin's current state",
+            labels=["plugin", "kind", "state"],
+        )
         for h in handles:
             state.add_metric([h.name, h.kind, str(h.state)], 1)
             errors.add_metric([h.name], h.error_count)
@@ -70,7 +89,9 @@ class ServiceCollector:
         gen = GaugeMetricFamily("iocmng_generation", "Generation this process serves")
         gen.add_metric([], svc.generation)
         yield gen
-        reloads = CounterMetricFamily("iocmng_reloads", "Reloads applied since the data directory was created")
+        reloads = CounterMetricFamily(
+            "iocmng_reloads", "Reloads applied since the data directory was created"
+        )
         reloads.add_metric([], max(0, svc.generation - 1))
         yield reloads
         up = GaugeMetricFamily("iocmng_uptime_seconds", "Seconds since this generation started")
@@ -85,13 +106,17 @@ class ServiceCollector:
         yield threads
         wd = svc.watchdog
         if wd is not None:
-            lag = HistogramMetricFamily("iocmng_loop_lag_seconds", "Event-loop lag measured by a heartbeat")
+            lag = HistogramMetricFamily(
+                "iocmng_loop_lag_seconds", "Event-loop lag measured by a heartbeat"
+            )
             lag.add_metric([], _buckets(wd.lag), wd.lag.sum)
             yield lag
             last = GaugeMetricFamily("iocmng_loop_lag_last_seconds", "Most recent event-loop lag")
             last.add_metric([], wd.last_lag)
             yield last
-            st = CounterMetricFamily("iocmng_loop_stalls", "Event-loop stalls past the watchdog threshold")
+            st = CounterMetricFamily(
+                "iocmng_loop_stalls", "Event-loop stalls past the watchdog threshold"
+            )
             st.add_metric([], wd.stalls)
             yield st
 

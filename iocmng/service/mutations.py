@@ -35,8 +35,18 @@ log = logging.getLogger("iocmng.service")
 class Mutations:
     """Adds, removes and restarts of plugins, each committed to the registry."""
 
-    def __init__(self, *, settings: Settings, registry: Registry, runtime: Runtime, pipeline: Pipeline,
-                 reads: Reads, autosave: AutosaveStore, logs: PluginLogs, changed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: Registry,
+        runtime: Runtime,
+        pipeline: Pipeline,
+        reads: Reads,
+        autosave: AutosaveStore,
+        logs: PluginLogs,
+        changed: Callable[[], None],
+    ) -> None:
         self.settings = settings
         self.data_dir = settings.plugins_dir
         self.registry = registry
@@ -69,10 +79,14 @@ class Mutations:
     async def add(self, req: Request) -> dict[str, Any]:
         """Validate, commit, schedule the reload; answer with the pending generation."""
         if req.name in self.registry.plugins or req.name in self.adding:
-            raise Conflict(f"a plugin named {req.name!r} already exists; remove it first or choose another name",
-                           field="name")
+            raise Conflict(
+                f"a plugin named {req.name!r} already exists; remove it first or choose another name",
+                field="name",
+            )
         if self._abandon.is_set():  # the reload is under way: the next generation takes it
-            raise Abandoned(f"the service is reloading; {req.name!r} was not added: send the request again")
+            raise Abandoned(
+                f"the service is reloading; {req.name!r} was not added: send the request again"
+            )
         self.adding.add(req.name)
         self._no_adds.clear()
         try:
@@ -89,8 +103,13 @@ class Mutations:
             self.adding.discard(req.name)
             if not self.adding:
                 self._no_adds.set()
-        log.info("added %s %s from %s; generation %d will serve it", cand.kind, req.name,
-                 cand.source.url or cand.source.local_path, self.registry.state.generation)
+        log.info(
+            "added %s %s from %s; generation %d will serve it",
+            cand.kind,
+            req.name,
+            cand.source.url or cand.source.local_path,
+            self.registry.state.generation,
+        )
         self.runtime.emit("added", plugin=req.name, generation=self.registry.state.generation)
         self.changed()
         generation = self.registry.state.generation
@@ -101,7 +120,12 @@ class Mutations:
             "reload_pending": True,
             "generation": generation,
             # iocmng 2.7.9's validation report, then this pipeline's steps
-            "validation": {"ok": True, "class_name": cand.class_name or None, "plugin_type": cand.kind, "errors": []},
+            "validation": {
+                "ok": True,
+                "class_name": cand.class_name or None,
+                "plugin_type": cand.kind,
+                "errors": [],
+            },
             "steps": [s.to_dict() for s in cand.steps],
         }
 
@@ -121,8 +145,10 @@ class Mutations:
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
             log.warning("add of %s abandoned: the service reloads for another change", req.name)
-            raise Abandoned(f"the service reloaded for another change while {req.name!r} was being validated; "
-                            "nothing was added: send the request again")
+            raise Abandoned(
+                f"the service reloaded for another change while {req.name!r} was being validated; "
+                "nothing was added: send the request again"
+            )
         return work.result()
 
     def check_records_free(self, records: list[str], name: str) -> None:
@@ -133,8 +159,11 @@ class Mutations:
                 continue
             clash = sorted(mine & set(other.records))
             if clash:
-                raise Conflict(f"PV {clash[0]} is already served by plugin {other.name!r}; give this plugin "
-                               "another prefix: in its config.yaml (or another name)", field="name")
+                raise Conflict(
+                    f"PV {clash[0]} is already served by plugin {other.name!r}; give this plugin "
+                    "another prefix: in its config.yaml (or another name)",
+                    field="name",
+                )
 
     # -- remove -------------------------------------------------------------------------------
     async def remove(self, name: str, kind: str | None = None) -> dict[str, Any]:
@@ -149,16 +178,24 @@ class Mutations:
         self.autosave.forget(name)
         self.logs.forget(name)
         await asyncio.to_thread(delete_files, self.data_dir, entry)
-        log.info("removed %s; generation %d drops its records", name, self.registry.state.generation)
+        log.info(
+            "removed %s; generation %d drops its records", name, self.registry.state.generation
+        )
         self.runtime.emit("removed", plugin=name, generation=self.registry.state.generation)
         self.changed()
         generation = self.registry.state.generation
-        return {"ok": True, "message": f"{entry.kind} {name!r} removed; generation {generation} drops its PVs",
-                "removed": name, "reload_pending": True, "generation": generation}
+        return {
+            "ok": True,
+            "message": f"{entry.kind} {name!r} removed; generation {generation} drops its PVs",
+            "removed": name,
+            "reload_pending": True,
+            "generation": generation,
+        }
 
     # -- restart ------------------------------------------------------------------------------
-    async def restart(self, name: str, parameters: dict[str, Any] | None = None,
-                      pat: str | None = None) -> dict[str, Any]:
+    async def restart(
+        self, name: str, parameters: dict[str, Any] | None = None, pat: str | None = None
+    ) -> dict[str, Any]:
         """Fetch (git sources), re-import the code and restart live; a changed record set goes through a reload.
 
         A git plugin is cloned again first (iocmng 2.7.9's "re-fetch,
@@ -171,29 +208,50 @@ class Mutations:
             entry = self.reads.get_kind(name, None)
             h = self.runtime.handles.get(name)
             if h is None:
-                raise Conflict(f"{name!r} is waiting for the reload to generation {self.registry.state.generation}")
+                raise Conflict(
+                    f"{name!r} is waiting for the reload to generation {self.registry.state.generation}"
+                )
             params = entry.parameters if parameters is None else parameters
-            cand, note = (await self._refetch(entry, params, pat)) if entry.source.type == "git" else (None, "")
+            cand, note = (
+                (await self._refetch(entry, params, pat))
+                if entry.source.type == "git"
+                else (None, "")
+            )
             try:
                 if cand is not None:  # new commit, validated in a child process like an add
-                    new_entry = entry.model_copy(update={
-                        "source": cand.source, "plugin_dir": str(cand.plugin_dir), "records": cand.records,
-                        "owned_dir": str(cand.owned_dir) if cand.owned_dir else None,
-                        "deps_dir": str(cand.deps_dir) if cand.deps_dir else None,
-                        "class_name": cand.class_name or entry.class_name})
+                    new_entry = entry.model_copy(
+                        update={
+                            "source": cand.source,
+                            "plugin_dir": str(cand.plugin_dir),
+                            "records": cand.records,
+                            "owned_dir": str(cand.owned_dir) if cand.owned_dir else None,
+                            "deps_dir": str(cand.deps_dir) if cand.deps_dir else None,
+                            "class_name": cand.class_name or entry.class_name,
+                        }
+                    )
                 else:
                     # The code may have changed on disk (local sources): check it in a
                     # child process before this process imports it.
-                    await self.pipeline.check_code(name, Path(entry.plugin_dir),
-                                                   Path(entry.deps_dir) if entry.deps_dir else None, entry.kind)
+                    await self.pipeline.check_code(
+                        name,
+                        Path(entry.plugin_dir),
+                        Path(entry.deps_dir) if entry.deps_dir else None,
+                        entry.kind,
+                    )
                     new_entry = entry
                 config = await asyncio.to_thread(load_config, Path(new_entry.plugin_dir))
                 records = list(plan(self.reads.prefix, name, entry.kind, config, params).names)
                 self.check_records_free(records, name)
                 # auto_start: an operator's restart starts it in later generations too
                 # and a restart on purpose lifts the watchdog's hold
-                new_entry = new_entry.model_copy(update={"parameters": params, "records": records, "auto_start": True,
-                                                         "failed": None})
+                new_entry = new_entry.model_copy(
+                    update={
+                        "parameters": params,
+                        "records": records,
+                        "auto_start": True,
+                        "failed": None,
+                    }
+                )
                 live = h.records is not None and sorted(records) == sorted(h.records.names())
                 if live:
                     extra = [Path(new_entry.deps_dir)] if new_entry.deps_dir else []
@@ -203,21 +261,41 @@ class Mutations:
                 if cand is not None:
                     await asyncio.to_thread(cand.discard)
                 raise
-        if cand is not None:  # the old clone is no longer used (a reload's next start would remove it too)
-            old = entry.model_copy(update={"owned_dir": entry.owned_dir if entry.owned_dir != new_entry.owned_dir
-                                           else None, "deps_dir": entry.deps_dir if entry.deps_dir != new_entry.deps_dir
-                                           else None})
+        if (
+            cand is not None
+        ):  # the old clone is no longer used (a reload's next start would remove it too)
+            old = entry.model_copy(
+                update={
+                    "owned_dir": entry.owned_dir
+                    if entry.owned_dir != new_entry.owned_dir
+                    else None,
+                    "deps_dir": entry.deps_dir if entry.deps_dir != new_entry.deps_dir else None,
+                }
+            )
             if live:
                 await asyncio.to_thread(delete_files, self.data_dir, old)
         if live:
-            return {"ok": True, "message": f"{entry.kind} {name!r} restarted{note}", "plugin": self.reads.info(name),
-                    "reload_pending": False, "generation": self.reads.served.generation}
+            return {
+                "ok": True,
+                "message": f"{entry.kind} {name!r} restarted{note}",
+                "plugin": self.reads.info(name),
+                "reload_pending": False,
+                "generation": self.reads.served.generation,
+            }
         self.changed()
         generation = self.registry.state.generation
-        return {"ok": True, "message": f"{entry.kind} {name!r} restarts with generation {generation} (its PVs "
-                f"change){note}", "plugin": self.reads.info(name), "reload_pending": True, "generation": generation}
+        return {
+            "ok": True,
+            "message": f"{entry.kind} {name!r} restarts with generation {generation} (its PVs "
+            f"change){note}",
+            "plugin": self.reads.info(name),
+            "reload_pending": True,
+            "generation": generation,
+        }
 
-    async def _refetch(self, entry: Entry, params: dict[str, Any], pat: str | None) -> tuple[Candidate | None, str]:
+    async def _refetch(
+        self, entry: Entry, params: dict[str, Any], pat: str | None
+    ) -> tuple[Candidate | None, str]:
         """Clone the plugin's repository again: a validated candidate if the commit moved, else None; and a note."""
         src = entry.source
         if src.url is None:
@@ -231,34 +309,63 @@ class Mutations:
             return None, f" {registered} (could not fetch: {exc.detail})"
         if head is not None and head == src.commit:
             return None, f" (no new commit: {head[:12]})"
-        req = Request(name=entry.name, git_url=src.url, branch=src.branch, pat=pat, path=src.path,
-                      parameters=params, expect_kind=entry.kind)
+        req = Request(
+            name=entry.name,
+            git_url=src.url,
+            branch=src.branch,
+            pat=pat,
+            path=src.path,
+            parameters=params,
+            expect_kind=entry.kind,
+        )
         try:
             cand = await self.pipeline.run(req)
         except ValidationFailed as exc:
             steps = exc.extra.get("steps") or []
             if steps and steps[-1]["step"] == "clone":  # unreachable: restart what is registered
-                log.warning("restart %s: could not fetch %s (%s); restarting the registered commit",
-                            entry.name, src.url, steps[-1]["detail"])
+                log.warning(
+                    "restart %s: could not fetch %s (%s); restarting the registered commit",
+                    entry.name,
+                    src.url,
+                    steps[-1]["detail"],
+                )
                 return None, f" {registered} (could not fetch: {steps[-1]['detail']})"
             raise
         if cand.source.commit == src.commit:
             await asyncio.to_thread(cand.discard)
             return None, f" (no new commit: {(src.commit or '?')[:12]})"
-        log.info("restart %s: %s moved from %s to %s", entry.name, src.url, (src.commit or "?")[:12], cand.source.commit)
-        return cand, f" at the new commit {(cand.source.commit or '?')[:12]} (was {(src.commit or '?')[:12]})"
+        log.info(
+            "restart %s: %s moved from %s to %s",
+            entry.name,
+            src.url,
+            (src.commit or "?")[:12],
+            cand.source.commit,
+        )
+        return (
+            cand,
+            f" at the new commit {(cand.source.commit or '?')[:12]} (was {(src.commit or '?')[:12]})",
+        )
 
 
 def entry_of(cand: Candidate) -> Entry:
     """The registry entry of a validated candidate."""
     req = cand.request
-    task = cand.kind == "task"  # a job waits idle: auto_start means nothing for it (as in iocmng 2.7.9)
+    task = (
+        cand.kind == "task"
+    )  # a job waits idle: auto_start means nothing for it (as in iocmng 2.7.9)
     return Entry(
-        name=req.name, kind=cand.kind, source=cand.source, parameters=req.parameters,
-        plugin_dir=str(cand.plugin_dir), owned_dir=str(cand.owned_dir) if cand.owned_dir else None,
-        deps_dir=str(cand.deps_dir) if cand.deps_dir else None, records=cand.records,
-        class_name=cand.class_name, autostart_order=req.autostart_order,
-        auto_start=req.auto_start or not task, auto_start_on_boot=req.auto_start_on_boot or not task,
+        name=req.name,
+        kind=cand.kind,
+        source=cand.source,
+        parameters=req.parameters,
+        plugin_dir=str(cand.plugin_dir),
+        owned_dir=str(cand.owned_dir) if cand.owned_dir else None,
+        deps_dir=str(cand.deps_dir) if cand.deps_dir else None,
+        records=cand.records,
+        class_name=cand.class_name,
+        autostart_order=req.autostart_order,
+        auto_start=req.auto_start or not task,
+        auto_start_on_boot=req.auto_start_on_boot or not task,
     )
 
 

@@ -59,7 +59,13 @@ class Parts:
         self.events = EventBus()
         self.runtime.listeners.append(self.events.publish)
         self.logs = PluginLogs()
-        self.pipeline = Pipeline(Options(
-            data_dir=self.data_dir, prefix=self.prefix, allow_requirements=settings.allow_requirements,
-            git_timeout=settings.git_timeout, pip_timeout=settings.pip_timeout, import_timeout=settings.import_timeout,
-        ))
+        self.pipeline = Pipeline(
+            Options(
+                data_dir=self.data_dir,
+                prefix=self.prefix,
+                allow_requirements=settings.allow_requirements,
+                git_timeout=settings.git_timeout,
+                pip_timeout=settings.pip_timeout,
+                import_timeout=settings.import_timeout,
+            )
+        )

@@ -45,7 +45,9 @@ class Reads:
         self.runtime = runtime
         self.prefix = prefix
         self.served = served
-        self._static_cache: dict[str, tuple[Entry, PluginHandle | None, dict[str, Any], dict[str, Any]]] = {}
+        self._static_cache: dict[
+            str, tuple[Entry, PluginHandle | None, dict[str, Any], dict[str, Any]]
+        ] = {}
         self._listings: dict[str | None, tuple[Any, asyncio.Task[bytes], float]] = {}
 
     @property
@@ -68,15 +70,27 @@ class Reads:
         if h is not None:
             out = h.info()
         else:  # committed, waiting for its reload
-            out = {"name": name, "kind": entry.kind, "mode": None, "state": "pending", "parameters": entry.parameters,
-                   "pvs": entry.records, "cycle_count": 0, "error_count": 0, "overruns": 0, "last_error": None,
-                   "enabled": None}
+            out = {
+                "name": name,
+                "kind": entry.kind,
+                "mode": None,
+                "state": "pending",
+                "parameters": entry.parameters,
+                "pvs": entry.records,
+                "cycle_count": 0,
+                "error_count": 0,
+                "overruns": 0,
+                "last_error": None,
+                "enabled": None,
+            }
         static, planned_params = self._static_info(entry, h)
         out.update(static)
         out.update(legacy_live(out["state"], planned_params if h is None else out["parameters"]))
         return out
 
-    def _static_info(self, entry: Entry, h: PluginHandle | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _static_info(
+        self, entry: Entry, h: PluginHandle | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """What does not change while the plugin runs: source, PV names, iocmng 2.7.9's fields.
 
         Entries are replaced, never mutated, on change, and a generation keeps
@@ -88,7 +102,10 @@ class Reads:
             config, mode, params = None, None, dict(entry.parameters)
             records = entry.records
             if h is not None and h.config is not None:
-                config, records = h.config, (h.records.names() if h.records is not None else entry.records)
+                config, records = (
+                    h.config,
+                    (h.records.names() if h.records is not None else entry.records),
+                )
                 mode = h.mode if h.kind == "task" else None
             else:  # pending: planned from its files, as it will start
                 try:
@@ -98,14 +115,23 @@ class Reads:
                 except IocmngError:
                     pass  # files changed or gone: the plugin's own state says so when it loads
             base = base_of(records) or plugin_prefix(self.prefix, entry.name, config)
-            class_name = entry.class_name or (h.cls.__name__ if h is not None and h.cls is not None else "")
-            static = {"source": entry.source.model_dump(exclude_none=True), "pv_prefix": base,
-                      **legacy_fields(entry, config, base, records, mode, class_name)}
+            class_name = entry.class_name or (
+                h.cls.__name__ if h is not None and h.cls is not None else ""
+            )
+            static = {
+                "source": entry.source.model_dump(exclude_none=True),
+                "pv_prefix": base,
+                **legacy_fields(entry, config, base, records, mode, class_name),
+            }
             cached = self._static_cache[entry.name] = (entry, h, static, params)
         return cached[2], cached[3]
 
     def list(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return [self.info(n) for n, e in sorted(self.registry.plugins.items()) if kind is None or e.kind == kind]
+        return [
+            self.info(n)
+            for n, e in sorted(self.registry.plugins.items())
+            if kind is None or e.kind == kind
+        ]
 
     async def list_json(self, kind: str | None = None) -> bytes:
         """The listing as JSON, shared by requests within LISTING_TTL seconds.
@@ -118,7 +144,11 @@ class Reads:
         loop = asyncio.get_running_loop()
         key = (kind, id(self.registry.state))
         cached = self._listings.get(kind)
-        if cached is not None and cached[0] == key and (not cached[1].done() or loop.time() - cached[2] < LISTING_TTL):
+        if (
+            cached is not None
+            and cached[0] == key
+            and (not cached[1].done() or loop.time() - cached[2] < LISTING_TTL)
+        ):
             return await asyncio.shield(cached[1])
         building = loop.create_task(self._build_listing(kind), name="iocmng:listing")
         self._listings[kind] = (key, building, loop.time())
@@ -127,13 +157,15 @@ class Reads:
     async def _build_listing(self, kind: str | None, chunk: int = 25) -> bytes:
         """Build and encode in chunks, yielding to the loop between them, so a
         large listing never holds the plugins' cycles back for long."""
-        names = [n for n, e in sorted(self.registry.plugins.items()) if kind is None or e.kind == kind]
+        names = [
+            n for n, e in sorted(self.registry.plugins.items()) if kind is None or e.kind == kind
+        ]
         parts: list[str] = []
         count = 0
         for i in range(0, len(names), chunk):
             if i:
                 await asyncio.sleep(0)
-            infos = [self.info(n) for n in names[i:i + chunk] if n in self.registry.plugins]
+            infos = [self.info(n) for n in names[i : i + chunk] if n in self.registry.plugins]
             if infos:
                 parts.append(json.dumps(infos, default=str)[1:-1])
                 count += len(infos)

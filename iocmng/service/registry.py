@@ -50,7 +50,9 @@ class Entry(BaseModel):
     records: list[str] = Field(default_factory=list)  # planned record names
     added_at: float = Field(default_factory=time.time)
     auto_start: bool = True  # false: records built, the task not started (until a restart)
-    auto_start_on_boot: bool = True  # false: not started at a real start of the service (a reload keeps it)
+    auto_start_on_boot: bool = (
+        True  # false: not started at a real start of the service (a reload keeps it)
+    )
     autostart_order: int | None = None  # start order of a generation: lower first, None last
     class_name: str = ""  # the plugin's class, as validation found it
     #: why the watchdog stopped it (it held the event loop past the limit): it
@@ -109,7 +111,9 @@ class Registry:
     def plugins(self) -> dict[str, Entry]:
         return self.state.plugins
 
-    def commit(self, *, add: Entry | None = None, remove: str | None = None, bump: bool = False) -> None:
+    def commit(
+        self, *, add: Entry | None = None, remove: str | None = None, bump: bool = False
+    ) -> None:
         """Apply one change and persist it; ``bump`` moves to the next generation."""
         new = self.state.model_copy(deep=True)
         if add is not None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-REFUSED = ("only package requirements (a name, extras, version specifiers, markers) are accepted; "
-           "pip options (-r, -c, -e, -i, --index-url, -f...), URLs and paths are refused")
+REFUSED = (
+    "only package requirements (a name, extras, version specifiers, markers) are accepted; "
+    "pip options (-r, -c, -e, -i, --index-url, -f...), URLs and paths are refused"
+)
 
 
 class RequirementsError(ValueError):

@@ -36,10 +36,15 @@ from .validation import Request
 
 def examples_dir() -> Path:
     """plugins_examples/ of a source checkout, or of the installation prefix (container)."""
-    for candidate in (Path(__file__).resolve().parents[2] / "plugins_examples", Path(sys.prefix) / "plugins_examples"):
+    for candidate in (
+        Path(__file__).resolve().parents[2] / "plugins_examples",
+        Path(sys.prefix) / "plugins_examples",
+    ):
         if candidate.is_dir():
             return candidate
-    raise SettingsError("--demo: no plugins_examples directory next to the package or under sys.prefix")
+    raise SettingsError(
+        "--demo: no plugins_examples directory next to the package or under sys.prefix"
+    )
 
 
 class Service(Parts):
@@ -61,18 +66,34 @@ class Service(Parts):
         boot_list, boot_errors = read_boot_list(settings.plugins_config if fresh_start else None)
         wanted = list(service_config.plugins) + list(boot_list)
         if demo and fresh_start:
-            for d in sorted(p for p in examples_dir().iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+            for d in sorted(
+                p
+                for p in examples_dir().iterdir()
+                if p.is_dir() and not p.name.startswith((".", "_"))
+            ):
                 wanted.append(StartupPlugin(name=d.name, local_path=str(d)))
-        start = Start(service_config=service_config, fresh_start=fresh_start, safe_mode=safe_mode,
-                      startup_plugins=wanted, boot_errors=boot_errors)
+        start = Start(
+            service_config=service_config,
+            fresh_start=fresh_start,
+            safe_mode=safe_mode,
+            startup_plugins=wanted,
+            boot_errors=boot_errors,
+        )
         return cls(settings, start)
 
     def __init__(self, settings: Settings, start: Start) -> None:
         super().__init__(settings, start)
         self.reads = Reads(self.registry, self.runtime, self.prefix, self.served)
-        self.mutations = Mutations(settings=settings, registry=self.registry, runtime=self.runtime,
-                                   pipeline=self.pipeline, reads=self.reads, autosave=self.autosave, logs=self.logs,
-                                   changed=lambda: self.lifecycle.schedule_reload())
+        self.mutations = Mutations(
+            settings=settings,
+            registry=self.registry,
+            runtime=self.runtime,
+            pipeline=self.pipeline,
+            reads=self.reads,
+            autosave=self.autosave,
+            logs=self.logs,
+            changed=lambda: self.lifecycle.schedule_reload(),
+        )
         self.lifecycle = Lifecycle(self, self.mutations)
         self.metrics = make_registry(self)
 
@@ -120,8 +141,9 @@ class Service(Parts):
     async def remove(self, name: str, kind: str | None = None) -> dict[str, Any]:
         return await self.mutations.remove(name, kind)
 
-    async def restart(self, name: str, parameters: dict[str, Any] | None = None,
-                      pat: str | None = None) -> dict[str, Any]:
+    async def restart(
+        self, name: str, parameters: dict[str, Any] | None = None, pat: str | None = None
+    ) -> dict[str, Any]:
         return await self.mutations.restart(name, parameters, pat)
 
     # -- the generation ------------------------------------------------------------------------

@@ -68,9 +68,13 @@ def check_git_url(url: str, pat: str | None) -> str:
     elif not parts.hostname:
         raise InvalidRequest("git_url: the URL has no host", field="git_url")
     if pat and parts.scheme != "https":
-        raise InvalidRequest("pat: a token is sent only over https://; use an https git_url", field="pat")
+        raise InvalidRequest(
+            "pat: a token is sent only over https://; use an https git_url", field="pat"
+        )
     if parts.password:
-        raise InvalidRequest("git_url: do not put credentials in the URL; pass the token as 'pat'", field="git_url")
+        raise InvalidRequest(
+            "git_url: do not put credentials in the URL; pass the token as 'pat'", field="git_url"
+        )
     return strip_credentials(url)
 
 
@@ -78,9 +82,13 @@ def check_subpath(path: str) -> PurePosixPath:
     """Validate a ``path`` inside a clone: relative, no ``..``. Raises InvalidRequest (422)."""
     p = PurePosixPath(path.replace("\\", "/")) if path else PurePosixPath(".")
     if p.is_absolute() or path.startswith("~"):
-        raise InvalidRequest(f"path: {path!r} must be relative to the repository root", field="path")
+        raise InvalidRequest(
+            f"path: {path!r} must be relative to the repository root", field="path"
+        )
     if any(part == ".." for part in p.parts):
-        raise InvalidRequest(f"path: {path!r} must stay inside the repository (no '..')", field="path")
+        raise InvalidRequest(
+            f"path: {path!r} must stay inside the repository (no '..')", field="path"
+        )
     return p
 
 
@@ -102,12 +110,16 @@ def _clone_sync(url: str, dest: Path, branch: str | None, pat: str | None) -> Cl
     err = io.BytesIO()
     try:
         try:
-            repo = porcelain.clone(url, str(dest), depth=1, branch=branch, checkout=True, errstream=err, **kwargs)
+            repo = porcelain.clone(
+                url, str(dest), depth=1, branch=branch, checkout=True, errstream=err, **kwargs
+            )
         except Exception as exc:  # some transports (e.g. dumb http) cannot do shallow
             if "shallow" not in str(exc).lower() and "depth" not in str(exc).lower():
                 raise
             shutil.rmtree(dest, ignore_errors=True)
-            repo = porcelain.clone(url, str(dest), branch=branch, checkout=True, errstream=err, **kwargs)
+            repo = porcelain.clone(
+                url, str(dest), branch=branch, checkout=True, errstream=err, **kwargs
+            )
         with repo:
             commit = repo.head().decode()
     except Exception as exc:
@@ -115,7 +127,9 @@ def _clone_sync(url: str, dest: Path, branch: str | None, pat: str | None) -> Cl
             raise  # the data directory, not the source: InsufficientStorage upstream
         text = str(exc) or type(exc).__name__
         if branch and (branch in text or "not found" in text.lower() or isinstance(exc, KeyError)):
-            raise SourceError(f"branch {branch!r} does not exist in {strip_credentials(url)}") from None
+            raise SourceError(
+                f"branch {branch!r} does not exist in {strip_credentials(url)}"
+            ) from None
         raise SourceError(redact(f"cannot clone {strip_credentials(url)}: {text}", pat)) from None
     return CloneResult(commit=commit, branch=branch)
 
@@ -132,12 +146,16 @@ def _in_git_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
     return asyncio.get_running_loop().run_in_executor(_GIT_POOL, fn, *args)
 
 
-async def clone(url: str, dest: Path, branch: str | None, pat: str | None, timeout: float) -> CloneResult:
+async def clone(
+    url: str, dest: Path, branch: str | None, pat: str | None, timeout: float
+) -> CloneResult:
     """Clone ``url`` into ``dest`` in a thread, within ``timeout`` seconds."""
     try:
         return await asyncio.wait_for(_in_git_thread(_clone_sync, url, dest, branch, pat), timeout)
     except TimeoutError:
-        raise SourceError(f"cloning {strip_credentials(url)} took longer than {timeout:.0f}s") from None
+        raise SourceError(
+            f"cloning {strip_credentials(url)} took longer than {timeout:.0f}s"
+        ) from None
 
 
 def _remote_head_sync(url: str, branch: str | None, pat: str | None) -> str | None:
@@ -164,7 +182,9 @@ async def remote_head(url: str, branch: str | None, pat: str | None, timeout: fl
     try:
         return await asyncio.wait_for(_in_git_thread(_remote_head_sync, url, branch, pat), timeout)
     except TimeoutError:
-        raise SourceError(f"asking {strip_credentials(url)} for its commits took longer than {timeout:.0f}s") from None
+        raise SourceError(
+            f"asking {strip_credentials(url)} for its commits took longer than {timeout:.0f}s"
+        ) from None
     except Exception as exc:
         text = str(exc) or type(exc).__name__
         raise SourceError(redact(f"cannot reach {strip_credentials(url)}: {text}", pat)) from None

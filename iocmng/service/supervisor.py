@@ -80,8 +80,12 @@ class Supervisor:
         else:
             env.pop(SAFE_MODE_ENV, None)
         self.sock.set_inheritable(True)
-        return subprocess.Popen([sys.executable, "-m", "iocmng", *self.child_args], env=env, pass_fds=(fd,),
-                                preexec_fn=_pdeathsig)
+        return subprocess.Popen(
+            [sys.executable, "-m", "iocmng", *self.child_args],
+            env=env,
+            pass_fds=(fd,),
+            preexec_fn=_pdeathsig,
+        )
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,8 +93,12 @@ class Supervisor:
         while True:
             safe = self.quick >= QUICK_DEATHS
             if safe:
-                log.error("the service died %d times within %.0f s of its start: starting it in safe mode "
-                          "(plugins not started)", self.quick, QUICK)
+                log.error(
+                    "the service died %d times within %.0f s of its start: starting it in safe mode "
+                    "(plugins not started)",
+                    self.quick,
+                    QUICK,
+                )
             started = time.monotonic()
             self.child = self._spawn(safe)
             log.info("supervisor: service started (pid %d)", self.child.pid)
@@ -104,7 +112,11 @@ class Supervisor:
             if self.stopping or code == 0:
                 log.info("supervisor: service stopped (exit %d)", code)
                 self.sock.close()
-                return 0 if code == 0 or self.stopping and code in (-signal.SIGTERM, -signal.SIGINT) else code
+                return (
+                    0
+                    if code == 0 or self.stopping and code in (-signal.SIGTERM, -signal.SIGINT)
+                    else code
+                )
             if code == SETTINGS_EXIT:
                 self.sock.close()
                 return code
@@ -112,8 +124,12 @@ class Supervisor:
             self.deaths = self.deaths + 1 if lived < 60 else 1
             self.quick = self.quick + 1 if lived < QUICK else 0
             delay = BACKOFF[min(self.deaths - 1, len(BACKOFF) - 1)]
-            log.error("supervisor: the service died (%s) after %.1f s; restarting it from the registry in %.1f s",
-                      how, lived, delay)
+            log.error(
+                "supervisor: the service died (%s) after %.1f s; restarting it from the registry in %.1f s",
+                how,
+                lived,
+                delay,
+            )
             deadline = time.monotonic() + delay
             while not self.stopping and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -48,7 +48,12 @@ class Step:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.name, "ok": self.ok, "detail": self.detail, "seconds": round(self.seconds, 3)}
+        return {
+            "step": self.name,
+            "ok": self.ok,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @dataclass
@@ -153,7 +158,14 @@ class Pipeline:
                     traceback.clear_frames(exc.__traceback__)
                     break
                 log.exception("validation step %s crashed", name)
-                cand.steps.append(Step(name, False, f"internal error: {type(exc).__name__}: {exc}", time.monotonic() - t0))
+                cand.steps.append(
+                    Step(
+                        name,
+                        False,
+                        f"internal error: {type(exc).__name__}: {exc}",
+                        time.monotonic() - t0,
+                    )
+                )
                 break
             cand.steps.append(Step(name, True, detail, time.monotonic() - t0))
         else:
@@ -167,18 +179,31 @@ class Pipeline:
             raise InsufficientStorage(failed.detail, steps=[s.to_dict() for s in cand.steps])
         detail = f"{failed.name}: {failed.detail}"
         # iocmng 2.7.9's report beside the steps: its clients show .validation.errors
-        legacy = {"ok": False, "class_name": cand.class_name or None, "plugin_type": cand.kind or None,
-                  "errors": [detail]}
+        legacy = {
+            "ok": False,
+            "class_name": cand.class_name or None,
+            "plugin_type": cand.kind or None,
+            "errors": [detail],
+        }
         raise ValidationFailed(detail, steps=[s.to_dict() for s in cand.steps], validation=legacy)
 
-    async def check_code(self, name: str, plugin_dir: Path, deps_dir: Path | None, kind: str) -> None:
+    async def check_code(
+        self, name: str, plugin_dir: Path, deps_dir: Path | None, kind: str
+    ) -> None:
         """Re-check code already registered (before a live restart re-imports it in-process)."""
-        cand = Candidate(Request(name=name, expect_kind=kind), Source(type="local"), plugin_dir, deps_dir=deps_dir)
+        cand = Candidate(
+            Request(name=name, expect_kind=kind),
+            Source(type="local"),
+            plugin_dir,
+            deps_dir=deps_dir,
+        )
         for step in (self.step_syntax, self.step_import, self.step_inheritance, self.step_abstract):
             try:
                 await step(cand)
             except _StepFailed as exc:
-                raise ValidationFailed(f"{step.__name__.removeprefix('step_')}: {exc.detail}") from None
+                raise ValidationFailed(
+                    f"{step.__name__.removeprefix('step_')}: {exc.detail}"
+                ) from None
 
     # -- steps --------------------------------------------------------------------------
     async def step_clone(self, c: Candidate) -> str:
@@ -189,10 +214,19 @@ class Pipeline:
             dest.parent.mkdir(parents=True, exist_ok=True)
             c.owned_dir = dest
             result = await clone(req.git_url, dest, req.branch, req.pat, self.opt.git_timeout)
-            c.source = Source(type="git", url=req.git_url, branch=req.branch, path=str(sub) if req.path else "",
-                              commit=result.commit)
+            c.source = Source(
+                type="git",
+                url=req.git_url,
+                branch=req.branch,
+                path=str(sub) if req.path else "",
+                commit=result.commit,
+            )
             root = dest
-            detail = f"cloned {req.git_url}" + (f" @ {req.branch}" if req.branch else "") + f" at {result.commit[:12]}"
+            detail = (
+                f"cloned {req.git_url}"
+                + (f" @ {req.branch}" if req.branch else "")
+                + f" at {result.commit[:12]}"
+            )
         else:
             assert req.local_path is not None
             root = Path(req.local_path)
@@ -201,7 +235,9 @@ class Pipeline:
             if not root.is_dir():
                 raise _StepFailed(f"local_path {req.local_path!r} is not a directory")
             commit = await asyncio.to_thread(local_commit, root)
-            c.source = Source(type="local", local_path=str(root), path=str(sub) if req.path else "", commit=commit)
+            c.source = Source(
+                type="local", local_path=str(root), path=str(sub) if req.path else "", commit=commit
+            )
             detail = f"using {root}"
         plugin_dir = resolve_inside(root, sub)
         if not plugin_dir.is_dir():
@@ -211,7 +247,14 @@ class Pipeline:
 
     async def step_dependencies(self, c: Candidate) -> str:
         root = c.owned_dir or Path(c.source.local_path or c.plugin_dir)
-        req_file = next((p for p in (c.plugin_dir / "requirements.txt", root / "requirements.txt") if p.is_file()), None)
+        req_file = next(
+            (
+                p
+                for p in (c.plugin_dir / "requirements.txt", root / "requirements.txt")
+                if p.is_file()
+            ),
+            None,
+        )
         if req_file is None:
             return "no requirements.txt"
         if not req_file.resolve().is_relative_to(root.resolve()):  # a symlink out of the clone
@@ -223,8 +266,10 @@ class Pipeline:
         if not wanted:
             return f"{req_file.name}: nothing to install"
         if not self.opt.allow_requirements:
-            raise _StepFailed(f"{req_file.name} asks for packages, but this service refuses requirements "
-                              "(IOCMNG_ALLOW_REQUIREMENTS=false); vendor them into the plugin or ask the operator")
+            raise _StepFailed(
+                f"{req_file.name} asks for packages, but this service refuses requirements "
+                "(IOCMNG_ALLOW_REQUIREMENTS=false); vendor them into the plugin or ask the operator"
+            )
         target = self.opt.data_dir / "deps" / f"{c.request.name}-{uuid.uuid4().hex[:8]}"
         target.mkdir(parents=True)
         c.deps_dir = target
@@ -234,11 +279,27 @@ class Pipeline:
         # the service's packages, so nothing the service imports is replaced.
         wanted_file = target / ".requirements.txt"
         wanted_file.write_text("\n".join(wanted) + "\n", encoding="utf-8")
-        cmd = [sys.executable, "-m", "pip", "install", "--isolated", "--quiet", "--disable-pip-version-check",
-               "--no-input", "--target", str(target), "--src", str(target / ".src"), "-r", str(wanted_file)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--isolated",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--target",
+            str(target),
+            "--src",
+            str(target / ".src"),
+            "-r",
+            str(wanted_file),
+        ]
         done = await bounded.run(cmd, self.opt.pip_timeout, cwd=target, merge_stderr=True)
         if done.timed_out:
-            raise _StepFailed(f"installing {req_file.name} took longer than {self.opt.pip_timeout:.0f}s")
+            raise _StepFailed(
+                f"installing {req_file.name} took longer than {self.opt.pip_timeout:.0f}s"
+            )
         if done.returncode != 0:
             tail = done.stdout.decode(errors="replace").strip().splitlines()[-3:]
             raise _StepFailed(f"pip could not install {req_file.name}: {' | '.join(tail)}")
@@ -250,7 +311,9 @@ class Pipeline:
         root = (c.owned_dir or Path(c.source.local_path or c.plugin_dir)).resolve()
         for f in files:
             if f.exists() and not f.resolve().is_relative_to(root):
-                raise _StepFailed(f"{f.name} leads outside the repository (a symlink?); plugin files must be in it")
+                raise _StepFailed(
+                    f"{f.name} leads outside the repository (a symlink?); plugin files must be in it"
+                )
 
     async def step_config(self, c: Candidate) -> str:
         self._inside_source(c, [c.plugin_dir / n for n in CONFIG_NAMES])
@@ -260,7 +323,9 @@ class Pipeline:
             # Name the file as the user knows it (inside their repository), not by
             # the path of our temporary clone, which is deleted with the refusal.
             if c.owned_dir is not None and Path(exc.file).is_relative_to(c.owned_dir):
-                raise ConfigError(Path(exc.file).relative_to(c.owned_dir).as_posix(), exc.errors) from None
+                raise ConfigError(
+                    Path(exc.file).relative_to(c.owned_dir).as_posix(), exc.errors
+                ) from None
             raise
         params = merged_parameters(c.config, c.request.parameters)
         c.mode = params.mode
@@ -273,8 +338,10 @@ class Pipeline:
         if not files:
             if c.config is not None and c.config.has_logic:
                 return "no .py file: a declarative task (config.yaml only)"
-            raise _StepFailed("no .py file in the plugin directory (files starting with '_' are ignored); a plugin "
-                              "of config.yaml alone (declarative) must declare links, rules or transforms")
+            raise _StepFailed(
+                "no .py file in the plugin directory (files starting with '_' are ignored); a plugin "
+                "of config.yaml alone (declarative) must declare links, rules or transforms"
+            )
 
         def check() -> None:
             for f in files:
@@ -291,12 +358,20 @@ class Pipeline:
             c.child = {"stage": "ok", "class": "DeclarativeTask", "kind": "task", "functions": []}
             return "declarative task: no module to import"
         extra = [str(c.deps_dir)] if c.deps_dir else []
-        cmd = [sys.executable, "-c", "from iocmng.service.validation import child_check; child_check()",
-               str(c.plugin_dir), c.request.name, *extra]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from iocmng.service.validation import child_check; child_check()",
+            str(c.plugin_dir),
+            c.request.name,
+            *extra,
+        ]
         done = await bounded.run(cmd, self.opt.import_timeout)  # own process group, output capped
         if done.timed_out:
-            raise _StepFailed(f"importing the plugin did not finish within {self.opt.import_timeout:.0f}s "
-                              "(does a module block or loop at import time?)")
+            raise _StepFailed(
+                f"importing the plugin did not finish within {self.opt.import_timeout:.0f}s "
+                "(does a module block or loop at import time?)"
+            )
         out, err = done.stdout, done.stderr
         lines = out.decode(errors="replace").strip().splitlines()
         try:
@@ -305,8 +380,10 @@ class Pipeline:
             c.child = {}
         if "stage" not in c.child:
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise _StepFailed(f"the import exited with code {done.returncode} before reporting "
-                              f"(does a module call sys.exit/os._exit or crash?) {tail[0]}".strip())
+            raise _StepFailed(
+                f"the import exited with code {done.returncode} before reporting "
+                f"(does a module call sys.exit/os._exit or crash?) {tail[0]}".strip()
+            )
         if c.child["stage"] == "import":
             raise _StepFailed(c.child["error"])
         return f"{len(plugin_files(c.plugin_dir))} module(s) imported in a child process"
@@ -319,11 +396,15 @@ class Pipeline:
         c.kind, c.class_name = c.child.get("kind", ""), c.child.get("class", "")
         want = c.request.expect_kind
         if want and c.kind and want != c.kind:
-            raise _StepFailed(f"{c.class_name} is a {c.kind}, not a {want}; add it with POST /api/v1/{c.kind}s "
-                              "(or /api/v1/plugins)")
+            raise _StepFailed(
+                f"{c.class_name} is a {c.kind}, not a {want}; add it with POST /api/v1/{c.kind}s "
+                "(or /api/v1/plugins)"
+            )
         if c.kind == "task" and c.mode == "job":
-            raise _StepFailed(f"config.yaml parameters.mode is 'job', but {c.class_name} is a task; use one of "
-                              + ", ".join(TASK_MODES))
+            raise _StepFailed(
+                f"config.yaml parameters.mode is 'job', but {c.class_name} is a task; use one of "
+                + ", ".join(TASK_MODES)
+            )
         return f"{c.class_name} is a {c.kind}"
 
     async def step_abstract(self, c: Candidate) -> str:
@@ -337,7 +418,6 @@ class Pipeline:
         c.records = list(c.plan.names)
         return f"{len(c.records)} record(s) under {c.plan.base}:"
 
-
     async def step_logic(self, c: Candidate) -> str:
         """Rules and transforms: every expression parsed and name-checked now, not at run time."""
         from ..declarative.logic import Logic
@@ -347,8 +427,10 @@ class Pipeline:
         if not (cfg.rules or cfg.transforms):
             return "no rules or transforms"
         if c.kind == "job":
-            raise _StepFailed("rules and transforms need a task (mode continuous, triggered or reactive), "
-                              f"but {c.class_name} is a job")
+            raise _StepFailed(
+                "rules and transforms need a task (mode continuous, triggered or reactive), "
+                f"but {c.class_name} is a job"
+            )
         assert c.plan is not None
         params = c.plan.parameters_dict()  # as the runtime compiles them
         # The plugin's own functions are known by name here (the code ran in the child).
@@ -378,8 +460,12 @@ def child_check() -> None:
     try:
         cls = choose_class(import_files(Path(directory), name, [Path(e) for e in extra]))
         functions = getattr(cls, "expression_functions", None) or {}
-        result = {"stage": "ok", "class": cls.__name__, "kind": kind_of(cls),
-                  "functions": sorted(str(f) for f in functions)}
+        result = {
+            "stage": "ok",
+            "class": cls.__name__,
+            "kind": kind_of(cls),
+            "functions": sorted(str(f) for f in functions),
+        }
     except IocmngError as exc:
         result = {"stage": getattr(exc, "step", "import"), "error": exc.detail}
     except BaseException as exc:

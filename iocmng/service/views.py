@@ -54,7 +54,7 @@ def is_running(state: str) -> bool:
 def short_names(base: str, records: list[str]) -> list[str]:
     """Record names without the ``<prefix>:<segment>:`` part (2.7.9's ``built_pvs``)."""
     head = base + ":"
-    return [r[len(head):] if r.startswith(head) else r.rsplit(":", 1)[-1] for r in records]
+    return [r[len(head) :] if r.startswith(head) else r.rsplit(":", 1)[-1] for r in records]
 
 
 def pv_definitions(config: PluginConfig | None) -> dict[str, dict[str, Any]]:
@@ -65,8 +65,14 @@ def pv_definitions(config: PluginConfig | None) -> dict[str, dict[str, Any]]:
     return {"inputs": pvs.get("inputs") or {}, "outputs": pvs.get("outputs") or {}}
 
 
-def legacy_fields(entry: Entry, config: PluginConfig | None, base: str, records: list[str],
-                  mode: str | None, class_name: str | None) -> dict[str, Any]:
+def legacy_fields(
+    entry: Entry,
+    config: PluginConfig | None,
+    base: str,
+    records: list[str],
+    mode: str | None,
+    class_name: str | None,
+) -> dict[str, Any]:
     """The static part of 2.7.9's plugin dict (what does not change while a plugin runs).
 
     ``base`` is ``<prefix>:<segment>``; ``records`` the full record names;
@@ -96,17 +102,46 @@ def legacy_fields(entry: Entry, config: PluginConfig | None, base: str, records:
         "additional_output_pvs": list(defs["outputs"]),
         "built_pvs": shorts,
         # Registered means validated: the add's pipeline passed (the steps are in the add's answer).
-        "validation": {"ok": True, "class_name": class_name, "plugin_type": entry.kind, "errors": []},
+        "validation": {
+            "ok": True,
+            "class_name": class_name,
+            "plugin_type": entry.kind,
+            "errors": [],
+        },
     }
 
 
 #: Every key the two functions above add (the startup view copies them from the listing entry).
-LEGACY_KEYS = ("plugin_type", "class_name", "git_url", "local_path", "branch", "path", "pv_prefix", "plugin_prefix",
-               "mode", "auto_start", "auto_start_on_boot", "autostart_order", "pv_definitions", "arguments",
-               "base_control_pvs", "additional_input_pvs", "additional_output_pvs", "built_pvs", "validation",
-               "status", "running", "start_parameters")
+LEGACY_KEYS = (
+    "plugin_type",
+    "class_name",
+    "git_url",
+    "local_path",
+    "branch",
+    "path",
+    "pv_prefix",
+    "plugin_prefix",
+    "mode",
+    "auto_start",
+    "auto_start_on_boot",
+    "autostart_order",
+    "pv_definitions",
+    "arguments",
+    "base_control_pvs",
+    "additional_input_pvs",
+    "additional_output_pvs",
+    "built_pvs",
+    "validation",
+    "status",
+    "running",
+    "start_parameters",
+)
 
 
 def legacy_live(state: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """The part of 2.7.9's plugin dict that follows the plugin's state."""
-    return {"status": legacy_status(state), "running": is_running(state), "start_parameters": parameters}
+    return {
+        "status": legacy_status(state),
+        "running": is_running(state),
+        "start_parameters": parameters,
+    }

@@ -15,7 +15,11 @@ class Diagnostics(JobBase):
         time.sleep(float(self.parameters.get("sleep", 0)))
         if self.parameters.get("fail"):
             raise RuntimeError("diagnostics asked to fail")
-        data = {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3), "load": os.getloadavg()[0]}
+        data = {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "load": os.getloadavg()[0],
+        }
         if self.parameters.get("check_disk"):
             usage = shutil.disk_usage("/")
             data["disk_free_gb"] = round(usage.free / 1e9, 2)

@@ -256,7 +256,9 @@ class Server:
             h = r.body
             ready = h["generation"] >= generation and h["pending_generation"] is None
             if settled:
-                ready = ready and not h["plugins"].get("starting") and not h["plugins"].get("pending")
+                ready = (
+                    ready and not h["plugins"].get("starting") and not h["plugins"].get("pending")
+                )
             return h if ready else None
 
         return wait_for_sync(live, timeout=timeout, interval=0.1, what=f"generation {generation}")
@@ -409,7 +411,9 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 
 
 @pytest.fixture(scope="module")
-def module_server_factory(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ServerFactory]:
+def module_server_factory(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ServerFactory]:
     """Servers shared by the tests of one module."""
     factory = ServerFactory(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
     yield factory

@@ -37,24 +37,42 @@ def state(srv: Server, name: str) -> str:
 def setup(tmp_path: Path, server_factory: ServerFactory) -> tuple[Server, Path, dict[str, Any]]:
     monitor = make_repo(tmp_path / "git" / "monitor", {".": EXAMPLES / "sync_monitor"})
     diag = make_repo(tmp_path / "git" / "diag", {"jobs/diagnostics": EXAMPLES / "diagnostics_job"})
-    boot = {"plugins": [
-        {"name": "monitor", "git_url": monitor, "branch": "main", "autostart_order": 2,
-         "parameters": {"threshold": 10.0}},
-        {"name": "wave", "local_path": str(EXAMPLES / "async_monitor"), "auto_start": False},
-        # auto_start means nothing for a job: it waits idle (a stopped job could not run)
-        {"name": "diag", "git_url": diag, "path": "jobs/diagnostics", "autostart_order": 1, "auto_start": False},
-        # https with a token named by pat_env: the clone fails (nothing listens), the token stays secret
-        {"name": "private", "git_url": f"https://127.0.0.1:{closed_port()}/group/private.git",
-         "pat_env": "BOOT_TEST_TOKEN"},
-        {"name": "nopat", "git_url": "https://127.0.0.1:1/x.git", "pat_env": "BOOT_TEST_UNSET"},
-        {"name": "both", "git_url": monitor, "local_path": str(EXAMPLES / "async_monitor")},
-        {"name": "typo", "local_path": str(EXAMPLES / "async_monitor"), "auto_strat": True},
-        {"name": "inline", "git_url": monitor, "pat": SECRET},
-        {"name": "monitor", "local_path": str(EXAMPLES / "async_monitor")},
-    ]}
+    boot = {
+        "plugins": [
+            {
+                "name": "monitor",
+                "git_url": monitor,
+                "branch": "main",
+                "autostart_order": 2,
+                "parameters": {"threshold": 10.0},
+            },
+            {"name": "wave", "local_path": str(EXAMPLES / "async_monitor"), "auto_start": False},
+            # auto_start means nothing for a job: it waits idle (a stopped job could not run)
+            {
+                "name": "diag",
+                "git_url": diag,
+                "path": "jobs/diagnostics",
+                "autostart_order": 1,
+                "auto_start": False,
+            },
+            # https with a token named by pat_env: the clone fails (nothing listens), the token stays secret
+            {
+                "name": "private",
+                "git_url": f"https://127.0.0.1:{closed_port()}/group/private.git",
+                "pat_env": "BOOT_TEST_TOKEN",
+            },
+            {"name": "nopat", "git_url": "https://127.0.0.1:1/x.git", "pat_env": "BOOT_TEST_UNSET"},
+            {"name": "both", "git_url": monitor, "local_path": str(EXAMPLES / "async_monitor")},
+            {"name": "typo", "local_path": str(EXAMPLES / "async_monitor"), "auto_strat": True},
+            {"name": "inline", "git_url": monitor, "pat": SECRET},
+            {"name": "monitor", "local_path": str(EXAMPLES / "async_monitor")},
+        ]
+    }
     path = tmp_path / "plugins.yaml"
     path.write_text(yaml.safe_dump(boot))
-    srv = server_factory(env={"IOCMNG_PLUGINS_CONFIG": str(path), "BOOT_TEST_TOKEN": SECRET}, start=False)
+    srv = server_factory(
+        env={"IOCMNG_PLUGINS_CONFIG": str(path), "BOOT_TEST_TOKEN": SECRET}, start=False
+    )
     return srv, path, boot
 
 
@@ -63,21 +81,30 @@ def test_boot_list(setup: tuple[Server, Path, dict[str, Any]]) -> None:
     health = srv.start()
     assert health["generation"] == 1
     errors = "\n".join(health["boot_errors"])
-    for text in ("private:", "nopat: pat_env: the variable BOOT_TEST_UNSET is not set",
-                 "(both): give exactly one of git_url or local_path", "(typo): auto_strat: unknown key",
-                 "(inline): pat: Value error, a token is not read from the boot list",
-                 "plugins[8] (monitor): the name is already used"):
+    for text in (
+        "private:",
+        "nopat: pat_env: the variable BOOT_TEST_UNSET is not set",
+        "(both): give exactly one of git_url or local_path",
+        "(typo): auto_strat: unknown key",
+        "(inline): pat: Value error, a token is not read from the boot list",
+        "plugins[8] (monitor): the name is already used",
+    ):
         assert text in errors, errors
     assert SECRET not in errors
     names = sorted(p["name"] for p in call("GET", f"{srv.url}/plugins").expect_ok()["plugins"])
     assert names == ["diag", "monitor", "wave"]
-    wait_for_sync(lambda: state(srv, "monitor") == "running" and state(srv, "diag") == "idle", timeout=30)
+    wait_for_sync(
+        lambda: state(srv, "monitor") == "running" and state(srv, "diag") == "idle", timeout=30
+    )
     assert state(srv, "wave") == "stopped"  # auto_start: false
 
     # registered in autostart_order, then list order
     reg = json.loads((srv.data_dir / "registry.json").read_text())
     assert list(reg["plugins"]) == ["diag", "monitor", "wave"]
-    assert reg["plugins"]["diag"]["autostart_order"] == 1 and reg["plugins"]["wave"]["auto_start"] is False
+    assert (
+        reg["plugins"]["diag"]["autostart_order"] == 1
+        and reg["plugins"]["wave"]["auto_start"] is False
+    )
 
     info = call("GET", f"{srv.url}/plugins/monitor/startup").expect_ok()
     assert info["parameters"]["threshold"] == 10.0 and info["mode"] == "continuous"
@@ -91,7 +118,9 @@ def test_boot_list(setup: tuple[Server, Path, dict[str, Any]]) -> None:
     assert call("GET", f"{srv.url}/jobs/monitor/startup").status == 404
 
     # operator changes: new parameters for monitor, wave started by hand
-    call("POST", f"{srv.url}/plugins/monitor/restart", {"parameters": {"threshold": 20.0}}).expect_ok()
+    call(
+        "POST", f"{srv.url}/plugins/monitor/restart", {"parameters": {"threshold": 20.0}}
+    ).expect_ok()
     call("POST", f"{srv.url}/plugins/wave/restart").expect_ok()
     wait_for_sync(lambda: state(srv, "wave") == "running", timeout=30)
     assert srv.stop() == 0
@@ -101,8 +130,13 @@ def test_boot_list(setup: tuple[Server, Path, dict[str, Any]]) -> None:
     path.write_text(yaml.safe_dump(boot))
     srv.start()
     wait_for_sync(lambda: state(srv, "monitor") == "running", timeout=30)
-    assert call("GET", f"{srv.url}/plugins/monitor/startup").expect_ok()["parameters"]["threshold"] == 20.0
-    wait_for_sync(lambda: state(srv, "wave") == "running", timeout=30)  # started by hand: starts again
+    assert (
+        call("GET", f"{srv.url}/plugins/monitor/startup").expect_ok()["parameters"]["threshold"]
+        == 20.0
+    )
+    wait_for_sync(
+        lambda: state(srv, "wave") == "running", timeout=30
+    )  # started by hand: starts again
     assert srv.stop() == 0
 
     # the token never reached the data directory nor the log
@@ -112,26 +146,37 @@ def test_boot_list(setup: tuple[Server, Path, dict[str, Any]]) -> None:
     assert SECRET not in srv.log()
 
 
-@pytest.mark.parametrize("content, text", [
-    ("plugins: [unclosed", "not valid YAML"),
-    ("- just\n- a list\n", "expected a mapping with a 'plugins:' list"),
-    ("plugins: {name: x}\n", "expected a mapping with a 'plugins:' list"),
-    (None, "cannot read it"),
-])
+@pytest.mark.parametrize(
+    "content, text",
+    [
+        ("plugins: [unclosed", "not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping with a 'plugins:' list"),
+        ("plugins: {name: x}\n", "expected a mapping with a 'plugins:' list"),
+        (None, "cannot read it"),
+    ],
+)
 def test_bad_boot_list_file_stops_the_start(tmp_path: Path, content: str | None, text: str) -> None:
     path = tmp_path / "plugins.yaml"
     if content is not None:
         path.write_text(content)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOCMNG_")}
     env.update(loopback_env())
-    env.update({"IOCMNG_PLUGINS_CONFIG": str(path), "IOCMNG_HOST": "127.0.0.1", "IOCMNG_PORT": "0",
-                "IOCMNG_PLUGINS_DIR": str(tmp_path / "data")})
-    proc = subprocess.run([sys.executable, "-m", "iocmng"], env=env, capture_output=True, text=True, timeout=60)
+    env.update(
+        {
+            "IOCMNG_PLUGINS_CONFIG": str(path),
+            "IOCMNG_HOST": "127.0.0.1",
+            "IOCMNG_PORT": "0",
+            "IOCMNG_PLUGINS_DIR": str(tmp_path / "data"),
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "iocmng"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2, proc.stderr
     assert "IOCMNG_PLUGINS_CONFIG" in proc.stderr and text in proc.stderr, proc.stderr
 
 
-ORDER_TASK = '''
+ORDER_TASK = """
 import pathlib
 import time
 
@@ -149,10 +194,12 @@ class Marker(TaskBase):
 
     def cleanup(self):
         pass
-'''
+"""
 
 
-def test_autostart_order_starts_groups_in_order(tmp_path: Path, server_factory: ServerFactory) -> None:
+def test_autostart_order_starts_groups_in_order(
+    tmp_path: Path, server_factory: ServerFactory
+) -> None:
     marks = tmp_path / "marks.txt"
     entries = []
     # alphabetical order (alpha, mid, zeta) and list order differ from the wanted one
@@ -160,9 +207,12 @@ def test_autostart_order_starts_groups_in_order(tmp_path: Path, server_factory: 
         d = tmp_path / "src" / name
         d.mkdir(parents=True)
         (d / "marker.py").write_text(ORDER_TASK)
-        (d / "config.yaml").write_text(yaml.safe_dump({"parameters": {"interval": 5.0, "delay": delay,
-                                                                       "file": str(marks)}}))
-        entries.append({"name": name, "local_path": str(d), **({"autostart_order": order} if order else {})})
+        (d / "config.yaml").write_text(
+            yaml.safe_dump({"parameters": {"interval": 5.0, "delay": delay, "file": str(marks)}})
+        )
+        entries.append(
+            {"name": name, "local_path": str(d), **({"autostart_order": order} if order else {})}
+        )
     (tmp_path / "plugins.yaml").write_text(yaml.safe_dump({"plugins": entries}))
     srv = server_factory(env={"IOCMNG_PLUGINS_CONFIG": str(tmp_path / "plugins.yaml")})
     wait_for_sync(lambda: marks.exists() and len(marks.read_text().split()) == 3, timeout=30)

@@ -32,19 +32,36 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def channel(name: str, tags: list[str] = (), **props: str) -> dict[str, Any]:
-    return {"name": name, "owner": "cfeeder",
-            "properties": [{"name": k, "value": v, "owner": "cfeeder"} for k, v in props.items()],
-            "tags": [{"name": t, "owner": "cfeeder"} for t in tags]}
+    return {
+        "name": name,
+        "owner": "cfeeder",
+        "properties": [{"name": k, "value": v, "owner": "cfeeder"} for k, v in props.items()],
+        "tags": [{"name": t, "owner": "cfeeder"} for t in tags],
+    }
 
 
 CHANNELS = [
-    *(channel(f"SPARC:MOT:TML:GUNFLG01:{f}", ["archived"], devgroup="mot", devtype="tml", iocName="tml-ch1")
-      for f in ("RBV", "VAL", "DMOV")),
-    *(channel(f"SPARC:MOT:TML:GUNFLG02:{f}", [], devgroup="mot", devtype="tml", iocName="tml-ch1")
-      for f in ("RBV", "VAL")),
+    *(
+        channel(
+            f"SPARC:MOT:TML:GUNFLG01:{f}",
+            ["archived"],
+            devgroup="mot",
+            devtype="tml",
+            iocName="tml-ch1",
+        )
+        for f in ("RBV", "VAL", "DMOV")
+    ),
+    *(
+        channel(f"SPARC:MOT:TML:GUNFLG02:{f}", [], devgroup="mot", devtype="tml", iocName="tml-ch1")
+        for f in ("RBV", "VAL")
+    ),
     # same last segment (GUNFLG01) in another area: a different device
-    *(channel(f"SPARC:LINAC:MOT:GUNFLG01:{f}", [], devgroup="mot", devtype="asyn", iocName="linac")
-      for f in ("RBV", "VAL")),
+    *(
+        channel(
+            f"SPARC:LINAC:MOT:GUNFLG01:{f}", [], devgroup="mot", devtype="asyn", iocName="linac"
+        )
+        for f in ("RBV", "VAL")
+    ),
     channel("SPARC:VAC:IP01:PRES", ["archived"], devgroup="vac", devtype="ipcs", iocName="vac1"),
 ]
 
@@ -68,8 +85,12 @@ def _match(ch: dict[str, Any], query: Any) -> bool:
 
 async def channels(request: web.Request) -> web.Response:
     query = request.query
-    found = [c for c in CHANNELS if _match(c, {k: v for k, v in query.items() if k != "~tag"})
-             and all(_match(c, {"~tag": t}) for t in query.getall("~tag", []))]
+    found = [
+        c
+        for c in CHANNELS
+        if _match(c, {k: v for k, v in query.items() if k != "~tag"})
+        and all(_match(c, {"~tag": t}) for t in query.getall("~tag", []))
+    ]
     return web.json_response(found[: int(query.get("~size", "10000"))])
 
 
@@ -129,29 +150,48 @@ def fake_cf() -> Iterator[FakeChannelFinder]:
 def test_group_devices_by_full_prefix() -> None:
     devices = group_devices(CHANNELS)
     by_prefix = {d["prefix"]: d for d in devices}
-    assert sorted(by_prefix) == ["SPARC:LINAC:MOT:GUNFLG01", "SPARC:MOT:TML:GUNFLG01", "SPARC:MOT:TML:GUNFLG02",
-                                 "SPARC:VAC:IP01"]
+    assert sorted(by_prefix) == [
+        "SPARC:LINAC:MOT:GUNFLG01",
+        "SPARC:MOT:TML:GUNFLG01",
+        "SPARC:MOT:TML:GUNFLG02",
+        "SPARC:VAC:IP01",
+    ]
     d = by_prefix["SPARC:MOT:TML:GUNFLG01"]
-    assert d["name"] == "GUNFLG01" and d["devgroup"] == "mot" and d["devtype"] == "tml" and d["iocname"] == "tml-ch1"
+    assert (
+        d["name"] == "GUNFLG01"
+        and d["devgroup"] == "mot"
+        and d["devtype"] == "tml"
+        and d["iocname"] == "tml-ch1"
+    )
     assert d["fields"] == ["DMOV", "RBV", "VAL"]
     assert by_prefix["SPARC:LINAC:MOT:GUNFLG01"]["devtype"] == "asyn"  # not merged with the TML one
 
 
 def test_search_params() -> None:
     q = search_params("SPARC:*", ["archived", "ok"], {"devgroup": ["mot", "vac"]}, 50, iocName="x")
-    assert q == [("~size", "50"), ("~name", "SPARC:*"), ("~tag", "archived"), ("~tag", "ok"),
-                 ("devgroup", "mot,vac"), ("iocName", "x")]
+    assert q == [
+        ("~size", "50"),
+        ("~name", "SPARC:*"),
+        ("~tag", "archived"),
+        ("~tag", "ok"),
+        ("devgroup", "mot,vac"),
+        ("iocName", "x"),
+    ]
 
 
 async def test_client_search_and_errors(fake_cf: FakeChannelFinder) -> None:
     async with ChannelFinderClient(fake_cf.url, timeout=5) as cf:
         assert len(await cf.search(name="SPARC:*:GUNFLG01:*")) == 5
-        assert {c["name"] for c in await cf.search(tags="archived", devgroup="vac")} == {"SPARC:VAC:IP01:PRES"}
+        assert {c["name"] for c in await cf.search(tags="archived", devgroup="vac")} == {
+            "SPARC:VAC:IP01:PRES"
+        }
         assert len(await cf.discover_devices(devgroup="mot", devtype="tml")) == 2
     base = f"http://127.0.0.1:{fake_cf.port}"
-    cases = [(f"http://127.0.0.1:{closed_port()}/ChannelFinder", "unreachable"),
-             (f"{base}/broken/ChannelFinder", "answered HTTP 500: java.lang.NullPointerException"),
-             (f"{base}/html/ChannelFinder", "the answer is not JSON")]
+    cases = [
+        (f"http://127.0.0.1:{closed_port()}/ChannelFinder", "unreachable"),
+        (f"{base}/broken/ChannelFinder", "answered HTTP 500: java.lang.NullPointerException"),
+        (f"{base}/html/ChannelFinder", "the answer is not JSON"),
+    ]
     for url, text in cases:
         async with ChannelFinderClient(url, timeout=5) as cf:
             with pytest.raises(ChannelFinderError, match=text):
@@ -161,7 +201,7 @@ async def test_client_search_and_errors(fake_cf: FakeChannelFinder) -> None:
 # -- plugins in a real service -----------------------------------------------------------------
 JOB_CONFIG = "parameters: {op: search, filters: {}}\npvs:\n  outputs:\n    COUNT: {type: int}\n"
 
-SYNC_JOB = '''
+SYNC_JOB = """
 from iocmng import JobBase, JobResult
 
 
@@ -177,10 +217,14 @@ class CfSync(JobBase):
             out = self.cf_search(**f)
         self.set_pv("COUNT", len(out))
         return JobResult(True, {"items": out}, f"{len(out)} found")
-'''
+"""
 
-ASYNC_JOB = SYNC_JOB.replace("CfSync", "CfAsync").replace("    def execute", "    async def execute").replace(
-    "self.cf_discover_devices(", "await self.cf_discover_devices(").replace("self.cf_search(", "await self.cf_search(")
+ASYNC_JOB = (
+    SYNC_JOB.replace("CfSync", "CfAsync")
+    .replace("    def execute", "    async def execute")
+    .replace("self.cf_discover_devices(", "await self.cf_discover_devices(")
+    .replace("self.cf_search(", "await self.cf_search(")
+)
 
 
 @pytest.fixture(scope="module")
@@ -195,10 +239,16 @@ def cf_server(fake_cf: FakeChannelFinder, module_server_factory: ServerFactory) 
         plugins.append({"name": name, "local_path": str(d)})
     (root / "service.yaml").write_text(json.dumps({"plugins": plugins}))
     srv = module_server_factory(
-        env={"IOCMNG_CONFIG": str(root / "service.yaml"), "IOCMNG_CHANNELFINDER_URL": fake_cf.url})
+        env={"IOCMNG_CONFIG": str(root / "service.yaml"), "IOCMNG_CHANNELFINDER_URL": fake_cf.url}
+    )
     for name in ("cf-sync", "cf-async"):
-        wait_for_sync(lambda n=name: call("GET", f"{srv.url}/jobs/{n}", timeout=30).expect_ok()["state"] == "idle", timeout=30,
-                      what=f"{name} idle")
+        wait_for_sync(
+            lambda n=name: (
+                call("GET", f"{srv.url}/jobs/{n}", timeout=30).expect_ok()["state"] == "idle"
+            ),
+            timeout=30,
+            what=f"{name} idle",
+        )
     yield srv
     srv.stop()
 
@@ -206,27 +256,49 @@ def cf_server(fake_cf: FakeChannelFinder, module_server_factory: ServerFactory) 
 @pytest.mark.parametrize("job", ["cf-sync", "cf-async"])
 def test_plugin_search_and_discover(cf_server: Server, job: str) -> None:
     run = f"{cf_server.url}/jobs/{job}/run"
-    r = call("POST", run, {"parameters": {"op": "search", "filters": {"name": "SPARC:MOT:TML:*"}}}, timeout=30).expect_ok()
+    r = call(
+        "POST",
+        run,
+        {"parameters": {"op": "search", "filters": {"name": "SPARC:MOT:TML:*"}}},
+        timeout=30,
+    ).expect_ok()
     assert r["success"], r
     assert len(r["data"]["items"]) == 5 and r["message"] == "5 found"
-    r = call("POST", run, {"parameters": {"op": "search", "filters": {"tags": ["archived"]}}}, timeout=30).expect_ok()
-    assert {c["name"] for c in r["data"]["items"]} >= {"SPARC:VAC:IP01:PRES", "SPARC:MOT:TML:GUNFLG01:RBV"}
-    r = call("POST", run, {"parameters": {"op": "discover", "filters": {"devgroup": "mot"}}}, timeout=30).expect_ok()
+    r = call(
+        "POST", run, {"parameters": {"op": "search", "filters": {"tags": ["archived"]}}}, timeout=30
+    ).expect_ok()
+    assert {c["name"] for c in r["data"]["items"]} >= {
+        "SPARC:VAC:IP01:PRES",
+        "SPARC:MOT:TML:GUNFLG01:RBV",
+    }
+    r = call(
+        "POST", run, {"parameters": {"op": "discover", "filters": {"devgroup": "mot"}}}, timeout=30
+    ).expect_ok()
     assert r["success"], r
     assert [d["prefix"] for d in r["data"]["items"]] == [
-        "SPARC:LINAC:MOT:GUNFLG01", "SPARC:MOT:TML:GUNFLG01", "SPARC:MOT:TML:GUNFLG02"]
+        "SPARC:LINAC:MOT:GUNFLG01",
+        "SPARC:MOT:TML:GUNFLG01",
+        "SPARC:MOT:TML:GUNFLG02",
+    ]
 
 
 @pytest.mark.parametrize("job", ["cf-sync", "cf-async"])
 def test_plugin_sees_errors(cf_server: Server, fake_cf: FakeChannelFinder, job: str) -> None:
     run = f"{cf_server.url}/jobs/{job}/run"
     base = f"http://127.0.0.1:{fake_cf.port}"
-    cases = [(f"http://127.0.0.1:{closed_port()}/ChannelFinder", "unreachable"),
-             (f"{base}/broken/ChannelFinder", "HTTP 500"),
-             (f"{base}/html/ChannelFinder", "not JSON")]
+    cases = [
+        (f"http://127.0.0.1:{closed_port()}/ChannelFinder", "unreachable"),
+        (f"{base}/broken/ChannelFinder", "HTTP 500"),
+        (f"{base}/html/ChannelFinder", "not JSON"),
+    ]
     for url, text in cases:
         # the plugin parameter channelfinder_url overrides the service's URL
-        r = call("POST", run, {"parameters": {"channelfinder_url": url, "filters": {"name": "*"}}}, timeout=30).expect_ok()
+        r = call(
+            "POST",
+            run,
+            {"parameters": {"channelfinder_url": url, "filters": {"name": "*"}}},
+            timeout=30,
+        ).expect_ok()
         assert not r["success"], r
         assert r["message"].startswith("ChannelFinderError: ") and text in r["message"], r
         assert url in r["message"]
@@ -244,7 +316,7 @@ def test_no_url_is_an_error(tmp_path: Path) -> None:
         Probe(name="probe").cf_search(name="*")
 
 
-CREATE_DEVICE = '''
+CREATE_DEVICE = """
 import asyncio
 from iocmng.plugin.task import TaskBase
 from iocmng.epics.channelfinder import group_devices
@@ -268,7 +340,7 @@ for bad in ({**desc, "devgroup": "zzz"}, {**desc, "devtype": ""}):
         t.cf_create_device(bad)
     except ValueError as e:
         print("ValueError:", e)
-'''
+"""
 
 
 def test_cf_create_device(tmp_path: Path) -> None:
@@ -279,8 +351,14 @@ def test_cf_create_device(tmp_path: Path) -> None:
 
     from conftest import EpicsPorts
 
-    out = subprocess.run([sys.executable, "-c", CREATE_DEVICE], env=EpicsPorts.allocate().env(), cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", CREATE_DEVICE],
+        env=EpicsPorts.allocate().env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "built OphydMotorSim M1 True" in out.stdout and "async True" in out.stdout, out.stdout
     assert "unknown devgroup 'zzz' (known: diag, io, mag, mot, vac)" in out.stdout

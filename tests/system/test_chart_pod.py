@@ -95,22 +95,31 @@ def open_up(root: Path) -> None:
 
 def chart_values(entry: dict[str, Any], kind: str) -> dict[str, Any]:
     """The values ioc-chart gets from epik8s-chart for the entry (the parts these tests use)."""
-    values = {**entry, "beamline": "testbl", "iocname": entry.get("iocname", entry.get("name")),
-              "iocConfig": "/epics/ioc/config", "devtype": "softioc" if kind == "softioc" else entry.get("devtype")}
+    values = {
+        **entry,
+        "beamline": "testbl",
+        "iocname": entry.get("iocname", entry.get("name")),
+        "iocConfig": "/epics/ioc/config",
+        "devtype": "softioc" if kind == "softioc" else entry.get("devtype"),
+    }
     return {k: v for k, v in values.items() if v is not None}
 
 
 def config_dump(values: dict[str, Any]) -> str:
     """ioc-chart's ConfigMap config.yaml (templates/configmap.yaml): a header, then the values."""
-    head = "config_dir: /epics/ioc/config\ndata_dir: /data/\nautosave_dir: \"/autosave\"\nioctop: /epics/ioc/config\n"
+    head = 'config_dir: /epics/ioc/config\ndata_dir: /data/\nautosave_dir: "/autosave"\nioctop: /epics/ioc/config\n'
     params = "".join(f"{p['name']}: {p['value']}\n" for p in values.get("iocparam", []))
     return head + params + yaml.safe_dump(values, sort_keys=False)
 
 
 def pod_env(values: dict[str, Any]) -> dict[str, str]:
     """The env ioc-chart sets (plus the entry's ``env`` list)."""
-    env = {"IOCSH_PS1": f"{values['iocname']} > ", "IOC_NAME": str(values["iocname"]),
-           "IOC_PREFIX": str(values.get("iocprefix", "")), "IOC_VERSION": "latest"}
+    env = {
+        "IOCSH_PS1": f"{values['iocname']} > ",
+        "IOC_NAME": str(values["iocname"]),
+        "IOC_PREFIX": str(values.get("iocprefix", "")),
+        "IOC_VERSION": "latest",
+    }
     env.update({e["name"]: str(e["value"]) for e in values.get("env", [])})
     return env
 
@@ -118,7 +127,9 @@ def pod_env(values: dict[str, Any]) -> dict[str, str]:
 class Pod:
     """One ioc-chart pod: the git directory, the ConfigMap, the chart's script in the image."""
 
-    def __init__(self, repos: Path, user: str, values: dict[str, Any], git_dir: Path | None = None) -> None:
+    def __init__(
+        self, repos: Path, user: str, values: dict[str, Any], git_dir: Path | None = None
+    ) -> None:
         self.c = Container(repos, user=user)
         self.values = values
         self.dump = readable_dir("iocmng-pod-cm-")
@@ -129,10 +140,18 @@ class Pod:
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
         script = (INIT if self.git else "") + CHART.replace("START", self.values["start"])
-        mounts = (f"{self.dump}:/etc/config-dump:ro",
-                  f"{self.dump / 'epik8s-beamline.yaml'}:/etc/epik8s-beamline.yaml:ro",
-                  *((f"{self.git}:/git:ro",) if self.git else ()))
-        self.c.run("-c", script, env={**pod_env(self.values), **(extra_env or {})}, mounts=mounts, entrypoint="sh")
+        mounts = (
+            f"{self.dump}:/etc/config-dump:ro",
+            f"{self.dump / 'epik8s-beamline.yaml'}:/etc/epik8s-beamline.yaml:ro",
+            *((f"{self.git}:/git:ro",) if self.git else ()),
+        )
+        self.c.run(
+            "-c",
+            script,
+            env={**pod_env(self.values), **(extra_env or {})},
+            mounts=mounts,
+            entrypoint="sh",
+        )
 
     def alive(self) -> None:
         if not self.c.running():
@@ -140,7 +159,9 @@ class Pod:
 
     def pre_stop(self) -> None:
         """The chart's preStop hook: ``bash -c "<stop>"``, run in the container as its user."""
-        out = podman("exec", self.c.name, "bash", "-c", self.values["stop"], check=False, timeout=30)
+        out = podman(
+            "exec", self.c.name, "bash", "-c", self.values["stop"], check=False, timeout=30
+        )
         # 137: the container ended (its PID 1 exited) before the hook's shell did, as it may in a pod
         assert out.returncode in (0, 137), out.stdout + out.stderr
 
@@ -154,7 +175,9 @@ def softioc_entry() -> dict[str, Any]:
 
 
 def service_entry() -> dict[str, Any]:
-    return yaml.safe_load((EPIK8S / "values-service.yaml").read_text())["epicsConfiguration"]["services"]["iocmng"]
+    return yaml.safe_load((EPIK8S / "values-service.yaml").read_text())["epicsConfiguration"][
+        "services"
+    ]["iocmng"]
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +201,9 @@ def git_dir() -> Iterator[Path]:
     root = readable_dir("iocmng-pod-git-")
     try:
         shutil.copytree(EXAMPLES / "sync_monitor", root, dirs_exist_ok=True)
-        shutil.copy(EPIK8S / "softioc" / "start.sh.j2", root / "start.sh.j2")  # keeps its mode (755)
+        shutil.copy(
+            EPIK8S / "softioc" / "start.sh.j2", root / "start.sh.j2"
+        )  # keeps its mode (755)
         open_up(root)
         yield root
     finally:
@@ -191,13 +216,19 @@ async def _caget(pv: str, **kw: Any) -> Any:
     return await caget(pv, timeout=5, **kw)
 
 
-@pytest.mark.parametrize("user", ["1000:1000", "123456:0"], ids=["chart-uid-1000", "any-uid-group-0"])
-async def test_softioc_pod_runs_start_sh_j2(image: dict[str, Any], repo: Path, git_dir: Path, user: str) -> None:
+@pytest.mark.parametrize(
+    "user", ["1000:1000", "123456:0"], ids=["chart-uid-1000", "any-uid-group-0"]
+)
+async def test_softioc_pod_runs_start_sh_j2(
+    image: dict[str, Any], repo: Path, git_dir: Path, user: str
+) -> None:
     from aioca import caput
 
     entry = softioc_entry()
     prefix = f"{random_prefix()}:SOFTINTLK"
-    values = chart_values({**entry, "iocprefix": f"{prefix}:"}, "softioc")  # iocprefix often ends in ':'
+    values = chart_values(
+        {**entry, "iocprefix": f"{prefix}:"}, "softioc"
+    )  # iocprefix often ends in ':'
     pod = Pod(repo, user, values, git_dir)
     try:
         pod.start()
@@ -206,13 +237,25 @@ async def test_softioc_pod_runs_start_sh_j2(image: dict[str, Any], repo: Path, g
             pod.alive()
             return await _caget(f"{prefix}:READING") == value
 
-        await wait_for(lambda: reading_is(50.0), timeout=60, interval=0.2, what="READING over CA from the pod")
+        await wait_for(
+            lambda: reading_is(50.0), timeout=60, interval=0.2, what="READING over CA from the pod"
+        )
         assert await _caget(f"{prefix}:ALARM") == 0
-        await caput(f"{prefix}:SETPOINT", 90.0, wait=True, timeout=5)  # above the iocparam threshold 80
-        await wait_for(lambda: _equal(f"{prefix}:ALARM", 1), timeout=20, what="ALARM over the iocparam threshold")
+        await caput(
+            f"{prefix}:SETPOINT", 90.0, wait=True, timeout=5
+        )  # above the iocparam threshold 80
+        await wait_for(
+            lambda: _equal(f"{prefix}:ALARM", 1),
+            timeout=20,
+            what="ALARM over the iocparam threshold",
+        )
         ctx = pva_context(pod.c.ports)
         try:
-            await wait_for(lambda: _pva_float(ctx, f"{prefix}:READING", 90.0), timeout=20, what="READING over PVA")
+            await wait_for(
+                lambda: _pva_float(ctx, f"{prefix}:READING", 90.0),
+                timeout=20,
+                what="READING over PVA",
+            )
         finally:
             ctx.close()
 
@@ -222,7 +265,9 @@ async def test_softioc_pod_runs_start_sh_j2(image: dict[str, Any], repo: Path, g
         logs = pod.c.logs()
         assert "rendered /epics/ioc/config/start.sh.j2 -> /epics/ioc/config/start.sh" in logs
         assert "starting with threshold 80" in logs  # iocparam -> start.sh.j2 -> -p threshold=80
-        assert "softinterlock: stopped after" in logs  # IOC_NAME; the preStop hook let cleanup() run
+        assert (
+            "softinterlock: stopped after" in logs
+        )  # IOC_NAME; the preStop hook let cleanup() run
     finally:
         pod.remove()
 
@@ -235,20 +280,30 @@ async def _pva_float(ctx: Any, pv: str, expected: float) -> bool:
     return float(await ctx.get(pv)) == expected
 
 
-async def test_service_entry_as_uid_1000_on_a_fresh_volume(image: dict[str, Any], repo: Path) -> None:
+async def test_service_entry_as_uid_1000_on_a_fresh_volume(
+    image: dict[str, Any], repo: Path
+) -> None:
     entry = service_entry()
     values = chart_values(entry, "service")
     pod = Pod(repo, "1000:1000", values)
     c = pod.c
     try:
         # the entry's env, with this test's loopback HTTP port and PV prefix
-        pod.start({"IOCMNG_HOST": "127.0.0.1", "IOCMNG_PORT": str(c.http), "IOCMNG_PREFIX": c.prefix})
-        health = wait_for_sync(lambda: (pod.alive(), c.health())[1], timeout=90, interval=0.2, what="/health")
+        pod.start(
+            {"IOCMNG_HOST": "127.0.0.1", "IOCMNG_PORT": str(c.http), "IOCMNG_PREFIX": c.prefix}
+        )
+        health = wait_for_sync(
+            lambda: (pod.alive(), c.health())[1], timeout=90, interval=0.2, what="/health"
+        )
         assert health["status"] == "ok", health
-        status, body = c.request("POST", "/tasks", {"name": "mon", "git_url": "file:///repos/plugins"})
+        status, body = c.request(
+            "POST", "/tasks", {"name": "mon", "git_url": "file:///repos/plugins"}
+        )
         assert status == 201, body
         c.wait_generation(body["generation"])
-        await wait_for(lambda: _equal(f"{c.prefix}:MON:READING", 50.0), timeout=30, what="the added task's PV")
+        await wait_for(
+            lambda: _equal(f"{c.prefix}:MON:READING", 50.0), timeout=30, what="the added task's PV"
+        )
         out = podman("exec", c.name, "sh", "-c", "id -u; ls -n /data/plugins", check=False)
         assert out.stdout.startswith("1000\n") and "registry" in out.stdout, out.stdout + out.stderr
         _purge_ca_channels()

@@ -27,12 +27,37 @@ pytestmark = pytest.mark.timeout(240)
 
 def test_churn(tmp_path: Path) -> None:
     ports = EpicsPorts.allocate()
-    port_list = [ports.ca_server, ports.ca_repeater, ports.pva_server, ports.pva_broadcast, free_port()]
+    port_list = [
+        ports.ca_server,
+        ports.ca_repeater,
+        ports.pva_server,
+        ports.pva_broadcast,
+        free_port(),
+    ]
     out = tmp_path / "churn.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "churn.py"), "--tasks", "10", "--cycles", "1", "--restarts", "3",
-         "--settle", "2", "--src", "tree", "--ports", ",".join(map(str, port_list)), "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=220,
+        [
+            sys.executable,
+            str(REPO / "bench" / "churn.py"),
+            "--tasks",
+            "10",
+            "--cycles",
+            "1",
+            "--restarts",
+            "3",
+            "--settle",
+            "2",
+            "--src",
+            "tree",
+            "--ports",
+            ",".join(map(str, port_list)),
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=220,
     )
     summary = proc.stdout + proc.stderr[-3000:]
     print(proc.stdout)

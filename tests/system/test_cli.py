@@ -246,7 +246,9 @@ def test_wrong_or_missing_token(server_factory: ServerFactory, repos: dict[str, 
     # the right token, from the environment
     # (--wait: stopping the server in the middle of its reload would race the re-exec)
     ok(cli(*add, "--wait", url=srv.url, env={"IOCMNG_API_TOKEN": TOKEN}))
-    assert [p["name"] for p in as_json(cli("job", "ls", "-o", "json", url=srv.url))["plugins"]] == ["diag"]
+    assert [p["name"] for p in as_json(cli("job", "ls", "-o", "json", url=srv.url))["plugins"]] == [
+        "diag"
+    ]
 
 
 def test_unknown_plugin(server: Server) -> None:
@@ -314,13 +316,28 @@ DEFECTS = {
         {"p.py": GOOD, "config.yaml": "pvs: {inputs: {X: {type: complex}}}\n"},
         "pvs.inputs.X.type",
     ),
-    "import_error": ({"p.py": "import not_a_module_anywhere\n" + GOOD, "config.yaml": ""}, "ModuleNotFoundError"),
-    "import_hangs": ({"p.py": "import time\ntime.sleep(1000)\n" + GOOD, "config.yaml": ""}, "within 3s"),
+    "import_error": (
+        {"p.py": "import not_a_module_anywhere\n" + GOOD, "config.yaml": ""},
+        "ModuleNotFoundError",
+    ),
+    "import_hangs": (
+        {"p.py": "import time\ntime.sleep(1000)\n" + GOOD, "config.yaml": ""},
+        "within 3s",
+    ),
     "import_exits": ({"p.py": "import os\nos._exit(3)\n", "config.yaml": ""}, "exited with code 3"),
     "not_yaml": ({"p.py": GOOD, "config.yaml": "pvs: [\n"}, "not valid YAML"),
-    "unknown_key": ({"p.py": GOOD, "config.yaml": "pvs: {outputs: {X: {tpye: float}}}\n"}, "unknown key"),
-    "collision": ({"p.py": GOOD, "config.yaml": "pvs: {outputs: {STATUS: {type: int}}}\n"}, "default PV STATUS"),
-    "too_long": ({"p.py": GOOD, "config.yaml": "pvs: {outputs: {" + "X" * 60 + ": {}}}\n"}, "over the EPICS limit"),
+    "unknown_key": (
+        {"p.py": GOOD, "config.yaml": "pvs: {outputs: {X: {tpye: float}}}\n"},
+        "unknown key",
+    ),
+    "collision": (
+        {"p.py": GOOD, "config.yaml": "pvs: {outputs: {STATUS: {type: int}}}\n"},
+        "default PV STATUS",
+    ),
+    "too_long": (
+        {"p.py": GOOD, "config.yaml": "pvs: {outputs: {" + "X" * 60 + ": {}}}\n"},
+        "over the EPICS limit",
+    ),
 }
 STEP = {
     "syntax": "syntax",
@@ -354,7 +371,9 @@ def test_validate_refuses(tmp_path: Path, defect: str) -> None:
         proc.stdout
     )
     assert f"refused at step {STEP[defect]}" in proc.stderr
-    report = json.loads(cli("validate", str(d), "--prefix", "VAL", "-o", "json", env=FAST_IMPORT).stdout)
+    report = json.loads(
+        cli("validate", str(d), "--prefix", "VAL", "-o", "json", env=FAST_IMPORT).stdout
+    )
     assert report["ok"] is False and report["steps"][-1]["step"] == STEP[defect]
     assert list(tmp_path.iterdir()) == [d], "validate left files next to the plugin"
 

@@ -397,7 +397,15 @@ def batch(c: Compat) -> list[tuple[str, dict[str, Any]]]:
         ("jobs", {"name": "example_job", "git_url": r["example_job"], "branch": "main"}),
         # 2.7.9's test_add_local_task_plugin
         # ... and "parameters": null, as 2.7.9's clients may send it
-        ("plugins", {"name": "local-task", "local_path": str(c.local_root), "path": "task", "parameters": None}),
+        (
+            "plugins",
+            {
+                "name": "local-task",
+                "local_path": str(c.local_root),
+                "path": "task",
+                "parameters": None,
+            },
+        ),
         # restarted by test_restart_fetches_the_new_commit after new commits
         ("tasks", {"name": "refetch", "git_url": r["refetch"], "branch": "main"}),
         # removed by test_delete_answers
@@ -461,9 +469,7 @@ def compat(
     adds = batch(c)
     with ThreadPoolExecutor(len(adds)) as pool:
         answers = list(pool.map(lambda a: c.post(f"/{a[0]}", a[1]), adds))
-    c.adds = {
-        body["name"]: (coll, body, r) for (coll, body), r in zip(adds, answers, strict=True)
-    }
+    c.adds = {body["name"]: (coll, body, r) for (coll, body), r in zip(adds, answers, strict=True)}
     settle(srv)
     yield c
     assert srv.alive(), f"the server died:\n{srv.log()[-4000:]}"
@@ -539,7 +545,10 @@ async def test_restart_fetches_the_new_commit(compat: Compat, tmp_path: Path) ->
     git(repo, "commit", "-qam", "broken")
     r = compat.post("/plugins/refetch/restart")
     assert_problem(r, 422, "syntax")
-    assert compat.entry("refetch")["source"]["commit"] == before and compat.entry("refetch")["state"] == "running"
+    assert (
+        compat.entry("refetch")["source"]["commit"] == before
+        and compat.entry("refetch")["state"] == "running"
+    )
     # a good commit: fetched, validated and restarted live (same PVs: no reload)
     (repo / "plugin.py").write_text(REFETCH_CODE.format(value=2.0))
     git(repo, "commit", "-qam", "two")
@@ -1270,27 +1279,50 @@ def test_boot_held_plugin_starts_with_restart(compat: Compat, restarted: dict[st
     )
     r = compat.post("/plugins/no_boot/restart")
     assert_mutation_ok(r, "no_boot")
-    wait_for_sync(lambda: compat.entry("no_boot")["state"] == "running", timeout=30,
-                  what="no_boot running after POST /plugins/no_boot/restart")
+    wait_for_sync(
+        lambda: compat.entry("no_boot")["state"] == "running",
+        timeout=30,
+        what="no_boot running after POST /plugins/no_boot/restart",
+    )
     assert compat.entry("no_boot")["status"] == "running"
 
 
 # ================================================================================================
 # A 2.7.9 data volume: its autostart_plugins.yaml is taken over once
 # ================================================================================================
-def test_2_7_9_autostart_registry_is_taken_over(tmp_path: Path, server_factory: ServerFactory) -> None:
+def test_2_7_9_autostart_registry_is_taken_over(
+    tmp_path: Path, server_factory: ServerFactory
+) -> None:
     """A site swaps the image and keeps /data: 2.7.9's persisted plugins come back, once."""
-    repo = make_repo(tmp_path / "git" / "plain",
-                     {"task/plugin.py": TASK_CODE, "task/config.yaml": yaml.dump(PLAIN_CONFIG)})
+    repo = make_repo(
+        tmp_path / "git" / "plain",
+        {"task/plugin.py": TASK_CODE, "task/config.yaml": yaml.dump(PLAIN_CONFIG)},
+    )
     data = tmp_path / "data"
     data.mkdir()
-    legacy = {"plugins": [
-        # what 2.7.9's _upsert_autostart_registry_entry writes
-        {"name": "Old_Monitor", "git_url": repo, "local_path": None, "path": "task", "branch": "main",
-         "pat": None, "auto_start": True, "auto_start_on_boot": True, "autostart_order": 1,
-         "parameters": {"threshold": 12.5}},
-        {"name": "broken", "git_url": "ftp://example.invalid/x.git", "path": "", "branch": "main"},
-    ]}
+    legacy = {
+        "plugins": [
+            # what 2.7.9's _upsert_autostart_registry_entry writes
+            {
+                "name": "Old_Monitor",
+                "git_url": repo,
+                "local_path": None,
+                "path": "task",
+                "branch": "main",
+                "pat": None,
+                "auto_start": True,
+                "auto_start_on_boot": True,
+                "autostart_order": 1,
+                "parameters": {"threshold": 12.5},
+            },
+            {
+                "name": "broken",
+                "git_url": "ftp://example.invalid/x.git",
+                "path": "",
+                "branch": "main",
+            },
+        ]
+    }
     (data / "autostart_plugins.yaml").write_text(yaml.safe_dump(legacy, sort_keys=False))
     srv = server_factory(data_dir=data, start=False)
     h = srv.start()
@@ -1307,9 +1339,9 @@ def test_2_7_9_autostart_registry_is_taken_over(tmp_path: Path, server_factory: 
     srv.start()
     settle(srv)
     assert call("GET", srv.url + "/plugins/Old_Monitor").status == 404
-    assert (data / "autostart_plugins.yaml").read_text() == yaml.safe_dump(legacy, sort_keys=False), (
-        "2.7.9's file is left as it was (a rollback still works)"
-    )
+    assert (data / "autostart_plugins.yaml").read_text() == yaml.safe_dump(
+        legacy, sort_keys=False
+    ), "2.7.9's file is left as it was (a rollback still works)"
 
 
 # ================================================================================================
@@ -1414,5 +1446,7 @@ def test_cors_off_by_default(compat: Compat) -> None:
     assert r.status < 500, r.text
     assert r.header("Access-Control-Allow-Origin") is None, dict(r.headers)
     r = compat.get("/plugins", headers={"Origin": DASH})
-    assert r.status == 403 and r.header("Access-Control-Allow-Origin") is None, dict(r.headers)  # issue 14
+    assert r.status == 403 and r.header("Access-Control-Allow-Origin") is None, dict(
+        r.headers
+    )  # issue 14
     assert not [k for k in r.headers if k.lower().startswith("access-control-")], dict(r.headers)

@@ -15,7 +15,7 @@ import pytest
 from aioca import caget, caput
 from conftest import EpicsPorts, wait_for
 
-TASK = '''
+TASK = """
 import threading
 import time
 
@@ -53,7 +53,7 @@ class LegacyTask(TaskBase):
     def cleanup(self):
         self.worker.join(5)
         self.logger.info("legacy cleanup, worker alive=%s", self.worker.is_alive())
-'''
+"""
 
 TASK_CONFIG = """
 parameters: {interval: 0.1}
@@ -71,7 +71,7 @@ arguments:
     STAMP: {type: string}
 """
 
-JOB = '''
+JOB = """
 from iocmng import JobBase
 from iocmng.plugin.job import JobResult
 
@@ -84,7 +84,7 @@ class LegacyJob(JobBase):
         self.set_output("PREV", "none" if self.last_result is None else self.last_result.message)
         self.set_output("WHEN", self.get_datetime())
         return JobResult(success=True, data={"ms": self.get_timems()}, message="legacy done")
-'''
+"""
 
 JOB_CONFIG = """
 arguments:
@@ -112,7 +112,9 @@ async def test_plugin_written_for_2_7_9_runs_unchanged(
     values = tmp_path / "values.yaml"
     values.write_text("beamline: sparc\nnamespace: sparc\n")
     env = EpicsPorts.env
-    monkeypatch.setattr(EpicsPorts, "env", lambda self: {**env(self), "IOCMNG_BEAMLINE_CONFIG": str(values)})
+    monkeypatch.setattr(
+        EpicsPorts, "env", lambda self: {**env(self), "IOCMNG_BEAMLINE_CONFIG": str(values)}
+    )
     task = write(tmp_path, "legacy_task", TASK, TASK_CONFIG)
     job = write(tmp_path, "legacy_job", JOB, JOB_CONFIG)
     runner = runner_factory([task, job])
@@ -139,7 +141,9 @@ async def test_plugin_written_for_2_7_9_runs_unchanged(
 
     # the runner ran the job once at start: no previous result then
     assert await caget(pv("PREV", "legacy_job")) == "none"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", await caget(pv("WHEN", "legacy_job")))
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", await caget(pv("WHEN", "legacy_job"))
+    )
     assert await caget(pv("MESSAGE", "legacy_job")) == "legacy done"
 
     rc = runner.stop(signal.SIGINT)

@@ -41,8 +41,12 @@ IMAGE = "localhost/iocmng:test"
 pytestmark = pytest.mark.timeout(900)
 
 
-def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PODMAN, *args], capture_output=True, text=True, check=check, timeout=timeout)
+def podman(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PODMAN, *args], capture_output=True, text=True, check=check, timeout=timeout
+    )
 
 
 def podman_unusable() -> str | None:
@@ -61,8 +65,20 @@ def podman_unusable() -> str | None:
 def built_image() -> dict[str, Any]:
     """Build the image once per test session (test_chart_pod.py uses it too)."""
     t0 = time.monotonic()
-    build = podman("build", "--format", "docker", *RUN_FLAGS, "--network=host",
-                   "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", IMAGE, str(REPO), check=False, timeout=900)
+    build = podman(
+        "build",
+        "--format",
+        "docker",
+        *RUN_FLAGS,
+        "--network=host",
+        "--build-arg",
+        f"BASE_IMAGE={BASE_IMAGE}",
+        "-t",
+        IMAGE,
+        str(REPO),
+        check=False,
+        timeout=900,
+    )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     inspect = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
     return {"build_s": time.monotonic() - t0, "inspect": inspect}
@@ -78,8 +94,12 @@ def image() -> dict[str, Any]:
 
 def test_image_metadata(image: dict[str, Any]) -> None:
     cfg = image["inspect"]["Config"]
-    assert cfg["User"] == "1000"  # numeric (runAsNonRoot can check it): the epik8s charts' runAsUser
-    assert cfg["Entrypoint"] == ["iocmng-server"]  # exec form: SIGTERM reaches it, the reload keeps PID 1
+    assert (
+        cfg["User"] == "1000"
+    )  # numeric (runAsNonRoot can check it): the epik8s charts' runAsUser
+    assert cfg["Entrypoint"] == [
+        "iocmng-server"
+    ]  # exec form: SIGTERM reaches it, the reload keeps PID 1
     assert "/data" in cfg["Volumes"]
     assert "IOCMNG_PLUGINS_DIR=/data/plugins" in cfg["Env"]
     for port in ("8080/tcp", "5064/tcp", "5064/udp", "5065/udp", "5075/tcp", "5076/udp"):
@@ -103,14 +123,30 @@ def test_image_requires_a_token(image: dict[str, Any], tmp_path: Path) -> None:
     (secret / "token").chmod(0o644)
     name = f"iocmng-test-{uuid.uuid4().hex[:8]}"
     try:
-        podman("run", "-d", "--name", name, "--network=none", *RUN_FLAGS, "-v", f"{secret}:/run/secrets/iocmng:ro",
-               "-e", "IOCMNG_API_TOKEN_FILE=/run/secrets/iocmng/token", IMAGE)
+        podman(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network=none",
+            *RUN_FLAGS,
+            "-v",
+            f"{secret}:/run/secrets/iocmng:ro",
+            "-e",
+            "IOCMNG_API_TOKEN_FILE=/run/secrets/iocmng/token",
+            IMAGE,
+        )
+
         def logs() -> str:
             out = podman("logs", name, check=False)
             return out.stdout + out.stderr
 
-        wait_for_sync(lambda: "HTTP on 0.0.0.0:8080" in logs(), timeout=90, interval=0.2,
-                      what="the service serving with the token from the file")
+        wait_for_sync(
+            lambda: "HTTP on 0.0.0.0:8080" in logs(),
+            timeout=90,
+            interval=0.2,
+            what="the service serving with the token from the file",
+        )
         assert (secret / "token").read_text() not in logs()
     finally:
         podman("rm", "-f", "-t", "2", name, check=False)
@@ -138,14 +174,29 @@ class Container:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http}/api/v1"
 
-    def run(self, *command: str, env: dict[str, str] | None = None, mounts: tuple[str, ...] = (),
-            entrypoint: str | None = None) -> None:
+    def run(
+        self,
+        *command: str,
+        env: dict[str, str] | None = None,
+        mounts: tuple[str, ...] = (),
+        entrypoint: str | None = None,
+    ) -> None:
         """``podman run -d``: the service by default; ``entrypoint``/``command`` replace it (as a chart does)."""
         full = self.epics_env()
         full.update(IOCMNG_HOST="127.0.0.1", IOCMNG_PORT=str(self.http), IOCMNG_PREFIX=self.prefix)
         full.update(env or {})
-        args = ["run", "-d", "--name", self.name, "--network=host", *RUN_FLAGS,
-                "-v", f"{self.volume}:/data", "-v", f"{self.repo_dir}:/repos:ro"]
+        args = [
+            "run",
+            "-d",
+            "--name",
+            self.name,
+            "--network=host",
+            *RUN_FLAGS,
+            "-v",
+            f"{self.volume}:/data",
+            "-v",
+            f"{self.repo_dir}:/repos:ro",
+        ]
         for mount in mounts:
             args += ["-v", mount]
         if self.user:
@@ -163,7 +214,9 @@ class Container:
     def wait_exit(self, timeout: float = 30) -> int:
         return int(podman("wait", self.name, timeout=timeout).stdout.strip())
 
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 30
+    ) -> tuple[int, Any]:
         """:func:`call` on the container's API: status and JSON body."""
         r = call(method, self.url + path, body, timeout=timeout)
         return r.status, r.body
@@ -176,8 +229,16 @@ class Container:
 
     def wait_generation(self, generation: int, timeout: float = 60) -> dict[str, Any]:
         return wait_for_sync(
-            lambda: (h := self.health()) and h["generation"] >= generation and not h["pending_generation"] and h,
-            timeout=timeout, interval=0.2, what=f"generation {generation}")
+            lambda: (
+                (h := self.health())
+                and h["generation"] >= generation
+                and not h["pending_generation"]
+                and h
+            ),
+            timeout=timeout,
+            interval=0.2,
+            what=f"generation {generation}",
+        )
 
     def logs(self) -> str:
         out = podman("logs", self.name, check=False)
@@ -194,7 +255,10 @@ def plugin_repos() -> Iterator[Path]:
     # Not under pytest's tmp_path (0700): the container's non-root user must read it.
     base = Path(tempfile.mkdtemp(prefix="iocmng-ctr-"))
     try:
-        make_repo(base / "plugins", {".": EXAMPLES / "sync_monitor", "jobs/diag": EXAMPLES / "diagnostics_job"})
+        make_repo(
+            base / "plugins",
+            {".": EXAMPLES / "sync_monitor", "jobs/diag": EXAMPLES / "diagnostics_job"},
+        )
         for d, _, files in os.walk(base):
             os.chmod(d, 0o755)
             for f in files:
@@ -221,16 +285,25 @@ async def test_container_end_to_end(image: dict[str, Any], repo: Path) -> None:
         cold_start = time.monotonic() - t0
         assert h["status"] == "ok", h
 
-        status, body = c.request("POST", "/tasks", {"name": "mon", "git_url": "file:///repos/plugins"})
+        status, body = c.request(
+            "POST", "/tasks", {"name": "mon", "git_url": "file:///repos/plugins"}
+        )
         assert status == 201, body
-        status, body = c.request("POST", "/jobs", {"name": "diag", "git_url": "file:///repos/plugins",
-                                                   "path": "jobs/diag"})
+        status, body = c.request(
+            "POST",
+            "/jobs",
+            {"name": "diag", "git_url": "file:///repos/plugins", "path": "jobs/diag"},
+        )
         assert status == 201, body
         c.wait_generation(body["generation"])
 
         reading = f"{c.prefix}:MON:READING"
         setpoint = f"{c.prefix}:MON:SETPOINT"
-        await wait_for(lambda: _equal(caget(reading, timeout=5), 50.0), timeout=30, what="READING from the first cycle")
+        await wait_for(
+            lambda: _equal(caget(reading, timeout=5), 50.0),
+            timeout=30,
+            what="READING from the first cycle",
+        )
         await caput(setpoint, 66.5, wait=True, timeout=10)
         assert await caget(setpoint, timeout=5) == 66.5
 
@@ -242,14 +315,23 @@ async def test_container_end_to_end(image: dict[str, Any], repo: Path) -> None:
 
         mount = Path(json.loads(podman("volume", "inspect", c.volume).stdout)[0]["Mountpoint"])
         saved = mount / "plugins" / "autosave.json"
-        wait_for_sync(lambda: saved.exists() and json.loads(saved.read_text()).get("mon", {}).get("SETPOINT") == 66.5,
-                      timeout=10, what="SETPOINT autosaved in the /data volume")
+        wait_for_sync(
+            lambda: (
+                saved.exists()
+                and json.loads(saved.read_text()).get("mon", {}).get("SETPOINT") == 66.5
+            ),
+            timeout=10,
+            what="SETPOINT autosaved in the /data volume",
+        )
         podman("restart", "-t", "20", c.name, timeout=120)
         wait_for_sync(c.health, timeout=90, interval=0.2, what="/health after podman restart")
         listing = {p["name"]: p for p in c.request("GET", "/plugins")[1]["plugins"]}
         assert set(listing) == {"mon", "diag"}, listing
-        wait_for_sync(lambda: c.request("GET", "/tasks/mon")[1]["state"] == "running", timeout=30,
-                      what="mon running again")
+        wait_for_sync(
+            lambda: c.request("GET", "/tasks/mon")[1]["state"] == "running",
+            timeout=30,
+            what="mon running again",
+        )
         assert await caget(setpoint, timeout=10) == 66.5  # restored from /data
         assert listing["mon"]["source"]["url"] == "file:///repos/plugins"
 
@@ -258,6 +340,8 @@ async def test_container_end_to_end(image: dict[str, Any], repo: Path) -> None:
         logs = c.logs()
         assert state["ExitCode"] == 0, logs[-3000:]
         assert "stopped after" in logs  # cleanup() of the task ran
-        print(f"\nimage build {image['build_s']:.1f}s, cold start to /health 200: {cold_start:.2f}s")
+        print(
+            f"\nimage build {image['build_s']:.1f}s, cold start to /health 200: {cold_start:.2f}s"
+        )
     finally:
         c.remove()

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.timeout(300)
 ROUNDS = int(os.environ.get("IOCMNG_CRASH_ROUNDS", "24"))
 LIVE = {"running", "idle", "paused"}
 
-SLOW_IMPORT = '''
+SLOW_IMPORT = """
 import time
 from iocmng import TaskBase
 
@@ -55,9 +55,9 @@ class Slow(TaskBase):
     def initialize(self): pass
     def execute(self): pass
     def cleanup(self): pass
-'''
+"""
 
-SLEEPY_JOB = '''
+SLEEPY_JOB = """
 import time
 from iocmng import JobBase, JobResult
 
@@ -67,7 +67,7 @@ class Sleepy(JobBase):
     def execute(self):
         time.sleep(float(self.parameters.get("sleep", 0)))
         return JobResult(success=True, data={}, message="slept")
-'''
+"""
 
 
 # -- requests in threads while the test kills ---------------------------------------------------
@@ -106,8 +106,12 @@ def comparable(plugins: dict[str, Any]) -> dict[str, Any]:
 
 def plant_canaries(data: Path) -> list[Path]:
     """What an interrupted operation can leave behind, made by the test itself."""
-    made = [data / "repos" / "canary-0badc0de", data / "deps" / "canary-0badc0de",
-            data / ".registry.json.canary.tmp", data / ".autosave.json.canary.tmp"]
+    made = [
+        data / "repos" / "canary-0badc0de",
+        data / "deps" / "canary-0badc0de",
+        data / ".registry.json.canary.tmp",
+        data / ".autosave.json.canary.tmp",
+    ]
     for d in made[:2]:
         d.mkdir(parents=True, exist_ok=True)
         (d / "half-written.py").write_text("# interrupted\n")
@@ -116,11 +120,14 @@ def plant_canaries(data: Path) -> list[Path]:
     return made
 
 
-def check_after_restart(srv: Server, allowed: list[dict[str, Any]], canaries: list[Path]) -> dict[str, Any]:
+def check_after_restart(
+    srv: Server, allowed: list[dict[str, Any]], canaries: list[Path]
+) -> dict[str, Any]:
     data = srv.data_dir
     now = registry(data)
     assert any(comparable(now) == comparable(a) for a in allowed), (
-        f"registry is neither the old nor the new state: {sorted(now)} vs {[sorted(a) for a in allowed]}")
+        f"registry is neither the old nor the new state: {sorted(now)} vs {[sorted(a) for a in allowed]}"
+    )
     for c in canaries:
         assert not c.exists(), f"orphan {c} was not removed at start"
     owned = {str(Path(e["owned_dir"]).resolve()) for e in now.values() if e.get("owned_dir")}
@@ -128,7 +135,9 @@ def check_after_restart(srv: Server, allowed: list[dict[str, Any]], canaries: li
     for sub, keep in (("repos", owned), ("deps", deps)):
         folder = data / sub
         present = {str(p.resolve()) for p in folder.iterdir()} if folder.is_dir() else set()
-        assert present == keep, f"{sub}/ holds {present - keep} not in the registry (or misses {keep - present})"
+        assert present == keep, (
+            f"{sub}/ holds {present - keep} not in the registry (or misses {keep - present})"
+        )
     for e in now.values():  # no half-cloned directory is used
         assert (Path(e["plugin_dir"]) / "config.yaml").is_file(), e
 
@@ -150,16 +159,25 @@ def sources(tmp_path: Path) -> dict[str, Any]:
     return {
         "monitor": make_repo(tmp_path / "git" / "monitor", {".": EXAMPLES / "sync_monitor"}),
         "wave": make_repo(tmp_path / "git" / "wave", {"sub/wave": EXAMPLES / "async_monitor"}),
-        "slow": make_repo(tmp_path / "git" / "slow", {
-            "slow.py": SLOW_IMPORT, "config.yaml": "parameters: {interval: 0.5}\n"}),
-        "job": make_repo(tmp_path / "git" / "job", {"job.py": SLEEPY_JOB, "config.yaml": "parameters: {sleep: 0}\n"}),
+        "slow": make_repo(
+            tmp_path / "git" / "slow",
+            {"slow.py": SLOW_IMPORT, "config.yaml": "parameters: {interval: 0.5}\n"},
+        ),
+        "job": make_repo(
+            tmp_path / "git" / "job",
+            {"job.py": SLEEPY_JOB, "config.yaml": "parameters: {sleep: 0}\n"},
+        ),
         "local": str(EXAMPLES / "triggered_scan"),
     }
 
 
 def add_body(kind: str, name: str, sources: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if kind == "monitor":
-        return "/tasks", {"name": name, "git_url": sources["monitor"], "parameters": {"interval": 0.2}}
+        return "/tasks", {
+            "name": name,
+            "git_url": sources["monitor"],
+            "parameters": {"interval": 0.2},
+        }
     if kind == "wave":
         return "/tasks", {"name": name, "git_url": sources["wave"], "path": "sub/wave"}
     if kind == "job":
@@ -185,7 +203,11 @@ def test_kill_anywhere(server: Server, sources: dict[str, Any], tmp_path: Path) 
         on_disk = registry(srv.data_dir)
         # The state the request would commit (its entry as written, if it was).
         if method == "POST" and path in ("/tasks", "/jobs"):
-            new = {**before, body["name"]: on_disk[body["name"]]} if body["name"] in on_disk else before
+            new = (
+                {**before, body["name"]: on_disk[body["name"]]}
+                if body["name"] in on_disk
+                else before
+            )
         elif method == "DELETE":
             new = {k: v for k, v in before.items() if k != path.rsplit("/", 1)[1]}
         else:
@@ -196,27 +218,39 @@ def test_kill_anywhere(server: Server, sources: dict[str, Any], tmp_path: Path) 
         srv.start()
         now = check_after_restart(srv, allowed, canaries)
         stats["new" if comparable(now) != comparable(before) else "old"] += 1
-        print(f"{label}: {bg.result if not isinstance(bg.result, Reply) else bg.result.status} -> "
-              f"{'new' if comparable(now) != comparable(before) else 'old'} state, {len(now)} plugin(s)")
+        print(
+            f"{label}: {bg.result if not isinstance(bg.result, Reply) else bg.result.status} -> "
+            f"{'new' if comparable(now) != comparable(before) else 'old'} state, {len(now)} plugin(s)"
+        )
 
     def after(seconds: float) -> Any:
         # a kill at a chosen (random) instant: the delay is the test, not a wait for something
         return lambda bg: time.sleep(seconds)
 
     def during_import(bg: Background) -> None:
-        wait_for_sync(lambda: srv.importing("slow"), timeout=20, interval=0.02,
-                      what="the child import check of slow")
+        wait_for_sync(
+            lambda: srv.importing("slow"),
+            timeout=20,
+            interval=0.02,
+            what="the child import check of slow",
+        )
 
     def during_job_run(bg: Background) -> None:
-        wait_for_sync(lambda: srv.call("GET", "/jobs/j0", timeout=5).body["state"] == "running",
-                      timeout=20, interval=0.02, what="j0 running")
+        wait_for_sync(
+            lambda: srv.call("GET", "/jobs/j0", timeout=5).body["state"] == "running",
+            timeout=20,
+            interval=0.02,
+            what="j0 running",
+        )
 
     def on_reply(bg: Background) -> None:
         bg.done.wait(30)
 
     def in_reload(bg: Background) -> None:
         bg.done.wait(30)
-        time.sleep(0.1 + rng.uniform(0, 0.5))  # a random instant of the reload (the test): delay 0.1 s, stop, exec, boot
+        time.sleep(
+            0.1 + rng.uniform(0, 0.5)
+        )  # a random instant of the reload (the test): delay 0.1 s, stop, exec, boot
 
     # -- fixed points --------------------------------------------------------------------------
     path, body = "/tasks", {"name": "slow", "git_url": sources["slow"]}
@@ -228,7 +262,13 @@ def test_kill_anywhere(server: Server, sources: dict[str, Any], tmp_path: Path) 
     assert "j0" in registry(srv.data_dir)
     # A job run in progress (the job sleeps 3 s): killed mid-run, it comes back idle.
     assert srv.call("POST", "/jobs/j0/run", {"parameters": {"sleep": 0}}, timeout=30).status == 200
-    round_("kill during a job run", "POST", "/jobs/j0/run", {"parameters": {"sleep": 3}}, during_job_run)
+    round_(
+        "kill during a job run",
+        "POST",
+        "/jobs/j0/run",
+        {"parameters": {"sleep": 3}},
+        during_job_run,
+    )
     round_("kill right after a removal", "DELETE", "/tasks/m0", None, on_reply)
     assert "m0" not in registry(srv.data_dir)
 
@@ -245,9 +285,13 @@ def test_kill_anywhere(server: Server, sources: dict[str, Any], tmp_path: Path) 
             kind = rng.choice(["monitor", "wave", "job", "local"])
             method, (path, body) = "POST", add_body(kind, f"r{serial}-{kind}", sources)
         delay = rng.uniform(0, 0.5)
-        round_(f"random {i}: {method} {path} kill at {delay:.2f}s", method, path, body, after(delay))
-    print(f"\ncrash: {stats['kills']} SIGKILLs survived; registry old state {stats['old']}, "
-          f"new state {stats['new']}")
+        round_(
+            f"random {i}: {method} {path} kill at {delay:.2f}s", method, path, body, after(delay)
+        )
+    print(
+        f"\ncrash: {stats['kills']} SIGKILLs survived; registry old state {stats['old']}, "
+        f"new state {stats['new']}"
+    )
     (tmp_path / "crash.json").write_text(json.dumps(stats))
     assert srv.health()["status"] == "ok"
 
@@ -281,8 +325,11 @@ def test_kill_during_registry_writes(tmp_path: Path) -> None:
     last_generation = 0
     leftovers = 0
     for _ in range(60):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(data)], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(data)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         assert proc.stdout is not None
         first = proc.stdout.readline()  # it is writing now
         assert first, "the writer did not start"
@@ -296,6 +343,8 @@ def test_kill_during_registry_writes(tmp_path: Path) -> None:
         assert state.generation > last_generation
         last_generation = state.generation
     leftovers = len(list(data.glob(".*.tmp")))
-    print(f"\nregistry writes: 60 SIGKILLs mid-write, file whole each time; {leftovers} temp file(s) "
-          "left (removed by the service at start)")
+    print(
+        f"\nregistry writes: 60 SIGKILLs mid-write, file whole each time; {leftovers} temp file(s) "
+        "left (removed by the service at start)"
+    )
     assert all(p.name.startswith(".registry.json.") for p in data.glob(".*.tmp"))

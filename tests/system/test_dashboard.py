@@ -32,14 +32,24 @@ from .conftest import Server, call, make_repo
 pytestmark = pytest.mark.timeout(240)
 
 CHROMIUM = os.environ.get("IOCMNG_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 TOKEN = "dashboard-secret-token"
 # The user guide's screenshots are refreshed only on request
 # (IOCMNG_UPDATE_SCREENSHOTS=1); otherwise they go to a temp directory, so a
 # test run never changes tracked files.
-IMAGES = REPO / "docs" / "images" if os.environ.get("IOCMNG_UPDATE_SCREENSHOTS") == "1" else Path(
-    tempfile.mkdtemp(prefix="iocmng-shots-"))
+IMAGES = (
+    REPO / "docs" / "images"
+    if os.environ.get("IOCMNG_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="iocmng-shots-"))
+)
 
 try:
     from playwright.async_api import async_playwright, expect
@@ -47,10 +57,17 @@ except ImportError:  # pragma: no cover - depends on the environment
     async_playwright = None  # type: ignore[assignment]
 
 if async_playwright is None:
-    pytestmark = [pytestmark, pytest.mark.skip(reason="playwright is not installed (pip install playwright)")]
+    pytestmark = [
+        pytestmark,
+        pytest.mark.skip(reason="playwright is not installed (pip install playwright)"),
+    ]
 elif not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-    pytestmark = [pytestmark, pytest.mark.skip(
-        reason=f"no chromium at {CHROMIUM} (apt-get install chromium, or set IOCMNG_CHROMIUM)")]
+    pytestmark = [
+        pytestmark,
+        pytest.mark.skip(
+            reason=f"no chromium at {CHROMIUM} (apt-get install chromium, or set IOCMNG_CHROMIUM)"
+        ),
+    ]
 
 
 @pytest.fixture
@@ -79,7 +96,9 @@ def plugin_names(srv: Server) -> set[str]:
     return {p["name"] for p in rest(srv, "/plugins")["plugins"]}
 
 
-async def add_through_form(page: Any, coll: str, name: str, git_url: str, params: str = "{}", path: str = "") -> None:
+async def add_through_form(
+    page: Any, coll: str, name: str, git_url: str, params: str = "{}", path: str = ""
+) -> None:
     form = page.locator("#add-form")
     await form.locator("select[name=coll]").select_option(coll)
     await form.locator("input[name=name]").fill(name)
@@ -96,9 +115,13 @@ async def test_dashboard(server: Server, browser: Any, tmp_path: Path) -> None:
     srv.start()
     monitor = make_repo(tmp_path / "git" / "monitor", {".": EXAMPLES / "sync_monitor"})
     diag = make_repo(tmp_path / "git" / "diag", {"jobs/diag": EXAMPLES / "diagnostics_job"})
-    broken = make_repo(tmp_path / "git" / "broken", {
-        "config.yaml": "parameters: {}\npvs:\n  outputs:\n    X: {type: float, colour: red}\n",
-        "plugin.py": "from iocmng import TaskBase\n"})
+    broken = make_repo(
+        tmp_path / "git" / "broken",
+        {
+            "config.yaml": "parameters: {}\npvs:\n  outputs:\n    X: {type: float, colour: red}\n",
+            "plugin.py": "from iocmng import TaskBase\n",
+        },
+    )
 
     ctx = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await ctx.new_page()
@@ -132,7 +155,9 @@ async def test_dashboard(server: Server, browser: Any, tmp_path: Path) -> None:
 
     # -- bad adds: the detail next to the field, the report step by step -------------------------
     await add_through_form(page, "tasks", "Bad Name!", monitor)
-    await expect(page.locator('.field-error[data-for="name"]')).to_contain_text("not a valid plugin name")
+    await expect(page.locator('.field-error[data-for="name"]')).to_contain_text(
+        "not a valid plugin name"
+    )
     await add_through_form(page, "tasks", "mon", "ftp://example.invalid/x.git")
     await expect(page.locator('.field-error[data-for="git_url"]')).to_contain_text("file://")
     await expect(page.locator('.field-error[data-for="name"]')).to_be_empty()
@@ -151,7 +176,9 @@ async def test_dashboard(server: Server, browser: Any, tmp_path: Path) -> None:
     await add_through_form(page, "jobs", "diag", diag, path="jobs/diag")
     await expect(page.locator('#plugins tr[data-name="diag"]')).to_be_visible(timeout=60_000)
     await expect(row.locator(".state")).to_have_text("running", timeout=60_000)
-    await expect(page.locator('#plugins tr[data-name="diag"] .state')).to_have_text("idle", timeout=60_000)
+    await expect(page.locator('#plugins tr[data-name="diag"] .state')).to_have_text(
+        "idle", timeout=60_000
+    )
     await expect(page.locator("#banner")).to_be_hidden(timeout=30_000)
     await expect(row).to_contain_text(monitor)
     assert await page.evaluate("window.__noReload") is True
@@ -167,8 +194,11 @@ async def test_dashboard(server: Server, browser: Any, tmp_path: Path) -> None:
     await setpoint.locator("button").click()
     await expect(setpoint.locator("td.value")).to_have_text("42.5 %")
     assert await caget(srv.pv("mon", "SETPOINT"), timeout=10) == 42.5
-    await wait_for(lambda: rest(srv, "/tasks/mon/pvs")["pvs"][-1]["value"] == "SETPOINT=42.5", timeout=10,
-                   what="on_input to see the write")
+    await wait_for(
+        lambda: rest(srv, "/tasks/mon/pvs")["pvs"][-1]["value"] == "SETPOINT=42.5",
+        timeout=10,
+        what="on_input to see the write",
+    )
     await setpoint.locator("input[name=value]").fill("not a number")
     await setpoint.locator("button").click()
     await expect(setpoint.locator(".field-error")).to_contain_text("is not a number")
@@ -200,8 +230,14 @@ async def test_dashboard(server: Server, browser: Any, tmp_path: Path) -> None:
     await expect(page.locator('#plugins tr[data-name="mon"]')).to_have_count(0)
     await wait_for(lambda: plugin_names(srv) == {"diag"}, timeout=30, what="mon removed")
     # after the reload, plugins start while HTTP already answers: wait for idle
-    await wait_for(lambda: rest(srv, "/health")["pending_generation"] is None
-                   and rest(srv, "/jobs/diag")["state"] == "idle", timeout=30, what="reload done, diag idle")
+    await wait_for(
+        lambda: (
+            rest(srv, "/health")["pending_generation"] is None
+            and rest(srv, "/jobs/diag")["state"] == "idle"
+        ),
+        timeout=30,
+        what="reload done, diag idle",
+    )
     assert errors == [], errors
 
     # -- no JavaScript: a readable read-only list ---------------------------------------------------
@@ -218,5 +254,8 @@ async def test_dashboard(server: Server, browser: Any, tmp_path: Path) -> None:
 
     # -- light: the first paint (page, script, style) is well under 100 KB ----------------------------
     base = f"http://127.0.0.1:{srv.http_port}"
-    sizes = {path: len(fetch(base + path)) for path in ("/", "/ui/static/dashboard.js", "/ui/static/dashboard.css")}
+    sizes = {
+        path: len(fetch(base + path))
+        for path in ("/", "/ui/static/dashboard.js", "/ui/static/dashboard.css")
+    }
     assert sum(sizes.values()) < 100_000, sizes

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.timeout(180)
 REF_PY = (REFERENCE_2_7_9 / "interlock" / "my_interlock.py").read_text()
 REF_CONFIG = (REFERENCE_2_7_9 / "interlock" / "config.yaml").read_text()
 
-LEVEL_PY = '''from iocmng import TaskBase
+LEVEL_PY = """from iocmng import TaskBase
 
 
 class Level(TaskBase):
@@ -60,7 +60,7 @@ class Level(TaskBase):
             await self.link_put("valve", 0)
         elif value < 5:
             self.set_pv("valve", 1)  # a wired output: writes its external PV too
-'''
+"""
 LEVEL_CONFIG = """parameters: {mode: reactive}
 arguments:
   inputs:
@@ -90,12 +90,15 @@ transforms:
 
 @pytest.fixture(scope="module")
 def ext(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalIoc]:
-    ioc = ExternalIoc(tmp_path_factory.mktemp("ext"), {
-        "DEVICE:TEMP": ("ao", 20.0),
-        "DEVICE:PRESSURE": ("ao", 1.0),
-        "EXT:LEVEL": ("ao", 0.0),
-        "EXT:VALVE": ("bo", 1),
-    })
+    ioc = ExternalIoc(
+        tmp_path_factory.mktemp("ext"),
+        {
+            "DEVICE:TEMP": ("ao", 20.0),
+            "DEVICE:PRESSURE": ("ao", 1.0),
+            "EXT:LEVEL": ("ao", 0.0),
+            "EXT:VALVE": ("bo", 1),
+        },
+    )
     ioc.start()
     yield ioc
     ioc.stop()
@@ -110,7 +113,9 @@ def late(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalIoc]:
 
 
 @pytest.fixture(scope="module")
-def srv(ext: ExternalIoc, late: ExternalIoc, module_server_factory: ServerFactory) -> Iterator[Server]:
+def srv(
+    ext: ExternalIoc, late: ExternalIoc, module_server_factory: ServerFactory
+) -> Iterator[Server]:
     server = module_server_factory(start=False)
     server.extra_env.update(merge_link_env(server.env(), ext, late))
     server.start()
@@ -122,8 +127,15 @@ def srv(ext: ExternalIoc, late: ExternalIoc, module_server_factory: ServerFactor
 def add(srv: Server, body: dict[str, Any]) -> dict[str, Any]:
     status, out = call("POST", f"{srv.url}/plugins", body, timeout=120).checked()
     assert status in (200, 201, 202), out
-    wait_for_sync(lambda: call("GET", f"{srv.url}/plugins/{body['name']}", timeout=120).checked()[1].get("state") == "running",
-                  timeout=60, interval=0.2, what=f"{body['name']} running")
+    wait_for_sync(
+        lambda: (
+            call("GET", f"{srv.url}/plugins/{body['name']}", timeout=120).checked()[1].get("state")
+            == "running"
+        ),
+        timeout=60,
+        interval=0.2,
+        what=f"{body['name']} running",
+    )
     return out
 
 
@@ -157,14 +169,26 @@ async def _count_above(pv: str, n: int) -> bool:
 @pytest.mark.parametrize("provider", ["ca", "pva"])
 async def test_reference_readme_interlock(srv: Server, tmp_path: Path, provider: str) -> None:
     """The reference's zero-code interlock, files unchanged; PVA chosen by a parameter override."""
-    repo = make_repo(tmp_path / "repo", {"plugins/interlock/my_interlock.py": REF_PY,
-                                         "plugins/interlock/config.yaml": REF_CONFIG})
+    repo = make_repo(
+        tmp_path / "repo",
+        {"plugins/interlock/my_interlock.py": REF_PY, "plugins/interlock/config.yaml": REF_CONFIG},
+    )
     name = f"ilock_{provider}"
-    add(srv, {"name": name, "git_url": repo, "path": "plugins/interlock/",
-              "parameters": {"pva": provider == "pva"}})
+    add(
+        srv,
+        {
+            "name": name,
+            "git_url": repo,
+            "path": "plugins/interlock/",
+            "parameters": {"pva": provider == "pva"},
+        },
+    )
     pv = lambda short: srv.pv(name, short)  # noqa: E731
     info = call("GET", f"{srv.url}/plugins/{name}/startup", timeout=120).checked()[1]
-    assert {lk["name"]: lk["protocol"] for lk in info["links"]} == {"temp": provider, "pressure": provider}
+    assert {lk["name"]: lk["protocol"] for lk in info["links"]} == {
+        "temp": provider,
+        "pressure": provider,
+    }
     assert [r["id"] for r in info["rules"]] == ["OVER_TEMP"]
     await wait_for(lambda: value_is(pv("CONN_INP"), [1, 1]), timeout=20, what="links connected")
     await wait_for(lambda: value_is(pv("temp"), 20.0), timeout=10)
@@ -188,8 +212,12 @@ async def test_reference_readme_interlock(srv: Server, tmp_path: Path, provider:
     for i in range(4):
         await put("DEVICE:TEMP", 100.0 + i * 1e-9)  # distinct values: each one is a monitor update
         await wait_for(lambda i=i: value_is(pv("temp"), 100.0 + i * 1e-9), timeout=10)
-    await wait_for(lambda: _close(pv("avg_temp"), (20 + 400) / 5), timeout=10, what="avg_temp = mean(temp_buf)")
-    await wait_for(lambda: value_is(pv("alarm"), 1), timeout=10, what="alarm from mean(temp_buf) > 80")
+    await wait_for(
+        lambda: _close(pv("avg_temp"), (20 + 400) / 5), timeout=10, what="avg_temp = mean(temp_buf)"
+    )
+    await wait_for(
+        lambda: value_is(pv("alarm"), 1), timeout=10, what="alarm from mean(temp_buf) > 80"
+    )
     await put("DEVICE:TEMP", 20.0)
     await put(pv("RESET"), 1)
     await wait_for(lambda: value_is(pv("MESSAGE"), "reset"), timeout=10)
@@ -200,7 +228,9 @@ async def _close(pv: str, expected: float) -> bool:
     return abs(float(await get(pv)) - expected) < 1e-6
 
 
-async def test_reactive_task_hook_and_link_put(srv: Server, tmp_path: Path, ext: ExternalIoc) -> None:
+async def test_reactive_task_hook_and_link_put(
+    srv: Server, tmp_path: Path, ext: ExternalIoc
+) -> None:
     (tmp_path / "level").mkdir()
     (tmp_path / "level" / "level.py").write_text(LEVEL_PY)
     (tmp_path / "level" / "config.yaml").write_text(LEVEL_CONFIG)
@@ -209,14 +239,20 @@ async def test_reactive_task_hook_and_link_put(srv: Server, tmp_path: Path, ext:
     await wait_for(lambda: value_is(pv("CONN_OUT"), 1), timeout=20, what="the PVA output link")
     await wait_for(lambda: value_is(pv("CONN_INP"), 1), timeout=20, what="the CA input link")
     await put("EXT:LEVEL", 10.0)
-    await wait_for(lambda: value_is(pv("LAST"), "level 0->10"), timeout=10, what="on_input_changed(name, value, old)")
+    await wait_for(
+        lambda: value_is(pv("LAST"), "level 0->10"),
+        timeout=10,
+        what="on_input_changed(name, value, old)",
+    )
     assert await value_is(pv("HIGH"), 0)
     assert await value_is("EXT:VALVE", 1)
     await put("EXT:LEVEL", 60.0)
     await wait_for(lambda: value_is("EXT:VALVE", 0), timeout=10, what="link_put over PVA")
     await wait_for(lambda: value_is(pv("valve"), 0), timeout=10, what="the wired output's readback")
     await put("EXT:LEVEL", 90.0)
-    await wait_for(lambda: value_is(pv("HIGH"), 1), timeout=10, what="the rule, evaluated on the change")
+    await wait_for(
+        lambda: value_is(pv("HIGH"), 1), timeout=10, what="the rule, evaluated on the change"
+    )
     assert int(await get(pv("CYCLE_COUNT"))) >= 1  # reactive: one cycle per evaluation
     # PVA clients see the same records
     ctx = pva_context(srv.ports)
@@ -239,17 +275,23 @@ async def test_dead_link_then_ioc_comes_up(srv: Server, tmp_path: Path, late: Ex
     assert await value_is(pv("CONN_INP"), [0]) or await value_is(pv("CONN_INP"), 0)
     y, z, conn = await get(pv("y")), await get(pv("z")), await get(pv("SYS_CONN"))
     assert (y.severity, y.status) == (3, 14), "an output computed from a dead link: INVALID, LINK"
-    assert (z.severity, float(z)) == (0, 2.0), "an output that does not read the link is not alarmed"
+    assert (z.severity, float(z)) == (0, 2.0), (
+        "an output that does not read the link is not alarmed"
+    )
     assert str(conn) == "DISCONNECTED: x" and conn.severity == 2
     assert call("GET", f"{srv.url}/health", timeout=120).checked()[1]["status"] == "ok"
 
     late.start()
-    await wait_for(lambda: _close(pv("y"), 3.0), timeout=60, what="the link connecting when its IOC starts")
+    await wait_for(
+        lambda: _close(pv("y"), 3.0), timeout=60, what="the link connecting when its IOC starts"
+    )
     y = await get(pv("y"))
     assert (y.severity, y.status) == (0, 0)
     assert await value_is(pv("SYS_CONN"), "OK")
     late.stop()
-    await wait_for(lambda: _alarm_is(pv("y"), 3), timeout=20, what="LINK/INVALID again when the IOC stops")
+    await wait_for(
+        lambda: _alarm_is(pv("y"), 3), timeout=20, what="LINK/INVALID again when the IOC stops"
+    )
     assert await value_is(pv("SYS_CONN"), "DISCONNECTED: x")
 
 
@@ -262,13 +304,25 @@ BAD = [
     ("attribute", {"condition": "temp.real > 1"}, r"rules\.R1\.condition.*attribute access"),
     ("dunder", {"condition": "__import__('os')"}, r"rules\.R1\.condition.*dunder"),
     ("lambda", {"condition": "(lambda: 1)()"}, r"rules\.R1\.condition"),
-    ("comprehension", {"condition": "any_of([t > 1 for t in temp_buf])"}, r"rules\.R1\.condition.*comprehension"),
+    (
+        "comprehension",
+        {"condition": "any_of([t > 1 for t in temp_buf])"},
+        r"rules\.R1\.condition.*comprehension",
+    ),
     ("huge", {"condition": "temp > 10 ** 10 ** 10"}, r"rules\.R1\.condition"),
     ("function", {"condition": "foo(temp) > 1"}, r"unknown function 'foo'"),
     ("syntax", {"condition": "temp >"}, r"rules\.R1\.condition.*syntax"),
     # iocmng's optional parameters are names only when set (as the runtime compiles them)
-    ("unset-timeout", {"condition": "timeout > 1"}, r"rules\.R1\.condition.*unknown name 'timeout'"),
-    ("undeclared-output", {"outputs": {"nope": 1}}, r"rules\.R1\.outputs: 'nope' is not a declared output"),
+    (
+        "unset-timeout",
+        {"condition": "timeout > 1"},
+        r"rules\.R1\.condition.*unknown name 'timeout'",
+    ),
+    (
+        "undeclared-output",
+        {"outputs": {"nope": 1}},
+        r"rules\.R1\.outputs: 'nope' is not a declared output",
+    ),
     ("actuator-not-wired", {"actuators": {"alarm": 1}}, r"'alarm' is not a wired PV"),
     ("latch-dir", {"_alarm": {"latch": True, "latch_dir": "up"}}, r"latch_dir"),
     ("alarm-on", {"_alarm": {"alarm_on": "CRITICAL"}}, r"alarm_on"),
@@ -277,7 +331,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
-def test_bad_declarative_config_is_refused(srv: Server, tmp_path: Path, case: tuple[str, dict[str, Any], str]) -> None:
+def test_bad_declarative_config_is_refused(
+    srv: Server, tmp_path: Path, case: tuple[str, dict[str, Any], str]
+) -> None:
     import re
 
     _, change, pattern = case
@@ -285,16 +341,31 @@ def test_bad_declarative_config_is_refused(srv: Server, tmp_path: Path, case: tu
     temp: dict[str, Any] = {"type": "float", "link": "DEVICE:TEMP", "buffer_size": 5}
     alarm: dict[str, Any] = {"type": "bool"}
     for key, value in change.items():
-        {"_alarm": alarm, "_temp": temp}.get(key, rule).update(value if key.startswith("_") else {key: value})
-    config = {"parameters": {"mode": "continuous"}, "arguments": {"inputs": {"temp": temp},
-                                                                 "outputs": {"alarm": alarm}}, "rules": [rule]}
+        {"_alarm": alarm, "_temp": temp}.get(key, rule).update(
+            value if key.startswith("_") else {key: value}
+        )
+    config = {
+        "parameters": {"mode": "continuous"},
+        "arguments": {"inputs": {"temp": temp}, "outputs": {"alarm": alarm}},
+        "rules": [rule],
+    }
     repo = make_repo(tmp_path / "repo", {"config.yaml": json.dumps(config)})
-    before = sorted(p.name for p in (srv.data_dir / "repos").iterdir()) if (srv.data_dir / "repos").is_dir() else []
-    status, problem = call("POST", f"{srv.url}/plugins", {"name": "bad", "git_url": repo}, timeout=120).checked()
+    before = (
+        sorted(p.name for p in (srv.data_dir / "repos").iterdir())
+        if (srv.data_dir / "repos").is_dir()
+        else []
+    )
+    status, problem = call(
+        "POST", f"{srv.url}/plugins", {"name": "bad", "git_url": repo}, timeout=120
+    ).checked()
     assert 400 <= status < 500, (status, problem)
     assert re.search(pattern, problem["detail"]), problem["detail"]
     assert call("GET", f"{srv.url}/plugins/bad", timeout=120).checked()[0] == 404
-    after = sorted(p.name for p in (srv.data_dir / "repos").iterdir()) if (srv.data_dir / "repos").is_dir() else []
+    after = (
+        sorted(p.name for p in (srv.data_dir / "repos").iterdir())
+        if (srv.data_dir / "repos").is_dir()
+        else []
+    )
     assert after == before, "a refused add leaves no clone behind"
     assert call("GET", f"{srv.url}/health", timeout=120).checked()[1]["status"] == "ok"
 
@@ -308,9 +379,26 @@ def ref_run(tmp_path: Path, ext: ExternalIoc) -> Iterator[Path]:
     env["PYTHONPATH"] = str(REPO)
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "iocmng.runtime.run_alias", "-m", "my_interlock", "--config",
-                                 "config.yaml", "--prefix", "MY:IOC", "--name", "interlock"], cwd=tmp_path, env=env,
-                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "iocmng.runtime.run_alias",
+                "-m",
+                "my_interlock",
+                "--config",
+                "config.yaml",
+                "--prefix",
+                "MY:IOC",
+                "--name",
+                "interlock",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         yield log_path
     finally:
@@ -326,7 +414,9 @@ def ref_run(tmp_path: Path, ext: ExternalIoc) -> Iterator[Path]:
 
 
 async def test_iocmng_run_reference_command_line(ref_run: Path) -> None:
-    await wait_for(lambda: value_is("MY:IOC:CONN_INP", [1, 1]), timeout=40, what="iocmng-run's links")
+    await wait_for(
+        lambda: value_is("MY:IOC:CONN_INP", [1, 1]), timeout=40, what="iocmng-run's links"
+    )
     await put("DEVICE:PRESSURE", 5.0)
     await wait_for(lambda: value_is("MY:IOC:alarm", 1), timeout=10)
     await put("DEVICE:PRESSURE", 1.0)
@@ -361,12 +451,21 @@ async def test_prefix_segment_poll_link_and_triggered_rules(srv: Server, tmp_pat
     assert call("GET", f"{srv.url}/plugins/polled", timeout=120).checked()[1]["pv_prefix"] == base
     assert await value_is(f"{base}:VERSION", "2.5")
     # the same segment again: its records would be another plugin's
-    status, problem = call("POST", f"{srv.url}/plugins", {"name": "clash", "local_path": str(tmp_path / "clash")}, timeout=120).checked()
-    assert status == 409 and f"{base}:" in problem["detail"] and "'polled'" in problem["detail"], problem
+    status, problem = call(
+        "POST",
+        f"{srv.url}/plugins",
+        {"name": "clash", "local_path": str(tmp_path / "clash")},
+        timeout=120,
+    ).checked()
+    assert status == 409 and f"{base}:" in problem["detail"] and "'polled'" in problem["detail"], (
+        problem
+    )
     assert call("GET", f"{srv.url}/plugins/clash", timeout=120).checked()[0] == 404
 
     await put("EXT:LEVEL", 42.0)
-    await wait_for(lambda: value_is(f"{base}:lvl", 42.0), timeout=10, what="the polled link's mirror")
+    await wait_for(
+        lambda: value_is(f"{base}:lvl", 42.0), timeout=10, what="the polled link's mirror"
+    )
     assert await value_is(f"{base}:double", 0.0), "a triggered task evaluates only when run"
     status, result = call("POST", f"{srv.url}/tasks/polled/trigger", timeout=120).checked()
     assert status == 200 and result["success"], result
@@ -375,11 +474,13 @@ async def test_prefix_segment_poll_link_and_triggered_rules(srv: Server, tmp_pat
     await put("EXT:LEVEL", 1.0)
     await wait_for(lambda: value_is(f"{base}:lvl", 1.0), timeout=10)
     await put(f"{base}:RUN", 1)  # a RUN from an operator does the same
-    await wait_for(lambda: value_is(f"{base}:big", 0), timeout=10, what="rule_defaults on the next run")
+    await wait_for(
+        lambda: value_is(f"{base}:big", 0), timeout=10, what="rule_defaults on the next run"
+    )
     assert await value_is(f"{base}:double", 2.0)
 
 
-KELVIN_PY = '''from iocmng import TaskBase
+KELVIN_PY = """from iocmng import TaskBase
 
 
 def kelvin(celsius):
@@ -397,7 +498,7 @@ class Cryo(TaskBase):
 
     def cleanup(self):
         pass
-'''
+"""
 KELVIN_CONFIG = """parameters: {mode: continuous, interval: 0.2}
 pvs:
   inputs:
@@ -418,4 +519,6 @@ async def test_plugin_expression_functions(srv: Server, tmp_path: Path) -> None:
     assert any(s["step"] == "logic" and s["ok"] for s in out["steps"]), out["steps"]
     await wait_for(lambda: _close(srv.pv("cryo", "k"), 293.15), timeout=10, what="kelvin(celsius)")
     await put(srv.pv("cryo", "celsius"), -273.15)
-    await wait_for(lambda: _close(srv.pv("cryo", "k"), 0.0), timeout=10, what="the transform on the next cycle")
+    await wait_for(
+        lambda: _close(srv.pv("cryo", "k"), 0.0), timeout=10, what="the transform on the next cycle"
+    )

@@ -149,11 +149,19 @@ def device_ioc(tmp_path: Path) -> Iterator[tuple[str, EpicsPorts]]:
     script.write_text(DEVICE_IOC)
     out = tmp_path / "device_ioc.out"
     with open(out, "wb") as f:
-        proc = subprocess.Popen([sys.executable, str(script), prefix], env=ports.env(), stdout=f,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), prefix],
+            env=ports.env(),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
-        wait_for_sync(lambda: "READY" in out.read_text(errors="replace") or proc.poll() is not None,
-                      timeout=30, what="device IOC")
+        wait_for_sync(
+            lambda: "READY" in out.read_text(errors="replace") or proc.poll() is not None,
+            timeout=30,
+            what="device IOC",
+        )
         assert proc.poll() is None, out.read_text()
         yield prefix, ports
     finally:
@@ -163,8 +171,10 @@ def device_ioc(tmp_path: Path) -> Iterator[tuple[str, EpicsPorts]]:
 
 
 def values_yaml(path: Path, iocs: str) -> Path:
-    path.write_text("beamline: tbl\nnamespace: tns\nepicsConfiguration:\n  iocs:\n" + textwrap.indent(
-        textwrap.dedent(iocs), "    "))
+    path.write_text(
+        "beamline: tbl\nnamespace: tns\nepicsConfiguration:\n  iocs:\n"
+        + textwrap.indent(textwrap.dedent(iocs), "    ")
+    )
     return path
 
 
@@ -180,7 +190,9 @@ async def test_devices(
 ) -> None:
     ioc_prefix, ioc_ports = device_ioc
     srv = device_server(server_factory)
-    values = values_yaml(tmp_path / "values.yaml", f"""
+    values = values_yaml(
+        tmp_path / "values.yaml",
+        f"""
         - name: motors
           devgroup: mot
           devtype: sim
@@ -210,20 +222,39 @@ async def test_devices(
         - {{name: noprefix, devgroup: io, devtype: ai}}
         - {{name: parked, devgroup: mot, devtype: sim, iocprefix: P, disable: true}}
         - {{name: plainioc, iocprefix: NOTADEVICE}}
-    """)
+    """,
+    )
     plugins = tmp_path / "plugins"
     config = tmp_path / "service.yaml"
-    config.write_text(json.dumps({"plugins": [
-        {"name": "devsync", "local_path": str(write_plugin(plugins, "devsync", SYNC_PLUGIN, SYNC_CONFIG))},
-        {"name": "devasync", "local_path": str(write_plugin(plugins, "devasync", ASYNC_PLUGIN, ASYNC_CONFIG))},
-        {"name": "device_monitor", "local_path": str(EXAMPLES / "device_monitor")},
-    ]}))
-    srv.extra_env.update({
-        "IOCMNG_BEAMLINE_CONFIG": str(values),
-        "IOCMNG_CONFIG": str(config),
-        # the server's CA client reaches its own server and the device IOC, on loopback
-        "EPICS_CA_ADDR_LIST": f"127.0.0.1:{srv.ports.ca_server} 127.0.0.1:{ioc_ports.ca_server}",
-    })
+    config.write_text(
+        json.dumps(
+            {
+                "plugins": [
+                    {
+                        "name": "devsync",
+                        "local_path": str(
+                            write_plugin(plugins, "devsync", SYNC_PLUGIN, SYNC_CONFIG)
+                        ),
+                    },
+                    {
+                        "name": "devasync",
+                        "local_path": str(
+                            write_plugin(plugins, "devasync", ASYNC_PLUGIN, ASYNC_CONFIG)
+                        ),
+                    },
+                    {"name": "device_monitor", "local_path": str(EXAMPLES / "device_monitor")},
+                ]
+            }
+        )
+    )
+    srv.extra_env.update(
+        {
+            "IOCMNG_BEAMLINE_CONFIG": str(values),
+            "IOCMNG_CONFIG": str(config),
+            # the server's CA client reaches its own server and the device IOC, on loopback
+            "EPICS_CA_ADDR_LIST": f"127.0.0.1:{srv.ports.ca_server} 127.0.0.1:{ioc_ports.ca_server}",
+        }
+    )
     health = srv.start()
     assert health["status"] == "ok"
 
@@ -236,8 +267,16 @@ async def test_devices(
     devs = by_name(listing)
     for name in ("m1", "m2", "bpm1", "ai1", "ao1", "DEVSYNC"):
         assert devs[name]["state"] == "ok", devs[name]
-    assert devs["ao1"] == {"name": "ao1", "ioc": "devioc", "group": "io", "type": "ao",
-                           "prefix": f"{ioc_prefix}:ao1", "state": "ok", "reason": None, "class": "OphydAO"}
+    assert devs["ao1"] == {
+        "name": "ao1",
+        "ioc": "devioc",
+        "group": "io",
+        "type": "ao",
+        "prefix": f"{ioc_prefix}:ao1",
+        "state": "ok",
+        "reason": None,
+        "class": "OphydAO",
+    }
     assert devs["m1"]["prefix"] == "TBL:MOT:m1" and devs["bpm1"]["prefix"] == "TBL:BPM1"
     # bad entries: each named, with its problem; nothing else affected
     assert devs["dead1"]["state"] == "failed" and "dead1" in devs["dead1"]["reason"]
@@ -257,20 +296,37 @@ async def test_devices(
 
     # the sync plugin writes the other IOC's AO and reads its AI (x2), over ophyd
     await caput(srv.pv("devsync", "SETPOINT"), 3.5, wait=True, timeout=10)
-    await wait_for(lambda: _equals(f"{ioc_prefix}:ao1:AO_SP", 3.5), timeout=15, what="AO written by the plugin")
-    await wait_for(lambda: _equals(srv.pv("devsync", "READBACK"), 7.0), timeout=15, what="AI read by the plugin")
-    await wait_for(lambda: _equals(srv.pv("devsync", "MOTOR"), 3.5), timeout=15, what="sim motor moved")
+    await wait_for(
+        lambda: _equals(f"{ioc_prefix}:ao1:AO_SP", 3.5), timeout=15, what="AO written by the plugin"
+    )
+    await wait_for(
+        lambda: _equals(srv.pv("devsync", "READBACK"), 7.0),
+        timeout=15,
+        what="AI read by the plugin",
+    )
+    await wait_for(
+        lambda: _equals(srv.pv("devsync", "MOTOR"), 3.5), timeout=15, what="sim motor moved"
+    )
     # ... and, through ophyd, a PV served by iocmng itself (decision 0007)
     await caput(srv.pv("devsync", "AO_SP"), 1.25, wait=True, timeout=10)
-    await wait_for(lambda: _equals(srv.pv("devsync", "SELF_RB"), 1.25), timeout=15, what="own PV via ophyd")
-    assert await caget(srv.pv("devsync", "DEVICES"), datatype=str, timeout=5) == "DEVSYNC,ai1,ao1,bpm1,m1,m2"
+    await wait_for(
+        lambda: _equals(srv.pv("devsync", "SELF_RB"), 1.25), timeout=15, what="own PV via ophyd"
+    )
+    assert (
+        await caget(srv.pv("devsync", "DEVICES"), datatype=str, timeout=5)
+        == "DEVSYNC,ai1,ao1,bpm1,m1,m2"
+    )
     assert await caget(srv.pv("devsync", "MISSING"), datatype=str, timeout=5) == "None"
     # the async plugin: sim BPM and the real AI, device calls off the loop
-    await wait_for(lambda: _equals(srv.pv("devasync", "READBACK"), 7.0), timeout=15, what="async plugin AI")
+    await wait_for(
+        lambda: _equals(srv.pv("devasync", "READBACK"), 7.0), timeout=15, what="async plugin AI"
+    )
     assert await caget(srv.pv("devasync", "X"), timeout=5) != -99
     assert await caget(srv.pv("devasync", "MESSAGE"), datatype=str, timeout=5) == "6 devices"
     # the example plugin reads m1
-    await wait_for(lambda: _equals(srv.pv("device_monitor", "POSITION"), 3.5), timeout=15, what="example")
+    await wait_for(
+        lambda: _equals(srv.pv("device_monitor", "POSITION"), 3.5), timeout=15, what="example"
+    )
     assert await caget(srv.pv("device_monitor", "MESSAGE"), datatype=str, timeout=5) == "m1: ok"
 
     health = srv.health()
@@ -279,7 +335,9 @@ async def test_devices(
     assert all(t["error_count"] == 0 for t in tasks.values()), tasks
     _purge_ca_channels()  # before the server goes: no CA callbacks into the test's loop
     assert srv.stop() == 0
-    assert "Traceback" not in srv.log().split("shutdown: stopping plugins", 1)[-1], srv.log()[-3000:]
+    assert "Traceback" not in srv.log().split("shutdown: stopping plugins", 1)[-1], srv.log()[
+        -3000:
+    ]
 
 
 async def _message(srv: Server) -> str:
@@ -290,30 +348,48 @@ async def _equals(pv: str, value: float) -> bool:
     return abs(await caget(pv, timeout=2) - value) < 1e-9
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    ("beamline: [unclosed\n  : :", "cannot read it as YAML"),
-    ("beamline: tbl\nnamespace: tns\n", "missing key 'epicsConfiguration'"),
-    ("namespace: tns\nepicsConfiguration: {iocs: []}\n", "missing key 'beamline'"),
-    ("beamline: tbl\nnamespace: tns\nepicsConfiguration: {}\n", "missing key 'epicsConfiguration.iocs'"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("beamline: [unclosed\n  : :", "cannot read it as YAML"),
+        ("beamline: tbl\nnamespace: tns\n", "missing key 'epicsConfiguration'"),
+        ("namespace: tns\nepicsConfiguration: {iocs: []}\n", "missing key 'beamline'"),
+        (
+            "beamline: tbl\nnamespace: tns\nepicsConfiguration: {}\n",
+            "missing key 'epicsConfiguration.iocs'",
+        ),
+    ],
+)
 async def test_bad_values_file(
     tmp_path: Path, server_factory: ServerFactory, content: str, expected: str
 ) -> None:
     values = tmp_path / "values.yaml"
     values.write_text(content)
     config = tmp_path / "service.yaml"
-    config.write_text(json.dumps({"plugins": [{"name": "device_monitor",
-                                               "local_path": str(EXAMPLES / "device_monitor")}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "plugins": [
+                    {"name": "device_monitor", "local_path": str(EXAMPLES / "device_monitor")}
+                ]
+            }
+        )
+    )
     srv = device_server(server_factory, values, IOCMNG_CONFIG=str(config))
     health = srv.start()
     assert health["status"] == "ok"
-    assert any(expected in e and "IOCMNG_BEAMLINE_CONFIG" in e for e in health["boot_errors"]), health
+    assert any(expected in e and "IOCMNG_BEAMLINE_CONFIG" in e for e in health["boot_errors"]), (
+        health
+    )
     listing = get_json(f"{srv.url}/devices")
     assert expected in listing["error"] and listing["devices"] == []
     message = await wait_for(lambda: _message(srv), timeout=20, what="device_monitor MESSAGE")
     assert message == "m1: devices off or not built"
-    plugin = wait_for_sync(lambda: (p := get_json(f"{srv.url}/tasks/device_monitor"))["cycle_count"] > 0 and p,
-                           timeout=20, what="device_monitor cycles")
+    plugin = wait_for_sync(
+        lambda: (p := get_json(f"{srv.url}/tasks/device_monitor"))["cycle_count"] > 0 and p,
+        timeout=20,
+        what="device_monitor cycles",
+    )
     assert plugin["state"] == "running" and plugin["error_count"] == 0
     assert srv.stop() == 0
 
@@ -322,13 +398,25 @@ async def test_disabled(server_factory: ServerFactory) -> None:
     """Devices off (the default): listing says why; the example plugin runs and says so."""
     srv = server_factory(demo=True)
     listing = get_json(f"{srv.url}/devices")
-    assert listing == {"enabled": False, "reason": "IOCMNG_DISABLE_OPHYD=true", "config": None,
-                       "control_layer": None, "error": None, "devices": [],
-                       # iocmng 2.7.9's fields
-                       "available": [], "available_count": 0, "created": [], "created_count": 0}
+    assert listing == {
+        "enabled": False,
+        "reason": "IOCMNG_DISABLE_OPHYD=true",
+        "config": None,
+        "control_layer": None,
+        "error": None,
+        "devices": [],
+        # iocmng 2.7.9's fields
+        "available": [],
+        "available_count": 0,
+        "created": [],
+        "created_count": 0,
+    }
     assert await wait_for(lambda: _message(srv), timeout=20) == "m1: devices off or not built"
-    plugin = wait_for_sync(lambda: (p := get_json(f"{srv.url}/tasks/device_monitor"))["cycle_count"] > 0 and p,
-                           timeout=20, what="device_monitor cycles")
+    plugin = wait_for_sync(
+        lambda: (p := get_json(f"{srv.url}/tasks/device_monitor"))["cycle_count"] > 0 and p,
+        timeout=20,
+        what="device_monitor cycles",
+    )
     assert plugin["state"] == "running" and plugin["error_count"] == 0
     assert srv.stop() == 0
 
@@ -377,7 +465,10 @@ def test_pyepics_cannot_reach_own_pvs(tmp_path: Path, layer: str, expected: str)
     ports = EpicsPorts.allocate()
     env = ports.env()
     env["EPICS_CA_ADDR_LIST"] = f"127.0.0.1:{ports.ca_server}"
-    out = subprocess.run([sys.executable, str(script), layer], env=env, capture_output=True, text=True,
-                         timeout=60)
-    results = [line.split(" ", 1)[1] for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    out = subprocess.run(
+        [sys.executable, str(script), layer], env=env, capture_output=True, text=True, timeout=60
+    )
+    results = [
+        line.split(" ", 1)[1] for line in out.stdout.splitlines() if line.startswith("RESULT ")
+    ]
     assert results == [expected], out.stdout + out.stderr

@@ -24,29 +24,124 @@ pytestmark = pytest.mark.timeout(120)
 
 # Properties of the Display Builder model (org.csstudio.display.builder.model:
 # Widget, VisibleWidget, PVWidget and each widget class), for the widgets we emit.
-COMMON = {"name", "x", "y", "width", "height", "tooltip", "actions", "visible", "rules", "scripts", "class"}
+COMMON = {
+    "name",
+    "x",
+    "y",
+    "width",
+    "height",
+    "tooltip",
+    "actions",
+    "visible",
+    "rules",
+    "scripts",
+    "class",
+}
 PV = {"pv_name", "border_alarm_sensitive", "alarm_border"}
 WIDGET_PROPERTIES = {
-    "label": COMMON | {"text", "font", "foreground_color", "background_color", "transparent",
-                       "horizontal_alignment", "vertical_alignment", "rotation_step", "wrap_words", "auto_size"},
-    "textupdate": COMMON | PV | {"font", "foreground_color", "background_color", "transparent", "format",
-                                 "precision", "show_units", "horizontal_alignment", "vertical_alignment",
-                                 "wrap_words", "rotation_step"},
-    "textentry": COMMON | PV | {"font", "foreground_color", "background_color", "format", "precision",
-                                "show_units", "wrap_words", "multi_line", "horizontal_alignment", "enabled"},
-    "led": COMMON | PV | {"bit", "off_label", "off_color", "on_label", "on_color", "font", "foreground_color",
-                          "line_color", "square", "labels_from_pv"},
-    "multi_state_led": COMMON | PV | {"states", "fallback_label", "fallback_color", "font", "foreground_color",
-                                      "line_color", "square"},
-    "bool_button": COMMON | PV | {"bit", "off_label", "off_color", "on_label", "on_color", "show_led", "font",
-                                  "foreground_color", "background_color", "labels_from_pv", "enabled", "mode",
-                                  "confirm_dialog"},
-    "action_button": COMMON | PV | {"text", "font", "foreground_color", "background_color", "transparent",
-                                    "rotation_step", "enabled", "confirm_dialog"},
+    "label": COMMON
+    | {
+        "text",
+        "font",
+        "foreground_color",
+        "background_color",
+        "transparent",
+        "horizontal_alignment",
+        "vertical_alignment",
+        "rotation_step",
+        "wrap_words",
+        "auto_size",
+    },
+    "textupdate": COMMON
+    | PV
+    | {
+        "font",
+        "foreground_color",
+        "background_color",
+        "transparent",
+        "format",
+        "precision",
+        "show_units",
+        "horizontal_alignment",
+        "vertical_alignment",
+        "wrap_words",
+        "rotation_step",
+    },
+    "textentry": COMMON
+    | PV
+    | {
+        "font",
+        "foreground_color",
+        "background_color",
+        "format",
+        "precision",
+        "show_units",
+        "wrap_words",
+        "multi_line",
+        "horizontal_alignment",
+        "enabled",
+    },
+    "led": COMMON
+    | PV
+    | {
+        "bit",
+        "off_label",
+        "off_color",
+        "on_label",
+        "on_color",
+        "font",
+        "foreground_color",
+        "line_color",
+        "square",
+        "labels_from_pv",
+    },
+    "multi_state_led": COMMON
+    | PV
+    | {
+        "states",
+        "fallback_label",
+        "fallback_color",
+        "font",
+        "foreground_color",
+        "line_color",
+        "square",
+    },
+    "bool_button": COMMON
+    | PV
+    | {
+        "bit",
+        "off_label",
+        "off_color",
+        "on_label",
+        "on_color",
+        "show_led",
+        "font",
+        "foreground_color",
+        "background_color",
+        "labels_from_pv",
+        "enabled",
+        "mode",
+        "confirm_dialog",
+    },
+    "action_button": COMMON
+    | PV
+    | {
+        "text",
+        "font",
+        "foreground_color",
+        "background_color",
+        "transparent",
+        "rotation_step",
+        "enabled",
+        "confirm_dialog",
+    },
 }
 WIDGET_VERSIONS = {"textentry": "3.0.0", "action_button": "3.0.0"}
 DISPLAY_PROPERTIES = {"name", "width", "height", "macros", "background_color", "widget"}
-ACTIONS = {"write_pv": {"pv_name", "value", "description"}, "open_display": {"file", "target", "description", "macros"}}
+ACTIONS = {
+    "write_pv": {"pv_name", "value", "description"},
+    "open_display": {"file", "target", "description", "macros"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +162,19 @@ def check_structure(raw: bytes) -> tuple[list[str], list[ET.Element]]:
         assert kind in WIDGET_PROPERTIES, f"unknown widget type {kind}"
         assert w.get("version") == WIDGET_VERSIONS.get(kind, "2.0.0"), (kind, w.get("version"))
         props = {c.tag for c in w}
-        assert props <= WIDGET_PROPERTIES[kind], f"{kind}: unknown properties {props - WIDGET_PROPERTIES[kind]}"
+        assert props <= WIDGET_PROPERTIES[kind], (
+            f"{kind}: unknown properties {props - WIDGET_PROPERTIES[kind]}"
+        )
         for key in ("x", "y", "width", "height"):
             assert int(w.findtext(key)) >= 0, (kind, key)
         if w.find("pv_name") is not None:
             pvs.append(w.findtext("pv_name"))
         if kind == "multi_state_led":
             states = w.findall("states/state")
-            assert states and all(s.findtext("value") is not None and s.find("color/color") is not None
-                                  for s in states)
+            assert states and all(
+                s.findtext("value") is not None and s.find("color/color") is not None
+                for s in states
+            )
         for a in w.findall("actions/action"):
             assert a.get("type") in ACTIONS, a.get("type")
             assert {c.tag for c in a} <= ACTIONS[a.get("type")]
@@ -102,7 +201,11 @@ async def test_plugin_screens(server: Server) -> None:
         for pv in set(pvs):
             await caget(pv, timeout=10)  # served by the IOC
         root = ET.fromstring(raw)
-        kinds = {w.findtext("pv_name"): w.get("type") for w in root.iter("widget") if w.find("pv_name") is not None}
+        kinds = {
+            w.findtext("pv_name"): w.get("type")
+            for w in root.iter("widget")
+            if w.find("pv_name") is not None
+        }
         assert any(w.get("type") == "multi_state_led" for w in root.iter("widget"))
         if p["kind"] == "task":
             assert kinds[server.pv(p["name"], "ENABLE")] == "bool_button"
@@ -114,7 +217,9 @@ async def test_plugin_screens(server: Server) -> None:
     assert widgets["SETPOINT"].get("type") == "textentry"
     assert widgets["SETPOINT"].findtext("precision") == "2"
     assert "label [0 … 100] %" in widgets
-    assert widgets["ALARM"].get("type") == "led" and widgets["ALARM"].findtext("on_label") == "ALARM"
+    assert (
+        widgets["ALARM"].get("type") == "led" and widgets["ALARM"].findtext("on_label") == "ALARM"
+    )
     assert widgets["READING"].get("type") == "textupdate"
 
 
@@ -149,6 +254,8 @@ def test_cli_screen(server: Server, tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{server.http_port}"
     assert main(["screen", "triggered_scan", "-o", str(out), "--server", base]) == 0
     check_structure(out.read_bytes())
-    assert out.read_bytes() == call("GET", f"{server.url}/plugins/triggered_scan/display.bob").content
+    assert (
+        out.read_bytes() == call("GET", f"{server.url}/plugins/triggered_scan/display.bob").content
+    )
     assert main(["screen", "nope", "-o", str(tmp_path / "x.bob"), "--server", base]) == 1
     assert not (tmp_path / "x.bob").exists()

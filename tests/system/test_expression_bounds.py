@@ -77,12 +77,21 @@ def srv(module_server_factory: ServerFactory) -> Iterator[Server]:
     server.stop()  # kills it if its loop is stuck
 
 
-def config(transforms: list[tuple[str, str]] = (), rules: list[dict[str, Any]] = (),
-           outputs: dict[str, str] | None = None, parameters: dict[str, Any] | None = None) -> str:
-    outs = dict(outputs or {}) | {name: "string" for name, _ in transforms if name not in (outputs or {})}
+def config(
+    transforms: list[tuple[str, str]] = (),
+    rules: list[dict[str, Any]] = (),
+    outputs: dict[str, str] | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> str:
+    outs = dict(outputs or {}) | {
+        name: "string" for name, _ in transforms if name not in (outputs or {})
+    }
     doc = {
         "parameters": {"mode": "continuous", "interval": 0.2, **(parameters or {})},
-        "arguments": {"inputs": {"x": {"type": "float"}}, "outputs": {n: {"type": t} for n, t in outs.items()}},
+        "arguments": {
+            "inputs": {"x": {"type": "float"}},
+            "outputs": {n: {"type": t} for n, t in outs.items()},
+        },
         "transforms": [{"output": o, "expression": e} for o, e in transforms],
         "rules": list(rules),
     }
@@ -96,7 +105,9 @@ def clones(srv: Server) -> list[str]:
 
 @pytest.mark.parametrize("source", ["git_url", "local_path"])
 def test_nested_list_repetition_is_refused_at_add(srv: Server, tmp_path: Path, source: str) -> None:
-    text = config(rules=[{"id": "R1", "condition": NESTED, "outputs": {"flag": 1}}], outputs={"flag": "bool"})
+    text = config(
+        rules=[{"id": "R1", "condition": NESTED, "outputs": {"flag": 1}}], outputs={"flag": "bool"}
+    )
     if source == "git_url":
         where = make_repo(tmp_path / "repo", {"config.yaml": text})
     else:
@@ -109,7 +120,9 @@ def test_nested_list_repetition_is_refused_at_add(srv: Server, tmp_path: Path, s
         status, problem = r.status, r.body
         assert status == 422, (status, problem)
         assert "rules.R1.condition" in problem["detail"], problem
-        assert NESTED in problem["detail"] and "nested list repetition" in problem["detail"], problem
+        assert NESTED in problem["detail"] and "nested list repetition" in problem["detail"], (
+            problem
+        )
         assert srv.call("GET", "/plugins/nested").status == 404
         names = [p["name"] for p in srv.call("GET", "/plugins").body["plugins"]]
         assert "nested" not in names
@@ -143,18 +156,29 @@ DOUBLES = [("s1", "word + word")] + [(f"s{i}", f"s{i - 1} + s{i - 1}") for i in 
     ("name", "transforms", "cap"),
     [("squares", squares(21), "4096-bit limit"), ("doubles", DOUBLES, "limit of 10000")],
 )
-def test_a_doubling_transform_chain_runs_with_failed_cycles(srv: Server, tmp_path: Path, name: str,
-                                                           transforms: list[tuple[str, str]], cap: str) -> None:
+def test_a_doubling_transform_chain_runs_with_failed_cycles(
+    srv: Server, tmp_path: Path, name: str, transforms: list[tuple[str, str]], cap: str
+) -> None:
     (tmp_path / name).mkdir()
-    (tmp_path / name / "config.yaml").write_text(config(transforms, parameters={"seed": 3, "word": "ab"}))
+    (tmp_path / name / "config.yaml").write_text(
+        config(transforms, parameters={"seed": 3, "word": "ab"})
+    )
     with HealthWatch(srv) as watch:
         r = srv.call("POST", "/plugins", {"name": name, "local_path": str(tmp_path / name)})
         status, body = r.status, r.body
         assert status in (200, 201, 202), body
         info = wait_for_sync(
-            lambda: (i := srv.call("GET", f"/plugins/{name}", timeout=HEALTH_TIMEOUT).body)["error_count"] >= 3
-            and i,
-            timeout=60, interval=0.3, what=f"{name}: failed cycles")
+            lambda: (
+                (i := srv.call("GET", f"/plugins/{name}", timeout=HEALTH_TIMEOUT).body)[
+                    "error_count"
+                ]
+                >= 3
+                and i
+            ),
+            timeout=60,
+            interval=0.3,
+            what=f"{name}: failed cycles",
+        )
         assert info["state"] == "running", info
         assert cap in info["last_error"] and "transform " in info["last_error"], info
         r = srv.call("GET", f"/pvs/{srv.pv(name, 'STATUS')}", timeout=HEALTH_TIMEOUT)
@@ -162,7 +186,9 @@ def test_a_doubling_transform_chain_runs_with_failed_cycles(srv: Server, tmp_pat
         assert status == 200 and pv["value"] in (4, "ERROR"), pv
         r = srv.call("GET", f"/pvs/{srv.pv(name, 'MESSAGE')}", timeout=HEALTH_TIMEOUT)
         status, pv = r.status, r.body
-        assert status == 200 and str(pv["value"]).startswith("transform "), pv  # 40 characters over CA
+        assert status == 200 and str(pv["value"]).startswith("transform "), (
+            pv
+        )  # 40 characters over CA
         assert srv.call("DELETE", f"/plugins/{name}").status == 200
     watch.check()
     assert watch.ok >= 3

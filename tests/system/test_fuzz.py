@@ -46,7 +46,12 @@ from .conftest import Server, ServerFactory  # noqa: E402
 pytestmark = pytest.mark.timeout(400)
 
 EXAMPLES = int(os.environ.get("IOCMNG_FUZZ_EXAMPLES", "20"))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 PROBLEM = "application/problem+json"
 #: Plugins of the --demo set, by the collection that holds them.
 DEMO = {"tasks": ["sync_monitor", "async_monitor", "triggered_scan"], "jobs": ["diagnostics_job"]}
@@ -58,9 +63,14 @@ def fuzz_server(module_server_factory: ServerFactory) -> Server:
     return module_server_factory(
         demo=True,
         # A generated http(s):// git_url must not hold a request for the default 120 s.
-        env={"IOCMNG_GIT_TIMEOUT": "3", "IOCMNG_IMPORT_TIMEOUT": "10", "IOCMNG_RELOAD_DELAY": "0.2",
-             # a generated PV name waits for its read timeout: keep it short
-             "IOCMNG_PV_MAX_TIMEOUT": "0.5", "IOCMNG_PV_TIMEOUT": "0.2"},
+        env={
+            "IOCMNG_GIT_TIMEOUT": "3",
+            "IOCMNG_IMPORT_TIMEOUT": "10",
+            "IOCMNG_RELOAD_DELAY": "0.2",
+            # a generated PV name waits for its read timeout: keep it short
+            "IOCMNG_PV_MAX_TIMEOUT": "0.5",
+            "IOCMNG_PV_TIMEOUT": "0.2",
+        },
     )
 
 
@@ -70,17 +80,26 @@ def check_problem(response: Any) -> None:
         return
     ctype = next((v for k, v in response.headers.items() if k.lower() == "content-type"), "")
     ctype = ctype[0] if isinstance(ctype, list) else ctype
-    assert ctype.split(";")[0].strip() == PROBLEM, f"{response.status_code} with {ctype!r}: {response.text[:300]}"
+    assert ctype.split(";")[0].strip() == PROBLEM, (
+        f"{response.status_code} with {ctype!r}: {response.text[:300]}"
+    )
     body = json.loads(response.text)
     assert body["status"] == response.status_code, body
     assert isinstance(body.get("detail"), str) and body["detail"].strip(), body
 
 
-def fuzz_operation(op: Any, base: str, mode: GenerationMode, stats: dict[str, int], **fixed: Any) -> None:
+def fuzz_operation(
+    op: Any, base: str, mode: GenerationMode, stats: dict[str, int], **fixed: Any
+) -> None:
     @given(case=op.as_strategy(generation_mode=mode, **fixed))
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
-              phases=[Phase.explicit, Phase.generate, Phase.shrink],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
     def run(case: Any) -> None:
         response = case.call(base_url=base, timeout=30)
         stats[str(response.status_code)] = stats.get(str(response.status_code), 0) + 1
@@ -120,10 +139,13 @@ def test_fuzz_every_operation(fuzz_server: Server, tmp_path: Path) -> None:
             fuzz_operation(op, base, GenerationMode.POSITIVE, stats, path_parameters={"name": name})
     skipped = stats.pop("no-negative", 0)
     total = sum(stats.values())
-    print(f"\nfuzz: {total} requests over {len(ops)} operations; by status {dict(sorted(stats.items()))}; "
-          f"{skipped} operation(s) have nothing a negative case could break")
+    print(
+        f"\nfuzz: {total} requests over {len(ops)} operations; by status {dict(sorted(stats.items()))}; "
+        f"{skipped} operation(s) have nothing a negative case could break"
+    )
     (Path(os.environ.get("IOCMNG_FUZZ_REPORT", tmp_path / "fuzz.json"))).write_text(
-        json.dumps({"requests": total, "operations": len(ops), "by_status": stats}))
+        json.dumps({"requests": total, "operations": len(ops), "by_status": stats})
+    )
     assert not any(code.startswith("5") for code in stats), stats
     # The service is still serving, and nothing in its log is a traceback of ours.
     assert srv.health()["status"] == "ok"

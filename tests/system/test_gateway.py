@@ -152,8 +152,9 @@ async def test_read_external(srv: Server, ext: ExternalIoc, provider: str) -> No
         and ao["severity"] == 0
         and ao["timestamp"] > 1e9
     )
-    status, wf = (await acall("GET", f"{srv.url}/pvs/{ext.pv('WF')}?provider={provider}&timeout=2"
-    )).checked()
+    status, wf = (
+        await acall("GET", f"{srv.url}/pvs/{ext.pv('WF')}?provider={provider}&timeout=2")
+    ).checked()
     assert status == 200 and wf["value"][:3] == [1.0, 2.0, 3.0], wf
     status, en = (await acall("GET", f"{srv.url}/pvs/{ext.pv('EN')}?provider={provider}")).checked()
     assert (
@@ -168,35 +169,47 @@ async def test_read_external(srv: Server, ext: ExternalIoc, provider: str) -> No
 
 @pytest.mark.parametrize("provider", ["ca", "pva"])
 async def test_read_own_pvs(srv: Server, provider: str) -> None:
-    status, sp = (await acall("GET", f"{srv.url}/pvs/{srv.pv('sync_monitor', 'SETPOINT')}?provider={provider}"
-    )).checked()
+    status, sp = (
+        await acall(
+            "GET", f"{srv.url}/pvs/{srv.pv('sync_monitor', 'SETPOINT')}?provider={provider}"
+        )
+    ).checked()
     assert status == 200 and sp["value"] == 50.0, sp
-    status, st = (await acall("GET", f"{srv.url}/pvs/{srv.pv('sync_monitor', 'STATUS')}?provider={provider}"
-    )).checked()
+    status, st = (
+        await acall("GET", f"{srv.url}/pvs/{srv.pv('sync_monitor', 'STATUS')}?provider={provider}")
+    ).checked()
     assert status == 200 and "RUN" in st["choices"], st
 
 
 async def test_write_ca_and_pva(srv: Server, ext: ExternalIoc) -> None:
     import aioca
 
-    status, body = (await acall("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 4.25}, headers=AUTH
-    )).checked()
+    status, body = (
+        await acall("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 4.25}, headers=AUTH)
+    ).checked()
     assert status == 200 and body["provider"] == "ca", body
     assert await aioca.caget(ext.pv("AO"), timeout=5) == 4.25
-    status, body = (await acall("PUT",
-        f"{srv.url}/pvs/{ext.pv('WF')}",
-        headers=AUTH,
-        body={"value": [7, 8, 9, 10], "provider": "pva", "timeout": 3},
-    )).checked()
+    status, body = (
+        await acall(
+            "PUT",
+            f"{srv.url}/pvs/{ext.pv('WF')}",
+            headers=AUTH,
+            body={"value": [7, 8, 9, 10], "provider": "pva", "timeout": 3},
+        )
+    ).checked()
     assert status == 200, body
-    status, body = (await acall("PUT",
-        f"{srv.url}/pvs/{ext.pv('EN')}",
-        headers=AUTH,
-        body={"value": "FAULT", "provider": "pva"},
-    )).checked()
+    status, body = (
+        await acall(
+            "PUT",
+            f"{srv.url}/pvs/{ext.pv('EN')}",
+            headers=AUTH,
+            body={"value": "FAULT", "provider": "pva"},
+        )
+    ).checked()
     assert status == 200 and body["value"] == 2, body
-    status, body = (await acall("PUT", f"{srv.url}/pvs/{ext.pv('S')}", headers=AUTH, body={"value": "via ca"}
-    )).checked()
+    status, body = (
+        await acall("PUT", f"{srv.url}/pvs/{ext.pv('S')}", headers=AUTH, body={"value": "via ca"})
+    ).checked()
     assert status == 200, body
     ctx = pva_context(ext.ports)
     try:
@@ -208,11 +221,14 @@ async def test_write_ca_and_pva(srv: Server, ext: ExternalIoc) -> None:
     finally:
         ctx.close()
     # the service's own input, over PVA, seen by the plugin's record
-    status, body = (await acall("PUT",
-        f"{srv.url}/pvs/{srv.pv('sync_monitor', 'GAIN')}",
-        headers=AUTH,
-        body={"value": 2.5, "provider": "pva"},
-    )).checked()
+    status, body = (
+        await acall(
+            "PUT",
+            f"{srv.url}/pvs/{srv.pv('sync_monitor', 'GAIN')}",
+            headers=AUTH,
+            body={"value": 2.5, "provider": "pva"},
+        )
+    ).checked()
     assert status == 200, body
     assert await aioca.caget(srv.pv("sync_monitor", "GAIN"), timeout=5) == 2.5
 
@@ -270,46 +286,65 @@ async def test_bad_input(srv: Server, ext: ExternalIoc) -> None:
 
     before = await aioca.caget(ext.pv("AO"), timeout=5)
     for provider in ("ca", "pva"):
-        status, p = (await acall("GET", f"{srv.url}/pvs/NO:SUCH:PV{provider}?provider={provider}&timeout=0.5"
-        )).checked()
+        status, p = (
+            await acall(
+                "GET", f"{srv.url}/pvs/NO:SUCH:PV{provider}?provider={provider}&timeout=0.5"
+            )
+        ).checked()
         assert status == 404 and "NO:SUCH:PV" in p["detail"] and "0.5 s" in p["detail"], p
     status, p = (await acall("GET", f"{srv.url}/pvs/{ext.pv('AO')}?timeout=100")).checked()
     assert status == 400 and "IOCMNG_PV_MAX_TIMEOUT" in p["detail"], p
     status, p = (await acall("GET", f"{srv.url}/pvs/{ext.pv('AO')}?provider=xyz")).checked()
     assert status == 400 and "provider" in p["detail"], p
     # refused by the pattern (an external PV not listed), without and with the token
-    status, p = (await acall("PUT", f"{srv.url}/pvs/NOT:ALLOWED", body={"value": 1}, headers=AUTH
-    )).checked()
+    status, p = (
+        await acall("PUT", f"{srv.url}/pvs/NOT:ALLOWED", body={"value": 1}, headers=AUTH)
+    ).checked()
     assert status == 403 and "IOCMNG_PV_WRITE_PATTERN" in p["detail"], p
     status, p = (await acall("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 9.0})).checked()
     assert status == 401 and "token" in p["detail"].lower(), p
-    status, p = (await acall("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": "abc"}, headers=AUTH
-    )).checked()
+    status, p = (
+        await acall("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": "abc"}, headers=AUTH)
+    ).checked()
     assert status == 400 and "not a number" in p["detail"], p
-    status, p = (await acall("PUT", f"{srv.url}/pvs/{ext.pv('EN')}", body={"value": "BROKEN"}, headers=AUTH
-    )).checked()
+    status, p = (
+        await acall("PUT", f"{srv.url}/pvs/{ext.pv('EN')}", body={"value": "BROKEN"}, headers=AUTH)
+    ).checked()
     assert status == 400 and "FAULT" in p["detail"], p
-    status, p = (await acall("PUT", f"{srv.url}/pvs/{ext.pv('WF')}", body={"value": list(range(20))}, headers=AUTH
-    )).checked()
+    status, p = (
+        await acall(
+            "PUT", f"{srv.url}/pvs/{ext.pv('WF')}", body={"value": list(range(20))}, headers=AUTH
+        )
+    ).checked()
     assert status == 400 and "at most 8" in p["detail"], p
-    status, p = (await acall("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 1, "bogus": 2}, headers=AUTH
-    )).checked()
+    status, p = (
+        await acall(
+            "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 1, "bogus": 2}, headers=AUTH
+        )
+    ).checked()
     assert status == 422 and "bogus" in p["detail"], p  # a body that does not fit the schema
-    status, p = (await acall("PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 1, "timeout": 60}, headers=AUTH
-    )).checked()
+    status, p = (
+        await acall(
+            "PUT", f"{srv.url}/pvs/{ext.pv('AO')}", body={"value": 1, "timeout": 60}, headers=AUTH
+        )
+    ).checked()
     assert status == 400 and "IOCMNG_PV_MAX_TIMEOUT" in p["detail"], p
     # nothing was written
     assert await aioca.caget(ext.pv("AO"), timeout=5) == before
     # a connected PV whose put completes late: 504
-    status, p = (await acall("PUT",
-        f"{srv.url}/pvs/{ext.pv('SLOW')}",
-        body={"value": 1, "timeout": 0.5},
-        headers=AUTH,
-    )).checked()
+    status, p = (
+        await acall(
+            "PUT",
+            f"{srv.url}/pvs/{ext.pv('SLOW')}",
+            body={"value": 1, "timeout": 0.5},
+            headers=AUTH,
+        )
+    ).checked()
     assert status == 504 and "did not complete within 0.5 s" in p["detail"], p
     # the IOC refuses the put (DISP=1): 502, naming the PV
-    status, p = (await acall("PUT", f"{srv.url}/pvs/{ext.pv('LOCKED')}", body={"value": 1}, headers=AUTH
-    )).checked()
+    status, p = (
+        await acall("PUT", f"{srv.url}/pvs/{ext.pv('LOCKED')}", body={"value": 1}, headers=AUTH)
+    ).checked()
     assert status == 502 and ext.pv("LOCKED") in p["detail"], p
     assert srv.health()["status"] == "ok"
 
@@ -319,32 +354,42 @@ async def test_reference_routes(srv: Server, ext: ExternalIoc) -> None:
 
     status, body = (await acall("GET", f"{srv.url}/pvs/provider")).checked()
     assert status == 200 and body == {"provider": "ca"}
-    status, body = (await acall("POST", f"{srv.url}/pvs/get", body={"pv_name": ext.pv("S")}, headers=AUTH
-    )).checked()
+    status, body = (
+        await acall("POST", f"{srv.url}/pvs/get", body={"pv_name": ext.pv("S")}, headers=AUTH)
+    ).checked()
     assert (
         status == 200
         and body["ok"]
         and body["pv_name"] == ext.pv("S")
         and isinstance(body["value"], str)
     ), body
-    status, body = (await acall("POST",
-        f"{srv.url}/pvs/put",
-        body={"pv_name": ext.pv("AO"), "value": 3.5},
-        headers=AUTH,
-    )).checked()
+    status, body = (
+        await acall(
+            "POST",
+            f"{srv.url}/pvs/put",
+            body={"pv_name": ext.pv("AO"), "value": 3.5},
+            headers=AUTH,
+        )
+    ).checked()
     assert status == 200 and body == {"ok": True, "pv_name": ext.pv("AO"), "error": None}
     assert await aioca.caget(ext.pv("AO"), timeout=5) == 3.5
-    status, body = (await acall("POST",
-        f"{srv.url}/pvs/get",
-        body={"pv_name": "NO:SUCH/PV", "timeout": 0.5},  # "/" is fine in a body
-        headers=AUTH,
-    )).checked()
+    status, body = (
+        await acall(
+            "POST",
+            f"{srv.url}/pvs/get",
+            body={"pv_name": "NO:SUCH/PV", "timeout": 0.5},  # "/" is fine in a body
+            headers=AUTH,
+        )
+    ).checked()
     assert status == 404 and body["ok"] is False and body["error"], body
-    status, body = (await acall("POST",
-        f"{srv.url}/pvs/monitor",
-        body={"pv_name": ext.pv("AO"), "name": "ao"},
-        headers=AUTH,
-    )).checked()
+    status, body = (
+        await acall(
+            "POST",
+            f"{srv.url}/pvs/monitor",
+            body={"pv_name": ext.pv("AO"), "name": "ao"},
+            headers=AUTH,
+        )
+    ).checked()
     assert status == 200 and body["ok"] and body["key"] == "ao", body
     await aioca.caput(ext.pv("AO"), 6.5, wait=True, timeout=5)
 
@@ -356,14 +401,18 @@ async def test_reference_routes(srv: Server, ext: ExternalIoc) -> None:
         )
 
     await wait_for(seen, timeout=5, what="the monitor's last value")
-    status, body = (await acall("POST", f"{srv.url}/pvs/monitor", body={"pv_name": ext.pv("S")}, headers=AUTH
-    )).checked()
+    status, body = (
+        await acall("POST", f"{srv.url}/pvs/monitor", body={"pv_name": ext.pv("S")}, headers=AUTH)
+    ).checked()
     assert status == 200, body
-    status, body = (await acall("POST", f"{srv.url}/pvs/monitor", body={"pv_name": ext.pv("EN")}, headers=AUTH
-    )).checked()
+    status, body = (
+        await acall("POST", f"{srv.url}/pvs/monitor", body={"pv_name": ext.pv("EN")}, headers=AUTH)
+    ).checked()
     assert status == 409 and "IOCMNG_PV_MAX_MONITORS" in body["detail"], body
     for key in ("ao", ext.pv("S")):
-        status, body = (await acall("DELETE", f"{srv.url}/pvs/monitor/{key}", headers=AUTH)).checked()
+        status, body = (
+            await acall("DELETE", f"{srv.url}/pvs/monitor/{key}", headers=AUTH)
+        ).checked()
         assert status == 200 and body["ok"], body
     status, body = (await acall("DELETE", f"{srv.url}/pvs/monitor/ao", headers=AUTH)).checked()
     assert status == 404 and "No active monitor" in body["detail"], body

@@ -37,21 +37,29 @@ from conftest import (
 pytestmark = pytest.mark.timeout(90)
 
 
-def start(args: list[str], cwd: Path, env: dict[str, str] | None = None
-          ) -> tuple[subprocess.Popen[bytes], EpicsPorts, Path]:
+def start(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], EpicsPorts, Path]:
     """``iocmng-run ARGS`` in ``cwd``; IOC_PREFIX/IOC_NAME only from ``env`` (the chart sets them)."""
     ports = EpicsPorts.allocate()
     full = {k: v for k, v in ports.env().items() if k not in ("IOC_PREFIX", "IOC_NAME")}
     full.update(env or {})
     log = cwd.parent / f"run-{time.monotonic_ns()}.log"  # not among the plugin's files
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "iocmng.runtime.run_alias", *args], env=full, cwd=cwd,
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iocmng.runtime.run_alias", *args],
+            env=full,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     return proc, ports, log
 
 
-def serve(args: list[str], cwd: Path, probe: str, env: dict[str, str] | None = None
-          ) -> tuple[subprocess.Popen[bytes], EpicsPorts, Path]:
+def serve(
+    args: list[str], cwd: Path, probe: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], EpicsPorts, Path]:
     proc, ports, log = start(args, cwd, env)
 
     def ready() -> bool:
@@ -78,16 +86,42 @@ def stop(proc: subprocess.Popen[bytes], log: Path, sig: int = signal.SIGINT) -> 
 def test_file_module_with_the_references_pv_names(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLES / "sync_monitor", tmp_path / "src")
     prefix = f"{random_prefix()}:SOFTINTLK"
-    args = ["-m", "src/monitor.py", "--config", "src/config.yaml", "--prefix", prefix, "--name", "softinterlock",
-            "-p", "threshold=5", "-p", "interval=0.5", "--pvout", "out/pvs.txt"]
+    args = [
+        "-m",
+        "src/monitor.py",
+        "--config",
+        "src/config.yaml",
+        "--prefix",
+        prefix,
+        "--name",
+        "softinterlock",
+        "-p",
+        "threshold=5",
+        "-p",
+        "interval=0.5",
+        "--pvout",
+        "out/pvs.txt",
+    ]
     proc, ports, log = serve(args, tmp_path, f"{prefix}:STATUS")
     try:
         assert pv_answers(ports, f"{prefix}:READING")
         with pytest.raises(TimeoutError):  # no plugin segment is added
             pv_answers(ports, f"{prefix}:SOFTINTERLOCK:STATUS", timeout=0.5)
         pvs = (tmp_path / "out" / "pvs.txt").read_text().split()
-        assert pvs == sorted(f"{prefix}:{k}" for k in ("ENABLE", "STATUS", "MESSAGE", "CYCLE_COUNT", "SETPOINT",
-                                                       "GAIN", "READING", "ALARM", "LAST_INPUT"))
+        assert pvs == sorted(
+            f"{prefix}:{k}"
+            for k in (
+                "ENABLE",
+                "STATUS",
+                "MESSAGE",
+                "CYCLE_COUNT",
+                "SETPOINT",
+                "GAIN",
+                "READING",
+                "ALARM",
+                "LAST_INPUT",
+            )
+        )
     finally:
         text = stop(proc, log)
     assert "starting with threshold 5" in text  # -p threshold=5 is the int 5, as in the reference
@@ -98,8 +132,20 @@ def test_importable_module_and_class(tmp_path: Path) -> None:
     shutil.copy(EXAMPLES / "diagnostics_job" / "diagnostics.py", tmp_path / "diagjob.py")
     shutil.copy(EXAMPLES / "diagnostics_job" / "config.yaml", tmp_path / "diag.yaml")
     prefix = f"{random_prefix()}:DIAG"
-    args = ["-m", "diagjob", "-c", "Diagnostics", "--config", "diag.yaml", "--prefix", prefix,
-            "--pva", "false", "-p", "check_disk=false"]
+    args = [
+        "-m",
+        "diagjob",
+        "-c",
+        "Diagnostics",
+        "--config",
+        "diag.yaml",
+        "--prefix",
+        prefix,
+        "--pva",
+        "false",
+        "-p",
+        "check_disk=false",
+    ]
     proc, ports, log = serve(args, tmp_path, f"{prefix}:STATUS")
     try:
         assert pv_answers(ports, f"{prefix}:MESSAGE")
@@ -109,12 +155,15 @@ def test_importable_module_and_class(tmp_path: Path) -> None:
     assert result["success"] is True and result["job"] == "diagnostics"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-m", "no_such_module_xyz"], "No module named 'no_such_module_xyz'"),
-    (["-m", "missing.py"], "-m missing.py: no such file"),
-    (["-m", "diagjob", "-c", "Nope"], "-c Nope: no TaskBase/JobBase subclass"),
-    (["-m", "diagjob", "--prefix", "bad prefix!"], "--prefix 'bad prefix!'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-m", "no_such_module_xyz"], "No module named 'no_such_module_xyz'"),
+        (["-m", "missing.py"], "-m missing.py: no such file"),
+        (["-m", "diagjob", "-c", "Nope"], "-c Nope: no TaskBase/JobBase subclass"),
+        (["-m", "diagjob", "--prefix", "bad prefix!"], "--prefix 'bad prefix!'"),
+    ],
+)
 def test_refusals(tmp_path: Path, args: list[str], message: str) -> None:
     shutil.copy(EXAMPLES / "diagnostics_job" / "diagnostics.py", tmp_path / "diagjob.py")
     proc, _, log = start(args, tmp_path)
@@ -140,7 +189,9 @@ rule_defaults: {big: 0}
 
 HELPER = "SCALE = 2.0  # a helper module beside the plugin, imported by nobody here\n"
 MONITOR = (EXAMPLES / "sync_monitor" / "monitor.py").read_text()
-ABSTRACT = "from iocmng import TaskBase\n\n\nclass Half(TaskBase):\n    def execute(self):\n        pass\n"
+ABSTRACT = (
+    "from iocmng import TaskBase\n\n\nclass Half(TaskBase):\n    def execute(self):\n        pass\n"
+)
 BROKEN = "from iocmng import TaskBase\n\nraise RuntimeError('boom')\n"
 
 
@@ -166,12 +217,20 @@ async def test_chart_form_module_given_prefix_and_name_from_the_env(tmp_path: Pa
     cfg = tmp_path / "config"
     shutil.copytree(EXAMPLES / "sync_monitor", cfg)
     prefix = f"{random_prefix()}:SOFTINTLK"
-    proc, ports, log = serve(["-m", "monitor.py", "--config", "config.yaml", "-p", "interval=0.2"], cfg,
-                             f"{prefix}:STATUS", env=chart_env(prefix, "softinterlock"))
+    proc, ports, log = serve(
+        ["-m", "monitor.py", "--config", "config.yaml", "-p", "interval=0.2"],
+        cfg,
+        f"{prefix}:STATUS",
+        env=chart_env(prefix, "softinterlock"),
+    )
     try:
-        await wait_for(lambda: _equal(f"{prefix}:READING", 50.0), timeout=20, what="READING over CA")
+        await wait_for(
+            lambda: _equal(f"{prefix}:READING", 50.0), timeout=20, what="READING over CA"
+        )
         await caput(f"{prefix}:SETPOINT", 80.0, wait=True, timeout=5)
-        await wait_for(lambda: _equal(f"{prefix}:ALARM", 1), timeout=20, what="ALARM after SETPOINT 80")
+        await wait_for(
+            lambda: _equal(f"{prefix}:ALARM", 1), timeout=20, what="ALARM after SETPOINT 80"
+        )
     finally:
         text = stop(proc, log, signal.SIGTERM)  # what a pod gets
     assert "softinterlock: stopped after" in text  # IOC_NAME named the plugin; cleanup() ran
@@ -185,13 +244,23 @@ async def test_chart_form_config_only_finds_the_one_plugin_file(tmp_path: Path) 
     (cfg / "_private.py").write_text("raise SystemExit('never imported')\n")
     (cfg / "start.sh").write_text("#!/bin/sh\nexec iocmng-run --config config.yaml\n")
     prefix = f"{random_prefix()}:MON"
-    proc, ports, log = serve(["--config", "config.yaml", "-p", "interval=0.2", "--pvout", "../pvs.txt"], cfg,
-                             f"{prefix}:STATUS", env=chart_env(prefix, "mon"))
+    proc, ports, log = serve(
+        ["--config", "config.yaml", "-p", "interval=0.2", "--pvout", "../pvs.txt"],
+        cfg,
+        f"{prefix}:STATUS",
+        env=chart_env(prefix, "mon"),
+    )
     ctx = pva_context(ports)
     try:
-        await wait_for(lambda: _pva_equal(ctx, f"{prefix}:READING", 50.0), timeout=20, what="READING over PVA")
+        await wait_for(
+            lambda: _pva_equal(ctx, f"{prefix}:READING", 50.0), timeout=20, what="READING over PVA"
+        )
         await ctx.put(f"{prefix}:GAIN", 0.5)
-        await wait_for(lambda: _pva_equal(ctx, f"{prefix}:READING", 25.0), timeout=20, what="READING = 50 * 0.5")
+        await wait_for(
+            lambda: _pva_equal(ctx, f"{prefix}:READING", 25.0),
+            timeout=20,
+            what="READING = 50 * 0.5",
+        )
     finally:
         ctx.close()
         text = stop(proc, log)
@@ -208,7 +277,9 @@ async def test_chart_form_declarative_config_alone(tmp_path: Path) -> None:
     (cfg / "config.yaml").write_text(DECLARATIVE)
     (cfg / "requirements.txt").write_text("iocmng>=2.5.0\n")  # as the dashboard writes it
     prefix = f"{random_prefix()}:DECL"
-    proc, ports, log = serve(["--config", "config.yaml"], cfg, f"{prefix}:y", env=chart_env(prefix, "decl"))
+    proc, ports, log = serve(
+        ["--config", "config.yaml"], cfg, f"{prefix}:y", env=chart_env(prefix, "decl")
+    )
     ctx = pva_context(ports)
     try:
         await wait_for(lambda: _equal(f"{prefix}:y", 6.0), timeout=20, what="y = x * 3 over CA")
@@ -221,18 +292,36 @@ async def test_chart_form_declarative_config_alone(tmp_path: Path) -> None:
     assert "declarative task" in text
 
 
-@pytest.mark.parametrize("files, args, message", [
-    ({"a.py": MONITOR, "b.py": MONITOR, "util.py": HELPER}, ["--config", "config.yaml"],
-     "2 candidate plugin files beside config.yaml: a.py, b.py; choose one with -m FILE"),
-    ({"half.py": ABSTRACT}, [], "half.py: Half does not implement cleanup, initialize"),
-    ({"bad.py": BROKEN}, [], "bad.py: import failed: RuntimeError: boom"),
-    ({}, ["--config", "config.yaml"], "declares no links, rules or transforms"),
-    ({}, [], "declares no links, rules or transforms"),  # ./config.yaml by default
-    ({"config.yaml": None}, [], "no -m MODULE and no config.yaml here"),
-    ({}, ["--config", "nope.yaml"], "--config nope.yaml: no such file"),
-    ({}, ["-c", "SyncMonitor"], "-c CLASS needs -m MODULE"),
-], ids=["two-candidates", "abstract", "import-fails", "no-logic", "no-logic-default-config", "nothing", "missing-config", "class-alone"])
-def test_chart_form_refusals(tmp_path: Path, files: dict[str, str | None], args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "files, args, message",
+    [
+        (
+            {"a.py": MONITOR, "b.py": MONITOR, "util.py": HELPER},
+            ["--config", "config.yaml"],
+            "2 candidate plugin files beside config.yaml: a.py, b.py; choose one with -m FILE",
+        ),
+        ({"half.py": ABSTRACT}, [], "half.py: Half does not implement cleanup, initialize"),
+        ({"bad.py": BROKEN}, [], "bad.py: import failed: RuntimeError: boom"),
+        ({}, ["--config", "config.yaml"], "declares no links, rules or transforms"),
+        ({}, [], "declares no links, rules or transforms"),  # ./config.yaml by default
+        ({"config.yaml": None}, [], "no -m MODULE and no config.yaml here"),
+        ({}, ["--config", "nope.yaml"], "--config nope.yaml: no such file"),
+        ({}, ["-c", "SyncMonitor"], "-c CLASS needs -m MODULE"),
+    ],
+    ids=[
+        "two-candidates",
+        "abstract",
+        "import-fails",
+        "no-logic",
+        "no-logic-default-config",
+        "nothing",
+        "missing-config",
+        "class-alone",
+    ],
+)
+def test_chart_form_refusals(
+    tmp_path: Path, files: dict[str, str | None], args: list[str], message: str
+) -> None:
     cfg = tmp_path / "config"
     cfg.mkdir()
     shutil.copy(EXAMPLES / "sync_monitor" / "config.yaml", cfg / "config.yaml")

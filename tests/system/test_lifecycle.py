@@ -71,9 +71,7 @@ class Life:
 
 
 @pytest.fixture(scope="module")
-def life(
-    module_server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Life:
+def life(module_server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory) -> Life:
     """Start the server and add a continuous task, a triggered task (with path) and a job."""
     git_root = tmp_path_factory.mktemp("git")
     repos = {
@@ -166,7 +164,9 @@ async def test_listings(life: Life) -> None:
     assert srv.pv("scan", "RUN") in scan["pvs"]
     r = await srv.acall("GET", "/jobs")
     assert r.body["count"] == 1
-    assert [j["name"] for j in r.body["plugins"]] == ["diag"] and r.body["plugins"][0]["state"] == "idle"
+    assert [j["name"] for j in r.body["plugins"]] == ["diag"] and r.body["plugins"][0][
+        "state"
+    ] == "idle"
     r = await srv.acall("GET", "/tasks")
     assert sorted(t["name"] for t in r.body["plugins"]) == ["monitor", "scan"]
 
@@ -240,8 +240,11 @@ async def test_trigger_runs_a_cycle(life: Life) -> None:
     try:
         await wait_for(lambda: run_values == [0], timeout=10, what="RUN's first monitor update (0)")
         r = await srv.acall("POST", "/tasks/scan/trigger")
-        await wait_for(lambda: run_values[-1:] == [0] and len(run_values) >= 3, timeout=10,
-                       what="RUN back to 0 after the REST trigger")
+        await wait_for(
+            lambda: run_values[-1:] == [0] and len(run_values) >= 3,
+            timeout=10,
+            what="RUN back to 0 after the REST trigger",
+        )
     finally:
         sub.close()
     assert run_values[:3] == [0, 1, 0], run_values  # RUN read 1 while the REST trigger ran

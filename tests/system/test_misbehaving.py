@@ -46,19 +46,26 @@ pytestmark = pytest.mark.timeout(240)
 
 HEAD = "import os, sys, threading, time, asyncio\nfrom iocmng import TaskBase\n\n"
 PLUGINS: dict[str, tuple[str, dict[str, Any]]] = {
-    "neighbour": ("""
+    "neighbour": (
+        """
 class Neighbour(TaskBase):
     async def initialize(self): pass
     async def execute(self): pass
     async def cleanup(self): pass
-""", {"interval": 0.1}),
-    "raiser": ("""
+""",
+        {"interval": 0.1},
+    ),
+    "raiser": (
+        """
 class Raiser(TaskBase):
     async def initialize(self): pass
     async def execute(self): raise RuntimeError("boom every cycle")
     async def cleanup(self): pass
-""", {"interval": 0.1}),
-    "blocker": ("""
+""",
+        {"interval": 0.1},
+    ),
+    "blocker": (
+        """
 class Blocker(TaskBase):
     n = 0
     async def initialize(self): pass
@@ -67,8 +74,11 @@ class Blocker(TaskBase):
         if self.n == 3:
             time.sleep(2)  # blocks the event loop: the bug this plugin demonstrates
     async def cleanup(self): pass
-""", {"interval": 0.5}),
-    "leaker": ("""
+""",
+        {"interval": 0.5},
+    ),
+    "leaker": (
+        """
 HOARD = []
 STOP = threading.Event()
 
@@ -79,32 +89,46 @@ class Leaker(TaskBase):
             HOARD.append(bytearray(1 << 20))
             threading.Thread(target=STOP.wait, daemon=True).start()
     def cleanup(self): pass
-""", {"interval": 0.1}),
-    "hangs": ("""
+""",
+        {"interval": 0.1},
+    ),
+    "hangs": (
+        """
 class Hangs(TaskBase):
     def initialize(self): pass
     def execute(self): pass
     def cleanup(self): time.sleep(3600)
-""", {"interval": 0.5}),
-    "sysexit": ("""
+""",
+        {"interval": 0.5},
+    ),
+    "sysexit": (
+        """
 class SysExit(TaskBase):
     def initialize(self): pass
     def execute(self): sys.exit(3)
     def cleanup(self): pass
-""", {"interval": 0.2}),
-    "asysexit": ("""
+""",
+        {"interval": 0.2},
+    ),
+    "asysexit": (
+        """
 class ASysExit(TaskBase):
     async def initialize(self): pass
     async def execute(self): sys.exit(4)
     async def cleanup(self): pass
-""", {"interval": 0.2}),
-    "killer": ("""
+""",
+        {"interval": 0.2},
+    ),
+    "killer": (
+        """
 class Killer(TaskBase):
     def initialize(self): pass
     def execute(self): pass
     def triggered(self): os._exit(7)
     def cleanup(self): pass
-""", {"mode": "triggered"}),
+""",
+        {"mode": "triggered"},
+    ),
 }
 DOOM = """
 class Doom(TaskBase):
@@ -141,9 +165,11 @@ def metrics(srv: Server) -> dict[str, float]:
 
 def child(srv: Server) -> psutil.Process:
     """The service process under the supervisor."""
+
     def one() -> psutil.Process | None:
         kids = psutil.Process(srv.pid).children()
         return kids[0] if len(kids) == 1 else None
+
     return wait_for_sync(one, timeout=20, what="the supervised service")
 
 
@@ -162,19 +188,28 @@ def settled(srv: Server, names: set[str]) -> list[dict[str, Any]]:
         if status != 200 or {i["name"] for i in items} != names:
             return None
         return None if any(i["state"] in ("starting", "pending") for i in items) else (items,)
+
     return wait_for_sync(ok, timeout=40, interval=0.2, what="plugins settled")[0]
 
 
 def supervised(tmp_path: Path, server_factory: ServerFactory) -> tuple[Server, Path]:
     """The supervised server with PLUGINS from its config file, and doom's directory."""
     root = tmp_path / "plugins"
-    entries = [{"name": n, "local_path": str(plugin_dir(root, n, body, params))}
-               for n, (body, params) in PLUGINS.items()]
+    entries = [
+        {"name": n, "local_path": str(plugin_dir(root, n, body, params))}
+        for n, (body, params) in PLUGINS.items()
+    ]
     config = tmp_path / "service.yaml"
     config.write_text(json.dumps({"plugins": entries}))
-    srv = server_factory(args=("--supervise",), start=False,
-                         env={"IOCMNG_CONFIG": str(config), "IOCMNG_RELOAD_DELAY": "0.1",
-                              "IOCMNG_STALL_THRESHOLD": "0.5"})
+    srv = server_factory(
+        args=("--supervise",),
+        start=False,
+        env={
+            "IOCMNG_CONFIG": str(config),
+            "IOCMNG_RELOAD_DELAY": "0.1",
+            "IOCMNG_STALL_THRESHOLD": "0.5",
+        },
+    )
     return srv, plugin_dir(root, "doom", DOOM, {"interval": 0.2})
 
 
@@ -188,8 +223,11 @@ def test_misbehaving_plugins(tmp_path: Path, server_factory: ServerFactory) -> N
     threads0 = m0["iocmng_threads"]
 
     # -- the loop hog is caught and blamed; the others go on ----------------------------------
-    blocker = wait_for_sync(lambda: (i := info(srv, "blocker"))["last_error"] and i, timeout=20,
-                            what="the watchdog's report on blocker")
+    blocker = wait_for_sync(
+        lambda: (i := info(srv, "blocker"))["last_error"] and i,
+        timeout=20,
+        what="the watchdog's report on blocker",
+    )
     assert "held the event loop" in blocker["last_error"] and blocker["state"] == "running", blocker
     assert metrics(srv)['iocmng_plugin_loop_stalls_total{plugin="blocker"}'] >= 1
     neighbour_rate = rate(srv, "neighbour")
@@ -209,7 +247,9 @@ def test_misbehaving_plugins(tmp_path: Path, server_factory: ServerFactory) -> N
     assert m['iocmng_plugin_errors_total{plugin="sysexit"}'] >= 3
 
     # -- leaks: visible per process (metrics, psutil), not per plugin -------------------------
-    wait_for_sync(lambda: metrics(srv)["iocmng_threads"] >= threads0 + 30, timeout=20, what="leaked threads")
+    wait_for_sync(
+        lambda: metrics(srv)["iocmng_threads"] >= threads0 + 30, timeout=20, what="leaked threads"
+    )
     m = metrics(srv)
     assert m["process_resident_memory_bytes"] >= m0["process_resident_memory_bytes"] + 25e6, (m0, m)
     assert child(srv).num_threads() >= threads0 + 30
@@ -222,8 +262,11 @@ def test_misbehaving_plugins(tmp_path: Path, server_factory: ServerFactory) -> N
     hangs = info(srv, "hangs")
     assert hangs["state"] == "running" and hangs["error_count"] >= 1, hangs
     logs = srv.call("GET", "/plugins/hangs/logs", timeout=30).body
-    assert any("cleanup failed" in r["message"] and "TimeoutError" in (r.get("exc") or r["message"] + str(r))
-               for r in logs["records"]), logs
+    assert any(
+        "cleanup failed" in r["message"]
+        and "TimeoutError" in (r.get("exc") or r["message"] + str(r))
+        for r in logs["records"]
+    ), logs
     assert srv.call("GET", "/health", timeout=30).body["status"] == "ok"
 
     # -- os._exit at run time: the process dies, the supervisor brings it back ----------------
@@ -240,7 +283,9 @@ def test_misbehaving_plugins(tmp_path: Path, server_factory: ServerFactory) -> N
     assert states["killer"] == "running" and states["neighbour"] == "running", states
     assert "restarting it from the registry" in srv.log()
     # The new generation's blocker stalls the loop once more at its third cycle; measure after it.
-    wait_for_sync(lambda: info(srv, "blocker")["last_error"], timeout=20, what="blocker's stall again")
+    wait_for_sync(
+        lambda: info(srv, "blocker")["last_error"], timeout=20, what="blocker's stall again"
+    )
     assert rate(srv, "neighbour", 2.0) >= 9.0
 
     # -- a plugin that kills every start: safe mode instead of a crash loop -------------------
@@ -265,7 +310,11 @@ def test_misbehaving_plugins(tmp_path: Path, server_factory: ServerFactory) -> N
             h = srv.call("GET", "/health", timeout=5).body
         except (OSError, urllib.error.URLError):
             return False
-        return h["pending_generation"] is None and not h["boot_errors"] and h["plugins"]["total"] == len(names)
+        return (
+            h["pending_generation"] is None
+            and not h["boot_errors"]
+            and h["plugins"]["total"] == len(names)
+        )
 
     wait_for_sync(normal, timeout=30, interval=0.2, what="normal mode without doom")
     items = settled(srv, names)

@@ -362,9 +362,7 @@ async def _enough(coro: Any, n: int) -> Any:
         ("/tasks/Bad!Name/logs", 400, "name"),
     ],
 )
-async def test_plugin_logs_bad_input(
-    obs: Obs, path: str, status: int, detail: str
-) -> None:
+async def test_plugin_logs_bad_input(obs: Obs, path: str, status: int, detail: str) -> None:
     r = await acall("GET", obs.srv.url + path)
     assert_problem(r, status, detail)
 
@@ -397,7 +395,8 @@ async def test_events_enable_and_job(obs: Obs, http: aiohttp.ClientSession) -> N
         await stream.saw(mark, "state", plugin="diag", state="running")
         await stream.saw(mark, "state", plugin="diag", state="idle")
         assert ev["success"] is True and ev["duration_s"] >= 0
-        r = await acall("POST",
+        r = await acall(
+            "POST",
             f"{srv.url}/jobs/diag/run",
             body={"parameters": {"fail": True}},
             headers=AUTH,
@@ -460,13 +459,15 @@ async def test_metrics(obs: Obs) -> None:
 
     r = await acall("POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
     assert r.status == 200 and r.body["success"] is True, r.text
-    r = await acall("POST",
+    r = await acall(
+        "POST",
         f"{srv.url}/jobs/diag/run",
         body={"parameters": {"fail": True}},
         headers=AUTH,
     )
     assert r.status == 200 and r.body["success"] is False, r.text
-    r = await acall("POST",
+    r = await acall(
+        "POST",
         f"{srv.url}/jobs/diag/run",
         body={"parameters": {"fail": True}},
         headers=AUTH,
@@ -610,7 +611,8 @@ async def test_auth_mutations(obs: Obs) -> None:
     # with the token: it works; reads stay open without it
     r = await acall("POST", f"{srv.url}/jobs/diag/run", headers=AUTH)
     assert r.status == 200 and r.body["success"] is True, r.text
-    r = await acall("POST", f"{srv.url}/jobs/diag/run", headers={"Authorization": f"bearer {TOKEN}"}
+    r = await acall(
+        "POST", f"{srv.url}/jobs/diag/run", headers={"Authorization": f"bearer {TOKEN}"}
     )
     assert r.status == 200, r.text  # the scheme is case-insensitive
     for path in (
@@ -701,7 +703,8 @@ async def test_events_reload(obs: Obs, http: aiohttp.ClientSession) -> None:
 
     resp, stream = await open_events(http, srv)
     try:
-        r = await acall("POST",
+        r = await acall(
+            "POST",
             f"{srv.url}/plugins",
             body={"name": "late", "local_path": str(late)},
             headers=AUTH,

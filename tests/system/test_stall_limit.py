@@ -112,6 +112,7 @@ def failed(srv: Server, name: str, timeout: float = 30) -> dict[str, Any]:
         except (OSError, urllib.error.URLError):
             return None  # the process is being restarted
         return i if i["state"] == "failed" else None
+
     return wait_for_sync(one, timeout=timeout, interval=0.2, what=f"{name} failed")
 
 
@@ -122,6 +123,7 @@ def running(srv: Server, name: str, timeout: float = 30) -> dict[str, Any]:
         except (OSError, urllib.error.URLError):
             return None
         return i if i["state"] == "running" and i["cycle_count"] > 0 else None
+
     return wait_for_sync(one, timeout=timeout, interval=0.2, what=f"{name} running")
 
 
@@ -129,14 +131,24 @@ def cycles(srv: Server, name: str) -> int:
     return int(info(srv, name)["cycle_count"])
 
 
-def make_server(factory: ServerFactory, tmp_path: Path, names: list[str], supervise: bool) -> Server:
+def make_server(
+    factory: ServerFactory, tmp_path: Path, names: list[str], supervise: bool
+) -> Server:
     root = tmp_path / "plugins"
-    entries = [{"name": n, "local_path": str(plugin_dir(root, n, tmp_path / f"{n}.flag"))} for n in names]
+    entries = [
+        {"name": n, "local_path": str(plugin_dir(root, n, tmp_path / f"{n}.flag"))} for n in names
+    ]
     config = tmp_path / "service.yaml"
     config.write_text(json.dumps({"plugins": entries}))
-    return factory(args=("--supervise",) if supervise else (), start=False,
-                   env={"IOCMNG_CONFIG": str(config), "IOCMNG_STALL_LIMIT": str(LIMIT),
-                        "IOCMNG_RELOAD_DELAY": "0.1"})
+    return factory(
+        args=("--supervise",) if supervise else (),
+        start=False,
+        env={
+            "IOCMNG_CONFIG": str(config),
+            "IOCMNG_STALL_LIMIT": str(LIMIT),
+            "IOCMNG_RELOAD_DELAY": "0.1",
+        },
+    )
 
 
 class HealthPoller:
@@ -172,7 +184,9 @@ class HealthPoller:
         self._thread.join(30)
 
 
-def test_python_stall_is_stopped_and_stays_failed(tmp_path: Path, server_factory: ServerFactory) -> None:
+def test_python_stall_is_stopped_and_stays_failed(
+    tmp_path: Path, server_factory: ServerFactory
+) -> None:
     srv = make_server(server_factory, tmp_path, ["neighbour", "spinner"], supervise=False)
     srv.start()
     running(srv, "neighbour")

@@ -35,8 +35,12 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "data"
     mnt.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True,
-                       capture_output=True, timeout=10)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {exc}")
     try:
@@ -67,7 +71,9 @@ def assert_refused(srv: Server, repo: str, registry: bytes, why: str) -> None:
     assert r.status == 507 and r.content_type == PROBLEM, (r.status, r.body)
     assert (srv.data_dir / "registry.json").read_bytes() == registry
     repos = srv.data_dir / "repos"
-    assert [p.name for p in repos.iterdir()] == [Path(json.loads(registry)["plugins"]["keeper"]["owned_dir"]).name]
+    assert [p.name for p in repos.iterdir()] == [
+        Path(json.loads(registry)["plugins"]["keeper"]["owned_dir"]).name
+    ]
     c0 = cycles(srv, "keeper")
     wait_for_sync(lambda: cycles(srv, "keeper") >= c0 + 3, timeout=10, what="keeper keeps cycling")
     assert srv.call("GET", "/tasks/keeper").body["state"] == "running"
@@ -79,11 +85,19 @@ def test_full_then_read_only(tmp_path: Path, tmpfs: Path, server_factory: Server
     srv = server_factory(data_dir=tmpfs, env={"IOCMNG_RELOAD_DELAY": "0.1"}, start=False)
     repo = make_repo(tmp_path / "git" / "monitor", {".": EXAMPLES / "sync_monitor"})
     srv.start()
-    r = srv.call("POST", "/tasks", {"name": "keeper", "git_url": repo, "parameters": {"interval": 0.2}})
+    r = srv.call(
+        "POST", "/tasks", {"name": "keeper", "git_url": repo, "parameters": {"interval": 0.2}}
+    )
     assert r.status == 201, r.body
     gen = r.body["generation"]
-    wait_for_sync(lambda: srv.call("GET", "/health").body["generation"] >= gen, timeout=45, what="reload")
-    wait_for_sync(lambda: srv.call("GET", "/tasks/keeper").body["state"] == "running", timeout=20, what="running")
+    wait_for_sync(
+        lambda: srv.call("GET", "/health").body["generation"] >= gen, timeout=45, what="reload"
+    )
+    wait_for_sync(
+        lambda: srv.call("GET", "/tasks/keeper").body["state"] == "running",
+        timeout=20,
+        what="running",
+    )
     registry = (srv.data_dir / "registry.json").read_bytes()
 
     # -- full: a canary file takes every free byte -------------------------------------------------
@@ -116,10 +130,19 @@ def test_full_then_read_only(tmp_path: Path, tmpfs: Path, server_factory: Server
 
     fds = Path(f"/proc/{srv.pid}/fd")
     held = [os.readlink(p) for p in fds.iterdir() if str(tmpfs) in os.readlink(p)]
-    assert str(tmpfs / "watchdog-trace.txt") in held and not [h for h in held if "(deleted)" in h], held
-    subprocess.run(["mount", "--bind", str(tmpfs), str(tmpfs)], check=True, capture_output=True, timeout=10)
+    assert str(tmpfs / "watchdog-trace.txt") in held and not [
+        h for h in held if "(deleted)" in h
+    ], held
+    subprocess.run(
+        ["mount", "--bind", str(tmpfs), str(tmpfs)], check=True, capture_output=True, timeout=10
+    )
     try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(tmpfs)], check=True, capture_output=True, timeout=10)
+        subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(tmpfs)],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
         assert not _writable(tmpfs)
         assert_refused(srv, repo, registry, "Read-only file system")
     finally:

@@ -29,8 +29,13 @@ async def server() -> AsyncIterator[tuple[TestServer, dict[str, Any]]]:
 
     async def sse(request: web.Request) -> web.StreamResponse:
         try:
-            return await http.stream_sse(request, b": hello\n\n", state["queue"].get,
-                                         lambda item: http.sse_frame("value", item), ended=lambda: state["ended"])
+            return await http.stream_sse(
+                request,
+                b": hello\n\n",
+                state["queue"].get,
+                lambda item: http.sse_frame("value", item),
+                ended=lambda: state["ended"],
+            )
         finally:
             state["done"].set()
 
@@ -45,17 +50,22 @@ async def server() -> AsyncIterator[tuple[TestServer, dict[str, Any]]]:
         await srv.close()
 
 
-@pytest.mark.parametrize(("header", "ok"), [
-    (f"Bearer {TOKEN}", True),
-    (f"bearer {TOKEN}", True),  # the scheme is case-insensitive
-    (f"  BEARER   {TOKEN}  ", True),
-    (f"Basic {TOKEN}", False),
-    (TOKEN, False),
-    (f"Bearer {TOKEN}x", False),
-    ("Bearer", False),
-    (None, False),
-])
-async def test_bearer_ok(server: tuple[TestServer, dict[str, Any]], header: str | None, ok: bool) -> None:
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        (f"Bearer {TOKEN}", True),
+        (f"bearer {TOKEN}", True),  # the scheme is case-insensitive
+        (f"  BEARER   {TOKEN}  ", True),
+        (f"Basic {TOKEN}", False),
+        (TOKEN, False),
+        (f"Bearer {TOKEN}x", False),
+        ("Bearer", False),
+        (None, False),
+    ],
+)
+async def test_bearer_ok(
+    server: tuple[TestServer, dict[str, Any]], header: str | None, ok: bool
+) -> None:
     srv, _ = server
     headers = {"Authorization": header} if header is not None else {}
     async with aiohttp.ClientSession() as s, s.get(srv.make_url("/auth"), headers=headers) as r:
@@ -73,17 +83,21 @@ def test_put_drop_oldest() -> None:
 def test_sse_frame() -> None:
     event = {"type": "enable", "plugin": "x", "enabled": False, "when": PurePosixPath("/x")}
     assert http.sse_frame("enable", event) == (
-        b'event: enable\ndata: {"type": "enable", "plugin": "x", "enabled": false, "when": "/x"}\n\n')
+        b'event: enable\ndata: {"type": "enable", "plugin": "x", "enabled": false, "when": "/x"}\n\n'
+    )
 
 
 def test_reply() -> None:
-    resp = http.reply({"path": PurePosixPath("/data/x")}, status=201)  # what JSON does not know: its str
+    resp = http.reply(
+        {"path": PurePosixPath("/data/x")}, status=201
+    )  # what JSON does not know: its str
     assert resp.status == 201 and resp.content_type == "application/json"
     assert json.loads(resp.text or "") == {"path": "/data/x"}
 
 
-async def test_stream_sse_frames_keepalive_and_end(server: tuple[TestServer, dict[str, Any]],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_stream_sse_frames_keepalive_and_end(
+    server: tuple[TestServer, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     srv, state = server
     monkeypatch.setattr(http, "SSE_KEEPALIVE", 0.5)
     async with aiohttp.ClientSession() as s, s.get(srv.make_url("/sse")) as r:

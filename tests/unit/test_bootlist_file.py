@@ -17,21 +17,26 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_order_autostart_order_then_list_order(tmp_path: Path) -> None:
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
 plugins:
   - {name: d, local_path: /x}
   - {name: c, local_path: /x, autostart_order: 5}
   - {name: b, local_path: /x}
   - {name: a, local_path: /x, autostart_order: 1}
   - {name: e, local_path: /x, autostart_order: 5}
-""")
+""",
+    )
     entries, errors = read_boot_list(p)
     assert errors == []
     assert [e.name for e in entries] == ["a", "c", "e", "d", "b"]
 
 
 def test_entry_errors(tmp_path: Path) -> None:
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
 plugins:
   - {name: ok, git_url: https://h/x.git, pat_env: GITLAB_TOKEN, auto_start: false, auto_start_on_boot: true}
   - {name: secret, git_url: https://h/x.git, pat: glpat-xyz}
@@ -39,7 +44,8 @@ plugins:
   - {name: none}
   - {name: ok, local_path: /y}
   - just a string
-""")
+""",
+    )
     entries, errors = read_boot_list(p)
     assert [(e.name, e.pat_env, e.auto_start) for e in entries] == [("ok", "GITLAB_TOKEN", False)]
     text = "\n".join(errors)

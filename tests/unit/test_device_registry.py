@@ -12,13 +12,25 @@ from iocmng.epics.devices import Devices, plan
 
 
 def test_plan_names_each_problem() -> None:
-    values = {"beamline": "b", "namespace": "n", "epicsConfiguration": {"iocs": [
-        {"name": "m", "devgroup": "mot", "devtype": "sim", "iocprefix": "P", "iocroot": "R",
-         "devices": [{"name": "a"}, {"name": "b", "devtype": "other", "disable": True}]},
-        {"name": "x", "devgroup": "io", "iocprefix": "X"},
-        {"name": "plain", "iocprefix": "Q"},  # no devgroup: not a device IOC
-        "junk",
-    ]}}
+    values = {
+        "beamline": "b",
+        "namespace": "n",
+        "epicsConfiguration": {
+            "iocs": [
+                {
+                    "name": "m",
+                    "devgroup": "mot",
+                    "devtype": "sim",
+                    "iocprefix": "P",
+                    "iocroot": "R",
+                    "devices": [{"name": "a"}, {"name": "b", "devtype": "other", "disable": True}],
+                },
+                {"name": "x", "devgroup": "io", "iocprefix": "X"},
+                {"name": "plain", "iocprefix": "Q"},  # no devgroup: not a device IOC
+                "junk",
+            ]
+        },
+    }
     records, error = plan(values)
     assert error is None
     got = {r.name: (r.prefix, r.type, r.state, r.reason) for r in records}
@@ -29,11 +41,17 @@ def test_plan_names_each_problem() -> None:
     assert "plain" not in got
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    (None, "not a mapping (got NoneType)"),
-    ({"beamline": "b"}, "missing key 'namespace'; missing key 'epicsConfiguration'"),
-    ({"beamline": "b", "namespace": "n", "epicsConfiguration": {"iocs": 3}}, "missing key 'epicsConfiguration.iocs' (a list)"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (None, "not a mapping (got NoneType)"),
+        ({"beamline": "b"}, "missing key 'namespace'; missing key 'epicsConfiguration'"),
+        (
+            {"beamline": "b", "namespace": "n", "epicsConfiguration": {"iocs": 3}},
+            "missing key 'epicsConfiguration.iocs' (a list)",
+        ),
+    ],
+)
 def test_plan_file_errors(values: object, message: str) -> None:
     assert plan(values) == ([], message)
 
@@ -43,15 +61,19 @@ def test_without_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "infn_ophyd_hal", None)
     monkeypatch.setenv("OPHYD_CONTROL_LAYER", "caproto")  # _import() sets it otherwise
     values = tmp_path / "values.yaml"
-    values.write_text("beamline: b\nnamespace: n\nepicsConfiguration:\n  iocs:\n"
-                      "    - {name: m1, devgroup: mot, devtype: sim, iocprefix: P}\n")
+    values.write_text(
+        "beamline: b\nnamespace: n\nepicsConfiguration:\n  iocs:\n"
+        "    - {name: m1, devgroup: mot, devtype: sim, iocprefix: P}\n"
+    )
     devices = Devices(values)
     devices.start()
     assert asyncio.run(devices.ready(10))
     assert devices.get("m1") is None and list(devices) == [] and bool(devices)
     assert "the ophyd extra is not installed" in (devices.error or "")
     (m1,) = devices.listing()["devices"]
-    assert m1["state"] == "failed" and m1["reason"].startswith("device 'm1': the ophyd extra is not installed")
+    assert m1["state"] == "failed" and m1["reason"].startswith(
+        "device 'm1': the ophyd extra is not installed"
+    )
     devices.close()
 
 

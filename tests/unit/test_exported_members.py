@@ -12,8 +12,15 @@ from iocmng.plugin.task import TaskBase as TaskBaseAtOriginalPath
 
 
 def test_top_level_exports() -> None:
-    assert sorted(iocmng.__all__) == ["DeclarativeTask", "JobBase", "JobResult", "TaskBase", "__version__",
-                                      "pv_client", "run_ioc"]
+    assert sorted(iocmng.__all__) == [
+        "DeclarativeTask",
+        "JobBase",
+        "JobResult",
+        "TaskBase",
+        "__version__",
+        "pv_client",
+        "run_ioc",
+    ]
 
 
 def test_names_of_iocmng_2_7_9() -> None:
@@ -24,9 +31,25 @@ def test_names_of_iocmng_2_7_9() -> None:
     assert iocmng.pv_client is iocmng.core.pv_client
     assert iocmng.run_ioc is iocmng.core.runner.run_ioc
     assert list(inspect.signature(iocmng.run_ioc).parameters) == [
-        "plugin_class", "config", "parameters", "prefix", "pva", "name", "pvout"]
-    for name in ("init", "get_provider", "get", "put", "monitor", "unmonitor", "unmonitor_all",
-                 "active_monitors", "close"):
+        "plugin_class",
+        "config",
+        "parameters",
+        "prefix",
+        "pva",
+        "name",
+        "pvout",
+    ]
+    for name in (
+        "init",
+        "get_provider",
+        "get",
+        "put",
+        "monitor",
+        "unmonitor",
+        "unmonitor_all",
+        "active_monitors",
+        "close",
+    ):
         assert name in iocmng.pv_client.__all__, name
 
 
@@ -51,11 +74,25 @@ def test_abstract_methods() -> None:
 
 def test_what_plugins_get_on_self() -> None:
     members = {name for name, _ in inspect.getmembers(iocmng.TaskBase)}
-    for name in ("set_pv", "get_pv", "set_status", "set_message", "get_device", "list_devices",
-                 "cycle_count", "mode", "pv_prefix", "on_input", "triggered"):
+    for name in (
+        "set_pv",
+        "get_pv",
+        "set_status",
+        "set_message",
+        "get_device",
+        "list_devices",
+        "cycle_count",
+        "mode",
+        "pv_prefix",
+        "on_input",
+        "triggered",
+    ):
         assert name in members, name
-    task = type("T", (iocmng.TaskBase,), {"initialize": lambda s: None, "execute": lambda s: None,
-                                          "cleanup": lambda s: None})(name="demo", parameters={"x": 1})
+    task = type(
+        "T",
+        (iocmng.TaskBase,),
+        {"initialize": lambda s: None, "execute": lambda s: None, "cleanup": lambda s: None},
+    )(name="demo", parameters={"x": 1})
     assert task.name == "demo" and task.parameters == {"x": 1}
     assert task.logger.name == "iocmng.plugin.demo"
 
@@ -67,9 +104,25 @@ def test_job_result_shape() -> None:
 
 def test_members_of_iocmng_2_7_9() -> None:
     """What 2.7.9's base classes and docs (README/HOWTO/MANUAL/QUICKSTART/examples) give plugin authors."""
-    both = ("set_output", "get_output", "set_input", "get_input", "pvs", "pv_definitions", "beamline_config",
-            "get_datetime", "get_timems", "create_device", "_link_buffers", "link_values", "link_put",
-            "on_input_changed", "cf_search", "cf_discover_devices", "cf_create_device")
+    both = (
+        "set_output",
+        "get_output",
+        "set_input",
+        "get_input",
+        "pvs",
+        "pv_definitions",
+        "beamline_config",
+        "get_datetime",
+        "get_timems",
+        "create_device",
+        "_link_buffers",
+        "link_values",
+        "link_put",
+        "on_input_changed",
+        "cf_search",
+        "cf_discover_devices",
+        "cf_create_device",
+    )
     task_members = {name for name, _ in inspect.getmembers(iocmng.TaskBase)}
     job_members = {name for name, _ in inspect.getmembers(iocmng.JobBase)}
     for name in (*both, "running", "enabled"):
@@ -81,8 +134,11 @@ def test_members_of_iocmng_2_7_9() -> None:
 def test_2_7_9_members_detached_and_assignable() -> None:
     from iocmng.plugin.base import _Detached
 
-    task = type("T", (iocmng.TaskBase,), {"initialize": lambda s: None, "execute": lambda s: None,
-                                          "cleanup": lambda s: "done"})(name="demo")
+    task = type(
+        "T",
+        (iocmng.TaskBase,),
+        {"initialize": lambda s: None, "execute": lambda s: None, "cleanup": lambda s: "done"},
+    )(name="demo")
     task._attach(_Detached())
     assert task.running is False and task.enabled is True
     assert dict(task.pvs) == {} and task.pv_definitions == {"inputs": {}, "outputs": {}}
@@ -139,8 +195,11 @@ def test_output_aliases_follow_2_7_9_on_unknown_names() -> None:
         def get_pv(self, name: str) -> Any:
             return self.written.get(name, self.records.records[name])
 
-    task = type("T", (iocmng.TaskBase,), {"initialize": lambda s: None, "execute": lambda s: None,
-                                          "cleanup": lambda s: None})(name="demo")
+    task = type(
+        "T",
+        (iocmng.TaskBase,),
+        {"initialize": lambda s: None, "execute": lambda s: None, "cleanup": lambda s: None},
+    )(name="demo")
     ctx = Ctx()
     task._attach(ctx)  # type: ignore[arg-type]
     task.set_output("OUT", 2.5)

@@ -179,8 +179,12 @@ def test_every_library_function_is_tested_and_matches_the_reference_set():
     )
     assert set(BUILTIN_FUNCTIONS) == reference
     params = next(m for m in test_function_library.pytestmark if m.name == "parametrize").args[1]
-    called = {n.func.id for text, _ in params for n in ast.walk(ast.parse(text, mode="eval"))
-              if isinstance(n, ast.Call)}
+    called = {
+        n.func.id
+        for text, _ in params
+        for n in ast.walk(ast.parse(text, mode="eval"))
+        if isinstance(n, ast.Call)
+    }
     assert reference <= called
 
 
@@ -277,8 +281,12 @@ def test_refused_at_compile_time(text, match):
 
 def test_a_variable_named_like_a_function_is_refused():
     refused("a > 1", "variable 'max' has the name of a function", names={"a", "max"})
-    refused("a > 1", "variable 'scale' has the name of a function",
-            names={"a", "scale"}, functions={"scale": lambda x: x})
+    refused(
+        "a > 1",
+        "variable 'scale' has the name of a function",
+        names={"a", "scale"},
+        functions={"scale": lambda x: x},
+    )
 
 
 def test_a_value_named_like_a_function_cannot_shadow_it():
@@ -478,13 +486,25 @@ L10K = [0.5] * 10_000
         ("l + l", {"l": [0] * 60_000}, "limit of 100000 elements"),
         ("l * 2", {"l": [0] * 6000}, "exceeds 10000 items"),
         ("[l] * 20", {"l": L10K}, "limit of 100000 elements"),  # 20 x 10 001: counted through
-        ("[l, l, l, l, l, l, l, l, l, l, l]", {"l": L10K}, "limit of 100000 elements"),  # shared refs count
+        (
+            "[l, l, l, l, l, l, l, l, l, l, l]",
+            {"l": L10K},
+            "limit of 100000 elements",
+        ),  # shared refs count
         ("(l,) + (l,) * 10", {"l": L10K}, "limit of 100000 elements"),
-        ("buf + [1]", {"buf": [0.0] * 10**6}, "limit of 100000 elements"),  # a huge input, operated on
+        (
+            "buf + [1]",
+            {"buf": [0.0] * 10**6},
+            "limit of 100000 elements",
+        ),  # a huge input, operated on
         ("[buf]", {"buf": [0.0] * 10**6}, "limit of 100000 elements"),
         # a long string inside weighs one element per 100 characters: 1000 x (1 + 100)
         ("[s] * 1000", {"s": "x" * 10_000}, "limit of 100000 elements"),
-        ("[x] * 10000 + [x] * 10000", {"x": 1 << 4000}, "limit of 100000 elements"),  # 4000 bits: 1 + 5 each
+        (
+            "[x] * 10000 + [x] * 10000",
+            {"x": 1 << 4000},
+            "limit of 100000 elements",
+        ),  # 4000 bits: 1 + 5 each
     ],
 )
 def test_lists_are_bounded_in_elements(text, values, match):
@@ -535,14 +555,29 @@ def test_library_function_results_are_bounded():
     failed("diff(buf)", {"buf": huge}, "limit of 100000 elements")
     failed("last(buf, 150000)", {"buf": huge}, "limit of 100000 elements")
     # functions returning a number need no check, and read a huge input as it is
-    assert compile_expression("length(buf) + mean(buf)", {"buf"}).evaluate({"buf": huge}) == 200_000 + 99_999.5
+    assert (
+        compile_expression("length(buf) + mean(buf)", {"buf"}).evaluate({"buf": huge})
+        == 200_000 + 99_999.5
+    )
 
 
 def test_numpy_results_and_broadcasts_are_bounded():
     np = pytest.importorskip("numpy")
-    failed("f()", {}, "limit of 100000 elements", names=set(), functions={"f": lambda: np.zeros(200_000)})
+    failed(
+        "f()",
+        {},
+        "limit of 100000 elements",
+        names=set(),
+        functions={"f": lambda: np.zeros(200_000)},
+    )
     # (1000,) + (1000, 1): a 10**6 broadcast, refused before numpy builds it
-    failed("f() + [[0]] * 1000", {}, "shape \\(1000, 1000\\)", names=set(), functions={"f": lambda: np.zeros(1000)})
+    failed(
+        "f() + [[0]] * 1000",
+        {},
+        "shape \\(1000, 1000\\)",
+        names=set(),
+        functions={"f": lambda: np.zeros(1000)},
+    )
     assert ev("f() * 2 + 1", {}, functions={"f": lambda: np.ones(3)}).tolist() == [3.0, 3.0, 3.0]
 
 

@@ -50,25 +50,34 @@ def _softioc() -> dict:
 
 
 def _service() -> dict:
-    return yaml.safe_load((EPIK8S / "values-service.yaml").read_text())["epicsConfiguration"]["services"]["iocmng"]
+    return yaml.safe_load((EPIK8S / "values-service.yaml").read_text())["epicsConfiguration"][
+        "services"
+    ]["iocmng"]
 
 
 def test_the_image_user_is_the_charts() -> None:
     deploy = yaml.safe_load((MANIFESTS[0].parent / "deployment.yaml").read_text())
     ctx = deploy["spec"]["template"]["spec"]["securityContext"]
     assert "\nUSER 1000\n" in CONTAINERFILE  # numeric, as runAsNonRoot needs
-    assert ctx["runAsUser"] == ctx["fsGroup"] == 1000  # also ioc-chart's default runAsUser/runAsGroup
+    assert (
+        ctx["runAsUser"] == ctx["fsGroup"] == 1000
+    )  # also ioc-chart's default runAsUser/runAsGroup
 
 
 def test_softioc_entry_has_what_epik8s_chart_and_ioc_chart_use() -> None:
     entry = _softioc()
     assert entry["name"] == entry["name"].lower() and entry["iocprefix"]  # release name; IOC_PREFIX
-    assert entry["gitinit"] and entry["gitpath"]  # the init container clones it into /epics/ioc/config
+    assert (
+        entry["gitinit"] and entry["gitpath"]
+    )  # the init container clones it into /epics/ioc/config
     assert all({"name", "value"} <= set(p) for p in entry["iocparam"])
     # start/stop name the scripts the Containerfile installs under /epics/ioc
     for key in ("start", "stop"):
         script = entry[key]
-        assert script.startswith("/epics/ioc/") and (EPIK8S / "image" / script.rsplit("/", 1)[1]).is_file()
+        assert (
+            script.startswith("/epics/ioc/")
+            and (EPIK8S / "image" / script.rsplit("/", 1)[1]).is_file()
+        )
         assert f"deploy/epik8s/image/{script.rsplit('/', 1)[1]}" in CONTAINERFILE
 
 
@@ -76,7 +85,9 @@ def test_start_sh_j2_is_executable_and_runs_iocmng_run() -> None:
     import os
 
     template = EPIK8S / "softioc" / "start.sh.j2"
-    assert os.access(template, os.X_OK), "jnjrender gives start.sh the template's mode; the chart needs -x"
+    assert os.access(template, os.X_OK), (
+        "jnjrender gives start.sh the template's mode; the chart needs -x"
+    )
     text = template.read_text()
     assert text.startswith("#!/bin/sh\n") and "exec iocmng-run --config config.yaml" in text
     for script in ("start.sh", "stop.sh"):
@@ -114,7 +125,14 @@ def test_manifests_pass_the_secure_default() -> None:
         load_settings({"IOCMNG_API_TOKEN": secret["stringData"]["token"]})
     literal = {e["name"]: e["value"] for e in env if "value" in e}
     hosts = literal["IOCMNG_ALLOWED_HOSTS"].replace("$(POD_NAMESPACE)", "ns")
-    s = load_settings({**literal, "IOCMNG_ALLOWED_HOSTS": hosts, "IOCMNG_API_TOKEN": "t", "IOCMNG_HOST": "0.0.0.0"})
+    s = load_settings(
+        {
+            **literal,
+            "IOCMNG_ALLOWED_HOSTS": hosts,
+            "IOCMNG_API_TOKEN": "t",
+            "IOCMNG_HOST": "0.0.0.0",
+        }
+    )
     s.check_exposure()
     assert "iocmng.ns.svc" in s.allowed_host_list
     entry = {e["name"]: str(e["value"]) for e in _service()["env"]}

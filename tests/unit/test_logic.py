@@ -44,7 +44,11 @@ class Plant:
         self.config: PluginConfig = parse_config(text)
         self.logic = Logic(self.config, self.config.parameters, functions)
         self.values: dict[str, Any] = {n: s.value for n, s in self.config.all_pvs().items()}
-        self.buffers = {n: deque(maxlen=s.buffer_size) for n, s in self.config.all_pvs().items() if s.buffer_size}
+        self.buffers = {
+            n: deque(maxlen=s.buffer_size)
+            for n, s in self.config.all_pvs().items()
+            if s.buffer_size
+        }
         self.written: list[tuple[str, Any]] = []  # actuator writes, in order
         self.messages: list[tuple[str, str, str | None]] = []
 
@@ -205,7 +209,10 @@ def rule_config(condition: str) -> str:
 
 
 def transform_config(expression: str) -> str:
-    return BASE + f"transforms: [{{output: out, expression: 'temp'}}, {{output: out, expression: {expression!r}}}]\n"
+    return (
+        BASE
+        + f"transforms: [{{output: out, expression: 'temp'}}, {{output: out, expression: {expression!r}}}]\n"
+    )
 
 
 REFUSED = [
@@ -244,17 +251,21 @@ def test_refused_transform_is_named_by_its_index(text: str, word: str) -> None:
 
 
 def test_every_refused_expression_is_reported() -> None:
-    errs = compile_errors(BASE + "transforms: [{output: out, expression: 'ghost + 1'}]\n"
-                          "rules:\n  - {id: A, condition: 'temp.x', outputs: {flag: 1}}\n"
-                          "  - {id: B, condition: 'temp > limit', outputs: {flag: 1}}\n"
-                          "  - {condition: 'nope(1)', outputs: {flag: 1}}\n")
+    errs = compile_errors(
+        BASE + "transforms: [{output: out, expression: 'ghost + 1'}]\n"
+        "rules:\n  - {id: A, condition: 'temp.x', outputs: {flag: 1}}\n"
+        "  - {id: B, condition: 'temp > limit', outputs: {flag: 1}}\n"
+        "  - {condition: 'nope(1)', outputs: {flag: 1}}\n"
+    )
     assert set(errs) == {"transforms.0.expression", "rules.A.condition", "rules.rule-3.condition"}
 
 
 def test_names_expressions_may_read() -> None:
     # inputs, outputs, parameters, buffers and transform results
-    logic = logic_of(BASE + "transforms: [{output: out, expression: 'mean(temp_buf) + limit'}]\n"
-                     "rules: [{id: R, condition: 'out > limit and not bypass and flag == 0', outputs: {flag: 1}}]\n")
+    logic = logic_of(
+        BASE + "transforms: [{output: out, expression: 'mean(temp_buf) + limit'}]\n"
+        "rules: [{id: R, condition: 'out > limit and not bypass and flag == 0', outputs: {flag: 1}}]\n"
+    )
     env = {"temp": 0.0, "temp_buf": [1.0, 3.0], "bypass": 0, "flag": 0, "out": 0.0, "limit": 10}
     out = logic.evaluate(env)
     assert out.outputs == {"out": 12.0, "flag": 1}
@@ -262,7 +273,9 @@ def test_names_expressions_may_read() -> None:
 
 
 def test_a_buffer_needs_buffer_size() -> None:
-    errs = compile_errors(BASE + "rules: [{id: R, condition: 'mean(bypass_buf) > 0', outputs: {flag: 1}}]\n")
+    errs = compile_errors(
+        BASE + "rules: [{id: R, condition: 'mean(bypass_buf) > 0', outputs: {flag: 1}}]\n"
+    )
     assert "unknown name 'bypass_buf'" in errs["rules.R.condition"]
 
 
@@ -330,11 +343,16 @@ rules:
 """
 
 
-@pytest.mark.parametrize("direction,latched_by_up,latched_by_down", [
-    ("rise", True, False), ("0->1", True, False),
-    ("fall", False, True), ("1->0", False, True),
-    ("any", True, True),
-])
+@pytest.mark.parametrize(
+    "direction,latched_by_up,latched_by_down",
+    [
+        ("rise", True, False),
+        ("0->1", True, False),
+        ("fall", False, True),
+        ("1->0", False, True),
+        ("any", True, True),
+    ],
+)
 def test_latch_direction(direction: str, latched_by_up: bool, latched_by_down: bool) -> None:
     for rule, value, latches in (("up", 1, latched_by_up), ("down", 0, latched_by_down)):
         p = Plant(latch_config(direction))
@@ -519,20 +537,35 @@ rules:
 
 
 def env_of(a: list[float], b: float, c: float) -> dict[str, Any]:
-    return {"limit": 10, "a": a[-1], "a_buf": a, "b": b, "c": c, "sa": 0.0, "sb": 0.0, "fa": 0, "fb": 0, "fc": 0}
+    return {
+        "limit": 10,
+        "a": a[-1],
+        "a_buf": a,
+        "b": b,
+        "c": c,
+        "sa": 0.0,
+        "sb": 0.0,
+        "fa": 0,
+        "fb": 0,
+        "fc": 0,
+    }
 
 
-@pytest.mark.parametrize("changed,touched", [
-    ({"b"}, {"sb", "fb"}),
-    ({"a", "a_buf"}, {"sa", "fa"}),
-    ({"a_buf"}, {"sa", "fa"}),
-    ({"c"}, {"fa", "fc"}),  # RA writes fa too, so it is evaluated again; sa is not recomputed
-    (set(), set()),
-    ({"unrelated"}, set()),
-])
+@pytest.mark.parametrize(
+    "changed,touched",
+    [
+        ({"b"}, {"sb", "fb"}),
+        ({"a", "a_buf"}, {"sa", "fa"}),
+        ({"a_buf"}, {"sa", "fa"}),
+        ({"c"}, {"fa", "fc"}),  # RA writes fa too, so it is evaluated again; sa is not recomputed
+        (set(), set()),
+        ({"unrelated"}, set()),
+    ],
+)
 @pytest.mark.parametrize("values", [([1.0, 9.0], 3.0, 0.0), ([1.0], 0.0, 1.0), ([20.0], 1.0, 1.0)])
-def test_partial_evaluation_touches_only_dependents(changed: set[str], touched: set[str],
-                                                    values: tuple[list[float], float, float]) -> None:
+def test_partial_evaluation_touches_only_dependents(
+    changed: set[str], touched: set[str], values: tuple[list[float], float, float]
+) -> None:
     full = logic_of(PART).evaluate(env_of(*values))
     env = env_of(*values)
     if "sa" not in touched:  # an untouched transform keeps its last value in the env
@@ -616,7 +649,9 @@ rules: [{id: R, condition: "t1 > 5", outputs: {alarm: 1}}]
 
 # -- an empty logic -------------------------------------------------------------------------------------------------
 def test_no_rules_no_transforms() -> None:
-    logic = logic_of("arguments: {inputs: {x: {link: 'D:X'}}, outputs: {y: {type: bool, latch: true}}}\n")
+    logic = logic_of(
+        "arguments: {inputs: {x: {link: 'D:X'}}, outputs: {y: {type: bool, latch: true}}}\n"
+    )
     assert logic.empty
     out = logic.evaluate({"x": 1})
     assert (out.outputs, out.actuators, out.messages, out.errors, out.fired) == ({}, [], [], [], [])
@@ -625,8 +660,10 @@ def test_no_rules_no_transforms() -> None:
 
 
 def test_transforms_only() -> None:
-    logic = logic_of("arguments: {inputs: {x: {}}, outputs: {y: {}, z: {}}}\n"
-                     "transforms: [{output: y, expression: 'x * 2'}, {output: z, expression: 'y + 1'}]\n")
+    logic = logic_of(
+        "arguments: {inputs: {x: {}}, outputs: {y: {}, z: {}}}\n"
+        "transforms: [{output: y, expression: 'x * 2'}, {output: z, expression: 'y + 1'}]\n"
+    )
     assert not logic.empty
     env = {"x": 3, "y": 0, "z": 0}
     assert logic.evaluate(env).outputs == {"y": 6, "z": 7}
@@ -660,22 +697,32 @@ def test_partial_evaluation_matches_full_for_every_output_it_writes() -> None:
 def chain_config(length: int, step: str = "t{p} * t{p}", first: str = "x") -> str:
     outputs = ", ".join(f"t{i}: {{}}" for i in range(1, length + 1))
     transforms = [f"{{output: t1, expression: '{first}'}}"]
-    transforms += [f"{{output: t{i}, expression: '{step.format(p=i - 1)}'}}" for i in range(2, length + 1)]
+    transforms += [
+        f"{{output: t{i}, expression: '{step.format(p=i - 1)}'}}" for i in range(2, length + 1)
+    ]
     return f"arguments: {{inputs: {{x: {{}}}}, outputs: {{{outputs}}}}}\ntransforms: [{', '.join(transforms)}]\n"
 
 
 def test_a_transform_chain_longer_than_the_limit_is_refused() -> None:
     logic_of(chain_config(32))  # the limit itself is accepted
     errs = compile_errors(chain_config(40))
-    assert set(errs) == {"transforms.32.expression"}  # reported once, at the transform past the limit
+    assert set(errs) == {
+        "transforms.32.expression"
+    }  # reported once, at the transform past the limit
     msg = errs["transforms.32.expression"]
     assert "'t32 * t32'" in msg and "chain of 33 transforms" in msg and "limit of 32" in msg
     assert "t1 -> t2 -> t3 -> ... -> t32 -> t33" in msg
 
 
 def test_independent_transforms_are_no_chain() -> None:
-    cfg = ("arguments: {inputs: {x: {}}, outputs: {" + ", ".join(f"o{i}: {{}}" for i in range(60)) + "}}\n"
-           "transforms: [" + ", ".join(f"{{output: o{i}, expression: 'x + {i}'}}" for i in range(60)) + "]\n")
+    cfg = (
+        "arguments: {inputs: {x: {}}, outputs: {"
+        + ", ".join(f"o{i}: {{}}" for i in range(60))
+        + "}}\n"
+        "transforms: ["
+        + ", ".join(f"{{output: o{i}, expression: 'x + {i}'}}" for i in range(60))
+        + "]\n"
+    )
     assert logic_of(cfg).evaluate({"x": 1}).outputs["o59"] == 60
 
 
@@ -694,7 +741,9 @@ def test_a_transform_reading_its_own_output_is_no_chain() -> None:
         ("[t{p}]", "[[x]]", 1.0, "nested more than 32 levels"),  # nesting a list
     ],
 )
-def test_a_doubling_transform_chain_fails_at_the_caps(step: str, first: str, x: Any, match: str) -> None:
+def test_a_doubling_transform_chain_fails_at_the_caps(
+    step: str, first: str, x: Any, match: str
+) -> None:
     logic = logic_of(chain_config(32, step, first))
     env = {"x": x, **{f"t{i}": 0 for i in range(1, 33)}}
     out = logic.evaluate(env)
@@ -732,7 +781,9 @@ rules:
 
 def test_the_budget_covers_all_transforms_and_rules_together() -> None:
     cfg = parse_config(BUDGET)
-    logic = Logic(cfg, {}, {"wait": slow(0.05)}, budget=0.12)  # 3 x 0.05 s in transforms, 0.05 s in a rule
+    logic = Logic(
+        cfg, {}, {"wait": slow(0.05)}, budget=0.12
+    )  # 3 x 0.05 s in transforms, 0.05 s in a rule
     with pytest.raises(EvaluationBudgetExceeded, match="more than its budget of 0.12 s") as info:
         logic.evaluate({"x": 1})
     # where it ran out: one of the slow ones (the 3rd, unless the machine is slow)
@@ -742,12 +793,14 @@ def test_the_budget_covers_all_transforms_and_rules_together() -> None:
 
 
 def test_a_budget_run_out_in_the_rules_changes_no_latch() -> None:
-    cfg = parse_config(BUDGET[:BUDGET.index("transforms:")] + BUDGET[BUDGET.index("rules:"):])
+    cfg = parse_config(BUDGET[: BUDGET.index("transforms:")] + BUDGET[BUDGET.index("rules:") :])
     logic = Logic(cfg, {}, {"wait": slow(0.06)}, budget=0.05)
     with pytest.raises(ExpressionEvaluationError, match="budget") as info:
         logic.evaluate({"x": 1})
     assert info.value.expression == "wait(x) > 0"
-    assert logic.latched == set() and logic.firing == set()  # HIGH was true, but nothing of it applied
+    assert (
+        logic.latched == set() and logic.firing == set()
+    )  # HIGH was true, but nothing of it applied
     out = Logic(cfg, {}, {"wait": slow(0.0)}).evaluate({"x": 1})
     assert out.fired == ["HIGH", "SLOW"] and out.outputs["alarm"] == 1
 
@@ -755,9 +808,14 @@ def test_a_budget_run_out_in_the_rules_changes_no_latch() -> None:
 def test_the_helpers_stop_an_expression_past_the_budget() -> None:
     # one transform that is slow by itself (a bounded list op repeated): the helpers see the deadline
     text = " + ".join(["l"] * 30)
-    cfg = parse_config("arguments: {inputs: {l: {}}, outputs: {t: {}}}\n"
-                       f"transforms: [{{output: t, expression: '{text} == []'}}]\n")
-    with pytest.raises(ExpressionEvaluationError, match="budget of the plugin.s transforms and rules ran out in this expression"):
+    cfg = parse_config(
+        "arguments: {inputs: {l: {}}, outputs: {t: {}}}\n"
+        f"transforms: [{{output: t, expression: '{text} == []'}}]\n"
+    )
+    with pytest.raises(
+        ExpressionEvaluationError,
+        match="budget of the plugin.s transforms and rules ran out in this expression",
+    ):
         Logic(cfg, {}, budget=0.0).evaluate({"l": [0.0] * 400})
 
 

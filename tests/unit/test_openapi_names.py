@@ -31,7 +31,10 @@ REF = "#/components/schemas/"
 
 
 def api_modules() -> list[types.ModuleType]:
-    return [importlib.import_module(m.name) for m in pkgutil.walk_packages(iocmng.api.__path__, "iocmng.api.")]
+    return [
+        importlib.import_module(m.name)
+        for m in pkgutil.walk_packages(iocmng.api.__path__, "iocmng.api.")
+    ]
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -42,8 +45,12 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 def api_models() -> list[type[BaseModel]]:
     """Every pydantic model defined in iocmng.api, and every model their fields hold."""
-    todo = [obj for mod in api_modules() for obj in vars(mod).values()
-            if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == mod.__name__]
+    todo = [
+        obj
+        for mod in api_modules()
+        for obj in vars(mod).values()
+        if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == mod.__name__
+    ]
     seen: dict[int, type[BaseModel]] = {}
     while todo:
         model = todo.pop()
@@ -60,7 +67,11 @@ def _expand(path: str) -> list[str]:
     m = re.search(r"\{\w+:([^}]+)\}", path)
     if m is None:
         return [path]
-    return [q for alt in m.group(1).split("|") for q in _expand(path[:m.start()] + alt + path[m.end():])]
+    return [
+        q
+        for alt in m.group(1).split("|")
+        for q in _expand(path[: m.start()] + alt + path[m.end() :])
+    ]
 
 
 def _body_model(handler: Any) -> tuple[type[BaseModel], bool] | None:
@@ -105,9 +116,16 @@ def test_no_two_models_share_a_schema_name() -> None:
 
 def test_each_route_advertises_the_body_its_handler_parses(doc: dict[str, Any]) -> None:
     bodies = route_bodies()
-    assert ("/api/v1/tasks/{name}/pvs/{pv}", "put") in bodies and ("/api/v1/pvs/{pv}", "put") in bodies
-    advertised = {(path, method) for path, item in doc["paths"].items() for method, op in item.items()
-                  if isinstance(op, dict) and "requestBody" in op}
+    assert ("/api/v1/tasks/{name}/pvs/{pv}", "put") in bodies and (
+        "/api/v1/pvs/{pv}",
+        "put",
+    ) in bodies
+    advertised = {
+        (path, method)
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if isinstance(op, dict) and "requestBody" in op
+    }
     assert advertised == set(bodies)
     for (path, method), (model, optional) in bodies.items():
         body = doc["paths"][path][method]["requestBody"]
@@ -124,7 +142,9 @@ def test_the_two_pv_writes_have_their_own_bodies(doc: dict[str, Any]) -> None:
     from iocmng.api.ui import PutPluginPV
 
     def ref(path: str) -> str:
-        return doc["paths"][path]["put"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        return doc["paths"][path]["put"]["requestBody"]["content"]["application/json"]["schema"][
+            "$ref"
+        ]
 
     assert ref("/api/v1/pvs/{pv}") == REF + PutPV.__name__
     for coll in ("tasks", "jobs", "plugins"):
@@ -140,7 +160,11 @@ def test_enumerations_come_from_the_code(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     assert schemas["PluginInfo"]["properties"]["state"]["enum"] == [s.value for s in State]
     row = schemas["PVTable"]["properties"]["pvs"]["items"]["properties"]
-    roles = {_role(short, writable) for short in (*CONTROL_PVS, "CONN_X", "SETPOINT") for writable in (True, False)}
+    roles = {
+        _role(short, writable)
+        for short in (*CONTROL_PVS, "CONN_X", "SETPOINT")
+        for writable in (True, False)
+    }
     assert roles <= set(row["role"]["enum"])
     assert set(row["type"]["enum"]) == {*get_args(PVType), "enum"}
 

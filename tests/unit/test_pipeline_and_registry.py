@@ -34,9 +34,14 @@ def copy_example(tmp_path: Path, name: str) -> Path:
     return dest
 
 
-async def test_a_local_task_and_a_job_validated_at_once_keep_their_own_results(tmp_path: Path) -> None:
+async def test_a_local_task_and_a_job_validated_at_once_keep_their_own_results(
+    tmp_path: Path,
+) -> None:
     p = pipeline(tmp_path / "data")
-    task_dir, job_dir = copy_example(tmp_path, "sync_monitor"), copy_example(tmp_path, "diagnostics_job")
+    task_dir, job_dir = (
+        copy_example(tmp_path, "sync_monitor"),
+        copy_example(tmp_path, "diagnostics_job"),
+    )
     task, job = await asyncio.gather(
         p.run(Request(name="mon", local_path=str(task_dir))),
         p.run(Request(name="diag", local_path=str(job_dir))),
@@ -47,7 +52,9 @@ async def test_a_local_task_and_a_job_validated_at_once_keep_their_own_results(t
     assert [s.name for s in task.steps] == [s.name for s in job.steps]
     assert all(s.ok for s in task.steps + job.steps), task.steps + job.steps
     assert task.plan is not None and job.plan is not None
-    assert task.records == list(task.plan.names) and all(r.startswith("UT:MON:") for r in task.records)
+    assert task.records == list(task.plan.names) and all(
+        r.startswith("UT:MON:") for r in task.records
+    )
     assert all(r.startswith("UT:DIAG:") for r in job.records)
     # A local source is used in place: nothing copied into the data directory.
     assert task.owned_dir is None and task.plugin_dir == task_dir
@@ -69,7 +76,8 @@ async def test_an_import_that_fails_is_reported_from_the_child(tmp_path: Path) -
     src = copy_example(tmp_path, "sync_monitor")
     marker = tmp_path / "imported-in-this-process"
     (src / "monitor.py").write_text(
-        f"open({str(marker)!r}, 'w').close()\nraise RuntimeError('no hardware here')\n")
+        f"open({str(marker)!r}, 'w').close()\nraise RuntimeError('no hardware here')\n"
+    )
     with pytest.raises(ValidationFailed) as info:
         await pipeline(tmp_path / "data").run(Request(name="imp", local_path=str(src)))
     assert info.value.extra["steps"][-1]["step"] == "import"
@@ -84,7 +92,8 @@ async def test_registry_commit_persists_and_bumps(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     reg.load()
     cand = await pipeline(tmp_path / "data").run(
-        Request(name="mon", local_path=str(copy_example(tmp_path, "sync_monitor"))))
+        Request(name="mon", local_path=str(copy_example(tmp_path, "sync_monitor")))
+    )
     reg.commit(add=entry_of(cand), bump=True)
     on_disk = json.loads((tmp_path / REGISTRY_FILE).read_text())
     assert on_disk["generation"] == 2 and list(on_disk["plugins"]) == ["mon"]

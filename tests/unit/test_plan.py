@@ -60,7 +60,7 @@ CONFIGS = {
     "inputs": "parameters: {interval: 0.5}\npvs: {inputs: {A: {type: int}}, outputs: {B: {type: string}}}",
     "triggered": "parameters: {mode: triggered}",
     "reactive": "parameters: {mode: reactive}\npvs: {inputs: {A: {}}, outputs: {B: {}}}\n"
-                "transforms: [{output: B, expression: 'A*2'}]",
+    "transforms: [{output: B, expression: 'A*2'}]",
     "full": FULL,
 }
 
@@ -89,18 +89,68 @@ def test_plan_names_are_the_old_derivation(cfg, kind: str) -> None:
 def test_plan_of_a_full_config() -> None:
     p = plan("SPARC", "my-interlock", "task", parse_config(FULL), {"threshold": 7})
     assert p.base == "SPARC:INTLK:01" and p.kind == "task" and p.mode == "triggered"
-    assert p.shorts == ("ENABLE", "STATUS", "MESSAGE", "RUN", "VERSION", "CLEAR", "RESET", "CONN_INP",
-                        "CONN_INP_NAMES", "CONN_OUT", "CONN_OUT_NAMES", "SP", "GO", "WIRED", "OUT", "TXT",
-                        "SYS_CONN", "REMOTE")
-    assert p.writable == {"ENABLE", "RUN", "CLEAR", "RESET", "SP", "GO"}  # WIRED mirrors its link: read-only
-    assert p.default_pvs == ("ENABLE", "STATUS", "MESSAGE", "RUN", "VERSION", "CLEAR", "RESET", "CONN_INP",
-                             "CONN_INP_NAMES", "CONN_OUT", "CONN_OUT_NAMES")
+    assert p.shorts == (
+        "ENABLE",
+        "STATUS",
+        "MESSAGE",
+        "RUN",
+        "VERSION",
+        "CLEAR",
+        "RESET",
+        "CONN_INP",
+        "CONN_INP_NAMES",
+        "CONN_OUT",
+        "CONN_OUT_NAMES",
+        "SP",
+        "GO",
+        "WIRED",
+        "OUT",
+        "TXT",
+        "SYS_CONN",
+        "REMOTE",
+    )
+    assert p.writable == {
+        "ENABLE",
+        "RUN",
+        "CLEAR",
+        "RESET",
+        "SP",
+        "GO",
+    }  # WIRED mirrors its link: read-only
+    assert p.default_pvs == (
+        "ENABLE",
+        "STATUS",
+        "MESSAGE",
+        "RUN",
+        "VERSION",
+        "CLEAR",
+        "RESET",
+        "CONN_INP",
+        "CONN_INP_NAMES",
+        "CONN_OUT",
+        "CONN_OUT_NAMES",
+    )
     assert set(p.default_pvs) <= DEFAULT_PV_NAMES
     assert {s: p.spec(s).record_type for s in p.shorts} == {
-        "ENABLE": "bo", "STATUS": "mbbi", "MESSAGE": "stringin", "RUN": "bo", "VERSION": "stringin",
-        "CLEAR": "bo", "RESET": "bo", "CONN_INP": "waveform", "CONN_INP_NAMES": "waveform", "CONN_OUT": "waveform",
-        "CONN_OUT_NAMES": "waveform", "SP": "ao", "GO": "bo", "WIRED": "ai", "OUT": "longin", "TXT": "stringin",
-        "SYS_CONN": "stringin", "REMOTE": "ai"}
+        "ENABLE": "bo",
+        "STATUS": "mbbi",
+        "MESSAGE": "stringin",
+        "RUN": "bo",
+        "VERSION": "stringin",
+        "CLEAR": "bo",
+        "RESET": "bo",
+        "CONN_INP": "waveform",
+        "CONN_INP_NAMES": "waveform",
+        "CONN_OUT": "waveform",
+        "CONN_OUT_NAMES": "waveform",
+        "SP": "ao",
+        "GO": "bo",
+        "WIRED": "ai",
+        "OUT": "longin",
+        "TXT": "stringin",
+        "SYS_CONN": "stringin",
+        "REMOTE": "ai",
+    }
     assert p.spec("STATUS").value_type == "int" and p.spec("CONN_INP").value_type == "array"
     assert p.spec("CONN_INP_NAMES").value_type == "string" and p.spec("SP").value_type == "float"
     assert "SP" in p and "NOPE" not in p
@@ -143,8 +193,13 @@ def test_task_parameters_are_the_validated_keys() -> None:
     cfg = parse_config("parameters: {interval: 2, version: 1.5, opts: {a: 1, b: 2}}")
     mode, params = merge_parameters("task", cfg, {"opts": {"b": 3}, "extra": True})
     assert mode == "continuous"
-    assert params == {"mode": "continuous", "interval": 2.0, "version": "1.5", "opts": {"a": 1, "b": 3},
-                      "extra": True}
+    assert params == {
+        "mode": "continuous",
+        "interval": 2.0,
+        "version": "1.5",
+        "opts": {"a": 1, "b": 3},
+        "extra": True,
+    }
     assert params == merged_parameters(cfg, {"opts": {"b": 3}, "extra": True}).as_dict()
 
 
@@ -184,7 +239,9 @@ def test_overrides_choose_the_mode_and_so_the_records() -> None:
 
 # -- STATUS and alarms by name ----------------------------------------------------------------------
 def test_status_enums_give_the_old_states() -> None:
-    assert TaskStatus.RUN == 1 and TaskStatus.RUN.label == "RUN" and TaskStatus(4) is TaskStatus.ERROR
+    assert (
+        TaskStatus.RUN == 1 and TaskStatus.RUN.label == "RUN" and TaskStatus(4) is TaskStatus.ERROR
+    )
     assert JobStatus.FAILED == 3 and JobStatus.FAILED.label == "FAILED"
     assert TASK_STATES == ("INIT", "RUN", "PAUSED", "END", "ERROR")
     assert JOB_STATES == ("IDLE", "RUNNING", "SUCCESS", "FAILED")
@@ -192,10 +249,21 @@ def test_status_enums_give_the_old_states() -> None:
 
 
 def test_status_mbbi_fields_are_unchanged() -> None:
-    assert status_fields("task") == {"ZRST": "INIT", "ONST": "RUN", "TWST": "PAUSED", "THST": "END",
-                                     "FRST": "ERROR", "FRSV": "MAJOR"}
-    assert status_fields("job") == {"ZRST": "IDLE", "ONST": "RUNNING", "TWST": "SUCCESS", "THST": "FAILED",
-                                    "THSV": "MAJOR"}
+    assert status_fields("task") == {
+        "ZRST": "INIT",
+        "ONST": "RUN",
+        "TWST": "PAUSED",
+        "THST": "END",
+        "FRST": "ERROR",
+        "FRSV": "MAJOR",
+    }
+    assert status_fields("job") == {
+        "ZRST": "IDLE",
+        "ONST": "RUNNING",
+        "TWST": "SUCCESS",
+        "THST": "FAILED",
+        "THSV": "MAJOR",
+    }
 
 
 def _softioc_alarm() -> dict[str, int]:
@@ -213,7 +281,9 @@ def test_alarm_names_match_epics() -> None:
     for sev in Severity:
         assert epics["NO_ALARM" if sev is Severity.NO_ALARM else f"{sev.name}_ALARM"] == sev
     for stat in AlarmStatus:
-        key = {"NO_ALARM": "NO_ALARM", "HWLIMIT": "HW_LIMIT_ALARM"}.get(stat.name, f"{stat.name}_ALARM")
+        key = {"NO_ALARM": "NO_ALARM", "HWLIMIT": "HW_LIMIT_ALARM"}.get(
+            stat.name, f"{stat.name}_ALARM"
+        )
         assert epics[key] == stat, stat
     assert LINK_ALARM == Alarm(AlarmStatus.LINK, Severity.INVALID) == (14, 3)
     assert SYS_CONN_ALARM == (AlarmStatus.LINK, Severity.MAJOR) == (14, 2)
@@ -224,20 +294,53 @@ def test_pv_clients_name_alarms_as_before() -> None:
     from iocmng.epics.pvclient import CA_SEVERITIES, CA_STATUSES
 
     assert CA_SEVERITIES == ["NO_ALARM", "MINOR", "MAJOR", "INVALID"]
-    assert CA_STATUSES == ["NO_ALARM", "READ", "WRITE", "HIHI", "HIGH", "LOLO", "LOW", "STATE", "COS", "COMM",
-                           "TIMEOUT", "HWLIMIT", "CALC", "SCAN", "LINK", "SOFT", "BAD_SUB", "UDF", "DISABLE", "SIMM",
-                           "READ_ACCESS", "WRITE_ACCESS"]
+    assert CA_STATUSES == [
+        "NO_ALARM",
+        "READ",
+        "WRITE",
+        "HIHI",
+        "HIGH",
+        "LOLO",
+        "LOW",
+        "STATE",
+        "COS",
+        "COMM",
+        "TIMEOUT",
+        "HWLIMIT",
+        "CALC",
+        "SCAN",
+        "LINK",
+        "SOFT",
+        "BAD_SUB",
+        "UDF",
+        "DISABLE",
+        "SIMM",
+        "READ_ACCESS",
+        "WRITE_ACCESS",
+    ]
 
 
 # -- the plan is pure; validation does not reach the bridge ------------------------------------------
 @pytest.fixture(scope="module")
 def graph() -> grimp.ImportGraph:
-    return grimp.build_graph("iocmng", include_external_packages=True, cache_dir=None)  # no stale cache
+    return grimp.build_graph(
+        "iocmng", include_external_packages=True, cache_dir=None
+    )  # no stale cache
 
 
-@pytest.mark.parametrize("module", ["iocmng.epics.plan", "iocmng.epics.alarm", "iocmng.epics.backend", "iocmng.testing",
-                                    "iocmng.epics.displays"])
-def test_pure_modules_import_neither_softioc_nor_the_bridge(graph: grimp.ImportGraph, module: str) -> None:
+@pytest.mark.parametrize(
+    "module",
+    [
+        "iocmng.epics.plan",
+        "iocmng.epics.alarm",
+        "iocmng.epics.backend",
+        "iocmng.testing",
+        "iocmng.epics.displays",
+    ],
+)
+def test_pure_modules_import_neither_softioc_nor_the_bridge(
+    graph: grimp.ImportGraph, module: str
+) -> None:
     assert graph.find_shortest_chain(module, "iocmng.epics.ioc") is None
     assert graph.find_shortest_chain(module, "softioc") is None
 
@@ -248,9 +351,23 @@ def test_validation_does_not_import_the_softioc_bridge(graph: grimp.ImportGraph)
 
 
 def test_old_names_stay_importable_from_the_bridge_module() -> None:
-    for name in ("plan_records", "plugin_prefix", "RecordSpec", "TASK_STATES", "JOB_STATES", "MAX_STRING",
-                 "truncate", "PluginRecords", "DEFAULT_PV_NAMES", "MAX_RECORD_NAME", "default_records",
-                 "base_of", "LINK_ALARM", "IocBridge", "FastRecord"):
+    for name in (
+        "plan_records",
+        "plugin_prefix",
+        "RecordSpec",
+        "TASK_STATES",
+        "JOB_STATES",
+        "MAX_STRING",
+        "truncate",
+        "PluginRecords",
+        "DEFAULT_PV_NAMES",
+        "MAX_RECORD_NAME",
+        "default_records",
+        "base_of",
+        "LINK_ALARM",
+        "IocBridge",
+        "FastRecord",
+    ):
         assert hasattr(ioc, name), name
         if hasattr(plan_module, name):
             assert getattr(ioc, name) is getattr(plan_module, name)

@@ -119,8 +119,11 @@ def test_fields_only_when_a_pattern_names_them() -> None:
 def test_own_records_only_when_writable() -> None:
     from types import SimpleNamespace
 
-    recs = SimpleNamespace(prefix="P:MON", records={"SETPOINT": 0, "STATUS": 0, "READING": 0, "ENABLE": 0},
-                           writable={"SETPOINT", "ENABLE"})
+    recs = SimpleNamespace(
+        prefix="P:MON",
+        records={"SETPOINT": 0, "STATUS": 0, "READING": 0, "ENABLE": 0},
+        writable={"SETPOINT", "ENABLE"},
+    )
     runtime = SimpleNamespace(handles={"mon": SimpleNamespace(name="mon", records=recs)})
     gw = Gateway(settings(), "P", runtime)
     gw.check_write("P:MON:SETPOINT")
@@ -128,7 +131,11 @@ def test_own_records_only_when_writable() -> None:
     for short in ("STATUS", "READING"):
         with pytest.raises(IocmngError) as err:
             gw.check_write(f"P:MON:{short}")
-        assert err.value.status == 403 and "read-only" in err.value.detail and "ENABLE, SETPOINT" in err.value.detail
+        assert (
+            err.value.status == 403
+            and "read-only" in err.value.detail
+            and "ENABLE, SETPOINT" in err.value.detail
+        )
     gw.check_write("P:OTHER:X")  # not a record of ours: the pattern decides
 
 

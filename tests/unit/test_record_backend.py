@@ -46,9 +46,11 @@ rules:
   - {id: hot, condition: 'SP > 5', outputs: {OUT: 1}}
 """ % ("x" * 60)  # a value too long for a stringin: both cut it to 39 bytes
 #: integer records take integer limits: a float bound becomes the nearest integer inside it
-CONTINUOUS = ("parameters: {interval: 0.5}\npvs: {inputs: {A: {type: int}, LIM: {type: int, value: 2, low: -5.5, high: 10}},"
-              " outputs: {B: {type: string}, C: {type: int, low: 0, high: 99.5, alarm_on: MINOR, alarm_high: 90.5,"
-              " alarm_low: 1.5}}}")
+CONTINUOUS = (
+    "parameters: {interval: 0.5}\npvs: {inputs: {A: {type: int}, LIM: {type: int, value: 2, low: -5.5, high: 10}},"
+    " outputs: {B: {type: string}, C: {type: int, low: 0, high: 99.5, alarm_on: MINOR, alarm_high: 90.5,"
+    " alarm_low: 1.5}}}"
+)
 JOB = "parameters: {version: 2}\npvs: {inputs: {X: {type: float}}, outputs: {Y: {type: bool}}}"
 
 #: (name, kind, config.yaml, overrides, saved values)
@@ -60,8 +62,10 @@ CASES = [
 
 
 def plans(prefix: str) -> dict[str, RecordPlan]:
-    return {name: plan(prefix, name, kind, parse_config(text), overrides)
-            for name, kind, text, overrides, _ in CASES}
+    return {
+        name: plan(prefix, name, kind, parse_config(text), overrides)
+        for name, kind, text, overrides, _ in CASES
+    }
 
 
 def fake_backend(prefix: str) -> tuple[FakeBackend, list[Any]]:
@@ -72,8 +76,12 @@ def fake_backend(prefix: str) -> tuple[FakeBackend, list[Any]]:
 
     backend = FakeBackend(prefix)
     for (name, _, _, _, saved), p in zip(CASES, plans(prefix).values(), strict=True):
-        backend.create(p, on_input=lambda short, value, _n=name: calls.append((_n, short, value)),
-                       on_run=on_run if p.mode == "triggered" else None, restored=saved)
+        backend.create(
+            p,
+            on_input=lambda short, value, _n=name: calls.append((_n, short, value)),
+            on_run=on_run if p.mode == "triggered" else None,
+            restored=saved,
+        )
     return backend, calls
 
 
@@ -94,7 +102,9 @@ def test_fake_records_are_the_plan() -> None:
         assert records.names() == list(p.names)
         assert records.shorts() == list(p.shorts)
         assert records.writable == set(p.writable)
-        assert {s: records.type_of(s) for s in p.shorts} == {r.short: r.value_type for r in p.records}
+        assert {s: records.type_of(s) for s in p.shorts} == {
+            r.short: r.value_type for r in p.records
+        }
     assert backend.names() == [n for p in plans("P").values() for n in p.names]
 
 
@@ -129,7 +139,13 @@ async def test_the_fake_operator_writes_as_a_ca_client() -> None:
         await backend.write("trig", "STATUS", 1)
     with pytest.raises(PermissionError):
         await backend.write("trig", "WIRED", 1.0)  # a wired input mirrors its link
-    assert calls == [("trig", "SP", 10.0), ("trig", "SP", 0.0), ("trig", "N", -9), ("trig", "GO", 1), "run"]
+    assert calls == [
+        ("trig", "SP", 10.0),
+        ("trig", "SP", 0.0),
+        ("trig", "N", -9),
+        ("trig", "GO", 1),
+        "run",
+    ]
 
 
 def test_forced_alarms_only_on_read_only_records() -> None:
@@ -153,9 +169,13 @@ def test_the_record_set_freezes_at_start() -> None:
 @pytest.mark.parametrize("backend_class", [FakeBackend, IocBridge])
 def test_a_plan_for_another_prefix_is_refused(backend_class: Any) -> None:
     with pytest.raises(ValueError, match="not this"):
-        backend_class("P").create(plan("Q", "x", "task", parse_config("")), on_input=lambda s, v: None)
+        backend_class("P").create(
+            plan("Q", "x", "task", parse_config("")), on_input=lambda s, v: None
+        )
     with pytest.raises(ValueError, match="not this"):
-        backend_class("P", exact=True).create(plan("P", "x", "task", parse_config("")), on_input=lambda s, v: None)
+        backend_class("P", exact=True).create(
+            plan("P", "x", "task", parse_config("")), on_input=lambda s, v: None
+        )
 
 
 # -- the real bridge builds the same records --------------------------------------------------------
@@ -190,12 +210,24 @@ CHILD = textwrap.dedent("""
 def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any], str]:
     prefix = f"UT{uuid.uuid4().hex[:6].upper()}"
     dbfile = tmp_path_factory.mktemp("db") / "records.db"
-    env = {**os.environ, "EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO",
-           "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-           "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "EPICS_CA_ADDR_LIST": "127.0.0.1",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+    }
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", CHILD, prefix, json.dumps(CASES), str(dbfile)], env=env,
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, prefix, json.dumps(CASES), str(dbfile)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert time.monotonic() - t0 < 60
     line = done.stdout.strip().splitlines()[-1]
@@ -222,7 +254,9 @@ def test_real_and_fake_records_agree(real: tuple[str, dict[str, Any], str]) -> N
         assert got["values"] == {s: records.get(s) for s in records.records}, name
 
 
-def test_real_record_types_and_status_fields_are_the_plan(real: tuple[str, dict[str, Any], str]) -> None:
+def test_real_record_types_and_status_fields_are_the_plan(
+    real: tuple[str, dict[str, Any], str],
+) -> None:
     prefix, _, db = real
     built = _db_records(db)
     for p in plans(prefix).values():
@@ -230,7 +264,9 @@ def test_real_record_types_and_status_fields_are_the_plan(real: tuple[str, dict[
             rtype, fields = built[p.full(rec.short)]
             assert rtype == rec.record_type, p.full(rec.short)
         status_type, status = built[p.full("STATUS")]
-        assert {k: v for k, v in status.items() if re.fullmatch(r"[A-Z]{2}S[TV]", k)} == status_fields(p.kind)
+        assert {
+            k: v for k, v in status.items() if re.fullmatch(r"[A-Z]{2}S[TV]", k)
+        } == status_fields(p.kind)
     assert built[f"{prefix}:TRIG:STATUS"][1]["FRST"] == TaskStatus.ERROR.label == "ERROR"
     assert built[f"{prefix}:TRIG:STATUS"][1]["FRSV"] == "MAJOR"
     assert built[f"{prefix}:JOB1:STATUS"][1]["THST"] == "FAILED"
@@ -246,7 +282,8 @@ async def test_the_runtime_runs_on_the_fake(tmp_path: Path) -> None:
 
     d = tmp_path / "counter"
     d.mkdir()
-    (d / "plugin.py").write_text(textwrap.dedent("""
+    (d / "plugin.py").write_text(
+        textwrap.dedent("""
         from iocmng import TaskBase
 
         class Counter(TaskBase):
@@ -258,16 +295,20 @@ async def test_the_runtime_runs_on_the_fake(tmp_path: Path) -> None:
                 self.seen.append((name, value))
             async def cleanup(self):
                 pass
-    """))
-    (d / "config.yaml").write_text("parameters: {mode: triggered}\npvs: {inputs: {SP: {type: float}}, "
-                                   "outputs: {OUT: {type: int}}}\n")
+    """)
+    )
+    (d / "config.yaml").write_text(
+        "parameters: {mode: triggered}\npvs: {inputs: {SP: {type: float}}, "
+        "outputs: {OUT: {type: int}}}\n"
+    )
     backend = FakeBackend("RT")
     rt = Runtime(backend)  # type: ignore[arg-type]
     try:
         h = rt.prepare(PluginSpec("counter", d, {}))
         assert h.state == State.PENDING, h.last_error
-        assert backend.names() == list(plan("RT", "counter", "task", parse_config((d / "config.yaml").read_text()),
-                                            {}).names)
+        assert backend.names() == list(
+            plan("RT", "counter", "task", parse_config((d / "config.yaml").read_text()), {}).names
+        )
         backend.start()
         await rt.start()
         await backend.write("counter", "RUN", 1)

@@ -255,9 +255,7 @@ class T(TaskBase):
 async def test_run_pv_runs_one_cycle_and_resets(runtime: Runtime, tmp_path: Path) -> None:
     bridge = runtime.bridge
     h, name = await started(runtime, tmp_path, TRIGGERED, "parameters: {mode: triggered}\n")
-    assert (
-        "CYCLE_COUNT" not in bridge.plugins[name] and "RUN" in bridge.plugins[name]
-    )
+    assert "CYCLE_COUNT" not in bridge.plugins[name] and "RUN" in bridge.plugins[name]
     assert h.task is None
     write = asyncio.ensure_future(bridge.write(name, "RUN", 1))
     await poll(lambda: h.busy)

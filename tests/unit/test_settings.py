@@ -12,7 +12,9 @@ from iocmng.errors import SettingsError
 
 def test_defaults_need_no_settings(tmp_path: Path) -> None:
     s = load_settings({"HOME": str(tmp_path)})
-    assert s.port == 8080 and s.host == "127.0.0.1" and s.api_token is None  # loopback without a token
+    assert (
+        s.port == 8080 and s.host == "127.0.0.1" and s.api_token is None
+    )  # loopback without a token
     s.check_exposure()
     assert s.plugins_dir == tmp_path / ".local" / "share" / "iocmng" / "plugins"
     assert resolve_prefix(s) == "IOCMNG"
@@ -20,8 +22,14 @@ def test_defaults_need_no_settings(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("IOCMNG_PORT", "abc"), ("IOCMNG_PORT", "70000"), ("IOCMNG_LOG_LEVEL", "loud"),
-     ("IOCMNG_PREFIX", "has space"), ("IOCMNG_DISABLE_OPHYD", "maybe"), ("IOCMNG_MAX_BODY", "0")],
+    [
+        ("IOCMNG_PORT", "abc"),
+        ("IOCMNG_PORT", "70000"),
+        ("IOCMNG_LOG_LEVEL", "loud"),
+        ("IOCMNG_PREFIX", "has space"),
+        ("IOCMNG_DISABLE_OPHYD", "maybe"),
+        ("IOCMNG_MAX_BODY", "0"),
+    ],
 )
 def test_bad_value_names_the_variable(var: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
@@ -90,15 +98,33 @@ def test_token_file(tmp_path: Path) -> None:
 def test_allowed_hosts() -> None:
     from iocmng.api.cors import host_allowed, host_name, host_policy
 
-    policy = host_policy(load_settings({"IOCMNG_ALLOWED_HOSTS": "iocmng.example.org, *.lab.example"}))
-    for ok in ("127.0.0.1:8080", "[::1]:80", "10.0.0.5", "localhost:1", "LocalHost", "x.localhost",
-               "iocmng.example.org:8080", "iocmng.example.org.", "a.b.lab.example"):
+    policy = host_policy(
+        load_settings({"IOCMNG_ALLOWED_HOSTS": "iocmng.example.org, *.lab.example"})
+    )
+    for ok in (
+        "127.0.0.1:8080",
+        "[::1]:80",
+        "10.0.0.5",
+        "localhost:1",
+        "LocalHost",
+        "x.localhost",
+        "iocmng.example.org:8080",
+        "iocmng.example.org.",
+        "a.b.lab.example",
+    ):
         assert host_allowed(policy, ok), ok
-    for bad in ("attacker.example", "lab.example", "iocmng.example.org.attacker.example", "xlab.example",
-                "localhost.attacker.example"):
+    for bad in (
+        "attacker.example",
+        "lab.example",
+        "iocmng.example.org.attacker.example",
+        "xlab.example",
+        "localhost.attacker.example",
+    ):
         assert not host_allowed(policy, bad), bad
     assert host_policy(load_settings({"IOCMNG_ALLOWED_HOSTS": "*"})) == ()
     assert host_allowed((), "anything.example")
-    assert host_name("[FE80::1]:8080") == "fe80::1" and host_name("Name.Example:80") == "name.example"
+    assert (
+        host_name("[FE80::1]:8080") == "fe80::1" and host_name("Name.Example:80") == "name.example"
+    )
     with pytest.raises(SettingsError, match="IOCMNG_ALLOWED_HOSTS"):
         load_settings({"IOCMNG_ALLOWED_HOSTS": "http://x.example/"})

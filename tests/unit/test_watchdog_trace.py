@@ -29,12 +29,12 @@ def real_trace(tmp_path: Path) -> str:
     (tmp_path / "looper" / "plugin.py").write_text(
         "import faulthandler\n"
         "def spin(out):\n"
-        "    faulthandler.dump_traceback(file=out, all_threads=True)\n")
+        "    faulthandler.dump_traceback(file=out, all_threads=True)\n"
+    )
     (tmp_path / "worker").mkdir()
     (tmp_path / "worker" / "plugin.py").write_text(
-        "def work(started, release):\n"
-        "    started.set()\n"
-        "    release.wait(10)\n")
+        "def work(started, release):\n    started.set()\n    release.wait(10)\n"
+    )
     looper = load(tmp_path / "looper" / "plugin.py", "looper_plugin")
     worker = load(tmp_path / "worker" / "plugin.py", "worker_plugin")
     started, release = threading.Event(), threading.Event()
@@ -44,8 +44,10 @@ def real_trace(tmp_path: Path) -> str:
     out = tmp_path / "trace.txt"
     try:
         with open(out, "w") as f:
+
             async def main() -> None:
                 looper.spin(f)  # type: ignore[attr-defined]
+
             asyncio.run(main())
     finally:
         release.set()
@@ -56,7 +58,11 @@ def real_trace(tmp_path: Path) -> str:
 def test_the_plugin_on_the_loop_thread_is_named(tmp_path: Path) -> None:
     text = real_trace(tmp_path)
     assert "worker" in text and "looper" in text  # both threads are in the dump
-    dirs = {"looper": tmp_path / "looper", "worker": tmp_path / "worker", "other": tmp_path / "nothing"}
+    dirs = {
+        "looper": tmp_path / "looper",
+        "worker": tmp_path / "worker",
+        "other": tmp_path / "nothing",
+    }
     plugin, where = stalled_plugin_in_trace(text, dirs)
     assert plugin == "looper", text
     assert where.startswith(str(tmp_path / "looper" / "plugin.py") + ":3 in spin"), where
@@ -66,7 +72,7 @@ def test_no_plugin_on_the_loop_thread(tmp_path: Path) -> None:
     text = real_trace(tmp_path)
     assert stalled_plugin_in_trace(text, {"worker": tmp_path / "worker"}) == (None, "")
     assert stalled_plugin_in_trace("", {"worker": tmp_path / "worker"}) == (None, "")
-    assert stalled_plugin_in_trace("garbage\n  File \"x\", line 1 in y\n", {}) == (None, "")
+    assert stalled_plugin_in_trace('garbage\n  File "x", line 1 in y\n', {}) == (None, "")
 
 
 def test_plugin_of_task() -> None:
@@ -74,8 +80,10 @@ def test_plugin_of_task() -> None:
 
     async def main() -> list[str | None]:
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(asyncio.sleep(0), name=n)
-                 for n in ("plugin:my-plugin", "plugin:b:input", "plugin:c", "iocmng:start", "plugin")]
+        tasks = [
+            loop.create_task(asyncio.sleep(0), name=n)
+            for n in ("plugin:my-plugin", "plugin:b:input", "plugin:c", "iocmng:start", "plugin")
+        ]
         await asyncio.gather(*tasks)
         return [plugin_of_task(t, names) for t in tasks]
 

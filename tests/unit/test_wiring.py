@@ -46,7 +46,9 @@ class Plugin:
     def __init__(self, config_text: str, *, kind: str = "task", name: str = "wired") -> None:
         self.events: list[dict[str, Any]] = []
         self.triggers: list[tuple[str, Any, Any]] = []
-        self.services = RuntimeServices(emit=lambda kind, **data: self.events.append({"type": kind, **data}))
+        self.services = RuntimeServices(
+            emit=lambda kind, **data: self.events.append({"type": kind, **data})
+        )
         config = parse_config(config_text)
         params: dict[str, Any] = {"mode": "continuous", "interval": 1.0, **config.parameters}
         h = PluginHandle(PluginSpec(name, Path(".")), self.services)
@@ -60,8 +62,14 @@ class Plugin:
         self.h = h
         self.wiring: Wiring | None = None
         if config.has_logic:
-            self.wiring = Wiring(h, config, Logic(config, params), "ca", self.services,
-                                 on_trigger=lambda *args: self.triggers.append(args))
+            self.wiring = Wiring(
+                h,
+                config,
+                Logic(config, params),
+                "ca",
+                self.services,
+                on_trigger=lambda *args: self.triggers.append(args),
+            )
             h.wiring = self.wiring
 
     def value(self, short: str) -> Any:
@@ -116,7 +124,9 @@ def test_a_cycle_writes_outputs_and_publishes_fired_rules_through_the_services()
     assert p.wiring.cycle() == []
     assert (p.value("ALARM"), p.value("MEAN")) == (1, 12.5)
     (rule,) = p.of_type("rule")
-    assert rule["plugin"] == "wired" and rule["rule"] == "HOT" and rule["message"].endswith("too hot")
+    assert (
+        rule["plugin"] == "wired" and rule["rule"] == "HOT" and rule["message"].endswith("too hot")
+    )
 
 
 def test_wired_inputs_mirror_their_pv_and_a_trigger_input_calls_the_hook_on_change_only() -> None:
@@ -142,7 +152,11 @@ def test_connections_show_in_conn_inp_sys_conn_and_the_events() -> None:
     p.wiring.on_connection("P", False)
     assert p.value("SYS_CONN") == "DISCONNECTED: P"
     assert [(e["link"], e["pv"], e["connected"]) for e in p.of_type("link")] == [
-        ("T", "DEV:T", True), ("P", "DEV:P", True), ("CMD", "DEV:CMD", True), ("P", "DEV:P", False)]
+        ("T", "DEV:T", True),
+        ("P", "DEV:P", True),
+        ("CMD", "DEV:CMD", True),
+        ("P", "DEV:P", False),
+    ]
 
 
 REACTIVE = """
@@ -157,7 +171,9 @@ transforms:
 """
 
 
-async def test_reactive_changes_are_evaluated_once_per_loop_turn_and_an_error_fails_the_plugin() -> None:
+async def test_reactive_changes_are_evaluated_once_per_loop_turn_and_an_error_fails_the_plugin() -> (
+    None
+):
     p = Plugin(REACTIVE)
     p.h.set_state(State.RUNNING)
     p.link_update("A", 4.0)  # connection and value: two changes, one evaluation
@@ -204,8 +220,11 @@ def test_task_state_changes_are_handle_methods() -> None:
     h.set_enabled(True)
     assert (h.state, p.value("STATUS")) == (State.RUNNING, 1)
     h.fail(ValueError("bad value"))
-    assert (p.value("STATUS"), p.value("MESSAGE"), h.last_error) == (4, "execute: ValueError: bad value",
-                                                                     "execute: ValueError: bad value")
+    assert (p.value("STATUS"), p.value("MESSAGE"), h.last_error) == (
+        4,
+        "execute: ValueError: bad value",
+        "execute: ValueError: bad value",
+    )
     h.reset_count()
     assert (h.cycle_count, p.value("CYCLE_COUNT"), p.value("MESSAGE")) == (0, 0, "reset")
     assert h.mark_stalled("held the loop") and not h.mark_stalled("again")
@@ -213,8 +232,18 @@ def test_task_state_changes_are_handle_methods() -> None:
     assert p.value("STATUS") == 3
     h.hold_failed("held the loop")
     assert (h.state, p.value("STATUS"), p.value("MESSAGE"), h.last_error) == (
-        State.FAILED, 4, "held the loop", "held the loop")
-    assert [e["state"] for e in p.of_type("state")] == ["starting", "running", "paused", "running", "failed"]
+        State.FAILED,
+        4,
+        "held the loop",
+        "held the loop",
+    )
+    assert [e["state"] for e in p.of_type("state")] == [
+        "starting",
+        "running",
+        "paused",
+        "running",
+        "failed",
+    ]
 
 
 def test_a_plugin_own_write_to_an_input_is_not_taken_for_an_operator() -> None:
@@ -231,10 +260,20 @@ def test_job_runs_are_handle_methods() -> None:
     h = p.h
     h.set_state(State.IDLE)
     h.job_started()
-    assert (h.state, h.busy, p.value("STATUS"), p.value("MESSAGE")) == (State.RUNNING, True, 1, "running")
+    assert (h.state, h.busy, p.value("STATUS"), p.value("MESSAGE")) == (
+        State.RUNNING,
+        True,
+        1,
+        "running",
+    )
     h.job_result(JobResult(False, {}, ""))
     h.job_done()
-    assert (h.state, h.busy, p.value("STATUS"), p.value("MESSAGE")) == (State.IDLE, False, 3, "failed")
+    assert (h.state, h.busy, p.value("STATUS"), p.value("MESSAGE")) == (
+        State.IDLE,
+        False,
+        3,
+        "failed",
+    )
     assert (h.cycle_count, h.job_failures) == (1, 1)
     h.job_result(JobResult(True, {}, ""))
     assert (p.value("STATUS"), p.value("MESSAGE"), h.job_failures) == (2, "success", 1)
@@ -254,7 +293,9 @@ def test_the_handle_reaches_devices_loop_and_channelfinder_through_the_services(
 
 def test_module_graph_plugin_knows_nothing_of_runtime_and_runtime_has_no_cycle() -> None:
     graph = grimp.build_graph("iocmng", include_external_packages=True, cache_dir=None)
-    plugin = sorted(m for m in graph.modules if m == "iocmng.plugin" or m.startswith("iocmng.plugin."))
+    plugin = sorted(
+        m for m in graph.modules if m == "iocmng.plugin" or m.startswith("iocmng.plugin.")
+    )
     for module in plugin:
         for target in ("iocmng.runtime", "softioc"):
             assert graph.find_shortest_chain(module, target) is None, (module, target)

@@ -51,9 +51,7 @@ class PutPV(BaseModel):
     value: Any = Field(
         ..., description="Value to write: number, string, list (arrays), enum index or choice"
     )
-    provider: Provider | None = Field(
-        None, description="ca or pva (default IOCMNG_PV_PROVIDER)"
-    )
+    provider: Provider | None = Field(None, description="ca or pva (default IOCMNG_PV_PROVIDER)")
     timeout: float | None = Field(None, gt=0, description="Seconds (at most IOCMNG_PV_MAX_TIMEOUT)")
 
 
@@ -101,7 +99,7 @@ class Gateway:
         for h in list(getattr(self.runtime, "handles", {}).values()):
             recs = h.records
             if recs is not None and record.startswith(recs.prefix + ":"):
-                short = record[len(recs.prefix) + 1:]
+                short = record[len(recs.prefix) + 1 :]
                 if short in recs.records:
                     return h.name, short in recs.writable, sorted(recs.writable)
         return None
@@ -110,18 +108,25 @@ class Gateway:
         """IOCMNG_PV_WRITE_PATTERN, then: a record's value only (a field such as .DISP or .SCAN
         only if a pattern names fields), and of this service's records only the writable ones."""
         record, dot, fld = name.partition(".")
-        if dot and fld.upper() != "VAL" and not any(
-                "." in p and fnmatch.fnmatchcase(name, p) for p in self.write_patterns):
+        if (
+            dot
+            and fld.upper() != "VAL"
+            and not any("." in p and fnmatch.fnmatchcase(name, p) for p in self.write_patterns)
+        ):
             raise PVForbidden(
                 f"writing the field {fld!r} of {record!r} is refused: the gateway writes record values "
                 f"(VAL); to allow a field, name it in IOCMNG_PV_WRITE_PATTERN (e.g. '{record}.{fld}')",
-                pv=name, setting="IOCMNG_PV_WRITE_PATTERN")
+                pv=name,
+                setting="IOCMNG_PV_WRITE_PATTERN",
+            )
         own = self.own_record(record)
         if own is not None and not own[1]:
             plugin, _, writable = own
             raise PVForbidden(
                 f"{record} is read-only: an output of plugin {plugin!r} or a PV iocmng manages; its writable "
-                f"PVs: {', '.join(writable) or '(none)'}", pv=name)
+                f"PVs: {', '.join(writable) or '(none)'}",
+                pv=name,
+            )
         if not any(fnmatch.fnmatchcase(name, p) for p in self.write_patterns):
             shown = " ".join(self.write_patterns) or "(none: writes disabled)"
             raise PVForbidden(
@@ -247,7 +252,9 @@ async def monitor_pv(request: web.Request) -> web.StreamResponse:
         close, first = await first_value(client, name, timeout, _pusher(queue), queue)
         try:
             # ends when the service stops or reloads (its event bus closes)
-            return await stream_sse(request, _frame(first), queue.get, _frame, ended=lambda: svc.events.closed)
+            return await stream_sse(
+                request, _frame(first), queue.get, _frame, ended=lambda: svc.events.closed
+            )
         finally:
             close()
     finally:

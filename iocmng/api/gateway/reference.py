@@ -38,9 +38,7 @@ class RefGet(BaseModel):
     timeout: float | None = Field(
         None, gt=0, description="Seconds (default IOCMNG_PV_TIMEOUT, at most IOCMNG_PV_MAX_TIMEOUT)"
     )
-    provider: Provider | None = Field(
-        None, description="ca or pva (default IOCMNG_PV_PROVIDER)"
-    )
+    provider: Provider | None = Field(None, description="ca or pva (default IOCMNG_PV_PROVIDER)")
 
 
 class RefPut(RefGet):
@@ -61,9 +59,7 @@ class RefMonitor(BaseModel):
         max_length=200,
         description="Key of the subscription (defaults to pv_name)",
     )
-    provider: Provider | None = Field(
-        None, description="ca or pva (default IOCMNG_PV_PROVIDER)"
-    )
+    provider: Provider | None = Field(None, description="ca or pva (default IOCMNG_PV_PROVIDER)")
     timeout: float | None = Field(
         None, gt=0, description="Seconds to wait for the first value (default IOCMNG_PV_TIMEOUT)"
     )
