@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config.models import coerce_value
-from .epics.backend import InputHandler, RunHandler
+from .epics.backend import InputHandler, RecordTable, RunHandler
 from .epics.plan import Alarm, RecordPlan, RecordSpec, plugin_prefix, record_value
 
 __all__ = ["FakeBackend", "FakeRecord", "FakeRecords"]
@@ -58,41 +58,11 @@ class FakeRecord:
 
 
 @dataclass
-class FakeRecords:
+class FakeRecords(RecordTable):
     """The records of one plugin (a :class:`~iocmng.epics.backend.Records`)."""
 
-    prefix: str
-    records: dict[str, FakeRecord] = field(default_factory=dict)
-    types: dict[str, str] = field(default_factory=dict)
-    live: bool = False
-    writable: set[str] = field(default_factory=set)
     #: The alarm forced on each record by :meth:`force_alarm` (absent: none).
     alarms: dict[str, Alarm] = field(default_factory=dict)
-
-    def names(self) -> list[str]:
-        return [f"{self.prefix}:{short}" for short in self.records]
-
-    def shorts(self) -> list[str]:
-        return list(self.records)
-
-    def __contains__(self, short: object) -> bool:
-        return short in self.records
-
-    def _record(self, short: str) -> FakeRecord:
-        try:
-            return self.records[short]
-        except KeyError:
-            raise KeyError(
-                f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})"
-            ) from None
-
-    def type_of(self, short: str) -> str:
-        self._record(short)
-        return self.types[short]
-
-    def set(self, short: str, value: Any) -> None:
-        rec = self._record(short)
-        rec.set(record_value(self.types[short], value))
 
     def set_quiet(self, short: str, value: Any) -> None:
         self._record(short).set(value, process=False)

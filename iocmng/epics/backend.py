@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .plan import Alarm, RecordPlan
+from .plan import Alarm, RecordPlan, record_value
 
 #: Called with (short name, new value) when a client writes a writable record.
 InputHandler = Callable[[str, Any], Awaitable[None] | None]
@@ -97,3 +98,42 @@ class RecordBackend(Protocol):
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Serve every record created so far (once); record callbacks run on ``loop``."""
         ...
+
+
+@dataclass
+class RecordTable:
+    """One plugin's records by short name, with their value types: the part of
+    :class:`Records` that the softioc bridge and the in-memory fake share. Each
+    record object has ``set(value)`` and ``get()``."""
+
+    prefix: str  # <prefix>:<NAME>
+    records: dict[str, Any] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
+    live: bool = False  # attached to a running IOC
+    #: Short names of the records clients may write (inputs, ENABLE, RUN, CLEAR, RESET).
+    writable: set[str] = field(default_factory=set)
+
+    def names(self) -> list[str]:
+        return [f"{self.prefix}:{short}" for short in self.records]
+
+    def shorts(self) -> list[str]:
+        return list(self.records)
+
+    def __contains__(self, short: object) -> bool:
+        return short in self.records
+
+    def _record(self, short: str) -> Any:
+        try:
+            return self.records[short]
+        except KeyError:
+            raise KeyError(
+                f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})"
+            ) from None
+
+    def type_of(self, short: str) -> str:
+        self._record(short)
+        return self.types[short]
+
+    def set(self, short: str, value: Any) -> None:
+        rec = self._record(short)
+        rec.set(record_value(self.types[short], value))

@@ -29,12 +29,12 @@ import ctypes
 import logging
 import math
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..config.models import PVSpec, coerce_value
 from .access_security import WRITABLE, access_security_file, check_active
-from .backend import InputHandler, RunHandler
+from .backend import InputHandler, RecordTable, RunHandler
 from .plan import (  # re-exported: the names consumers import from here
     DEFAULT_PV_NAMES,
     JOB_STATES,
@@ -51,7 +51,6 @@ from .plan import (  # re-exported: the names consumers import from here
     logic_records,
     plan_records,
     plugin_prefix,
-    record_value,
     status_fields,
     truncate,
 )
@@ -83,40 +82,8 @@ __all__ = [
 
 
 @dataclass
-class PluginRecords:
+class PluginRecords(RecordTable):
     """The live records of one plugin, addressed by short name (a :class:`~iocmng.epics.backend.Records`)."""
-
-    prefix: str  # <prefix>:<NAME>
-    records: dict[str, Any] = field(default_factory=dict)
-    types: dict[str, str] = field(default_factory=dict)
-    live: bool = False  # attached to a running IOC
-    #: Short names of the records clients may write (inputs, ENABLE, RUN, CLEAR, RESET).
-    writable: set[str] = field(default_factory=set)
-
-    def names(self) -> list[str]:
-        return [f"{self.prefix}:{short}" for short in self.records]
-
-    def shorts(self) -> list[str]:
-        return list(self.records)
-
-    def __contains__(self, short: object) -> bool:
-        return short in self.records
-
-    def _record(self, short: str) -> Any:
-        try:
-            return self.records[short]
-        except KeyError:
-            raise KeyError(
-                f"{short!r} is not a PV of this plugin (known: {', '.join(self.records)})"
-            ) from None
-
-    def type_of(self, short: str) -> str:
-        self._record(short)
-        return self.types[short]
-
-    def set(self, short: str, value: Any) -> None:
-        rec = self._record(short)
-        rec.set(record_value(self.types[short], value))
 
     def attach(self) -> None:
         """Bind to the live database (after iocInit)."""
