@@ -1,10 +1,10 @@
 """What the REST API uses of the service: :class:`ServiceAPI`, the type behind the app key.
 
-The API is built by the service (:class:`iocmng.service.service.Service`
-passes itself to :func:`iocmng.api.app.create_app`), so the API cannot import
-the service module at run time without a cycle. This protocol lists exactly
-the attributes and methods the handlers use; the service's own types are
-named for the type checker only.
+:mod:`iocmng.server` builds the app with the service generation
+(:class:`iocmng.service.service.Service`, which satisfies this protocol:
+mypy checks the call). This protocol lists exactly the attributes and
+methods the handlers use, so what the API needs of the service is written
+in one place; the service's own types are named for the type checker only.
 """
 
 from __future__ import annotations
