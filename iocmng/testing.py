@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config.models import coerce_value
-from .epics.backend import InputHandler, RecordTable, RunHandler
-from .epics.plan import Alarm, RecordPlan, RecordSpec, plugin_prefix, record_value
+from .epics.backend import InputHandler, RecordTable, RunHandler, check_plan
+from .epics.plan import Alarm, RecordPlan, RecordSpec, record_value
 
 __all__ = ["FakeBackend", "FakeRecord", "FakeRecords"]
 
@@ -125,33 +125,8 @@ class FakeBackend:
         on_run: RunHandler | None = None,
         restored: Mapping[str, Any] | None = None,
     ) -> FakeRecords:
-        if plan.prefix != self.prefix or (self.exact and plan.base != self.prefix):
-            raise ValueError(
-                f"the plan of {plan.name} is for records under {plan.base}, not this backend's "
-                f"{self.prefix}{'' if self.exact else ':<NAME>'}"
-            )
+        check_plan(plan, self.prefix, self.exact)
         return self._build(plan.name, plan.base, plan.records, on_input, on_run, restored)
-
-    def add_plugin(
-        self,
-        name: str,
-        specs: Sequence[RecordSpec],
-        *,
-        kind: str,
-        on_input: InputHandler,
-        on_run: RunHandler | None = None,
-        restored: Mapping[str, Any] | None = None,
-        base: str | None = None,
-    ) -> FakeRecords:
-        """The bridge's older form of :meth:`create` (what the runtime calls today)."""
-        return self._build(
-            name,
-            self.prefix if self.exact else (base or plugin_prefix(self.prefix, name)),
-            specs,
-            on_input,
-            on_run,
-            restored,
-        )
 
     def _build(
         self,

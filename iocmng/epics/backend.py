@@ -137,3 +137,13 @@ class RecordTable:
     def set(self, short: str, value: Any) -> None:
         rec = self._record(short)
         rec.set(record_value(self.types[short], value))
+
+
+def check_plan(plan: RecordPlan, prefix: str, exact: bool) -> None:
+    """Refuse a plan made for another backend's prefix (``exact``: iocmng-run's one-plugin
+    prefix, records ``<prefix>:<PV>``)."""
+    if plan.prefix != prefix or (exact and plan.base != prefix):
+        raise ValueError(
+            f"the plan of {plan.name} is for records under {plan.base}, not this backend's "
+            f"{prefix}{'' if exact else ':<NAME>'}"
+        )

@@ -5,7 +5,7 @@ EPICS keeps its record database in process-global state that is frozen at
 deleted. So the bridge works in two phases. First the records of every
 plugin's :class:`~iocmng.epics.plan.RecordPlan` of a generation are built
 (:meth:`IocBridge.create`, the :class:`~iocmng.epics.backend.RecordBackend`
-protocol; :meth:`IocBridge.add_plugin` is its older form); then
+protocol); then
 :meth:`IocBridge.start` runs ``iocInit`` exactly once, with pythonSoftIOC's
 ``AsyncioDispatcher`` built on the service's running loop so record
 callbacks run as coroutines on that same loop. Any change to the record set
@@ -34,7 +34,7 @@ from typing import Any
 
 from ..config.models import PVSpec, coerce_value
 from .access_security import WRITABLE, access_security_file, check_active
-from .backend import InputHandler, RecordTable, RunHandler
+from .backend import InputHandler, RecordTable, RunHandler, check_plan
 from .plan import (  # re-exported: the names consumers import from here
     DEFAULT_PV_NAMES,
     JOB_STATES,
@@ -331,36 +331,9 @@ class IocBridge:
     ) -> PluginRecords:
         """Create the records of ``plan`` (:class:`~iocmng.epics.backend.RecordBackend`).
         Only possible before :meth:`start`."""
-        if plan.prefix != self.prefix or (self.exact and plan.base != self.prefix):
-            raise ValueError(
-                f"the plan of {plan.name} is for records under {plan.base}, not this bridge's "
-                f"{self.prefix}{'' if self.exact else ':<NAME>'}"
-            )
+        check_plan(plan, self.prefix, self.exact)
         return self._build(
             plan.name, plan.base, plan.kind, plan.records, on_input, on_run, restored
-        )
-
-    def add_plugin(
-        self,
-        name: str,
-        specs: Sequence[RecordSpec],
-        *,
-        kind: str,
-        on_input: InputHandler,
-        on_run: RunHandler | None = None,
-        restored: Mapping[str, Any] | None = None,
-        base: str | None = None,
-    ) -> PluginRecords:
-        """Create the records of one plugin under ``base`` (default ``<prefix>:<NAME>``).
-        Only possible before :meth:`start`. The older form of :meth:`create`."""
-        return self._build(
-            name,
-            self.prefix if self.exact else (base or plugin_prefix(self.prefix, name)),
-            kind,
-            specs,
-            on_input,
-            on_run,
-            restored,
         )
 
     def _build(

@@ -277,7 +277,7 @@ def test_real_record_types_and_status_fields_are_the_plan(
 
 
 async def test_the_runtime_runs_on_the_fake(tmp_path: Path) -> None:
-    """What the runtime uses of a backend today (add_plugin, set, get, set_quiet) the fake provides."""
+    """What the runtime uses of a backend (create, set, get, set_quiet) the fake provides."""
     from iocmng.runtime.runtime import PluginSpec, Runtime, State
 
     d = tmp_path / "counter"
