@@ -26,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config.models import coerce_value
-from .epics.backend import InputHandler, RecordTable, RunHandler, check_plan
+from .epics.backend import Callbacks, InputHandler, RecordBackend, RecordTable, RunHandler
 from .epics.plan import Alarm, RecordPlan, RecordSpec, record_value
 
 __all__ = ["FakeBackend", "FakeRecord", "FakeRecords"]
@@ -104,54 +104,29 @@ def _clamp(spec: RecordSpec, value: Any) -> Any:
     return value
 
 
-class FakeBackend:
+class FakeBackend(RecordBackend["FakeRecords"]):
     """Records in memory (a :class:`~iocmng.epics.backend.RecordBackend`); the test is the operator."""
 
     def __init__(self, prefix: str = "TEST", *, exact: bool = False) -> None:
-        self.prefix = prefix
-        #: ``iocmng-run --prefix P``: records are ``P:<PV>`` (one plugin, no ``:<NAME>`` segment).
-        self.exact = exact
-        self.started = False
-        self.plugins: dict[str, FakeRecords] = {}
+        super().__init__(prefix, exact=exact)
         self.on_input: dict[str, InputHandler] = {}
         self.on_run: dict[str, RunHandler | None] = {}
 
-    # -- the RecordBackend protocol -------------------------------------------------------
-    def create(
-        self,
-        plan: RecordPlan,
-        *,
-        on_input: InputHandler,
-        on_run: RunHandler | None = None,
-        restored: Mapping[str, Any] | None = None,
-    ) -> FakeRecords:
-        check_plan(plan, self.prefix, self.exact)
-        return self._build(plan.name, plan.base, plan.records, on_input, on_run, restored)
-
+    # -- the RecordBackend ----------------------------------------------------------------
     def _build(
-        self,
-        name: str,
-        base: str,
-        specs: Sequence[RecordSpec],
-        on_input: InputHandler,
-        on_run: RunHandler | None,
-        restored: Mapping[str, Any] | None,
+        self, plan: RecordPlan, calls: Callbacks, restored: Mapping[str, Any]
     ) -> FakeRecords:
-        if self.started:
-            raise RuntimeError(
-                "the record set is frozen after iocInit; a reload is needed to add records"
-            )
+        name, base, specs, on_run = plan.name, plan.base, plan.records, calls.on_run
         if any(r.short == "RUN" for r in specs) and on_run is None:
             raise ValueError("triggered tasks need a run handler")
         out = FakeRecords(base)
         for rec in specs:
             full = f"{base}:{rec.short}"
-            out.records[rec.short] = FakeRecord(rec, _initial(rec, restored or {}, full))
+            out.records[rec.short] = FakeRecord(rec, _initial(rec, restored, full))
             out.types[rec.short] = rec.value_type
             if rec.writable:
                 out.writable.add(rec.short)
-        self.plugins[name] = out
-        self.on_input[name] = on_input
+        self.on_input[name] = calls.on_input
         self.on_run[name] = on_run
         return out
 

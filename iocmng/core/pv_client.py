@@ -50,30 +50,8 @@ What differs from 2.7.9:
 
 from __future__ import annotations
 
-from ..epics.blocking_client import (
-    active_monitors,
-    close,
-    get,
-    get_async,
-    get_provider,
-    init,
-    monitor,
-    put,
-    put_async,
-    unmonitor,
-    unmonitor_all,
-)
+from ..epics import blocking_client
+from ..epics.blocking_client import *  # noqa: F403 (the whole API, under 2.7.9's path)
 
-__all__ = [
-    "active_monitors",
-    "close",
-    "get",
-    "get_async",
-    "get_provider",
-    "init",
-    "monitor",
-    "put",
-    "put_async",
-    "unmonitor",
-    "unmonitor_all",
-]
+__all__: list[str] = []
+__all__ += blocking_client.__all__

@@ -2,10 +2,10 @@
 
 Two implementations: the softioc bridge (:class:`iocmng.epics.ioc.IocBridge`,
 real EPICS records served over CA and PVA) and an in-memory fake for tests
-(:class:`iocmng.testing.FakeBackend`, no EPICS). Both build the records of a
+(:class:`iocmng.testing.FakeBackend`, no EPICS). Both derive from :class:`RecordBackend`, build the records of a
 :class:`~iocmng.epics.plan.RecordPlan` and hand back a :class:`Records`
-addressed by short name. Pure: protocols only, no softioc import, so a module
-can be typed against the backend without pulling EPICS in.
+addressed by short name. Pure: no softioc import, so a module can be typed
+against the backend without pulling EPICS in.
 
 Life of a backend: :meth:`RecordBackend.create` for every plugin of a
 generation, then :meth:`RecordBackend.start` once (the softioc bridge runs
@@ -17,9 +17,10 @@ triggered task) awaits ``on_run()`` and completes when that returns.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from .plan import Alarm, RecordPlan, record_value
 
@@ -27,6 +28,19 @@ from .plan import Alarm, RecordPlan, record_value
 InputHandler = Callable[[str, Any], Awaitable[None] | None]
 #: Awaited when a client writes 1 to RUN; the write completes when it returns.
 RunHandler = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """What a plugin's writable records call: ``on_input`` for every client write,
+    ``on_run`` (triggered tasks) for RUN=1."""
+
+    on_input: InputHandler
+    on_run: RunHandler | None = None
+
+
+#: The records type a backend hands back.
+R = TypeVar("R", bound="Records")
 
 
 @runtime_checkable
@@ -71,35 +85,6 @@ class Records(Protocol):
         ...
 
 
-@runtime_checkable
-class RecordBackend(Protocol):
-    """Builds the records of each plugin's plan, then serves them."""
-
-    #: The service's PV prefix.
-    prefix: str
-    #: ``iocmng-run --prefix P``: one plugin whose records are ``P:<PV>``; plans for it
-    #: are made with ``plan(..., exact=True)``.
-    exact: bool
-    #: True after :meth:`start`: the record set is frozen.
-    started: bool
-
-    def create(
-        self,
-        plan: RecordPlan,
-        *,
-        on_input: InputHandler,
-        on_run: RunHandler | None = None,
-        restored: Mapping[str, Any] | None = None,
-    ) -> Records:
-        """Build the records of ``plan`` (before :meth:`start` only). ``restored``
-        holds saved values of the autosaved records (inputs, ENABLE) by short name."""
-        ...
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Serve every record created so far (once); record callbacks run on ``loop``."""
-        ...
-
-
 @dataclass
 class RecordTable:
     """One plugin's records by short name, with their value types: the part of
@@ -137,6 +122,55 @@ class RecordTable:
     def set(self, short: str, value: Any) -> None:
         rec = self._record(short)
         rec.set(record_value(self.types[short], value))
+
+
+class RecordBackend(ABC, Generic[R]):
+    """Builds the records of each plugin's plan, then serves them.
+
+    The softioc bridge and the in-memory fake derive from it: :meth:`create`
+    (shared) checks the plan and hands it to the backend's own :meth:`_build`;
+    :meth:`start` serves what was built."""
+
+    #: The service's PV prefix.
+    prefix: str
+    #: ``iocmng-run --prefix P``: one plugin whose records are ``P:<PV>``; plans for it
+    #: are made with ``plan(..., exact=True)``.
+    exact: bool
+    #: True after :meth:`start`: the record set is frozen.
+    started: bool
+
+    def __init__(self, prefix: str, *, exact: bool = False) -> None:
+        self.prefix = prefix
+        self.exact = exact
+        self.started = False
+        self.plugins: dict[str, R] = {}
+
+    def create(
+        self,
+        plan: RecordPlan,
+        *,
+        on_input: InputHandler,
+        on_run: RunHandler | None = None,
+        restored: Mapping[str, Any] | None = None,
+    ) -> R:
+        """Build the records of ``plan`` (before :meth:`start` only). ``restored``
+        holds saved values of the autosaved records (inputs, ENABLE) by short name."""
+        check_plan(plan, self.prefix, self.exact)
+        if self.started:
+            raise RuntimeError(
+                "the record set is frozen after iocInit; a reload is needed to add records"
+            )
+        out = self._build(plan, Callbacks(on_input, on_run), restored or {})
+        self.plugins[plan.name] = out
+        return out
+
+    @abstractmethod
+    def _build(self, plan: RecordPlan, calls: Callbacks, restored: Mapping[str, Any]) -> R:
+        """The backend's records for ``plan`` (checked, the backend not started)."""
+
+    @abstractmethod
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve every record created so far (once); record callbacks run on ``loop``."""
 
 
 def check_plan(plan: RecordPlan, prefix: str, exact: bool) -> None:

@@ -12,8 +12,7 @@ callbacks run as coroutines on that same loop. Any change to the record set
 after that is the reload's job (see :mod:`iocmng.service.reload`).
 
 What the records are (names, types, fields) is the plan's business
-(:mod:`iocmng.epics.plan`, pure); the names consumers used to import from
-here (``plan_records``, ``RecordSpec``, ``TASK_STATES``...) are re-exported.
+(:mod:`iocmng.epics.plan`, pure); its names are re-exported here as well.
 
 Records of a plugin ``NAME`` are ``<prefix>:<NAME>:<PV>``. Clients (CA and
 PVA) may write the VAL of the writable records (inputs, ENABLE, RUN, CLEAR,
@@ -28,57 +27,29 @@ import asyncio
 import ctypes
 import logging
 import math
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..config.models import PVSpec, coerce_value
+from . import plan as _plan
 from .access_security import WRITABLE, access_security_file, check_active
-from .backend import InputHandler, RecordTable, RunHandler, check_plan
-from .plan import (  # re-exported: the names consumers import from here
-    DEFAULT_PV_NAMES,
-    JOB_STATES,
-    LINK_ALARM,
-    MAX_RECORD_NAME,
+from .backend import Callbacks, InputHandler, RecordBackend, RecordTable, RunHandler
+from .plan import *  # noqa: F403 (the plan's names stay importable from the bridge module)
+from .plan import (
     MAX_STRING,
-    TASK_STATES,
     Alarm,
     RecordPlan,
     RecordSpec,
     Severity,
-    base_of,
-    default_records,
-    logic_records,
-    plan_records,
-    plugin_prefix,
     status_fields,
     truncate,
 )
 
 log = logging.getLogger("iocmng.ioc")
 
-__all__ = [
-    "DEFAULT_PV_NAMES",
-    "JOB_STATES",
-    "LINK_ALARM",
-    "MAX_RECORD_NAME",
-    "MAX_STRING",
-    "TASK_STATES",
-    "ArrayRecord",
-    "FastRecord",
-    "InputHandler",
-    "IocBridge",
-    "PluginRecords",
-    "RecordSpec",
-    "RunHandler",
-    "base_of",
-    "default_records",
-    "logic_records",
-    "plan_records",
-    "plugin_prefix",
-    "post_monitor",
-    "truncate",
-]
+__all__ = ["ArrayRecord", "FastRecord", "InputHandler", "IocBridge", "PluginRecords", "RunHandler"]
+__all__ += _plan.__all__
 
 
 @dataclass
@@ -310,51 +281,21 @@ def _special_record(full: str, rec: RecordSpec) -> Any:
     )
 
 
-class IocBridge:
+class IocBridge(RecordBackend["PluginRecords"]):
     """Builds every record of a generation, then runs ``iocInit`` once."""
 
     def __init__(self, prefix: str, *, exact: bool = False) -> None:
-        self.prefix = prefix
-        #: ``iocmng-run --prefix P``: records are ``P:<PV>`` (one plugin, no ``:<NAME>`` segment).
-        self.exact = exact
-        self.started = False
-        self.plugins: dict[str, PluginRecords] = {}
+        super().__init__(prefix, exact=exact)
         self._dispatcher: Any = None
 
-    def create(
-        self,
-        plan: RecordPlan,
-        *,
-        on_input: InputHandler,
-        on_run: RunHandler | None = None,
-        restored: Mapping[str, Any] | None = None,
-    ) -> PluginRecords:
-        """Create the records of ``plan`` (:class:`~iocmng.epics.backend.RecordBackend`).
-        Only possible before :meth:`start`."""
-        check_plan(plan, self.prefix, self.exact)
-        return self._build(
-            plan.name, plan.base, plan.kind, plan.records, on_input, on_run, restored
-        )
-
     def _build(
-        self,
-        name: str,
-        base: str,
-        kind: str,
-        specs: Sequence[RecordSpec],
-        on_input: InputHandler,
-        on_run: RunHandler | None,
-        restored: Mapping[str, Any] | None,
+        self, plan: RecordPlan, calls: Callbacks, restored: Mapping[str, Any]
     ) -> PluginRecords:
-        if self.started:
-            raise RuntimeError(
-                "the record set is frozen after iocInit; a reload is needed to add records"
-            )
+        name, kind, on_input, on_run = plan.name, plan.kind, calls.on_input, calls.on_run
         from softioc import builder
 
-        restored = restored or {}
-        out = PluginRecords(base)
-        for rec in specs:
+        out = PluginRecords(plan.base)
+        for rec in plan.records:
             full = f"{out.prefix}:{rec.short}"
             spec = rec.spec
             value = spec.value
@@ -384,7 +325,6 @@ class IocBridge:
                 record = self._in_record(full, spec, value, fields)
             out.records[rec.short] = record
             out.types[rec.short] = rec.value_type
-        self.plugins[name] = out
         return out
 
     @staticmethod

@@ -147,6 +147,33 @@ class _PVs(Mapping[str, _PV]):
         return len(self._names)
 
 
+class _Observer:
+    """The three optional callbacks of :func:`observed`."""
+
+    __slots__ = ("before", "after", "failed")
+
+    def __init__(
+        self,
+        before: Callable[[], None] | None,
+        after: Callable[[Any], None] | None,
+        failed: Callable[[BaseException], None] | None,
+    ) -> None:
+        self.before, self.after, self.failed = before, after, failed
+
+    def started(self) -> None:
+        if self.before is not None:
+            self.before()
+
+    def raised(self, exc: BaseException) -> None:
+        if self.failed is not None:
+            self.failed(exc)
+
+    def returned(self, result: Any) -> Any:
+        if self.after is not None:
+            self.after(result)
+        return result
+
+
 def observed(
     fn: Callable[[], Any],
     before: Callable[[], None] | None = None,
@@ -154,38 +181,32 @@ def observed(
     failed: Callable[[BaseException], None] | None = None,
 ) -> Callable[[], Any]:
     """``fn`` (a plugin's bound method, ``def`` or ``async def``) with the same call, result and
-    exceptions, telling ``before()`` it starts, ``after(result)`` it returned, ``failed(exc)`` it raised."""
+    exceptions, telling ``before()`` it starts, ``after(result)`` it returned, ``failed(exc)`` it raised.
+    An ``async def`` stays a coroutine function (the runtime runs those on the loop)."""
+    seen = _Observer(before, after, failed)
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def observed_async() -> Any:
-            if before is not None:
-                before()
+            seen.started()
             try:
                 result = await fn()
             except BaseException as exc:
-                if failed is not None:
-                    failed(exc)
+                seen.raised(exc)
                 raise
-            if after is not None:
-                after(result)
-            return result
+            return seen.returned(result)
 
         return observed_async
 
     @functools.wraps(fn)
     def observed_sync() -> Any:
-        if before is not None:
-            before()
+        seen.started()
         try:
             result = fn()
         except BaseException as exc:
-            if failed is not None:
-                failed(exc)
+            seen.raised(exc)
             raise
-        if after is not None:
-            after(result)
-        return result
+        return seen.returned(result)
 
     return observed_sync
 

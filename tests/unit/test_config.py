@@ -14,7 +14,7 @@ from iocmng.config.models import (
     merged_parameters,
     parse_config,
 )
-from iocmng.epics.ioc import (
+from iocmng.epics.plan import (
     DEFAULT_PV_NAMES,
     MAX_RECORD_NAME,
     default_records,

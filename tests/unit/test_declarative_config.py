@@ -17,7 +17,7 @@ from conftest import REFERENCE_2_7_9
 
 from iocmng import DeclarativeTask, TaskBase
 from iocmng.config.models import PluginConfig, parse_config
-from iocmng.epics.ioc import plan_records, plugin_prefix
+from iocmng.epics.plan import plan_records, plugin_prefix
 from iocmng.errors import ConfigError, PluginLoadError
 from iocmng.runtime.loader import is_declarative, kind_of, load_class, unload
 

@@ -20,7 +20,8 @@ import pytest
 
 from iocmng.config.models import parse_config
 from iocmng.declarative.logic import Logic
-from iocmng.epics.ioc import PluginRecords, plan_records
+from iocmng.epics.ioc import PluginRecords
+from iocmng.epics.plan import plan_records
 from iocmng.plugin.job import JobResult
 from iocmng.runtime.handle import PluginHandle, PluginSpec, State
 from iocmng.runtime.services import RuntimeServices
