@@ -140,6 +140,14 @@ class Abandoned(IocmngError):
     title = "Service reloading"
 
 
+class Reloading(IocmngError):
+    """A job run or a triggered cycle asked for while a reload waits for the work in
+    progress to end: refused (the next generation takes it)."""
+
+    status = 503
+    title = "Service reloading"
+
+
 class InsufficientStorage(IocmngError):
     """The data directory cannot be written (full, over quota, read-only): nothing was changed."""
 

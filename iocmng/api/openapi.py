@@ -49,7 +49,8 @@ ERRORS = {
     409: "Conflict",
     413: "Too large",
     415: "A body that is not application/json",
-    503: "The service reloaded while the add was validating: nothing added, send it again",
+    503: "The service is reloading: an add still validating, or a run while the reload waits "
+    "for the work in progress; nothing was done, send it again",
     422: "A body field is wrong, or the plugin failed validation",
     507: "Data directory full or read-only",
 }
@@ -135,6 +136,18 @@ def _plugin_paths(c: Components) -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/api/v1/health": {
             "get": {"operationId": "health", "responses": {"200": _json({"type": "object"})}}
+        },
+        "/api/v1/apply": {
+            "post": {
+                "operationId": "apply",
+                "description": "Reload now for the pending changes (IOCMNG_APPLY=manual holds "
+                "them until this); GET /api/v1/health lists them",
+                "responses": {
+                    "200": _json({"type": "object", "description": "Nothing was pending"}),
+                    "202": _json({"type": "object", "description": "The reload is under way"}),
+                    **_errors(401, 403, 507),
+                },
+            }
         },
         "/api/v1/openapi.json": {
             "get": {"operationId": "openapi", "responses": {"200": _json({"type": "object"})}}
@@ -333,6 +346,11 @@ def _plugin_info() -> dict[str, Any]:
             "cycle_count": {"type": "integer"},
             "error_count": {"type": "integer"},
             "last_error": {"type": ["string", "null"]},
+            "first_started_at": {
+                "type": ["number", "null"],
+                "description": "unix time of the plugin's first start (carried across reloads)",
+            },
+            "uptime_s": {"type": ["number", "null"], "description": "seconds since then"},
             # iocmng 2.7.9's fields (iocmng/service/views.py)
             "status": {"enum": statuses},
             "running": {"type": "boolean"},

@@ -1,5 +1,5 @@
-"""The plugin routes of the REST API (under ``/api/v1``): health, list, add, get, remove, restart,
-run, trigger, logs, the event stream and the metrics."""
+"""The plugin routes of the REST API (under ``/api/v1``): health, apply, list, add, get, remove,
+restart, run, trigger, logs, the event stream and the metrics."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ routes = web.RouteTableDef()
 @routes.get("/api/v1/health")
 async def health(request: web.Request) -> web.Response:
     return reply(service(request).health())
+
+
+@routes.post("/api/v1/apply")
+async def apply(request: web.Request) -> web.Response:
+    """Reload now for the pending changes (IOCMNG_APPLY=manual holds them until this)."""
+    out = service(request).apply()
+    return reply(out, status=202 if out["reload_pending"] else 200)
 
 
 @routes.get(COLLECTION)

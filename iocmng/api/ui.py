@@ -392,21 +392,25 @@ def _page(
         else "none"
     )
     pending = svc.registry.state.generation if svc.reload_pending else ""
+    manual = svc.settings.apply == "manual"
     title = f"{name} · iocmng" if name else "iocmng"
     html = f"""<!doctype html>
 <html lang="en" class="no-js"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title><link rel="stylesheet" href="/ui/static/dashboard.css"></head>
 <body data-page="{page}" data-plugin="{escape(name)}" data-coll="{coll}" data-auth="{auth}"
- data-generation="{svc.generation}" data-pending="{pending}">
+ data-generation="{svc.generation}" data-pending="{pending}" data-apply="{"manual" if manual else "auto"}">
 <header><h1><a href="/">iocmng</a></h1><span class="meta">{escape(svc.prefix)} · generation
 <span id="generation">{svc.generation}</span> · v{escape(__version__)}</span>
 <form id="token-form" class="js-only" hidden><input id="token" type="password" autocomplete="off"
  placeholder="API token" aria-label="API token"><button type="submit">Use token</button>
 <button type="button" id="token-clear" hidden>Forget token</button><span id="token-state"></span></form>
 <span id="live" class="js-only" title="live updates (SSE)">○</span></header>
-<div id="banner" class="banner" role="status"{"" if pending else " hidden"}>Reload in progress: generation
+<div id="banner" class="banner" role="status"{"" if pending and not manual else " hidden"}>Reload in progress: generation
 <span id="pending-gen">{pending}</span> is starting; PVs reconnect in a few seconds.</div>
+<div id="apply-banner" class="banner" role="status"{"" if pending and manual else " hidden"}>Changes are pending
+for generation <span id="apply-gen">{pending}</span> (IOCMNG_APPLY=manual): <span id="apply-list"></span>
+<button class="js-only" id="apply-btn" type="button">Apply now (reload)</button></div>
 <div id="message" class="message" role="alert" hidden></div>
 <main>{main}</main>
 <script src="/ui/static/dashboard.js" defer></script>

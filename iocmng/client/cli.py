@@ -1,5 +1,5 @@
 """The ``iocmng`` commands that drive a running service over HTTP: ``task``,
-``job``, ``plugin``, ``screen``, ``health`` (the HTTP side is
+``job``, ``plugin``, ``screen``, ``health``, ``apply`` (the HTTP side is
 :mod:`iocmng.client.http`). Imports no server module: the command tree with
 the local commands (``run``, ``validate``, ``schema``) is :mod:`iocmng.cli`.
 
@@ -188,6 +188,20 @@ def cmd_health(c: Any, args: argparse.Namespace) -> int:
     return 0 if h.get("status") == "ok" else 1
 
 
+def cmd_apply(c: Any, args: argparse.Namespace) -> int:
+    """Apply the pending changes (a reload); ``--wait``: until the new generation answers."""
+    answer = c.post("/apply", timeout=60)
+    text = answer.get("message", "")
+    if answer.get("reload_pending") and args.wait:
+        import time
+
+        gen = int(answer["generation"])
+        c.wait_generation(gen, time.monotonic() + args.wait_timeout)
+        text = f"applied {len(answer.get('pending') or [])} change(s); generation {gen} is live"
+    _emit(args, answer, text)
+    return 0
+
+
 def client_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     # Accepted before the command and after the verb; the verb's copies default to
     # SUPPRESS so they do not overwrite a value given before the command.
@@ -323,3 +337,9 @@ def add_client_commands(sub: Any) -> None:
     screen.set_defaults(func=run_client, handler=cmd_screen)
     health = sub.add_parser("health", help="the service's health", parents=[common])
     health.set_defaults(func=run_client, handler=cmd_health)
+    apply = sub.add_parser(
+        "apply",
+        help="apply the pending changes now (a reload; IOCMNG_APPLY=manual holds them)",
+        parents=[common, wait],
+    )
+    apply.set_defaults(func=run_client, handler=cmd_apply)

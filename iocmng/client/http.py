@@ -215,6 +215,11 @@ class Client:
     ) -> dict[str, Any] | None:
         """``--wait``: the reload to its generation, then (``up``) the plugin to its state."""
         deadline = time.monotonic() + timeout
+        if answer.get("reload_pending") and answer.get("apply") == "manual":
+            raise Failed(
+                "the change is pending (the service has IOCMNG_APPLY=manual): "
+                "`iocmng apply --wait` applies it"
+            )
         if answer.get("reload_pending"):
             self.wait_generation(int(answer["generation"]), deadline)
         return self.wait_plugin(collection, name, deadline) if up else None
@@ -379,7 +384,14 @@ def health_text(h: dict[str, Any]) -> str:
         ("prefix", h.get("prefix")),
         ("plugins", f"{plugins.get('total', 0)}" + (f" ({counts})" if counts else "")),
     ]
+    reload = h.get("reload") or {}
+    if reload.get("state") not in (None, "none"):
+        pairs.append(("reload", reload["state"]))
     out = fields(pairs)
+    for change in h.get("pending_changes") or []:
+        out += f"\npending: {change.get('change')} {change.get('kind')} {change.get('plugin')}"
+    for work in reload.get("waiting_for") or []:
+        out += f"\nreload waits for: {work.get('plugin')} ({work.get('work')}, {work.get('running_s')} s)"
     for err in h.get("boot_errors") or []:
         out += f"\nboot error: {cell(err)}"
     return out

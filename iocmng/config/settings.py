@@ -103,6 +103,23 @@ class Settings(BaseSettings):
     reload_delay: float = Field(
         0.3, ge=0, description="Seconds to coalesce record-set changes into one reload"
     )
+    reload_wait: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="Seconds a reload waits for job runs and triggered cycles in progress "
+        "(then cancels them, and their answers say so)",
+    )
+    apply: Literal["auto", "manual"] = Field(
+        "auto",
+        description="auto: a change of the record set reloads at once; manual: changes wait, "
+        "pending, for POST /api/v1/apply",
+    )
+    keep_state: bool = Field(
+        False,
+        description="Also carry plugins' state and counters across a stop and start of the "
+        "service (SIGTERM), not only across reloads",
+    )
     max_body: int = Field(1 << 20, gt=0, description="Largest accepted request body, bytes")
     read_auth: bool = Field(
         False, description="Also require the API token for reads (except /api/v1/health)"
@@ -190,7 +207,7 @@ class Settings(BaseSettings):
             )
         return v or None
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "apply", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v

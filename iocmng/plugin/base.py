@@ -316,6 +316,24 @@ class PluginBase(ChannelFinderHelpers):
         overriding this one does not get :meth:`on_input` calls."""
         return None
 
+    # -- optional hooks: state carried across a reload --------------------------------------
+    def save_state(self) -> dict[str, Any] | None:
+        """Called when the plugin stops for a reload (its cycles have ended, before
+        :meth:`cleanup`); return a JSON-serializable dict to get it back in the next
+        generation, or None. May be ``async def``. Not called on a plain stop of the
+        service unless IOCMNG_KEEP_STATE=true."""
+        return None
+
+    def restore_state(
+        self, state: dict[str, Any], old_commit: str | None, new_commit: str | None
+    ) -> Any:
+        """Called in the next generation after :meth:`initialize` and before the first
+        cycle, with what :meth:`save_state` returned, and the source commit of the code
+        that saved it and of the code running now (None for a source without one): refuse
+        a state from other code by returning early. May be ``async def``. If it raises,
+        the error is logged and the plugin goes on without the state."""
+        return None
+
     # -- iocmng 2.7.9's author members (thin aliases; see docs/plugins.md) ---------------------
     def _has_pv(self, name: str) -> bool:
         records = getattr(self._ctx, "records", None)

@@ -58,6 +58,31 @@ PLUGIN_ERRORS = (Exception, SystemExit, PluginStalled)
 #: Bounded waits for plugin lifecycle calls.
 INIT_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
+#: The counters a plugin keeps across reloads (see :class:`Carried`).
+COUNTERS = (
+    "cycle_count",
+    "error_count",
+    "overruns",
+    "last_error",
+    "job_failures",
+    "stalls",
+    "first_started",
+)
+
+
+class WorkCut(Exception):
+    """A job run or a triggered cycle cancelled because a reload stopped waiting for it."""
+
+
+@dataclass
+class Carried:
+    """What a plugin hands to the next generation at a reload: its counters, the
+    dict its ``save_state()`` returned (None: no hook, or it failed), and the
+    source commit of the code that saved it."""
+
+    counters: dict[str, Any]
+    state: dict[str, Any] | None = None
+    commit: str | None = None
 
 
 #: Upper bounds (seconds) of the cycle/run duration histogram buckets.
@@ -119,6 +144,8 @@ class PluginSpec:
     #: The plugin class itself, when the caller already has it (``iocmng-run -m``,
     #: ``run_ioc(cls)``): used as is instead of importing the directory's module.
     cls: type[PluginBase] | None = None
+    #: The source commit of the code (handed to ``restore_state``), if it has one.
+    commit: str | None = None
 
 
 class PluginWiring(Protocol):
@@ -175,7 +202,17 @@ class PluginHandle:
         self.stalls = 0  # times the loop watchdog caught this plugin hogging the loop
         self.stalled: str | None = None  # set when the watchdog's limit stopped it: why
         self.job_failures = 0
+        #: Wall-clock time of the plugin's first start (carried across reloads): its uptime.
+        self.first_started: float | None = None
         self.task: asyncio.Task[None] | None = None
+        self.in_cycle = False  # a continuous task is inside a cycle
+        self.cycle_started = 0.0  # time.monotonic() when that cycle began
+        self.finishing = False  # a reload: end the cycle in progress, start no other
+        #: The job run or triggered cycle in progress (a reload may cut it), and why it was cut.
+        self.work: asyncio.Future[Any] | None = None
+        self.cut_reason: str | None = None
+        #: What save_state() returned at the last stop for a reload.
+        self.saved_state: dict[str, Any] | None = None
         self.enabled = True
         self._resume = asyncio.Event()
         self._status = -1
@@ -183,6 +220,7 @@ class PluginHandle:
         self._published_at = 0.0
         self._published_count = -1
         self.busy = False  # a job run or a triggered cycle in progress
+        self.busy_since = 0.0  # time.monotonic() when it began
         self.echo: dict[str, Any] = {}  # inputs last written by the plugin itself
         self._run_lock = asyncio.Lock()
         self._last_logged: tuple[str, float] = ("", 0.0)
@@ -388,6 +426,44 @@ class PluginHandle:
         return False
 
     # -- counters ---------------------------------------------------------------------------------
+    def counters(self) -> dict[str, Any]:
+        """The counters carried to the next generation."""
+        return {k: getattr(self, k) for k in COUNTERS}
+
+    def carry_counters(self, saved: dict[str, Any]) -> None:
+        """Go on from the counters of the previous generation (values of the wrong type are ignored)."""
+        for key in COUNTERS:
+            value = saved.get(key)
+            if key == "last_error":
+                if isinstance(value, str):
+                    self.last_error = value
+            elif key == "first_started":
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.first_started = float(value)
+            elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                setattr(self, key, value)
+
+    async def track(self, work: asyncio.Future[Any], *, shield: bool = True) -> Any:
+        """Await a job run's or triggered cycle's work; :class:`WorkCut` if a reload cut it.
+        ``shield``: the work goes on if the caller is cancelled (a job's timeout)."""
+        self.work = work
+        try:
+            return await (asyncio.shield(work) if shield else work)
+        except asyncio.CancelledError:
+            if self.cut_reason is not None and work.cancelled():
+                raise WorkCut(self.cut_reason) from None
+            raise
+        finally:
+            self.work = None
+
+    def cut(self, reason: str) -> bool:
+        """Cancel the work in progress (a reload stops waiting for it); True if there was some."""
+        if self.work is None or self.work.done():
+            return False
+        self.cut_reason = reason
+        self.work.cancel()
+        return True
+
     def publish_count(self, force: bool = False) -> None:
         if self.records is None or "CYCLE_COUNT" not in self.records:
             return
@@ -428,14 +504,16 @@ class PluginHandle:
     async def run_exclusive(self) -> AsyncIterator[None]:
         """One triggered cycle at a time; ``busy`` while it runs."""
         async with self._run_lock:
-            self.busy = True
+            self.busy, self.busy_since = True, time.monotonic()
+            self.cut_reason = None
             try:
                 yield
             finally:
                 self.busy = False
 
     def job_started(self) -> None:
-        self.busy = True
+        self.busy, self.busy_since = True, time.monotonic()
+        self.cut_reason = None
         self.set_state(State.RUNNING)
         self.set_status_index(JobStatus.RUNNING)
         self.set_message("running")
@@ -489,4 +567,10 @@ class PluginHandle:
             "overruns": self.overruns,
             "last_error": self.last_error,
             "enabled": self.enabled if self.kind == "task" else None,
+            "first_started_at": self.first_started,
+            "uptime_s": (
+                round(time.time() - self.first_started, 3)
+                if self.first_started is not None
+                else None
+            ),
         }

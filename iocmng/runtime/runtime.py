@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import logging
 import time
 import zlib
@@ -29,7 +30,7 @@ from ..declarative.links import link_protocol
 from ..declarative.logic import Logic
 from ..epics.backend import RecordBackend
 from ..epics.plan import RecordPlan, plan
-from ..errors import Conflict, IocmngError, NotFound, PluginLoadError
+from ..errors import Conflict, IocmngError, NotFound, PluginLoadError, Reloading
 from ..plugin.base import PluginBase, attach_context
 from ..plugin.job import JobBase, JobResult, describe, normalize_result
 from ..plugin.task import TaskBase
@@ -39,10 +40,12 @@ from .handle import (
     INIT_TIMEOUT,
     PLUGIN_ERRORS,
     STOP_TIMEOUT,
+    Carried,
     Durations,
     PluginHandle,
     PluginSpec,
     State,
+    WorkCut,
 )
 from .loader import kind_of, load_class, missing_abstract
 from .services import DeviceSource, RuntimeServices, plugin_logger
@@ -51,6 +54,7 @@ from .workers import WorkerPool
 
 __all__ = [
     "COUNTER_PERIOD",
+    "Carried",
     "DURATION_BUCKETS",
     "Durations",
     "PluginHandle",
@@ -82,6 +86,10 @@ class Runtime:
         self.bridge = bridge
         self.handles: dict[str, PluginHandle] = {}
         self.saved = saved or {}
+        #: What the previous generation's plugins handed over (counters, saved state), by name.
+        self.carried: dict[str, Carried] = {}
+        #: Set while a reload waits for the work in progress: why new runs are refused.
+        self.draining: str | None = None
         self.on_save = on_save
         self.devices = devices or {}
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -191,6 +199,9 @@ class Runtime:
             raise Conflict(f"a plugin named {spec.name!r} is already loaded")
         h = PluginHandle(spec, self.services)
         self.handles[spec.name] = h
+        carried = self.carried.get(spec.name)
+        if carried is not None:
+            h.carry_counters(carried.counters)
         if not spec.directory.is_dir():
             h.refuse(
                 f"the plugin's files are missing ({spec.directory}); was the data directory "
@@ -250,7 +261,10 @@ class Runtime:
 
     async def start_plugin(self, h: PluginHandle) -> None:
         assert h.cls is not None and h.records is not None
+        if h.first_started is None:
+            h.first_started = time.time()
         h.starting()
+        h.publish_count(force=True)  # CYCLE_COUNT goes on from the previous generation's
         instance = h.cls(name=h.name, parameters=h.params)
         assert isinstance(instance, (TaskBase, JobBase))  # the loader accepts nothing else
         h.instance = instance
@@ -280,6 +294,7 @@ class Runtime:
             h.fail(exc, "initialize")
             h.set_state(State.FAILED)
             return
+        await self._restore(h)
         if h.kind == "job":
             h.set_state(State.IDLE)
             h.set_message("ready")
@@ -290,20 +305,27 @@ class Runtime:
             )
         h.apply_enable()
 
-    async def stop_plugin(self, h: PluginHandle, timeout: float = STOP_TIMEOUT) -> None:
-        """Cancel the plugin's task within ``timeout``, then run cleanup()."""
+    async def stop_plugin(
+        self, h: PluginHandle, timeout: float = STOP_TIMEOUT, *, save: bool = False
+    ) -> None:
+        """Cancel the plugin's task within ``timeout`` (at a reload :meth:`finish_work` has
+        let the cycle in progress end first), then ``save_state()`` if ``save`` (a reload),
+        then cleanup()."""
         if h.task is not None:
             h.task.cancel()
             done, _ = await asyncio.wait({h.task}, timeout=timeout)
             if not done:
                 h.fail(TimeoutError(f"did not stop within {timeout}s"), "stop")
             h.task = None
+            h.finishing = h.in_cycle = False  # a cancelled cycle did not get to reset it
         for hook in list(h.hooks):
             hook.cancel()
         if h.wiring is not None:
             await h.wiring.close()
             h.wiring = None
-        if h.instance is not None and h.state not in (State.STOPPED, State.FAILED, State.PENDING):
+        started = h.state not in (State.STOPPED, State.FAILED, State.PENDING)
+        h.saved_state = await self._save(h) if save and started else None
+        if h.instance is not None and started:
             try:
                 async with asyncio.timeout(timeout):
                     await self.call(h.instance.cleanup)
@@ -318,14 +340,119 @@ class Runtime:
         await self.stop_plugin(h)
         h.hold_failed(reason)
 
-    async def stop(self) -> None:
-        """Stop every plugin (in parallel) and the worker pool."""
-        await asyncio.gather(*(self.stop_plugin(h) for h in self.handles.values()))
+    async def stop(self, *, save: bool = False) -> dict[str, Carried]:
+        """Stop every plugin (in parallel) and the worker pool. With ``save`` (a
+        reload), each plugin's ``save_state()`` is called: what the next generation
+        gets back, with the counters, is returned."""
+        await asyncio.gather(*(self.stop_plugin(h, save=save) for h in self.handles.values()))
         if self.pool is not None:
             self.pool.close()
         if self._pva is not None:
             self._pva.close()
             self._pva = None
+        if not save:
+            return {}
+        return {
+            name: Carried(h.counters(), h.saved_state, h.spec.commit)
+            for name, h in self.handles.items()
+        }
+
+    # -- state carried across a reload ---------------------------------------------------
+    async def _save(self, h: PluginHandle) -> dict[str, Any] | None:
+        """The plugin's ``save_state()``, checked (a dict that JSON can hold); None if it
+        has no such hook or the hook failed (logged)."""
+        instance = h.instance
+        if instance is None or not _overridden(instance, "save_state", PluginBase):
+            return None
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                state = await self.call(instance.save_state)
+            if state is None:
+                return None
+            if not isinstance(state, dict):
+                raise TypeError(
+                    f"save_state() returned a {type(state).__name__}; return a dict (or None)"
+                )
+            json.dumps(state)  # TypeError/ValueError now rather than at the write
+        except PLUGIN_ERRORS as exc:
+            self._hook_failed(h, "save_state", exc, "the next generation starts it fresh")
+            return None
+        return state
+
+    async def _restore(self, h: PluginHandle) -> None:
+        """Hand the previous generation's saved state to ``restore_state()``, once."""
+        carried = self.carried.pop(h.name, None)
+        instance = h.instance
+        if carried is None or carried.state is None or instance is None:
+            return
+        if not _overridden(instance, "restore_state", PluginBase):
+            return
+        try:
+            async with asyncio.timeout(INIT_TIMEOUT):
+                await self.call(
+                    instance.restore_state, carried.state, carried.commit, h.spec.commit
+                )
+        except PLUGIN_ERRORS as exc:
+            self._hook_failed(h, "restore_state", exc, "it goes on without the saved state")
+            return
+        self.plugin_logger(h.name).info(
+            "state restored (saved by commit %s)", (carried.commit or "-")[:12]
+        )
+
+    def _hook_failed(self, h: PluginHandle, hook: str, exc: BaseException, then: str) -> None:
+        """A failing save_state/restore_state: logged, last_error, an event; not a failed plugin."""
+        text = f"{hook}: {describe(exc)}; {then}"
+        h.last_error = text
+        self.plugin_logger(h.name).error(
+            "%s failed; %s", hook, then, exc_info=(type(exc), exc, exc.__traceback__)
+        )
+        self.emit("error", plugin=h.name, error=text)
+
+    # -- work in progress at a reload -------------------------------------------------------
+    def busy(self) -> list[dict[str, Any]]:
+        """The job runs and triggered cycles in progress, and the continuous cycles a
+        reload lets end (what a reload waits for)."""
+        now = time.monotonic()
+        out = []
+        for h in self.handles.values():
+            if h.busy:
+                work, since = ("job run" if h.kind == "job" else "triggered cycle"), h.busy_since
+            elif h.finishing and h.in_cycle:
+                work, since = "continuous cycle", h.cycle_started
+            else:
+                continue
+            out.append({"plugin": h.name, "work": work, "running_s": round(now - since, 3)})
+        return out
+
+    async def finish_work(
+        self, limit: float, give_up: Callable[[], bool] = lambda: False
+    ) -> list[str]:
+        """Refuse new runs, wait up to ``limit`` s for those in progress; then let each
+        continuous task end the cycle it is in (it starts no other) within what is left
+        of ``limit``; then cancel the runs still going (their answers say why). Return
+        the names of the plugins cut."""
+        self.draining = "the service is reloading"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+
+        async def until(done: Callable[[], bool]) -> None:
+            while loop.time() < deadline and not give_up():
+                if done():
+                    return
+                await asyncio.sleep(0.02)  # polled: the work ends in plugin code, unannounced
+
+        await until(lambda: not any(h.busy for h in self.handles.values()))
+        for h in self.handles.values():
+            if h.task is not None:
+                h.finishing = True
+        await until(lambda: not any(h.in_cycle for h in self.handles.values()))
+        reason = (
+            f"cancelled: the service reloaded after waiting {limit:g} s for it (IOCMNG_RELOAD_WAIT)"
+        )
+        cut = [h.name for h in self.handles.values() if h.busy and h.cut(reason)]
+        for _ in range(3):  # let the cut runs answer (their handlers resume on the loop)
+            await asyncio.sleep(0)
+        return cut
 
     async def restart(
         self,
@@ -333,8 +460,10 @@ class Runtime:
         parameters: dict[str, Any] | None = None,
         directory: Path | None = None,
         extra_paths: list[Path] | None = None,
+        commit: str | None = None,
     ) -> PluginHandle:
-        """Re-import the code (from ``directory``, e.g. a new clone) and restart the plugin live (same records)."""
+        """Re-import the code (from ``directory``, e.g. a new clone at ``commit``) and restart
+        the plugin live (same records); its saved state and counters carry over, as at a reload."""
         h = self.get(name)
         old = h.spec
         spec = PluginSpec(
@@ -342,13 +471,15 @@ class Runtime:
             directory or old.directory,
             old.parameters if parameters is None else parameters,
             old.extra_paths if extra_paths is None else extra_paths,
+            commit=commit if directory is not None else old.commit,
         )
         cls, config, p = self.load_code(spec)  # raises before anything is stopped
         params = p.parameters_dict()
         logic = self.compile_logic(cls, config, params)
         if h.records is None:
             raise Conflict(f"plugin {name!r} has no records in this generation; it needs a reload")
-        await self.stop_plugin(h)
+        await self.stop_plugin(h, save=True)
+        self.carried[name] = Carried(h.counters(), h.saved_state, old.commit)
         h.reload(spec, cls, config, params, logic)
         h.plan = p
         await self.start_plugin(h)
@@ -369,18 +500,21 @@ class Runtime:
         # do not all wake in the same instant (jitter), stable per name.
         phase = (zlib.crc32(h.name.encode()) % 1000) / 1000 * interval
         next_t = loop.time() + min(phase, 1.0)
-        while (
-            h.stalled is None
-        ):  # the watchdog's limit ends the loop (the service stops the plugin)
+        # The watchdog's limit ends the loop (the service stops the plugin); so does a
+        # stop, once the cycle in progress is over (``finishing``).
+        while h.stalled is None and not h.finishing:
             delay = next_t - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+                if h.finishing:  # a reload: no new cycle
+                    break
             if not h.enabled:
                 await h.wait_resumed()
                 next_t = loop.time()
                 continue
             start = loop.time()
             lateness = start - next_t
+            h.in_cycle, h.cycle_started = True, time.monotonic()
             try:  # a failure of the rules is a failed cycle, never the end of the loop
                 errors: Sequence[tuple[str, BaseException]] = (
                     h.wiring.cycle() if h.wiring is not None else ()
@@ -399,6 +533,7 @@ class Runtime:
                     h.fail(errors[0][1], errors[0][0])
                 else:
                     h.cycle_ok()
+            h.in_cycle = False
             end = loop.time()
             next_t += interval
             overrun = end > next_t
@@ -428,6 +563,9 @@ class Runtime:
         if not h.enabled:
             h.set_message("disabled: RUN ignored")
             raise Conflict(f"plugin {h.name!r} is disabled (ENABLE=0)")
+        if self.draining:
+            h.set_message("reloading: RUN ignored")
+            raise Reloading(f"{self.draining}; run {h.name!r} again once it is back")
         instance = h.instance
         assert instance is not None
         assert isinstance(instance, TaskBase)
@@ -441,7 +579,7 @@ class Runtime:
                 errors = h.wiring.cycle() if h.wiring is not None else ()
                 if errors:
                     raise errors[0][1]
-                await self.call(fn)
+                await h.track(asyncio.ensure_future(self.call(fn)), shield=False)
             except PLUGIN_ERRORS as exc:
                 ok, error = False, describe(exc)
                 h.fail(exc, "triggered")
@@ -550,6 +688,8 @@ class Runtime:
             raise Conflict(
                 f"job {name!r} is {'running' if h.busy else h.state}; try again when it is idle"
             )
+        if self.draining:
+            raise Reloading(f"{self.draining}; run {name!r} again once it is back")
         instance = h.instance
         assert instance is not None and self.pool is not None
         h.job_started()
@@ -571,7 +711,10 @@ class Runtime:
 
         try:
             async with asyncio.timeout(timeout):
-                result = normalize_result(await asyncio.shield(work))
+                result = normalize_result(await h.track(work))
+        except WorkCut as exc:
+            result = JobResult(False, {}, str(exc))
+            h.fail(exc, "execute")
         except TimeoutError:
             if inspect.iscoroutinefunction(execute):
                 work.cancel()

@@ -24,12 +24,13 @@ import shutil
 import signal
 import socket
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config.settings import StartupPlugin
 from ..errors import IocmngError
 from ..runtime.handle import PluginHandle, PluginSpec, State
 from ..runtime.watchdog import LoopWatchdog, exit_after, stalled_plugin_in_trace
+from .carryover import discard_carried, read_carried, write_carried
 from .legacy_registry import mark_imported, read_legacy
 from .mutations import Mutations, entry_of
 from .parts import Parts
@@ -82,9 +83,83 @@ class Lifecycle:
         self._reload_timer: asyncio.TimerHandle | None = None
         self._reload_deadline = 0.0
         self._starting: asyncio.Task[None] | None = None
+        self._waiting = False  # the reload waits for the work in progress
         self._background: set[asyncio.Task[None]] = set()  # plugins being stopped by the watchdog
 
     # -- reload and stop requests --------------------------------------------------------------
+    def changed(self) -> None:
+        """A change was committed (or withdrawn): reload soon (IOCMNG_APPLY=auto), or keep
+        it pending for :meth:`apply` (manual); nothing left pending: no reload at all."""
+        svc = self.svc
+        if not self.mutations.reads.pending_changes():
+            self._withdrawn()
+        elif svc.settings.apply == "auto":
+            self.schedule_reload()
+        else:
+            log.info(
+                "%d change(s) pending for generation %d: POST /api/v1/apply applies them",
+                len(self.mutations.reads.pending_changes()),
+                svc.registry.state.generation,
+            )
+
+    def _withdrawn(self) -> None:
+        """Every pending change was withdrawn: the registry goes back to this generation."""
+        if self._reload_timer is not None:
+            self._reload_timer.cancel()
+            self._reload_timer = None
+        registry, served = self.svc.registry, self.svc.served
+        if registry.state.generation != served.generation and not self._reload_requested:
+            try:
+                registry.commit(generation=served.generation)
+            except IocmngError as exc:  # a read-only data directory: the reload stays due
+                log.warning("cannot take back the pending generation: %s", exc.detail)
+
+    def apply(self) -> dict[str, Any]:
+        """POST /api/v1/apply: reload now for the pending changes (if any)."""
+        svc = self.svc
+        pending = self.mutations.reads.pending_changes()
+        if not pending:
+            return {
+                "ok": True,
+                "message": "nothing to apply: no change is pending",
+                "reload_pending": False,
+                "generation": svc.served.generation,
+                "pending": [],
+            }
+        if not self._reload_requested:
+            loop = asyncio.get_running_loop()
+            if self._reload_timer is not None:
+                self._reload_timer.cancel()
+            self._reload_deadline = loop.time() + RELOAD_DEFER
+            self._reload_timer = loop.call_later(0, self._request_reload)
+        generation = svc.registry.state.generation
+        log.info("apply: reloading to generation %d for %d change(s)", generation, len(pending))
+        return {
+            "ok": True,
+            "message": f"applying {len(pending)} change(s): generation {generation} serves them "
+            "after the reload",
+            "reload_pending": True,
+            "generation": generation,
+            "pending": pending,
+        }
+
+    def reload_status(self) -> dict[str, Any]:
+        """What /health says of the reload: none, scheduled, or waiting for work in progress."""
+        state = (
+            "waiting"
+            if self._waiting
+            else "stopping"
+            if self._reload_requested
+            else "scheduled"
+            if self._reload_timer is not None
+            else "none"
+        )
+        return {
+            "state": state,
+            "waiting_for": self.svc.runtime.busy() if self._waiting else [],
+            "wait_limit_s": self.svc.settings.reload_wait,
+        }
+
     def schedule_reload(self) -> None:
         """Coalesce: one reload ``reload_delay`` after the first pending change."""
         if self._reload_timer is None and not self._reload_requested:
@@ -97,6 +172,9 @@ class Lifecycle:
     def _request_reload(self) -> None:
         self._reload_timer = None
         loop = asyncio.get_running_loop()
+        if not self.mutations.reads.pending_changes():  # withdrawn meanwhile
+            self._withdrawn()
+            return
         if self.mutations.adding and loop.time() < self._reload_deadline:
             # Adds in flight commit into this same reload; HTTP keeps answering meanwhile.
             self._reload_timer = loop.call_later(0.1, self._request_reload)
@@ -274,9 +352,18 @@ class Lifecycle:
         if svc.fresh_start:
             await self._register_startup()
         svc.runtime.saved = svc.autosave.load()
+        # counters and saved state: across a reload, or a start too with IOCMNG_KEEP_STATE
+        if svc.fresh_start and not svc.settings.keep_state:
+            await asyncio.to_thread(discard_carried, svc.data_dir)
+        else:
+            svc.runtime.carried = await asyncio.to_thread(
+                read_carried, svc.data_dir, dict(svc.registry.plugins)
+            )
         for name, e in sorted(svc.registry.plugins.items()):
             extra = [Path(e.deps_dir)] if e.deps_dir else []
-            svc.runtime.prepare(PluginSpec(name, Path(e.plugin_dir), e.parameters, extra))
+            svc.runtime.prepare(
+                PluginSpec(name, Path(e.plugin_dir), e.parameters, extra, commit=e.source.commit)
+            )
         for (
             name,
             e,
@@ -306,6 +393,7 @@ class Lifecycle:
                 h.refuse(e.failed)
         if svc.safe_mode:
             self._hold_plugins()
+        svc.served.entries = dict(svc.registry.plugins)
         svc.bridge.start(asyncio.get_running_loop())
         for h in svc.runtime.handles.values():
             if h.stalled is not None:
@@ -388,6 +476,8 @@ class Lifecycle:
             )
         await self._stop.wait()
         reload = self._reload_requested
+        if reload and not self._shutdown_requested:
+            await self._finish_work()
         # Stop accepting at once: from here new connections wait in the
         # listening socket's backlog (for the next generation, on a reload)
         # instead of being accepted by a server that is about to go away.
@@ -409,7 +499,11 @@ class Lifecycle:
         if not await front.drain(grace):
             log.warning("requests still running after %.0f s; closing them", grace)
         await front.close()
-        await self._stop_parts()
+        # counters and saved state go to the next generation (a reload), or to the next
+        # start with IOCMNG_KEEP_STATE
+        await self._stop_parts(
+            carry=(reload and not self._shutdown_requested) or svc.settings.keep_state
+        )
         if reload and not self._shutdown_requested:
             exec_next_generation(sock)
         if reload:
@@ -419,6 +513,27 @@ class Lifecycle:
             )
         sock.close()
         return reload
+
+    async def _finish_work(self) -> None:
+        """Before stopping: let job runs and triggered cycles in progress end (HTTP still
+        answers, /health says what is awaited), up to IOCMNG_RELOAD_WAIT, then cut them."""
+        runtime, limit = self.svc.runtime, self.svc.settings.reload_wait
+        busy = runtime.busy()
+        if busy:
+            log.info(
+                "reload: waiting up to %g s for %s",
+                limit,
+                ", ".join(f"{b['plugin']} ({b['work']})" for b in busy),
+            )
+        self._waiting = True
+        try:
+            cut = await runtime.finish_work(limit, lambda: self._shutdown_requested)
+        finally:
+            self._waiting = False
+        if cut:
+            log.warning(
+                "reload: cancelled the work still running after %g s: %s", limit, ", ".join(cut)
+            )
 
     async def _settle_adds(self) -> None:
         """On a reload, let adds in flight (clone, validation) commit first, a moment only (clients
@@ -443,14 +558,19 @@ class Lifecycle:
                     )
         mutations.abandon_adds()  # an add arriving on a kept-alive connection now: the next generation takes it
 
-    async def _stop_parts(self) -> None:
-        """Plugins, devices, watchdog, autosave and the log capture, in that order."""
+    async def _stop_parts(self, *, carry: bool = False) -> None:
+        """Plugins (``carry``: their state and counters written for the next start), devices,
+        watchdog, autosave and the log capture, in that order."""
         svc = self.svc
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
         if self._starting is not None:
             await asyncio.wait({self._starting})
-        await svc.runtime.stop()
+        carried = await svc.runtime.stop(save=carry)
+        if carry:
+            await asyncio.to_thread(
+                write_carried, svc.data_dir, carried, dict(svc.registry.plugins)
+            )
         await asyncio.to_thread(svc.devices.close)
         if self.watchdog is not None:
             await self.watchdog.stop()

@@ -115,9 +115,11 @@ class Mutations:
         generation = self.registry.state.generation
         return {
             "ok": True,
-            "message": f"{cand.kind} {req.name!r} added; generation {generation} will serve it",
+            "message": f"{cand.kind} {req.name!r} added; generation {generation} will serve it"
+            + self._when(),
             "plugin": self.reads.info(req.name),
             "reload_pending": True,
+            "apply": self.settings.apply,
             "generation": generation,
             # iocmng 2.7.9's validation report, then this pipeline's steps
             "validation": {
@@ -165,19 +167,31 @@ class Mutations:
                     field="name",
                 )
 
+    def _when(self) -> str:
+        """When a committed change is applied, for the answer's message."""
+        if self.settings.apply == "manual":
+            return " after POST /api/v1/apply (IOCMNG_APPLY=manual)"
+        return ""
+
     # -- remove -------------------------------------------------------------------------------
     async def remove(self, name: str, kind: str | None = None) -> dict[str, Any]:
+        manual = self.settings.apply == "manual"
         async with self.lock:
             entry = self.reads.get_kind(name, kind)
+            if self.reads.is_pending_add(name):
+                return await self._withdraw(entry)
             # Persist first: if the data directory refuses the write (full,
             # read-only), the plugin is still registered and keeps running.
             self.registry.commit(remove=name, bump=not self.reads.reload_pending)
-            h = self.runtime.handles.pop(name, None)
+            # IOCMNG_APPLY=manual: it runs until the reload applies the removal (its
+            # files are removed as orphans at that start)
+            h = None if manual else self.runtime.handles.pop(name, None)
             if h is not None:
                 await self.runtime.stop_plugin(h)
         self.autosave.forget(name)
         self.logs.forget(name)
-        await asyncio.to_thread(delete_files, self.data_dir, entry)
+        if not manual:
+            await asyncio.to_thread(delete_files, self.data_dir, entry)
         log.info(
             "removed %s; generation %d drops its records", name, self.registry.state.generation
         )
@@ -186,10 +200,32 @@ class Mutations:
         generation = self.registry.state.generation
         return {
             "ok": True,
-            "message": f"{entry.kind} {name!r} removed; generation {generation} drops its PVs",
+            "message": f"{entry.kind} {name!r} removed; generation {generation} drops its PVs"
+            + self._when(),
             "removed": name,
             "reload_pending": True,
+            "apply": self.settings.apply,
             "generation": generation,
+        }
+
+    async def _withdraw(self, entry: Entry) -> dict[str, Any]:
+        """DELETE of a plugin whose add waits for the reload: taken back, no reload for it."""
+        name = entry.name
+        self.registry.commit(remove=name)
+        self.autosave.forget(name)
+        self.logs.forget(name)
+        await asyncio.to_thread(delete_files, self.data_dir, entry)
+        self.changed()  # nothing else pending: the reload is called off
+        log.info("withdrew the pending add of %s", name)
+        self.runtime.emit("removed", plugin=name, generation=self.registry.state.generation)
+        pending = self.reads.reload_pending
+        return {
+            "ok": True,
+            "message": f"the pending add of {entry.kind} {name!r} was withdrawn"
+            + ("" if pending else "; nothing to reload"),
+            "removed": name,
+            "reload_pending": pending,
+            "generation": self.registry.state.generation,
         }
 
     # -- restart ------------------------------------------------------------------------------
@@ -255,7 +291,13 @@ class Mutations:
                 live = h.records is not None and sorted(records) == sorted(h.records.names())
                 if live:
                     extra = [Path(new_entry.deps_dir)] if new_entry.deps_dir else []
-                    await self.runtime.restart(name, params, Path(new_entry.plugin_dir), extra)
+                    await self.runtime.restart(
+                        name,
+                        params,
+                        Path(new_entry.plugin_dir),
+                        extra,
+                        commit=new_entry.source.commit,
+                    )
                 self.registry.commit(add=new_entry, bump=not live and not self.reads.reload_pending)
             except BaseException:
                 if cand is not None:
@@ -282,14 +324,16 @@ class Mutations:
                 "reload_pending": False,
                 "generation": self.reads.served.generation,
             }
+        self.reads.served.restarts.add(name)
         self.changed()
         generation = self.registry.state.generation
         return {
             "ok": True,
             "message": f"{entry.kind} {name!r} restarts with generation {generation} (its PVs "
-            f"change){note}",
+            f"change){note}" + self._when(),
             "plugin": self.reads.info(name),
             "reload_pending": True,
+            "apply": self.settings.apply,
             "generation": generation,
         }
 

@@ -35,6 +35,10 @@ class Served:
     generation: int = 0
     started_at: float = field(default_factory=time.time)
     boot_errors: list[str] = field(default_factory=list)
+    #: The registry's plugins as this generation serves them (set at boot).
+    entries: dict[str, Entry] = field(default_factory=dict)
+    #: Plugins restarted since, whose restart waits for the reload (new PVs, or none built here).
+    restarts: set[str] = field(default_factory=set)
 
 
 class Reads:
@@ -54,6 +58,30 @@ class Reads:
     def reload_pending(self) -> bool:
         """A change is committed that a later generation (after the reload) serves."""
         return self.registry.state.generation > self.served.generation
+
+    def pending_changes(self) -> list[dict[str, Any]]:
+        """The committed changes the next reload applies: adds, removes, and restarts that
+        change a plugin's records or that this generation could not apply (a plugin with no
+        records built here); a restart that keeps them is applied live."""
+        served, wanted = self.served.entries, self.registry.plugins
+        out: list[dict[str, Any]] = []
+        for name in sorted(served.keys() | wanted.keys()):
+            old, new = served.get(name), wanted.get(name)
+            same = old is not None and new is not None and old.added_at == new.added_at
+            if old is not None and not same:
+                out.append({"change": "remove", "plugin": name, "kind": old.kind})
+            if new is None:
+                continue
+            if old is None or not same:
+                out.append({"change": "add", "plugin": name, "kind": new.kind})
+            elif old.records != new.records or name in self.served.restarts:
+                out.append({"change": "restart", "plugin": name, "kind": new.kind})
+        return out
+
+    def is_pending_add(self, name: str) -> bool:
+        """``name`` is registered but not served yet (its add waits for the reload)."""
+        new, old = self.registry.plugins.get(name), self.served.entries.get(name)
+        return new is not None and (old is None or old.added_at != new.added_at)
 
     def get_kind(self, name: str, kind: str | None) -> Entry:
         entry = self.registry.plugins.get(name)
@@ -82,6 +110,8 @@ class Reads:
                 "overruns": 0,
                 "last_error": None,
                 "enabled": None,
+                "first_started_at": None,
+                "uptime_s": None,
             }
         static, planned_params = self._static_info(entry, h)
         out.update(static)

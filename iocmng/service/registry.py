@@ -112,9 +112,15 @@ class Registry:
         return self.state.plugins
 
     def commit(
-        self, *, add: Entry | None = None, remove: str | None = None, bump: bool = False
+        self,
+        *,
+        add: Entry | None = None,
+        remove: str | None = None,
+        bump: bool = False,
+        generation: int | None = None,
     ) -> None:
-        """Apply one change and persist it; ``bump`` moves to the next generation."""
+        """Apply one change and persist it; ``bump`` moves to the next generation,
+        ``generation`` sets it (back to the served one when every pending change is withdrawn)."""
         new = self.state.model_copy(deep=True)
         if add is not None:
             new.plugins[add.name] = add
@@ -122,6 +128,8 @@ class Registry:
             new.plugins.pop(remove, None)
         if bump:
             new.generation += 1
+        if generation is not None:
+            new.generation = generation
         old, self.state = self.state, new
         try:
             self.save()

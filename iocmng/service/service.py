@@ -92,7 +92,7 @@ class Service(Parts):
             reads=self.reads,
             autosave=self.autosave,
             logs=self.logs,
-            changed=lambda: self.lifecycle.schedule_reload(),
+            changed=lambda: self.lifecycle.changed(),
         )
         self.lifecycle = Lifecycle(self, self.mutations)
         self.metrics = make_registry(self)
@@ -132,7 +132,16 @@ class Service(Parts):
         return await self.reads.list_json(kind)
 
     def health(self) -> dict[str, Any]:
-        return self.reads.health()
+        return {
+            **self.reads.health(),
+            "apply": self.settings.apply,
+            "pending_changes": self.reads.pending_changes(),
+            "reload": self.lifecycle.reload_status(),
+        }
+
+    def apply(self) -> dict[str, Any]:
+        """Reload now for the pending changes (IOCMNG_APPLY=manual keeps them until this)."""
+        return self.lifecycle.apply()
 
     # -- what the REST app changes -------------------------------------------------------------
     async def add(self, req: Request) -> dict[str, Any]:

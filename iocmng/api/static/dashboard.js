@@ -18,7 +18,8 @@
   const KEY = "iocmng-token";
   const $ = (sel, root) => (root || document).querySelector(sel);
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})[c]);
-  const state = {generation: +body.dataset.generation, pending: body.dataset.pending ? +body.dataset.pending : null};
+  const state = {generation: +body.dataset.generation, pending: body.dataset.pending ? +body.dataset.pending : null,
+    manual: body.dataset.apply === "manual", applying: false, changes: []};
 
   // -- messages, token ------------------------------------------------------------------------
   function say(text, error) {
@@ -79,10 +80,14 @@
   $("#token-clear").addEventListener("click", () => { sessionStorage.removeItem(KEY); showToken(); say(""); });
 
   // -- reload banner ------------------------------------------------------------------------------
+  // IOCMNG_APPLY=manual: pending changes wait for the Apply button (POST /api/v1/apply).
   function banner() {
     const pending = state.pending && state.pending > state.generation;
-    $("#banner").hidden = !pending;
-    if (pending) $("#pending-gen").textContent = state.pending;
+    const held = pending && state.manual && !state.applying;
+    $("#banner").hidden = !pending || held;
+    $("#apply-banner").hidden = !held;
+    if (pending) { $("#pending-gen").textContent = state.pending; $("#apply-gen").textContent = state.pending; }
+    $("#apply-list").textContent = state.changes.map((c) => `${c.change} ${c.plugin}`).join(", ");
     $("#generation").textContent = state.generation;
   }
   async function refreshHealth() {
@@ -90,8 +95,18 @@
     if (!r.ok) return;
     state.generation = r.data.generation;
     state.pending = r.data.pending_generation;
+    state.manual = r.data.apply === "manual";
+    state.changes = r.data.pending_changes || [];
+    if (!state.pending) state.applying = false;
     banner();
   }
+  $("#apply-btn").addEventListener("click", async () => {
+    const r = await api("POST", "/api/v1/apply");
+    if (r.ok) {
+      state.applying = r.data.reload_pending; banner();
+      say(r.data.message);
+    } else if (r.status !== 401) say(problem(r), true);
+  });
   const genOf = (p) => (p.state === "pending" && state.pending ? state.pending : state.generation);
 
   // -- the plugin list ------------------------------------------------------------------------------
@@ -306,10 +321,10 @@
     if (page === "list") await refreshList(); else if (plugin) await refreshPlugin(plugin);
   }
   function handle(type, ev) {
-    if (type === "reload") { state.pending = ev.next_generation; banner(); return; }
+    if (type === "reload") { state.pending = ev.next_generation; state.applying = true; banner(); return; }
     if (type === "shutdown") { say("The service is shutting down.", true); return; }
     if (type === "dropped") { refreshAll(); return; }
-    if (type === "added" || type === "removed") { state.pending = ev.generation; banner(); }
+    if (type === "added" || type === "removed") { state.pending = ev.generation; banner(); refreshHealth(); }
     if (ev.plugin) refreshPlugin(ev.plugin);
   }
   async function connect(fresh) {
