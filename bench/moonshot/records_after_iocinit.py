@@ -43,13 +43,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # bench/loopback.py
+from loopback import LOOPBACK  # noqa: E402
+
 ENV = {
-    "EPICS_CA_ADDR_LIST": "127.0.0.1",
-    "EPICS_CA_AUTO_ADDR_LIST": "NO",
-    "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-    "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-    "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-    "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+    **LOOPBACK,
     "EPICS_CA_SERVER_PORT": "25064",
     "EPICS_CA_REPEATER_PORT": "25065",
     "EPICS_PVA_SERVER_PORT": "25075",
