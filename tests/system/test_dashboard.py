@@ -259,3 +259,33 @@ async def test_dashboard(server: Server, browser: Any, tmp_path: Path) -> None:
         for path in ("/", "/ui/static/dashboard.js", "/ui/static/dashboard.css")
     }
     assert sum(sizes.values()) < 100_000, sizes
+
+
+@pytest.mark.server(env={"IOCMNG_APPLY": "manual"})
+async def test_dashboard_applies_pending_changes(server: Server, browser: Any) -> None:
+    """IOCMNG_APPLY=manual: the page lists the pending change and its Apply button reloads."""
+    srv = server
+    gen = rest(srv, "/health")["generation"]
+    page = await (await browser.new_context()).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"http://127.0.0.1:{srv.http_port}/")
+    await expect(page.locator("#live")).to_have_class("on", timeout=10_000)
+    await expect(page.locator("#apply-banner")).to_be_hidden()
+
+    r = srv.call("POST", "/tasks", {"name": "mon", "local_path": str(EXAMPLES / "sync_monitor")})
+    assert r.status == 201 and r.body["apply"] == "manual", r.text
+    banner = page.locator("#apply-banner")
+    await expect(banner).to_be_visible(timeout=10_000)  # from the SSE `added` event
+    await expect(banner).to_contain_text("add mon")
+    await expect(page.locator("#banner")).to_be_hidden()
+    assert rest(srv, "/health")["generation"] == gen  # nothing applied yet
+
+    await page.locator("#apply-btn").click()
+    await expect(page.locator("#message")).to_contain_text("applying 1 change(s)")
+    await expect(page.locator("#generation")).to_have_text(str(gen + 1), timeout=30_000)
+    await expect(banner).to_be_hidden()
+    await expect(page.locator('#plugins tr[data-name="mon"]')).to_contain_text(
+        "running", timeout=30_000
+    )
+    assert errors == []
