@@ -281,3 +281,34 @@ async def test_manual_apply_holds_changes_until_asked(
     h2 = srv.call("GET", "/health").body
     assert h2["generation"] == h["generation"] and h2["pending_generation"] is None
     assert h2["uptime_s"] > started  # the same process generation: no reload happened
+
+
+async def test_a_plain_restart_keeps_state_only_when_asked(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    srv = server_factory()
+    keeper = plugin_dir(tmp_path, "keeper", KEEPER_PY, KEEPER_YAML)
+    srv.wait_generation(added(srv, "keeper", local_path=str(keeper))["generation"])
+
+    async def counted_past(n: int) -> int:
+        await wait_for(lambda: ca_value_above(srv.pv("keeper", "TOTAL"), n), timeout=30)
+        return info(srv, "keeper")["cycle_count"]
+
+    # A stop and start of the service (SIGTERM): by default everything starts fresh.
+    before = await counted_past(40)
+    assert srv.stop() == 0
+    srv.start()
+    assert info(srv, "keeper")["cycle_count"] < before
+    assert await ca_value(srv.pv("keeper", "RESTORED"), datatype=str) == ""
+
+    # IOCMNG_KEEP_STATE=true: save_state runs on SIGTERM, the next start hands it back.
+    srv.extra_env["IOCMNG_KEEP_STATE"] = "true"
+    assert srv.stop() == 0
+    srv.start()
+    before = await counted_past(40)
+    total = await caget(srv.pv("keeper", "TOTAL"), timeout=5)
+    assert srv.stop() == 0
+    srv.start()
+    assert info(srv, "keeper")["cycle_count"] >= before
+    assert await ca_value(srv.pv("keeper", "TOTAL")) >= total
+    assert await ca_value(srv.pv("keeper", "RESTORED"), datatype=str) == "- -"
