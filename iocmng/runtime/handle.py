@@ -464,6 +464,13 @@ class PluginHandle:
         self.work.cancel()
         return True
 
+    def publish_carried(self) -> None:
+        """CYCLE_COUNT goes on from the previous generation's count (without starting the
+        publish throttle: the first cycle of this generation still publishes at once)."""
+        if self.cycle_count and self.records is not None and "CYCLE_COUNT" in self.records:
+            self._published_count = self.cycle_count
+            self.records.set("CYCLE_COUNT", self.cycle_count)
+
     def publish_count(self, force: bool = False) -> None:
         if self.records is None or "CYCLE_COUNT" not in self.records:
             return

@@ -264,7 +264,7 @@ class Runtime:
         if h.first_started is None:
             h.first_started = time.time()
         h.starting()
-        h.publish_count(force=True)  # CYCLE_COUNT goes on from the previous generation's
+        h.publish_carried()
         instance = h.cls(name=h.name, parameters=h.params)
         assert isinstance(instance, (TaskBase, JobBase))  # the loader accepts nothing else
         h.instance = instance
