@@ -91,14 +91,15 @@ class Lifecycle:
         """A change was committed (or withdrawn): reload soon (IOCMNG_APPLY=auto), or keep
         it pending for :meth:`apply` (manual); nothing left pending: no reload at all."""
         svc = self.svc
-        if not self.mutations.reads.pending_changes():
+        pending = self.mutations.reads.pending_changes()
+        if not pending:
             self._withdrawn()
         elif svc.settings.apply == "auto":
             self.schedule_reload()
         else:
             log.info(
                 "%d change(s) pending for generation %d: POST /api/v1/apply applies them",
-                len(self.mutations.reads.pending_changes()),
+                len(pending),
                 svc.registry.state.generation,
             )
 
