@@ -12,15 +12,15 @@ import argparse
 import asyncio
 import socket
 import sys
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from .api.app import create_app
-from .api.keys import IDLE
 from .config.settings import load_settings
 from .errors import SettingsError
 from .logs import setup_logging
 from .service.service import Service
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 class HttpFront:
@@ -32,8 +32,17 @@ class HttpFront:
         self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
 
+    def prepare(self) -> None:
+        """Import the REST app and aiohttp's server (0.2-0.3 s) while iocInit runs in a worker
+        thread: imported before it, they would lengthen every reload's CA/PVA outage."""
+        from .api import app  # noqa: F401
+
     async def start(self, sock: socket.socket) -> None:
         """Build the app (the service has booted: its records and plugins exist) and serve it."""
+        from aiohttp import web
+
+        from .api.app import create_app
+
         self.app = create_app(self.service)
         self._runner = web.AppRunner(
             self.app, handle_signals=False, access_log=None, shutdown_timeout=0.25
@@ -51,6 +60,8 @@ class HttpFront:
     async def drain(self, grace: float) -> bool:
         if self.app is None:
             return True
+        from .api.keys import IDLE
+
         try:
             await asyncio.wait_for(self.app[IDLE].wait(), grace)
         except TimeoutError:

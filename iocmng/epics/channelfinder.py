@@ -25,11 +25,12 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ChannelFinderError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("iocmng.channelfinder")
 
@@ -128,6 +129,10 @@ class ChannelFinderClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ChannelFinderClient:
+        # imported here, not with the module: every plugin imports this module before iocInit,
+        # and aiohttp's 0.14 s would lengthen each reload's outage (docs/performance.md)
+        import aiohttp
+
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self
 
@@ -142,6 +147,8 @@ class ChannelFinderClient:
     async def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
         if self._session is None:
             raise RuntimeError("use ChannelFinderClient as 'async with'")
+        from aiohttp import ClientError
+
         url = f"{self.base_url}/resources/{path}"
         try:
             async with self._session.get(
@@ -160,7 +167,7 @@ class ChannelFinderClient:
             raise ChannelFinderError(
                 f"ChannelFinder {url}: no answer within {self.timeout:g} s", url=url
             ) from None
-        except aiohttp.ClientError as exc:
+        except ClientError as exc:
             raise ChannelFinderError(
                 f"ChannelFinder {url} unreachable: {exc or type(exc).__name__}", url=url
             ) from None
