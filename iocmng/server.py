@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import socket
 import sys
 from typing import TYPE_CHECKING
 
-from .config.settings import load_settings
+from .config.settings import load_settings, unknown_variables
 from .errors import SettingsError
 from .logs import setup_logging
 from .service.service import Service
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iocmng-server: invalid setting: {exc.detail}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
+    for warning in unknown_variables(os.environ):
+        logging.getLogger("iocmng.settings").warning("%s", warning)
     if args.supervise:
         from .service.supervisor import supervise
 

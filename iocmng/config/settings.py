@@ -6,9 +6,11 @@ A bad value is a :class:`~iocmng.errors.SettingsError` naming the variable;
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -325,6 +327,48 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         if saved is not None:
             os.environ.clear()
             os.environ.update(saved)
+
+
+#: ``IOCMNG_*`` variables read outside :class:`Settings` (the CLI, the container, the supervisor).
+OTHER_VARIABLES = frozenset(
+    {
+        "IOCMNG_URL",  # the CLI's server
+        "IOCMNG_GIT_PAT",  # the CLI's git token
+        "IOCMNG_RUN_DIR",  # the container's start.sh
+        "IOCMNG_LISTEN_FD",  # set by the service for its next generation
+        "IOCMNG_FRESH_START",  # set by the supervisor
+        "IOCMNG_SAFE_MODE",  # set by the supervisor
+    }
+)
+#: Names people reach for, and the setting that does it.
+MEANT = {"IOCMNG_DATA_DIR": "IOCMNG_PLUGINS_DIR", "IOCMNG_TOKEN": "IOCMNG_API_TOKEN"}
+#: iocmng 2.7.9's variables that mean nothing here, and why.
+RETIRED_VARIABLES = {
+    "IOCMNG_ENABLE_SOFTIOC": "iocmng 2.7.9's switch to run without an IOC; here the IOC always runs",
+}
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A warning for each ``IOCMNG_*`` variable that nothing reads: a misspelt setting
+    (``IOCMNG_DATA_DIR`` for ``IOCMNG_PLUGINS_DIR``) would otherwise pass unnoticed."""
+    settings = sorted(f"IOCMNG_{name.upper()}" for name in Settings.model_fields)
+    known = {*settings, *OTHER_VARIABLES}
+    warnings = []
+    for given in sorted(env):
+        name = given.upper()  # pydantic-settings reads the names case-insensitively
+        if not name.startswith("IOCMNG_") or name in known:
+            continue
+        if name in RETIRED_VARIABLES:
+            warnings.append(f"{given} has no effect: {RETIRED_VARIABLES[name]}")
+            continue
+        close = (
+            [MEANT[name]] if name in MEANT else difflib.get_close_matches(name, settings, 1, 0.8)
+        )
+        hint = f"did you mean {close[0]}? " if close else ""
+        warnings.append(
+            f"{given} is not an iocmng setting and is ignored ({hint}the settings: docs/operations.md)"
+        )
+    return warnings
 
 
 def read_service_config(path: Path | None) -> ServiceConfig:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from iocmng.config.settings import ServiceConfig, load_settings, resolve_prefix
+from iocmng.config.settings import ServiceConfig, load_settings, resolve_prefix, unknown_variables
 from iocmng.errors import SettingsError
 
 
@@ -128,3 +129,35 @@ def test_allowed_hosts() -> None:
     )
     with pytest.raises(SettingsError, match="IOCMNG_ALLOWED_HOSTS"):
         load_settings({"IOCMNG_ALLOWED_HOSTS": "http://x.example/"})
+
+
+def test_unknown_variables_are_named_with_the_setting_meant() -> None:
+    env = {
+        "IOCMNG_DATA_DIR": "/data",
+        "IOCMNG_KEEPSTATE": "true",
+        "IOCMNG_ENABLE_SOFTIOC": "true",
+        "IOCMNG_XYZZY": "1",
+        "IOCMNG_PORT": "8080",
+        "iocmng_port": "8080",
+        "IOCMNG_URL": "http://x",
+        "PATH": "/bin",
+    }
+    warnings = unknown_variables(env)
+    assert warnings == [
+        "IOCMNG_DATA_DIR is not an iocmng setting and is ignored (did you mean IOCMNG_PLUGINS_DIR? "
+        "the settings: docs/operations.md)",
+        "IOCMNG_ENABLE_SOFTIOC has no effect: iocmng 2.7.9's switch to run without an IOC; here the "
+        "IOC always runs",
+        "IOCMNG_KEEPSTATE is not an iocmng setting and is ignored (did you mean IOCMNG_KEEP_STATE? "
+        "the settings: docs/operations.md)",
+        "IOCMNG_XYZZY is not an iocmng setting and is ignored (the settings: docs/operations.md)",
+    ]
+
+
+def test_every_documented_variable_is_known() -> None:
+    """No warning for a variable of operations.md's settings table."""
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `IOCMNG_")]
+    names = {n for row in rows for n in re.findall(r"IOCMNG_[A-Z0-9_]*[A-Z0-9]", row)}
+    assert len(names) > 30
+    assert unknown_variables(dict.fromkeys(names, "")) == []
