@@ -273,14 +273,15 @@ class LinkSet:
             await asyncio.sleep(max(wake - loop.time(), 0.01))
 
     # -- writes ---------------------------------------------------------------------------------
-    async def put(self, name: str, value: Any) -> None:
-        """Write ``value`` to the external PV of wired PV ``name`` (bounded by the timeout)."""
+    async def put(self, name: str, value: Any, timeout: float | None = None) -> None:
+        """Write ``value`` to the external PV of wired PV ``name``, bounded by ``timeout``
+        (default: the links' timeout)."""
         link = self.links.get(name)
         if link is None:
             raise KeyError(
                 f"{name!r} is not a wired PV of {self.owner} (wired: {', '.join(self.links) or 'none'})"
             )
-        async with asyncio.timeout(self.timeout):
+        async with asyncio.timeout(self.timeout if timeout is None else timeout):
             if link.protocol == "ca":
                 import aioca
 
@@ -293,10 +294,10 @@ class LinkSet:
                     link.pv, {"value.index": int(value)} if link.enum else value, wait=True
                 )
 
-    def put_soon(self, name: str, value: Any) -> asyncio.Task[None]:
+    def put_soon(self, name: str, value: Any, timeout: float | None = None) -> asyncio.Task[None]:
         """Start a write in a task of its own; failures are logged, never raised into a cycle."""
         task = asyncio.get_running_loop().create_task(
-            self.put(name, value), name=f"link_put:{self.owner}:{name}"
+            self.put(name, value, timeout), name=f"link_put:{self.owner}:{name}"
         )
         self._tasks.add(task)
 

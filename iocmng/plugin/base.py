@@ -38,7 +38,7 @@ class PluginContext(Protocol):
     def set_message(self, message: str) -> None: ...
     def get_device(self, name: str) -> Any: ...
     def list_devices(self) -> list[str]: ...
-    def link_put(self, name: str, value: Any) -> Any: ...
+    def link_put(self, name: str, value: Any, timeout: float | None = None) -> Any: ...
     def link_values(self) -> dict[str, Any]: ...
     @property
     def cycle_count(self) -> int: ...
@@ -77,7 +77,7 @@ class _Detached:
     def list_devices(self) -> list[str]:
         return []
 
-    def link_put(self, name: str, value: Any) -> Any:
+    def link_put(self, name: str, value: Any, timeout: float | None = None) -> Any:
         raise KeyError(f"{name!r} is not a wired PV (the plugin is not running)")
 
     def link_values(self) -> dict[str, Any]:
@@ -266,13 +266,14 @@ class PluginBase(ChannelFinderHelpers):
         return self._ctx.cycle_count
 
     # -- PV access -----------------------------------------------------------------
-    def set_pv(self, name: str, value: Any) -> None:
+    # (parameter names as in iocmng 2.7.9, so that its plugins' keyword calls work)
+    def set_pv(self, pv_name: str, value: Any) -> None:
         """Write one of this plugin's PVs (declared input or output) by its short name."""
-        self._ctx.set_pv(name, value)
+        self._ctx.set_pv(pv_name, value)
 
-    def get_pv(self, name: str) -> Any:
+    def get_pv(self, pv_name: str) -> Any:
         """Read one of this plugin's PVs by its short name."""
-        return self._ctx.get_pv(name)
+        return self._ctx.get_pv(pv_name)
 
     def set_status(self, status: str) -> None:
         """Set the STATUS PV to one of its states (e.g. ``"RUN"``, ``"ERROR"``)."""
@@ -282,23 +283,25 @@ class PluginBase(ChannelFinderHelpers):
         """Set the MESSAGE PV (truncated to fit a string record)."""
         self._ctx.set_message(message)
 
-    def get_device(self, name: str) -> Any:
+    def get_device(self, device_name: str) -> Any:
         """An ophyd device built from the beamline configuration, or ``None``."""
-        return self._ctx.get_device(name)
+        return self._ctx.get_device(device_name)
 
     def list_devices(self) -> list[str]:
         """Names of the ophyd devices available (empty without the ``ophyd`` extra)."""
         return self._ctx.list_devices()
 
     # -- links (wired PVs) ----------------------------------------------------------------
-    def link_put(self, name: str, value: Any) -> Any:
-        """Write ``value`` to the external PV of wired PV ``name`` (bounded by parameter ``timeout``).
+    def link_put(self, key: str, value: Any, timeout: float | None = None) -> Any:
+        """Write ``value`` to the external PV of wired PV ``key``, bounded by ``timeout`` seconds
+        (default: the plugin's parameter ``timeout``; iocmng 2.7.9's signature).
 
         From sync code (a worker thread) it waits and raises if the write fails;
         from ``async def`` code it returns a task to ``await`` (a failure not
-        awaited is logged). Raises KeyError if ``name`` is not wired.
+        awaited is logged). Raises KeyError if ``key`` is not wired, ValueError
+        for a ``timeout`` that is not a positive number.
         """
-        return self._ctx.link_put(name, value)
+        return self._ctx.link_put(key, value, timeout)
 
     @property
     def link_values(self) -> dict[str, Any]:
@@ -347,31 +350,31 @@ class PluginBase(ChannelFinderHelpers):
                 "%r is not a PV of this plugin: ignored (as iocmng 2.7.9 did)", name
             )
 
-    def set_output(self, name: str, value: Any) -> None:
+    def set_output(self, pv_name: str, value: Any) -> None:
         """iocmng 2.7.9's alias of :meth:`set_pv` (a wired output also writes its external PV).
 
         As in 2.7.9, a name that is not a PV of this plugin is ignored (logged
         once), not an error; iocmng's managed PVs (STATUS, ENABLE, RUN,
         CYCLE_COUNT) still raise KeyError, as with set_pv."""
-        if self._has_pv(name):
-            self.set_pv(name, value)
+        if self._has_pv(pv_name):
+            self.set_pv(pv_name, value)
         else:
-            self._unknown_pv(name)
+            self._unknown_pv(pv_name)
 
-    def set_input(self, name: str, value: Any) -> None:
+    def set_input(self, pv_name: str, value: Any) -> None:
         """iocmng 2.7.9's alias of :meth:`set_pv` (here: the plugin's own write to
         an input is not taken for an operator's, so it calls no input hook).
         An unknown name is ignored (logged once), as in 2.7.9."""
-        self.set_output(name, value)
+        self.set_output(pv_name, value)
 
-    def get_output(self, name: str) -> Any:
+    def get_output(self, pv_name: str) -> Any:
         """iocmng 2.7.9's alias of :meth:`get_pv`; ``None`` for a name that is not a PV
         of this plugin (2.7.9's answer; get_pv raises KeyError)."""
-        return self.get_pv(name) if self._has_pv(name) else None
+        return self.get_pv(pv_name) if self._has_pv(pv_name) else None
 
-    def get_input(self, name: str) -> Any:
+    def get_input(self, pv_name: str) -> Any:
         """iocmng 2.7.9's alias of :meth:`get_pv`; ``None`` for an unknown name, as in 2.7.9."""
-        return self.get_output(name)
+        return self.get_output(pv_name)
 
     @compat_member
     def pvs(self) -> Mapping[str, Any]:

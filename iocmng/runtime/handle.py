@@ -11,6 +11,7 @@ import asyncio
 import bisect
 import collections
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -162,6 +163,17 @@ class PluginWiring(Protocol):
     async def close(self) -> None: ...
 
 
+def check_timeout(timeout: float | None) -> float | None:
+    """``link_put``'s ``timeout``: ``None`` (the plugin's default) or a positive number of seconds."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
+
+
 class PluginHandle:
     """The runtime's side of one plugin: state, counters, records. Also the
     context behind ``self.set_pv`` & co. of the plugin instance.
@@ -183,6 +195,7 @@ class PluginHandle:
         self.plan: RecordPlan | None = None
         self.config: PluginConfig | None = None
         self.cls: type[PluginBase] | None = None
+        self.deferred = False  # records built, class not imported yet (Runtime.load_deferred)
         self.instance: TaskBase | JobBase | None = None
         self.records: Records | None = None
         self.wiring: PluginWiring | None = None  # links and rules, when the config declares them
@@ -261,17 +274,20 @@ class PluginHandle:
         except RuntimeError:
             return False
 
-    def link_put(self, name: str, value: Any) -> Any:
+    def link_put(self, name: str, value: Any, timeout: float | None = None) -> Any:
         wiring = self.wiring
         if wiring is None or name not in wiring.links.links:
             wired = ", ".join(wiring.links.links) if wiring is not None else ""
             raise KeyError(f"{name!r} is not a wired PV of {self.name} (wired: {wired or 'none'})")
+        timeout = check_timeout(timeout)
         if self._in_loop():
-            return wiring.links.put_soon(name, value)
+            return wiring.links.put_soon(name, value, timeout)
         # a worker thread (sync plugin code): wait for the write, raise its failure
         loop = self.services.loop
         assert loop is not None
-        return asyncio.run_coroutine_threadsafe(wiring.links.put(name, value), loop).result()
+        return asyncio.run_coroutine_threadsafe(
+            wiring.links.put(name, value, timeout), loop
+        ).result()
 
     def link_values(self) -> dict[str, Any]:
         if self.wiring is None:

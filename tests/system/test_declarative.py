@@ -56,8 +56,13 @@ class Level(TaskBase):
 
     async def on_input_changed(self, name, value, old):
         self.set_pv("LAST", f"{name} {old:g}->{value:g}")
-        if value > 50:
-            await self.link_put("valve", 0)
+        if value == 42:
+            try:
+                self.link_put("valve", 0, timeout=-1)
+            except ValueError:
+                self.set_pv("LAST", "timeout -1 refused")
+        elif value > 50:
+            await self.link_put("valve", 0, timeout=2.0)  # 2.7.9's signature
         elif value < 5:
             self.set_pv("valve", 1)  # a wired output: writes its external PV too
 """
@@ -245,6 +250,9 @@ async def test_reactive_task_hook_and_link_put(
         what="on_input_changed(name, value, old)",
     )
     assert await value_is(pv("HIGH"), 0)
+    assert await value_is("EXT:VALVE", 1)
+    await put("EXT:LEVEL", 42.0)
+    await wait_for(lambda: value_is(pv("LAST"), "timeout -1 refused"), timeout=10)
     assert await value_is("EXT:VALVE", 1)
     await put("EXT:LEVEL", 60.0)
     await wait_for(lambda: value_is("EXT:VALVE", 0), timeout=10, what="link_put over PVA")

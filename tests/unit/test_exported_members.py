@@ -216,3 +216,43 @@ def test_output_aliases_follow_2_7_9_on_unknown_names() -> None:
         pass
     else:
         raise AssertionError("managed PVs stay refused")
+
+
+def test_parameter_names_of_iocmng_2_7_9() -> None:
+    """2.7.9's plugins may call these with keywords (``set_pv(pv_name=..., value=...)``)."""
+    expected = {
+        "set_pv": ["pv_name", "value"],
+        "get_pv": ["pv_name"],
+        "set_output": ["pv_name", "value"],
+        "get_output": ["pv_name"],
+        "set_input": ["pv_name", "value"],
+        "get_input": ["pv_name"],
+        "set_status": ["status"],
+        "set_message": ["message"],
+        "get_device": ["device_name"],
+        "link_put": ["key", "value", "timeout"],
+    }
+    for cls in (iocmng.TaskBase, iocmng.JobBase):
+        for method, names in expected.items():
+            params = list(inspect.signature(getattr(cls, method)).parameters)[1:]
+            assert params == names, (cls.__name__, method, params)
+
+
+def test_keyword_calls_of_iocmng_2_7_9() -> None:
+    from iocmng.plugin.base import _Detached
+
+    task = type(
+        "T",
+        (iocmng.TaskBase,),
+        {"initialize": lambda s: None, "execute": lambda s: None, "cleanup": lambda s: None},
+    )(name="demo")
+    task._attach(_Detached())
+    task.set_pv(pv_name="X", value=3)
+    assert task.get_pv(pv_name="X") == 3
+    assert task.get_device(device_name="motor") is None
+    try:
+        task.link_put(key="valve", value=0, timeout=2.0)
+    except KeyError as exc:
+        assert "valve" in str(exc)
+    else:
+        raise AssertionError("link_put of an unwired PV must raise KeyError")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import textwrap
 import threading
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from iocmng.runtime.handle import check_timeout
 from iocmng.runtime.runtime import PluginSpec, Runtime, State
 from iocmng.testing import FakeBackend
 
@@ -310,3 +312,24 @@ async def test_job_success_failure_and_timeout(runtime: Runtime, tmp_path: Path)
         lambda: h.state == State.IDLE, timeout=10
     )  # the thread finishes, then it is idle again
     assert (await runtime.run_job(name))["success"] is True
+
+
+@pytest.mark.parametrize("good", [None, 2, 0.5])
+def test_link_put_timeout_accepted(good: float | None) -> None:
+    assert check_timeout(good) == (None if good is None else float(good))
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (0, ValueError),
+        (-1.0, ValueError),
+        (math.inf, ValueError),
+        (math.nan, ValueError),
+        (True, TypeError),
+        ("5", TypeError),
+    ],
+)
+def test_link_put_timeout_refused(bad: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="timeout must be a"):
+        check_timeout(bad)  # type: ignore[arg-type]
