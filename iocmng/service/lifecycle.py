@@ -369,7 +369,8 @@ class Lifecycle:
         for name, e in sorted(svc.registry.plugins.items()):
             extra = [Path(e.deps_dir)] if e.deps_dir else []
             svc.runtime.prepare(
-                PluginSpec(name, Path(e.plugin_dir), e.parameters, extra, commit=e.source.commit)
+                PluginSpec(name, Path(e.plugin_dir), e.parameters, extra, commit=e.source.commit),
+                kind=e.kind,  # records from config.yaml; the code is imported during iocInit
             )
         for (
             name,
@@ -402,15 +403,19 @@ class Lifecycle:
             self._hold_plugins()
         svc.served.entries = dict(svc.registry.plugins)
         # iocInit in a worker thread: it spends most of its time in EPICS's C start-up (0.5 s
-        # of it a fixed sleep) without the GIL, so ``meanwhile`` (the REST app's imports) runs
-        # alongside instead of before it, and CA/PVA serve that much sooner after a reload
+        # of it a fixed sleep) without the GIL, so the plugins' imports and ``meanwhile`` (the
+        # REST app's) run alongside instead of before it: CA/PVA serve that much sooner after
+        # a reload. Nothing here touches a record until iocInit has returned.
         loop = asyncio.get_running_loop()
         started = loop.run_in_executor(None, svc.bridge.start, loop)
         try:
+            not_loaded = svc.runtime.load_deferred()
             if meanwhile is not None:
                 meanwhile()
         finally:
             await started
+        for h in not_loaded:
+            h.show_error(h.last_error or "the plugin's code could not be loaded")
         for h in svc.runtime.handles.values():
             if h.stalled is not None:
                 h.show_error(h.stalled)

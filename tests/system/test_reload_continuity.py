@@ -312,3 +312,43 @@ async def test_a_plain_restart_keeps_state_only_when_asked(
     assert info(srv, "keeper")["cycle_count"] >= before
     assert await ca_value(srv.pv("keeper", "TOTAL")) >= total
     assert await ca_value(srv.pv("keeper", "RESTORED"), datatype=str) == "- -"
+
+
+JOB_PY = """
+from iocmng import JobBase
+
+
+class Tiny(JobBase):
+    def initialize(self):
+        pass
+
+    def execute(self):
+        return {}
+"""
+
+
+async def test_code_broken_on_disk_fails_at_the_reload_with_pvs_that_say_so(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A plugin's code is imported while iocInit runs, after its records are built from
+    config.yaml: code that no longer imports, or is no longer of the kind its PVs were
+    made for, leaves the plugin failed with STATUS and MESSAGE saying why; others run."""
+    srv = server_factory()
+    broken = plugin_dir(tmp_path, "broken", TINY_PY, TINY_YAML)
+    turned = plugin_dir(tmp_path, "turned", TINY_PY, TINY_YAML)
+    added(srv, "broken", local_path=str(broken))
+    srv.wait_generation(added(srv, "turned", local_path=str(turned))["generation"])
+    assert info(srv, "broken")["state"] == "running"
+    (broken / "broken.py").write_text("raise RuntimeError('broken on disk')\n")
+    (turned / "turned.py").write_text(JOB_PY)
+    later = added(srv, "later", local_path=str(plugin_dir(tmp_path, "later", TINY_PY, TINY_YAML)))
+    await asyncio.to_thread(srv.wait_generation, later["generation"])
+
+    b = info(srv, "broken")
+    assert b["state"] == "failed" and "broken on disk" in b["last_error"], b
+    assert await ca_value(srv.pv("broken", "STATUS"), datatype=str) == "ERROR"
+    assert "import failed" in await ca_value(srv.pv("broken", "MESSAGE"), datatype=str)  # 39 bytes
+    t = info(srv, "turned")
+    assert t["state"] == "failed" and "is now a job" in t["last_error"], t
+    assert await ca_value(srv.pv("turned", "STATUS"), datatype=str) == "ERROR"
+    assert info(srv, "later")["state"] == "running"
