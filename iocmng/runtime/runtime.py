@@ -502,7 +502,9 @@ class Runtime:
                 h.finishing = True
         await until(lambda: not any(h.in_cycle for h in self.handles.values()))
         reason = (
-            f"cancelled: the service reloaded after waiting {limit:g} s for it (IOCMNG_RELOAD_WAIT)"
+            "cancelled: the service was told to stop while its reload waited for this"
+            if give_up()
+            else f"cancelled: the service reloaded after waiting {limit:g} s for it (IOCMNG_RELOAD_WAIT)"
         )
         cut = [h.name for h in self.handles.values() if h.busy and h.cut(reason)]
         for _ in range(3):  # let the cut runs answer (their handlers resume on the loop)

@@ -213,6 +213,27 @@ async def test_a_reload_waits_for_work_in_flight_then_cuts_it(tmp_path: Path) ->
         await rt.stop()
 
 
+async def test_a_stop_during_the_wait_cuts_at_once_and_says_so(tmp_path: Path) -> None:
+    slow = plugin(tmp_path, "slow", SLOW, "parameters: {mode: triggered, seconds: 30}\n")
+    b = FakeBackend("E")
+    rt = Runtime(b)
+    await started(rt, b, PluginSpec("slow", slow))
+    stop_asked = False
+    try:
+        run = asyncio.ensure_future(rt.trigger("slow"))
+        await until(lambda: len(rt.busy()) == 1)
+        waiting = asyncio.ensure_future(rt.finish_work(60.0, lambda: stop_asked))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        stop_asked = True  # SIGTERM while the reload waits
+        assert await asyncio.wait_for(waiting, 5) == ["slow"]
+        out = await run
+        assert not out["success"] and "told to stop" in out["error"], out
+        assert "IOCMNG_RELOAD_WAIT" not in out["error"]
+    finally:
+        await rt.stop()
+
+
 async def test_a_continuous_task_finishes_the_cycle_it_is_in(tmp_path: Path) -> None:
     d = plugin(
         tmp_path,
