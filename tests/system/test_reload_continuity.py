@@ -352,3 +352,11 @@ async def test_code_broken_on_disk_fails_at_the_reload_with_pvs_that_say_so(
     assert t["state"] == "failed" and "is now a job" in t["last_error"], t
     assert await ca_value(srv.pv("turned", "STATUS"), datatype=str) == "ERROR"
     assert info(srv, "later")["state"] == "running"
+
+    # mended, it restarts live: its PVs exist, no reload
+    (broken / "broken.py").write_text(TINY_PY)
+    r = srv.call("POST", "/tasks/broken/restart", timeout=60)
+    assert r.status == 200 and r.body["reload_pending"] is False, r.text
+    await wait_for(lambda: asyncio.to_thread(lambda: info(srv, "broken")["state"] == "running"))
+    assert await ca_value(srv.pv("broken", "STATUS"), datatype=str) == "RUN"
+    assert srv.call("GET", "/health").body["generation"] == later["generation"]
