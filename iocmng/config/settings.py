@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     allow_requirements: bool = Field(
         True, description="Install a plugin's requirements.txt (false: refuse such plugins)"
     )
+    acf: Path | None = Field(
+        None,
+        description="A site's EPICS access security file for the service's records, instead of "
+        "the built-in one; it must define ASG(DEFAULT) and ASG(WRITABLE) (docs/security.md)",
+    )
     git_timeout: float = Field(120.0, gt=0, description="Seconds allowed for a clone")
     pip_timeout: float = Field(
         300.0, gt=0, description="Seconds allowed for installing requirements"
@@ -284,12 +289,46 @@ class Settings(BaseSettings):
             self.host = "0.0.0.0" if self.api_token else "127.0.0.1"
         return self
 
+    @field_validator("acf")
+    @classmethod
+    def _acf(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return None
+        try:
+            text = v.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"cannot be read ({type(exc).__name__}); mount the file there or unset it"
+            ) from None
+        problem = check_site_file(text)
+        if problem:
+            raise ValueError(problem)
+        return v.resolve()
+
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str | None) -> str | None:
         if v is not None and not PREFIX_RE.match(v):
             raise ValueError("use 1-40 letters, digits, '_', '-' or ':'")
         return v
+
+
+#: The access security groups the service's records use (iocmng/epics/access_security.py):
+#: a site's ACF must define both.
+ACF_GROUPS = ("DEFAULT", "WRITABLE")
+
+
+def check_site_file(text: str) -> str | None:
+    """What a site's ACF (``IOCMNG_ACF``) lacks for the service's records, or None."""
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    missing = [g for g in ACF_GROUPS if not re.search(rf"\bASG\s*\(\s*{g}\s*\)", code)]
+    if missing:
+        return (
+            f"it defines no {' and no '.join(f'ASG({g})' for g in missing)}: the service's "
+            "records use ASG(DEFAULT) (read-only ones) and ASG(WRITABLE) (inputs, ENABLE, RUN, "
+            "CLEAR, RESET); start from the built-in file in docs/security.md"
+        )
+    return None
 
 
 def is_loopback(host: str) -> bool:

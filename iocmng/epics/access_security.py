@@ -20,7 +20,8 @@ this process, below the servers' access checks.
 
 The file has no hosts or users and never changes, so it lives in a private
 temporary file only while ``iocInit`` reads it (``asInit`` runs inside
-``iocInit``); nothing is left behind.
+``iocInit``); nothing is left behind. A site that wants host and user rules
+names its own file in ``IOCMNG_ACF``; it must define the two groups.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import SettingsError
 
 #: The ``ASG`` field value of the records clients may write (VAL only).
 WRITABLE = "WRITABLE"
@@ -57,11 +61,17 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
 
 
 @contextmanager
-def access_security_file() -> Iterator[str]:
-    """Name :data:`ACF` to EPICS (``asSetFilename``) for the ``iocInit`` run inside the block.
+def access_security_file(site: Path | None = None) -> Iterator[str]:
+    """Name :data:`ACF`, or a site's file ``site``, to EPICS (``asSetFilename``) for the
+    ``iocInit`` run inside the block.
 
-    Yields the file's path; removes the file when the block ends.
+    Yields the file's path; a temporary file of :data:`ACF` is removed when the block ends.
     """
+    if site is not None:
+        dbCore, _ = _libs()
+        dbCore.asSetFilename(str(site).encode())
+        yield str(site)
+        return
     fd, path = tempfile.mkstemp(prefix="iocmng-", suffix=".acf")
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
@@ -73,14 +83,20 @@ def access_security_file() -> Iterator[str]:
         os.unlink(path)
 
 
-def check_active() -> None:
+def check_active(site: Path | None = None) -> None:
     """Raise unless access security is on (after ``iocInit``).
 
     A file ``asInit`` cannot read fails ``iocInit``, which pythonSoftIOC does
-    not report; without this check the IOC would be left half-started.
+    not report; without this check the IOC would be left half-started. For a
+    site's file (``IOCMNG_ACF``) it is a :class:`~iocmng.errors.SettingsError`.
     """
     _, Com = _libs()
     if not ctypes.c_int.in_dll(Com, "asActive").value:
+        if site is not None:
+            raise SettingsError(
+                f"IOCMNG_ACF={str(site)!r}: EPICS could not use it (asInit failed: its message, "
+                "e.g. 'syntax error at line N', is above); mend the file or unset IOCMNG_ACF"
+            )
         raise RuntimeError(
             "EPICS access security is not active after iocInit (iocInit or its asInit failed: "
             "see the EPICS messages above); refusing to serve records that clients could write"

@@ -29,6 +29,7 @@ import logging
 import math
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config.models import PVSpec, coerce_value
@@ -284,9 +285,10 @@ def _special_record(full: str, rec: RecordSpec) -> Any:
 class IocBridge(RecordBackend["PluginRecords"]):
     """Builds every record of a generation, then runs ``iocInit`` once."""
 
-    def __init__(self, prefix: str, *, exact: bool = False) -> None:
+    def __init__(self, prefix: str, *, exact: bool = False, acf: Path | None = None) -> None:
         super().__init__(prefix, exact=exact)
         self._dispatcher: Any = None
+        self.acf = acf  # a site's access security file (IOCMNG_ACF); None: the built-in one
 
     def _build(
         self, plan: RecordPlan, calls: Callbacks, restored: Mapping[str, Any]
@@ -427,10 +429,10 @@ class IocBridge(RecordBackend["PluginRecords"]):
         # Never call its close(): with loop= it raises AttributeError (softioc 4.7).
         self._dispatcher = asyncio_dispatcher.AsyncioDispatcher(loop=loop)
         builder.LoadDatabase()
-        with access_security_file():  # iocInit's asInit reads it
+        with access_security_file(self.acf):  # iocInit's asInit reads it
             softioc.iocInit(self._dispatcher)
         self.started = True
-        check_active()
+        check_active(self.acf)
         for records in self.plugins.values():
             records.attach()
         log.info(

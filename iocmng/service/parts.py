@@ -49,7 +49,7 @@ class Parts:
         self.served = Served(boot_errors=list(start.boot_errors))
         self.registry = Registry(self.data_dir)
         self.autosave = AutosaveStore(self.data_dir)
-        self.bridge = IocBridge(self.prefix)
+        self.bridge = IocBridge(self.prefix, acf=settings.acf)
         # ophyd devices: built in the background at boot; empty without the extra.
         self.devices = Devices(settings.beamline_config, enabled=not settings.disable_ophyd)
         self.runtime = Runtime(self.bridge, on_save=self.autosave.update, devices=self.devices)

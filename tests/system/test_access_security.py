@@ -15,6 +15,8 @@ driven with aioca and p4p over loopback only (tests/conftest.py).
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from aioca import CANothing, caget, cainfo, caput
 from conftest import EXAMPLES, Runner, pva_context, start_runner, stop_and_check, wait_for
 from epicscorelibs.ca.cadef import CAException
 from p4p.client.asyncio import RemoteError
+
+from .conftest import ServerFactory
 
 pytestmark = pytest.mark.timeout(120)
 SYNC, SCAN = "sync_monitor", "triggered_scan"
@@ -162,3 +166,69 @@ def test_the_access_security_file_is_not_left_behind(ioc: tuple[Runner, Path]) -
     runner, tmp = ioc
     assert runner.alive()
     assert list(tmp.glob("*.acf")) == []
+
+
+#: A site's ACF (IOCMNG_ACF): the service's inputs writable by the users of one UAG only.
+SITE_ACF = """
+# site rules: only operators write (hosts could be named with HAG the same way)
+UAG(operators) {{{user}}}
+ASG(DEFAULT) {{
+    RULE(1, READ)
+}}
+ASG(WRITABLE) {{
+    RULE(1, READ)
+    RULE(0, WRITE) {{
+        UAG(operators)
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize("operator", [True, False], ids=["operator", "someone-else"])
+async def test_a_site_acf_decides_who_writes(
+    server_factory: ServerFactory, tmp_path: Path, operator: bool
+) -> None:
+    """IOCMNG_ACF: the site's file replaces the built-in one (CA and PVA check the client's
+    user name, libca's and p4p's own: this process's account)."""
+    me = pwd.getpwuid(os.getuid()).pw_name
+    acf = tmp_path / "site.acf"
+    acf.write_text(SITE_ACF.format(user=me if operator else f"not-{me}"))
+    srv = server_factory(env={"IOCMNG_ACF": str(acf)}, demo=True)
+    setpoint = srv.pv(SYNC, "SETPOINT")
+    assert await caget(setpoint, timeout=20) == 50.0
+    ctx = pva_context(srv.ports)
+    try:
+        if operator:
+            await put("ca", ctx, setpoint, 41.0)
+            await put("pva", ctx, setpoint, 42.0)
+            assert await caget(setpoint, timeout=5) == 42.0
+        else:
+            await refused("ca", ctx, setpoint, 41.0)
+            await refused("pva", ctx, setpoint, 42.0)
+            assert await caget(setpoint, timeout=5) == 50.0
+        # the read-only records stay read-only for everyone
+        await refused("ca", ctx, srv.pv(SYNC, "STATUS"), 4)
+        await refused("pva", ctx, srv.pv(SYNC, "READING"), 99.0)
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("ASG(DEFAULT) {\n    RULE(1, READ)\n}\n", "defines no ASG(WRITABLE)"),
+        ("ASG(DEFAULT) {\n    RULE(1, READ)\nASG(WRITABLE) {\n", "syntax error at line 3"),
+    ],
+    ids=["a-group-missing", "a-syntax-error"],
+)
+def test_a_site_acf_that_cannot_serve_stops_the_start(
+    server_factory: ServerFactory, tmp_path: Path, text: str, said: str
+) -> None:
+    acf = tmp_path / "site.acf"
+    acf.write_text(text)
+    srv = server_factory(env={"IOCMNG_ACF": str(acf)}, start=False)
+    with pytest.raises(pytest.fail.Exception, match="exited with 2"):
+        srv.start(timeout=30)
+    log = srv.log()
+    assert "invalid setting: IOCMNG_ACF=" in log and said in log, log
+    assert "Traceback" not in log, log
