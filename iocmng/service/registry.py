@@ -5,6 +5,11 @@ commit, parameters, where its files are) and the generation that serves
 it. Writes are atomic (temp file, fsync, rename, fsync of the directory),
 so a kill -9 at any instant leaves either the old or the new state, never a
 mix. The service rebuilds everything from this file at start.
+
+Paths inside the data directory (clones, requirements) are written relative
+to it and made absolute again when read (``version`` 2), so a data directory
+restored at another path works as it is. A registry of version 1 (absolute
+paths) still loads as it was; its next write makes the paths relative.
 """
 
 from __future__ import annotations
@@ -60,10 +65,14 @@ class Entry(BaseModel):
     failed: str | None = None
 
 
+#: 2: directories inside the data directory are written relative to it (1: as they were).
+VERSION = 2
+
+
 class State(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = 1
+    version: int = VERSION
     generation: int = 1
     plugins: dict[str, Entry] = Field(default_factory=dict)
 
@@ -88,10 +97,15 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+#: The entry fields that name directories (relative to the data directory on disk when inside it).
+PATH_FIELDS = ("plugin_dir", "owned_dir", "deps_dir")
+
+
 class Registry:
     """Load/save the desired state; callers hold the service's lock around changes."""
 
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         self.path = data_dir / REGISTRY_FILE
         self.state = State()
 
@@ -101,11 +115,40 @@ class Registry:
         except FileNotFoundError:
             self.state = State()
             return self.state
-        self.state = State.model_validate_json(raw)
+        state = State.model_validate_json(raw)
+        if state.version >= 2:  # version 1 held the paths as they were (absolute, mostly)
+            state = self._paths(state, absolute=True)
+        self.state = state.model_copy(update={"version": VERSION})
         return self.state
 
     def save(self) -> None:
-        atomic_write(self.path, self.state.model_dump_json(indent=2).encode())
+        on_disk = self._paths(self.state, absolute=False)
+        atomic_write(self.path, on_disk.model_dump_json(indent=2).encode())
+
+    def _paths(self, state: State, *, absolute: bool) -> State:
+        """``state`` with its directories absolute (as used) or, on disk, relative to the data
+        directory when inside it (a ``local_path`` directory elsewhere stays absolute)."""
+        bases = {self.data_dir.absolute(), self.data_dir.resolve()}
+        changed = {}
+        for name, e in state.plugins.items():
+            update = {}
+            for f in PATH_FIELDS:
+                value = getattr(e, f)
+                if value is None:
+                    continue
+                path = Path(value)
+                if absolute and not path.is_absolute():
+                    update[f] = str(self.data_dir.absolute() / path)
+                elif not absolute:
+                    path = path.absolute()  # a relative IOCMNG_PLUGINS_DIR made relative paths
+                    inside = [b for b in bases if path.is_relative_to(b)]
+                    if inside:
+                        update[f] = str(path.relative_to(inside[0]))
+            if update:
+                changed[name] = e.model_copy(update=update)
+        if not changed:
+            return state
+        return state.model_copy(update={"plugins": {**state.plugins, **changed}})
 
     @property
     def plugins(self) -> dict[str, Entry]:

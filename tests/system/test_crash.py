@@ -130,8 +130,9 @@ def check_after_restart(
     )
     for c in canaries:
         assert not c.exists(), f"orphan {c} was not removed at start"
-    owned = {str(Path(e["owned_dir"]).resolve()) for e in now.values() if e.get("owned_dir")}
-    deps = {str(Path(e["deps_dir"]).resolve()) for e in now.values() if e.get("deps_dir")}
+    # (paths in the data directory are relative to it on disk: registry version 2)
+    owned = {str((data / e["owned_dir"]).resolve()) for e in now.values() if e.get("owned_dir")}
+    deps = {str((data / e["deps_dir"]).resolve()) for e in now.values() if e.get("deps_dir")}
     for sub, keep in (("repos", owned), ("deps", deps)):
         folder = data / sub
         present = {str(p.resolve()) for p in folder.iterdir()} if folder.is_dir() else set()
@@ -139,7 +140,7 @@ def check_after_restart(
             f"{sub}/ holds {present - keep} not in the registry (or misses {keep - present})"
         )
     for e in now.values():  # no half-cloned directory is used
-        assert (Path(e["plugin_dir"]) / "config.yaml").is_file(), e
+        assert (data / e["plugin_dir"] / "config.yaml").is_file(), e
 
     def settled() -> tuple[list[dict[str, Any]]] | None:
         r = srv.call("GET", "/plugins", timeout=30)

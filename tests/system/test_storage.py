@@ -156,3 +156,35 @@ def test_full_then_read_only(tmp_path: Path, tmpfs: Path, server_factory: Server
     # ENOSPC of its close as "Exception ignored in _GitFile.__del__": not an error of ours.
     chunks = srv.log().split("Traceback")[1:]
     assert all("dulwich/file.py" in c for c in chunks), srv.log()[-3000:]
+
+
+def test_a_data_directory_restored_elsewhere_works(
+    tmp_path: Path, server_factory: ServerFactory
+) -> None:
+    """operations.md's backup and restore: the registry holds the clones' paths relative to
+    the data directory, so a copy restored under another path serves the same plugins."""
+    repo = make_repo(tmp_path / "git" / "mon", {".": EXAMPLES / "sync_monitor"})
+    old = tmp_path / "old-data"
+    first = server_factory(name="first", data_dir=old)
+    r = first.call("POST", "/tasks", {"name": "mon", "git_url": repo}, timeout=120)
+    assert r.status == 201, r.text
+    first.wait_generation(r.body["generation"])
+    assert first.stop() == 0
+    on_disk = json.loads((old / "registry.json").read_text())
+    assert not Path(on_disk["plugins"]["mon"]["plugin_dir"]).is_absolute(), on_disk
+
+    new = tmp_path / "restored" / "data"
+    new.parent.mkdir()
+    old.rename(new)  # the old path is gone: nothing can be read from it
+    second = server_factory(name="second", data_dir=new)
+    mon = wait_for_sync(
+        lambda: (i := second.call("GET", "/tasks/mon").body)["state"] == "running" and i,
+        timeout=30,
+        what="the restored plugin running",
+    )
+    assert mon["last_error"] is None, mon
+    start = mon["cycle_count"]
+    wait_for_sync(lambda: cycles(second, "mon") > start, timeout=15, what="the plugin cycling")
+    assert sorted(p.name for p in (new / "repos").iterdir()) == [
+        Path(on_disk["plugins"]["mon"]["owned_dir"]).name
+    ]  # the clone was kept, not taken for an orphan

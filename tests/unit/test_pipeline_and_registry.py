@@ -18,7 +18,7 @@ import pytest
 
 from iocmng.errors import ValidationFailed
 from iocmng.service.mutations import entry_of
-from iocmng.service.registry import REGISTRY_FILE, Registry
+from iocmng.service.registry import REGISTRY_FILE, Entry, Registry, Source
 from iocmng.service.validation import Options, Pipeline, Request
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "plugins_examples"
@@ -102,3 +102,58 @@ async def test_registry_commit_persists_and_bumps(tmp_path: Path) -> None:
     assert again.load() == reg.state
     reg.commit(remove="mon")
     assert Registry(tmp_path).load().plugins == {} and reg.state.generation == 2
+
+
+def _entry(name: str, plugin_dir: Path, owned: Path | None, deps: Path | None) -> Entry:
+    return Entry(
+        name=name,
+        kind="task",
+        source=Source(type="git", url="file:///x"),
+        plugin_dir=str(plugin_dir),
+        owned_dir=str(owned) if owned else None,
+        deps_dir=str(deps) if deps else None,
+    )
+
+
+def test_registry_paths_inside_the_data_dir_are_relative_on_disk(tmp_path: Path) -> None:
+    """A data directory restored at another path keeps working (operations.md, backup)."""
+    old, new, elsewhere = tmp_path / "old", tmp_path / "new", tmp_path / "plugins" / "local"
+    reg = Registry(old)
+    reg.commit(
+        add=_entry(
+            "git", old / "repos" / "git-1" / "src", old / "repos" / "git-1", old / "deps" / "git"
+        )
+    )
+    reg.commit(add=_entry("local", elsewhere, None, None))
+    on_disk = json.loads((old / REGISTRY_FILE).read_text())
+    assert on_disk["version"] == 2
+    assert on_disk["plugins"]["git"]["plugin_dir"] == "repos/git-1/src"
+    assert on_disk["plugins"]["git"]["owned_dir"] == "repos/git-1"
+    assert on_disk["plugins"]["git"]["deps_dir"] == "deps/git"
+    assert on_disk["plugins"]["local"]["plugin_dir"] == str(elsewhere)  # outside: as it is
+    assert Registry(old).load() == reg.state  # in memory: absolute, as used
+    shutil.copytree(old, new)
+    moved = Registry(new).load().plugins
+    assert moved["git"].plugin_dir == str(new / "repos" / "git-1" / "src")
+    assert moved["git"].owned_dir == str(new / "repos" / "git-1")
+    assert moved["local"].plugin_dir == str(elsewhere)
+
+
+def test_registry_of_version_1_loads_its_paths_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 1 kept the paths as made: with IOCMNG_PLUGINS_DIR=data, relative to the cwd."""
+    monkeypatch.chdir(tmp_path)
+    data = Path("data")
+    data.mkdir()
+    entry = _entry("p", data / "repos" / "p-1", data / "repos" / "p-1", None)
+    (data / REGISTRY_FILE).write_text(
+        json.dumps({"version": 1, "generation": 3, "plugins": {"p": entry.model_dump()}})
+    )
+    reg = Registry(data)
+    assert reg.load().plugins["p"].plugin_dir == "data/repos/p-1"  # as version 1 meant it
+    reg.commit(bump=True)  # the next write: version 2, relative to the data directory
+    on_disk = json.loads((data / REGISTRY_FILE).read_text())
+    assert on_disk["version"] == 2 and on_disk["generation"] == 4
+    assert on_disk["plugins"]["p"]["plugin_dir"] == "repos/p-1"
+    assert Registry(data).load().plugins["p"].plugin_dir == str(tmp_path / "data" / "repos" / "p-1")
