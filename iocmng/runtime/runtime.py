@@ -221,15 +221,21 @@ class Runtime:
                     )
                 h.cls = cls
                 h.logic = self.compile_logic(cls, h.config, h.params)
-            except IocmngError as exc:
-                h.refuse(exc.detail)
-                failed.append(h)
-                log.error("plugin %s cannot be loaded: %s", h.name, exc.detail)
             except Exception as exc:  # a plugin's import-time bug is still data
-                h.refuse(describe(exc))
+                self._not_loaded(h, exc)
                 failed.append(h)
-                log.exception("plugin %s cannot be loaded", h.name)
         return failed
+
+    @staticmethod
+    def _not_loaded(h: PluginHandle, exc: Exception) -> None:
+        """``h`` could not be loaded: ``failed`` with the reason, logged (with the traceback
+        of an error that is not one of iocmng's own)."""
+        if isinstance(exc, IocmngError):
+            h.refuse(exc.detail)
+            log.error("plugin %s cannot be loaded: %s", h.name, exc.detail)
+        else:
+            h.refuse(describe(exc))
+            log.exception("plugin %s cannot be loaded", h.name)
 
     @staticmethod
     def compile_logic(cls: type[PluginBase], config: PluginConfig, params: dict[str, Any]) -> Logic:
@@ -278,12 +284,8 @@ class Runtime:
             )
             if h.kind == "task":
                 h.enabled = bool(h.records.get("ENABLE"))
-        except IocmngError as exc:
-            h.refuse(exc.detail)
-            log.error("plugin %s cannot be loaded: %s", spec.name, exc.detail)
         except Exception as exc:  # a plugin's import-time bug is still data
-            h.refuse(describe(exc))
-            log.exception("plugin %s cannot be loaded", spec.name)
+            self._not_loaded(h, exc)
         return h
 
     # -- calling plugin code ---------------------------------------------------------------
